@@ -1,0 +1,132 @@
+//! The `together-node` command line.
+
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat, NodeArgs, RunArgs};
+
+/// A Together node: federated chat and voice for communities that run
+/// their own servers.
+#[derive(Debug, Parser)]
+#[command(name = "together-node", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options for `run` (the default command).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API, gateway and web client (the default).
+    Run(RunArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Fill the database with development data: users (password
+    /// `password123`), a server with channels and roles, and messages.
+    SeedDevData {
+        /// Number of messages to create.
+        #[arg(long, default_value_t = 5000)]
+        messages: u32,
+    },
+    /// Show or export the node's identity key.
+    Identity {
+        #[command(subcommand)]
+        action: Option<IdentityAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Print the node's public key (hex). The default.
+    Show,
+    /// Print the node's secret key (base64). Keep it secret.
+    Export,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let run_args = match &cli.command {
+        Some(Command::Run(args)) => args.clone(),
+        _ => cli.run.clone(),
+    };
+    let config = Config::resolve(&cli.node, &run_args)?;
+    init_logging(config.log_format);
+    match cli.command {
+        None | Some(Command::Run(_)) => {
+            let shutdown = CancellationToken::new();
+            crate::server::cancel_on_signals(shutdown.clone());
+            crate::server::run(config, shutdown).await
+        }
+        Some(Command::Migrate) => {
+            let db = crate::db::Database::open(&config).await?;
+            let result = db.migrate().await;
+            db.close().await;
+            result?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Some(Command::SeedDevData { messages }) => {
+            let keys = crate::keys::NodeKeys::load_or_create(&config.data_dir)?;
+            let db = crate::db::Database::open(&config).await?;
+            let result = async {
+                db.migrate().await?;
+                crate::seed::seed(&db.pool, &keys, messages).await
+            }
+            .await;
+            db.close().await;
+            let summary = result?;
+            println!("{summary}");
+            Ok(())
+        }
+        Some(Command::Identity { action }) => {
+            let key = crate::keys::NodeKeys::node_key(&config.data_dir)?;
+            match action.unwrap_or(IdentityAction::Show) {
+                IdentityAction::Show => println!("{}", hex::encode(key.verifying_key().as_bytes())),
+                IdentityAction::Export => {
+                    println!("{}", base64::engine::general_purpose::STANDARD.encode(key.to_bytes()))
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TOGETHER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

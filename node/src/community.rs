@@ -1,0 +1,1 @@
+//! Structural changes to a server: channels, roles, members, invites, bans.

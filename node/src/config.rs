@@ -1,0 +1,197 @@
+//! Node configuration: command-line flags, `TOGETHER_*` environment
+//! variables and an optional TOML file, in that order of precedence.
+//!
+//! [`NodeArgs`] is what clap parses (flags and environment), [`FileConfig`]
+//! is the TOML file, and [`Config`] is the resolved result the node runs on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Options shared by every subcommand that touches the node's data.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "TOGETHER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the node's keys, uploaded files and (without
+    /// DATABASE_URL) its private PostgreSQL cluster.
+    #[arg(long, env = "TOGETHER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// PostgreSQL connection URL. Without it the node runs a private
+    /// PostgreSQL inside the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "TOGETHER_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Options of `together-node run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Address and port the HTTP API and gateway listen on.
+    #[arg(long, env = "TOGETHER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Largest accepted upload, in bytes (default 52428800, 50 MiB).
+    #[arg(long, env = "TOGETHER_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+
+    /// Directory of a built web client to serve at `/`.
+    #[arg(long, env = "TOGETHER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    /// Requests per minute allowed per user (or per address when signed
+    /// out) on each route; 0 disables rate limiting.
+    #[arg(long, env = "TOGETHER_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The TOML configuration file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub max_upload_bytes: Option<u64>,
+    pub web_dir: Option<PathBuf>,
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub log_format: LogFormat,
+    pub max_upload_bytes: u64,
+    pub web_dir: Option<PathBuf>,
+    pub rate_limit_per_minute: u32,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "together-data";
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Resolves flags and environment over the file over the defaults.
+    pub fn resolve(node: &NodeArgs, run: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &node.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+        Ok(Config {
+            listen: run.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir: node
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            database_url: node
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .filter(|url| !url.trim().is_empty()),
+            log_format: node.log_format.or(file.log_format).unwrap_or_default(),
+            max_upload_bytes: run
+                .max_upload_bytes
+                .or(file.max_upload_bytes)
+                .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            web_dir: run.web_dir.clone().or(file.web_dir),
+            rate_limit_per_minute: run
+                .rate_limit_per_minute
+                .or(file.rate_limit_per_minute)
+                .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+        })
+    }
+
+    /// A configuration for tests: everything default, data under `data_dir`.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            database_url: None,
+            log_format: LogFormat::Text,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            web_dir: None,
+            rate_limit_per_minute: 0,
+        }
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("together-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nmax_upload_bytes = 1024\n").ok();
+        let node = NodeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let run = RunArgs {
+            max_upload_bytes: Some(2048),
+            ..Default::default()
+        };
+        let config = Config::resolve(&node, &run).ok();
+        assert_eq!(config.as_ref().map(|c| c.listen.port()), Some(9000));
+        assert_eq!(config.as_ref().map(|c| c.max_upload_bytes), Some(2048));
+        assert_eq!(
+            config.as_ref().map(|c| c.data_dir.clone()),
+            Some(PathBuf::from(DEFAULT_DATA_DIR))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error() {
+        let err = toml::from_str::<FileConfig>("lisen = \"x\"").err();
+        assert!(err.is_some());
+    }
+}

@@ -1,0 +1,123 @@
+//! Request extractors whose rejections use the API's JSON error shape.
+//!
+//! axum's own `Json` and `Path` reject bad input with plain-text bodies;
+//! these wrappers turn every such rejection into an [`ApiError`] so that a
+//! client always gets `{"code", "message"}`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// JSON body; malformed JSON, wrong types and missing fields are 400/415/413.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(err) => ApiError::bad_request("invalid_body", body_detail(&err.body_text())),
+        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed_json", "the request body is not valid JSON"),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::payload_too_large("the request body is too large")
+        }
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// serde's message without axum's prefix, e.g. "missing field `name`".
+fn body_detail(text: &str) -> String {
+    text.rsplit_once(": ")
+        .map(|(_, detail)| detail.to_string())
+        .unwrap_or_else(|| text.to_string())
+}
+
+/// Path parameters; a malformed id is 404, as for an unknown one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(err)) => {
+                Err(ApiError::not_found("not_found", format!("bad path parameter: {}", body_detail(&err.body_text()))))
+            }
+            Err(other) => Err(ApiError::internal(other.body_text())),
+        }
+    }
+}
+
+/// Query string; bad values are 400.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|err: QueryRejection| ApiError::bad_request("invalid_query", body_detail(&err.body_text())))
+    }
+}
+
+/// Trims a required text field and checks its length in characters.
+pub fn required_text(field: &str, value: &str, min: usize, max: usize) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    let len = trimmed.chars().count();
+    if len < min || len > max {
+        return Err(ApiError::invalid(format!("{field} must be {min} to {max} characters")));
+    }
+    if trimmed.chars().any(|c| c.is_control()) {
+        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Like [`required_text`] for an optional field; an empty string clears it.
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => required_text(field, v, 1, max).map(Some),
+    }
+}

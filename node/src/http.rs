@@ -1,0 +1,101 @@
+//! The HTTP surface: the REST API under `/api`, the health check, the
+//! OpenAPI document, and (when configured) the web client at `/`.
+//!
+//! Each file in `http/` owns one resource and exports `router()`; this file
+//! merges them, adds the cross-cutting layers (body limit, rate limit,
+//! tracing) and collects the OpenAPI document from the handlers' annotations.
+
+pub mod auth;
+pub mod health;
+pub mod users;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+/// Largest JSON body accepted (uploads have their own, larger limit).
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Together node API",
+        description = "REST API of a Together node. Errors are JSON objects `{\"code\", \"message\"}`; see spec/rest.md.",
+        license(name = "AGPL-3.0-or-later")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Registration, sign-in, tokens and sessions"),
+        (name = "users", description = "Profiles"),
+        (name = "servers", description = "Servers (communities)"),
+        (name = "members", description = "Members, kicks and bans"),
+        (name = "invites", description = "Invites"),
+        (name = "channels", description = "Channels, categories and permission overrides"),
+        (name = "roles", description = "Roles and permissions"),
+        (name = "messages", description = "Messages, history, search and reactions"),
+        (name = "attachments", description = "File uploads and downloads"),
+        (name = "meta", description = "Health and API description"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The API routes with their OpenAPI description.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(auth::router())
+        .merge(users::router())
+}
+
+/// The OpenAPI document, as served at `/api/openapi.json` and checked in
+/// as `spec/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api().merge(health::router()).split_for_parts();
+    doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    doc
+}
+
+/// The whole application for a node's state.
+pub fn app(state: AppState) -> Router {
+    let (api_router, _) = api().split_for_parts();
+    let (health_router, _) = health::router().split_for_parts();
+    let api_router = api_router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::ratelimit::limit))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+    let mut router = Router::new()
+        .merge(api_router)
+        .merge(health_router)
+        .route("/api/openapi.json", axum::routing::get(openapi_json))
+        .fallback(not_found);
+    if let Some(dir) = &state.config.web_dir {
+        let index = dir.join("index.html");
+        router = router.fallback_service(
+            tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index)),
+        );
+    }
+    router.layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(openapi())
+}
+
+async fn not_found() -> crate::error::ApiError {
+    crate::error::ApiError::not_found("not_found", "no such route")
+}

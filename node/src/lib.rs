@@ -1,0 +1,44 @@
+//! # together-node
+//!
+//! The Together node as a library; `main.rs` is a thin shell over [`cli`],
+//! so tests and tools start exactly the code the binary runs.
+//!
+//! A tour of the files, in the order a request meets them:
+//!
+//! - [`cli`]: the `together-node` command line (`run`, `migrate`,
+//!   `seed-dev-data`, `identity`).
+//! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file.
+//! - [`server`]: start-up and ordered shutdown of a running node.
+//! - [`db`] and [`embedded_pg`]: PostgreSQL, either `DATABASE_URL` or a
+//!   private cluster in the data directory; migrations.
+//! - [`keys`]: the node's key and secrets in the data directory.
+//! - [`state`]: [`state::AppState`], the handles every handler shares.
+//! - [`http`]: the REST API, one file per resource under `http/`.
+//! - [`auth`]: passwords, tokens and the `AuthUser` extractor.
+//! - [`extract`]: JSON, path and query extractors with JSON errors.
+//! - [`error`]: [`error::ApiError`], the one error shape of the API.
+//! - [`perms`]: who may see and do what, from roles and overrides.
+//! - [`community`]: every structural change to a server (channels, roles,
+//!   members, invites, bans) goes through this one module.
+//! - [`model`]: the JSON shapes shared by REST and the gateway.
+//! - [`bus`]: committed changes, published once to every subscriber.
+//! - [`ratelimit`]: per-user, per-route request budgets.
+//! - [`seed`]: development data.
+
+pub mod auth;
+pub mod bus;
+pub mod cli;
+pub mod community;
+pub mod config;
+pub mod db;
+pub mod embedded_pg;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod keys;
+pub mod model;
+pub mod perms;
+pub mod ratelimit;
+pub mod seed;
+pub mod server;
+pub mod state;

@@ -1,0 +1,234 @@
+//! Loading what the permission computation needs from the database, and
+//! the access checks handlers use.
+//!
+//! Rules: a non-member learns nothing about a server (404, as if it did not
+//! exist); a member who cannot view a channel learns nothing about it (404
+//! `unknown_channel`); a member who can view but lacks a permission gets
+//! 403 `missing_permissions` naming it.
+
+use std::collections::HashMap;
+
+use sqlx::{PgExecutor, PgPool};
+use together_protocol::permissions::{
+    ChannelOverrides, MemberContext, Override, Permissions, base_permissions, channel_permissions,
+};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::model::ChannelKind;
+
+/// A member's standing in a server.
+#[derive(Debug, Clone)]
+pub struct ServerAccess {
+    pub server_id: Uuid,
+    pub user_id: Uuid,
+    pub owner_id: Uuid,
+    pub context: MemberContext,
+    /// Ids of the roles the member holds (besides `@everyone`).
+    pub role_ids: Vec<Uuid>,
+    /// Highest position among the member's roles; the owner outranks all.
+    pub top_position: i32,
+    /// Server-wide permissions.
+    pub permissions: Permissions,
+}
+
+impl ServerAccess {
+    pub fn is_owner(&self) -> bool {
+        self.context.is_owner
+    }
+
+    /// 403 unless the member has `perm` server-wide.
+    pub fn require(&self, perm: Permissions) -> Result<(), ApiError> {
+        if self.permissions.contains(perm) {
+            Ok(())
+        } else {
+            Err(ApiError::missing_permission(&perm.names().join(" and ")))
+        }
+    }
+
+    /// Whether this member may act on something positioned at `position`
+    /// (a role, or a member whose top role is there): strictly above it.
+    pub fn outranks(&self, position: i32) -> bool {
+        self.is_owner() || self.top_position > position
+    }
+
+    /// Permissions in a channel, given all overrides of that channel.
+    pub fn in_channel(&self, overrides: &[OverrideRow]) -> Permissions {
+        channel_permissions(&self.context, &self.overrides_for(overrides))
+    }
+
+    fn overrides_for(&self, rows: &[OverrideRow]) -> ChannelOverrides {
+        let mut out = ChannelOverrides::default();
+        for row in rows {
+            let o = Override {
+                allow: Permissions::from_stored(row.allow),
+                deny: Permissions::from_stored(row.deny),
+            };
+            match (row.role_id, row.user_id) {
+                (Some(role), _) if role == self.server_id => out.everyone = Some(o),
+                (Some(role), _) if self.role_ids.contains(&role) => out.roles.push(o),
+                (None, Some(user)) if user == self.user_id => out.member = Some(o),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// One channel override as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OverrideRow {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub role_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub allow: i64,
+    pub deny: i64,
+}
+
+pub const OVERRIDE_COLUMNS: &str = "id, channel_id, role_id, user_id, allow, deny";
+
+#[derive(sqlx::FromRow)]
+struct ContextRow {
+    owner_id: Uuid,
+    everyone: Option<i64>,
+    is_member: bool,
+    role_ids: Vec<Uuid>,
+    role_perms: Vec<i64>,
+    top_position: i32,
+}
+
+/// The caller's standing in a server; 404 `unknown_server` when the server
+/// does not exist or the caller is not a member.
+pub async fn server_access(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    server_id: Uuid,
+) -> Result<ServerAccess, ApiError> {
+    let row: Option<ContextRow> = sqlx::query_as(
+        "SELECT s.owner_id,
+                (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
+                (m.user_id IS NOT NULL) AS is_member,
+                COALESCE(array_agg(r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_ids,
+                COALESCE(array_agg(r.permissions) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_perms,
+                COALESCE(max(r.position), 0) AS top_position
+           FROM servers s
+           LEFT JOIN server_members m ON m.server_id = s.id AND m.user_id = $2
+           LEFT JOIN member_roles mr ON mr.server_id = s.id AND mr.user_id = m.user_id
+           LEFT JOIN roles r ON r.id = mr.role_id
+          WHERE s.id = $1
+          GROUP BY s.id, m.user_id",
+    )
+    .bind(server_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await?;
+    let row = row
+        .filter(|r| r.is_member)
+        .ok_or_else(|| ApiError::not_found("unknown_server", "no such server"))?;
+    let is_owner = row.owner_id == user_id;
+    let context = MemberContext {
+        is_owner,
+        everyone: Permissions::from_stored(row.everyone.unwrap_or(0)),
+        roles: row.role_perms.iter().copied().map(Permissions::from_stored).collect(),
+    };
+    Ok(ServerAccess {
+        server_id,
+        user_id,
+        owner_id: row.owner_id,
+        permissions: base_permissions(&context),
+        context,
+        role_ids: row.role_ids,
+        top_position: if is_owner { i32::MAX } else { row.top_position },
+    })
+}
+
+/// A channel the caller can view, with their permissions in it.
+#[derive(Debug, Clone)]
+pub struct ChannelAccess {
+    pub channel_id: Uuid,
+    pub kind: ChannelKind,
+    pub server: ServerAccess,
+    pub permissions: Permissions,
+}
+
+impl ChannelAccess {
+    /// 403 unless the caller has `perm` in this channel.
+    pub fn require(&self, perm: Permissions) -> Result<(), ApiError> {
+        if self.permissions.contains(perm) {
+            Ok(())
+        } else {
+            Err(ApiError::missing_permission(&perm.names().join(" and ")))
+        }
+    }
+}
+
+/// The caller's access to a channel; 404 `unknown_channel` when it does not
+/// exist, the caller is not a member, or the caller cannot view it.
+pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, ApiError> {
+    let unknown = || ApiError::not_found("unknown_channel", "no such channel");
+    let channel: Option<(Uuid, ChannelKind)> =
+        sqlx::query_as("SELECT server_id, kind FROM channels WHERE id = $1")
+            .bind(channel_id)
+            .fetch_optional(db)
+            .await?;
+    let (server_id, kind) = channel.ok_or_else(unknown)?;
+    let server = server_access(db, user_id, server_id).await.map_err(|_| unknown())?;
+    let overrides: Vec<OverrideRow> = sqlx::query_as(
+        "SELECT id, channel_id, role_id, user_id, allow, deny
+           FROM channel_permission_overrides WHERE channel_id = $1",
+    )
+    .bind(channel_id)
+    .fetch_all(db)
+    .await?;
+    let permissions = server.in_channel(&overrides);
+    if !permissions.contains(Permissions::VIEW_CHANNEL) {
+        return Err(unknown());
+    }
+    Ok(ChannelAccess {
+        channel_id,
+        kind,
+        server,
+        permissions,
+    })
+}
+
+/// Every override of every channel of a server, grouped by channel.
+pub async fn server_overrides(
+    db: impl PgExecutor<'_>,
+    server_id: Uuid,
+) -> Result<HashMap<Uuid, Vec<OverrideRow>>, ApiError> {
+    let rows: Vec<OverrideRow> = sqlx::query_as(
+        "SELECT o.id, o.channel_id, o.role_id, o.user_id, o.allow, o.deny
+           FROM channel_permission_overrides o
+           JOIN channels c ON c.id = o.channel_id
+          WHERE c.server_id = $1",
+    )
+    .bind(server_id)
+    .fetch_all(db)
+    .await?;
+    let mut map: HashMap<Uuid, Vec<OverrideRow>> = HashMap::new();
+    for row in rows {
+        map.entry(row.channel_id).or_default().push(row);
+    }
+    Ok(map)
+}
+
+/// Ids of the server's channels the member can view, with permissions.
+pub async fn visible_channels(
+    db: &PgPool,
+    access: &ServerAccess,
+) -> Result<Vec<(Uuid, Permissions)>, ApiError> {
+    let channels: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM channels WHERE server_id = $1")
+        .bind(access.server_id)
+        .fetch_all(db)
+        .await?;
+    let overrides = server_overrides(db, access.server_id).await?;
+    Ok(channels
+        .into_iter()
+        .filter_map(|(id,)| {
+            let perms = access.in_channel(overrides.get(&id).map(Vec::as_slice).unwrap_or(&[]));
+            perms.contains(Permissions::VIEW_CHANNEL).then_some((id, perms))
+        })
+        .collect())
+}

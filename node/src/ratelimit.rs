@@ -1,0 +1,172 @@
+//! Per-caller, per-route rate limits.
+//!
+//! Each (caller, method, route) pair gets a fixed one-minute window. The
+//! caller is the signed-in user when the request carries a valid access
+//! token, otherwise the client's address. Sign-in routes get a stricter
+//! budget to slow password guessing. Over budget, the answer is 429 with
+//! `Retry-After`. Memory is bounded: the table is sharded, expired windows
+//! are swept, and a full shard refuses new callers instead of growing.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const WINDOW: Duration = Duration::from_secs(60);
+const SHARDS: usize = 16;
+const MAX_ENTRIES_PER_SHARD: usize = 65_536;
+/// Requests per minute on `/api/auth/*` routes, per caller.
+pub const AUTH_ROUTE_LIMIT: u32 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Caller {
+    User(uuid::Uuid),
+    Address(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    caller: Caller,
+    route: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    count: u32,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    windows: HashMap<Key, Window>,
+    last_sweep: Option<Instant>,
+}
+
+/// Shared limiter; `per_minute == 0` turns it off.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    per_minute: u32,
+    shards: Arc<[Mutex<Shard>]>,
+}
+
+impl RateLimiter {
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    /// Counts one request; `Err(seconds)` when over the limit.
+    fn check(&self, key: Key, limit: u32, now: Instant) -> Result<(), u64> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let shard = &self.shards[(hasher.finish() as usize) % SHARDS];
+        let Ok(mut shard) = shard.lock() else {
+            return Ok(());
+        };
+        let sweep_due = shard
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= WINDOW);
+        if sweep_due || shard.windows.len() >= MAX_ENTRIES_PER_SHARD {
+            shard.windows.retain(|_, w| now.duration_since(w.started) < WINDOW);
+            shard.last_sweep = Some(now);
+        }
+        let full = shard.windows.len() >= MAX_ENTRIES_PER_SHARD;
+        match shard.windows.get_mut(&key) {
+            Some(w) if now.duration_since(w.started) < WINDOW => {
+                if w.count >= limit {
+                    let left = WINDOW.saturating_sub(now.duration_since(w.started));
+                    return Err(left.as_secs() + 1);
+                }
+                w.count += 1;
+                Ok(())
+            }
+            Some(w) => {
+                *w = Window { started: now, count: 1 };
+                Ok(())
+            }
+            None if full => Err(WINDOW.as_secs()),
+            None => {
+                shard.windows.insert(key, Window { started: now, count: 1 });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Middleware applied to every API route.
+pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limiter = &state.limiter;
+    if limiter.per_minute == 0 {
+        return next.run(request).await;
+    }
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or("?");
+    let route: Arc<str> = format!("{} {}", request.method(), path).into();
+    let limit = if path.starts_with("/api/auth/") {
+        limiter.per_minute.min(AUTH_ROUTE_LIMIT)
+    } else {
+        limiter.per_minute
+    };
+    let caller = caller_of(&state, &request);
+    match limiter.check(Key { caller, route }, limit, Instant::now()) {
+        Ok(()) => next.run(request).await,
+        Err(secs) => ApiError::too_many_requests(secs).into_response(),
+    }
+}
+
+fn caller_of(state: &AppState, request: &Request) -> Caller {
+    let user = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| crate::auth::tokens::verify_access_token(state.keys.jwt_key(), t).ok());
+    match user {
+        Some(claims) => Caller::User(claims.sub),
+        None => Caller::Address(
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Key {
+        Key {
+            caller: Caller::Address(IpAddr::from([127, 0, 0, n])),
+            route: "GET /x".into(),
+        }
+    }
+
+    #[test]
+    fn window_allows_limit_then_refuses_until_it_ends() {
+        let limiter = RateLimiter::new(3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check(key(1), 3, t0).is_ok());
+        }
+        let refused = limiter.check(key(1), 3, t0 + Duration::from_secs(10));
+        assert_eq!(refused, Err(51));
+        assert!(limiter.check(key(2), 3, t0).is_ok(), "other callers are independent");
+        assert!(limiter.check(key(1), 3, t0 + WINDOW).is_ok());
+    }
+}

@@ -1,0 +1,11 @@
+//! Together's protocol crate: the types and byte-level rules every node and
+//! client agrees on. Nothing here performs IO; it compiles without tokio,
+//! sqlx or sockets, so it can be embedded anywhere (clients, tools, tests).
+//!
+//! - [`identity`]: user and node keys, user ids derived from keys,
+//!   delegations, canonical bytes and domain-separated signatures.
+//! - [`permissions`]: the permission bit flags and the effective-permission
+//!   computation (owner, administrator, roles, channel overrides).
+
+pub mod identity;
+pub mod permissions;
