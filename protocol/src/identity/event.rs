@@ -127,24 +127,21 @@ impl SignedEvent {
                 what: "delegation's node key",
             });
         }
-        let mut event = Self {
+        let delegation = delegation.hash();
+        let body = canonical_bytes(&node, &delegation, &payload);
+        let signature = canonical::sign(node_key, &kind.tag(), &body);
+        Ok(Self {
             kind,
             node,
-            delegation: delegation.hash(),
+            delegation,
             payload,
-            signature: Signature::from_array([0; 64]),
-        };
-        event.signature = canonical::sign(node_key, &event.kind.tag(), &event.canonical_bytes());
-        Ok(event)
+            signature,
+        })
     }
 
     /// The canonical bytes: `node || delegation || u64 length || payload`.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        CanonicalWriter::with_capacity(72 + self.payload.len())
-            .fixed(self.node.as_bytes())
-            .fixed(self.delegation.as_bytes())
-            .bytes(&self.payload)
-            .finish()
+        canonical_bytes(&self.node, &self.delegation, &self.payload)
     }
 
     /// Checks only the node's signature (strictly): the stateless check a
@@ -192,6 +189,15 @@ impl SignedEvent {
     pub fn hash(&self) -> [u8; 32] {
         canonical::signed_hash(&self.kind.tag(), &self.canonical_bytes(), &self.signature)
     }
+}
+
+/// `node || delegation || u64 length || payload`.
+fn canonical_bytes(node: &NodePublicKey, delegation: &DelegationHash, payload: &[u8]) -> Vec<u8> {
+    CanonicalWriter::with_capacity(72 + payload.len())
+        .fixed(node.as_bytes())
+        .fixed(delegation.as_bytes())
+        .bytes(payload)
+        .finish()
 }
 
 #[cfg(test)]
