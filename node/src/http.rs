@@ -5,8 +5,17 @@
 //! merges them, adds the cross-cutting layers (body limit, rate limit,
 //! tracing) and collects the OpenAPI document from the handlers' annotations.
 
+pub mod attachments;
 pub mod auth;
+pub mod bans;
+pub mod channels;
 pub mod health;
+pub mod invites;
+pub mod members;
+pub mod messages;
+pub mod reactions;
+pub mod roles;
+pub mod servers;
 pub mod users;
 
 use axum::Router;
@@ -61,6 +70,15 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
         .merge(users::router())
+        .merge(servers::router())
+        .merge(members::router())
+        .merge(invites::router())
+        .merge(bans::router())
+        .merge(channels::router())
+        .merge(roles::router())
+        .merge(messages::router())
+        .merge(reactions::router())
+        .merge(attachments::router())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json` and checked in
