@@ -16,6 +16,7 @@ pub mod messages;
 pub mod reactions;
 pub mod roles;
 pub mod servers;
+pub mod typing;
 pub mod users;
 
 use axum::Router;
@@ -79,6 +80,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(messages::router())
         .merge(reactions::router())
         .merge(attachments::router())
+        .merge(typing::router())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json` and checked in
@@ -100,6 +102,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api_router)
         .merge(health_router)
         .route("/api/openapi.json", axum::routing::get(openapi_json))
+        .route("/gateway", axum::routing::get(crate::gateway::upgrade))
         .fallback(not_found);
     if let Some(dir) = &state.config.web_dir {
         let index = dir.join("index.html");

@@ -20,6 +20,7 @@
 //! - [`perms`]: who may see and do what, from roles and overrides.
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module.
+//! - [`gateway`]: the WebSocket gateway: sessions, dispatch, presence.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes, published once to every subscriber.
 //! - [`ratelimit`]: per-user, per-route request budgets.
@@ -34,6 +35,7 @@ pub mod db;
 pub mod embedded_pg;
 pub mod error;
 pub mod extract;
+pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod model;

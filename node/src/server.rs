@@ -32,7 +32,13 @@ async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: Ca
         node = %hex::encode(keys.node_key.verifying_key().as_bytes()),
         "node serving"
     );
-    let state = AppState::new(database.pool.clone(), config, keys);
+    let state = AppState::build(
+        database.pool.clone(),
+        config,
+        keys,
+        crate::gateway::GatewaySettings::default(),
+        shutdown.clone(),
+    );
     let app = crate::http::app(state);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

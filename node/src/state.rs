@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::gateway::{Gateway, GatewaySettings};
 use crate::keys::NodeKeys;
 use crate::ratelimit::RateLimiter;
 
@@ -16,17 +18,36 @@ pub struct AppState {
     pub keys: Arc<NodeKeys>,
     pub bus: Bus,
     pub limiter: RateLimiter,
+    pub gateway: Gateway,
+    /// Cancelled when the node shuts down; every background task watches it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
+    /// State with default gateway timings; must be called inside a tokio
+    /// runtime (it starts the gateway's dispatcher).
     pub fn new(db: PgPool, config: Config, keys: NodeKeys) -> AppState {
+        AppState::build(db, config, keys, GatewaySettings::default(), CancellationToken::new())
+    }
+
+    pub fn build(
+        db: PgPool,
+        config: Config,
+        keys: NodeKeys,
+        gateway: GatewaySettings,
+        shutdown: CancellationToken,
+    ) -> AppState {
         let limiter = RateLimiter::new(config.rate_limit_per_minute);
+        let bus = Bus::new();
+        let gateway = Gateway::start(db.clone(), bus.clone(), gateway, shutdown.clone());
         AppState {
             db,
             config: Arc::new(config),
             keys: Arc::new(keys),
-            bus: Bus::new(),
+            bus,
             limiter,
+            gateway,
+            shutdown,
         }
     }
 }

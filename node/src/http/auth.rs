@@ -212,6 +212,7 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
             .await?;
         tx.commit().await?;
         tracing::warn!(user = %user_id, session = %session_id, "refresh token reused; session revoked");
+        announce_revoked(&state, user_id, session_id);
         return Err(ApiError::unauthorized(
             "refresh_token_reused",
             "this refresh token was already used; the session has been signed out for safety",
@@ -255,6 +256,7 @@ async fn logout(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Stat
         .bind(auth.session_id)
         .execute(&state.db)
         .await?;
+    announce_revoked(&state, auth.user_id, auth.session_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,7 +295,18 @@ async fn delete_session(
     if deleted == 0 {
         return Err(ApiError::not_found("unknown_session", "no such session"));
     }
+    announce_revoked(&state, auth.user_id, session_id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells the gateway to close connections of a signed-out session. This
+/// event is internal: the dispatcher consumes it and never forwards it.
+fn announce_revoked(state: &AppState, user_id: Uuid, session_id: Uuid) {
+    state.bus.publish(
+        "SESSION_REVOKED",
+        crate::bus::Audience::User(user_id),
+        &serde_json::json!({"session_id": session_id}),
+    );
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {

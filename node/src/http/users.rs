@@ -103,6 +103,12 @@ async fn update_me(
     result?;
     let me = fetch_current_user(&state.db, auth.user_id).await?;
     state.bus.publish("USER_UPDATE", Audience::User(auth.user_id), &me);
+    if req.status.is_some() || req.custom_status.is_some() {
+        state
+            .gateway
+            .set_presence(auth.user_id, me.status.clone(), me.custom_status.clone())
+            .await;
+    }
     if username.is_some() || avatar_url.is_some() {
         let public = User {
             id: me.id,

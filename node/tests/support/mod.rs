@@ -63,6 +63,13 @@ impl TestApp {
         Self::with_config(pool, |_| {})
     }
 
+    /// Wraps an existing state (e.g. one also served on a real socket).
+    pub fn from_state(state: AppState) -> TestApp {
+        let data_dir = state.config.data_dir.clone();
+        let router = together_node::http::app(state.clone());
+        TestApp { state, router, data_dir }
+    }
+
     pub fn with_config(pool: PgPool, change: impl FnOnce(&mut Config)) -> TestApp {
         let data_dir = std::env::temp_dir().join(format!("together-test-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&data_dir).unwrap();

@@ -1,0 +1,336 @@
+//! One gateway WebSocket: HELLO, IDENTIFY or RESUME, then a single task
+//! that reads client frames, writes batched dispatches, watches the
+//! heartbeat deadline and enforces the limits of spec/gateway.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::SinkExt;
+use serde_json::json;
+use tokio::time::{Instant, sleep_until, timeout};
+use uuid::Uuid;
+
+use super::dispatcher::{Command, make_ready_event};
+use super::protocol::{self as p, Close, Identify, Inbound, PresenceUpdate, Resume};
+use super::session::{Outbound, Session};
+use super::{Gateway, INBOUND_PER_MINUTE, MAX_INBOUND_FRAME, views};
+use crate::auth::authenticate;
+use crate::bus::Audience;
+use crate::state::AppState;
+
+/// Why a connection's loop ended.
+enum End {
+    Close(Close),
+    /// The client closed or the socket failed.
+    Gone,
+}
+
+pub async fn serve(mut socket: WebSocket, state: AppState) {
+    let gateway = state.gateway.clone();
+    let interval = gateway.settings().heartbeat_interval;
+    let hello = p::op_frame(p::OP_HELLO, &json!({"heartbeat_interval": interval.as_millis() as u64}));
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let (session, generation) = match handshake(&mut socket, &state, interval).await {
+        Ok(pair) => pair,
+        Err(End::Close(close)) => return send_close(&mut socket, close).await,
+        Err(End::Gone) => return,
+    };
+    let user_id = session.user_id;
+    gateway.command(Command::Connection { user_id, connected: true }).await;
+    let end = run(&mut socket, &state, &session, generation, interval).await;
+    session.detach(generation);
+    gateway.command(Command::Connection { user_id, connected: false }).await;
+    if let End::Close(close) = end {
+        send_close(&mut socket, close).await;
+        if !close.resumable() {
+            expire(&gateway, &session).await;
+            return;
+        }
+    }
+    // Keep the session for a resume, then let it go.
+    let gateway = gateway.clone();
+    let window = gateway.settings().resume_window;
+    let parked = session.generation();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(window) => {}
+            _ = gateway.shutdown().cancelled() => {}
+        }
+        if session.generation() == parked && !session.is_connected() {
+            expire(&gateway, &session).await;
+        }
+    });
+}
+
+async fn expire(gateway: &Gateway, session: &Arc<Session>) {
+    if gateway.forget_session(session.id).is_some() {
+        gateway.command(Command::Unregister { session: session.clone() }).await;
+    }
+}
+
+async fn send_close(socket: &mut WebSocket, close: Close) {
+    let frame = CloseFrame {
+        code: close.code(),
+        reason: close.reason().into(),
+    };
+    let _ = timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// Reads one text frame, enforcing the size limit.
+async fn next_text(socket: &mut WebSocket) -> Result<String, End> {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => {
+                if text.len() > MAX_INBOUND_FRAME {
+                    return Err(End::Close(Close::FrameTooLarge));
+                }
+                return Ok(text.to_string());
+            }
+            Some(Ok(Message::Binary(_))) => return Err(End::Close(Close::FrameTooLarge)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+            Some(Err(err)) => return Err(classify(err)),
+        }
+    }
+}
+
+fn classify(err: axum::Error) -> End {
+    let text = err.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        End::Close(Close::FrameTooLarge)
+    } else if text.contains("UTF-8") || text.contains("utf-8") {
+        End::Close(Close::DecodeError)
+    } else {
+        End::Gone
+    }
+}
+
+/// Waits for IDENTIFY or RESUME. After a failed RESUME the client gets
+/// INVALID_SESSION and may IDENTIFY on the same connection.
+async fn handshake(socket: &mut WebSocket, state: &AppState, interval: Duration) -> Result<(Arc<Session>, u64), End> {
+    for _attempt in 0..3 {
+        let text = match timeout(interval, next_text(socket)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(End::Close(Close::SessionTimedOut)),
+        };
+        let frame: Inbound<'_> = serde_json::from_str(&text).map_err(|_| End::Close(Close::DecodeError))?;
+        let data = frame.d.map(|d| d.get()).unwrap_or("null");
+        match frame.op {
+            p::OP_IDENTIFY => {
+                let identify: Identify = serde_json::from_str(data).map_err(|_| End::Close(Close::DecodeError))?;
+                return identify_session(state, identify).await;
+            }
+            p::OP_RESUME => {
+                let resume: Resume = serde_json::from_str(data).map_err(|_| End::Close(Close::DecodeError))?;
+                match resume_session(state, resume).await? {
+                    Some(pair) => return Ok(pair),
+                    None => {
+                        let invalid = p::op_frame(p::OP_INVALID_SESSION, &json!(false));
+                        socket.send(Message::Text(invalid.into())).await.map_err(|_| End::Gone)?;
+                    }
+                }
+            }
+            p::OP_HEARTBEAT => {
+                let ack = p::op_frame(p::OP_HEARTBEAT_ACK, &serde_json::Value::Null);
+                socket.send(Message::Text(ack.into())).await.map_err(|_| End::Gone)?;
+            }
+            p::OP_DISPATCH | p::OP_PRESENCE_UPDATE => return Err(End::Close(Close::NotAuthenticated)),
+            _ => return Err(End::Close(Close::UnknownOpcode)),
+        }
+    }
+    Err(End::Close(Close::RateLimited))
+}
+
+async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<Session>, u64), End> {
+    let gateway = &state.gateway;
+    let auth = authenticate(state, &identify.token)
+        .await
+        .map_err(|_| End::Close(Close::AuthenticationFailed))?;
+    if !gateway.allow_identify(auth.user_id) {
+        return Err(End::Close(Close::RateLimited));
+    }
+    let failed = |err: crate::error::ApiError| {
+        tracing::warn!(error = ?err, "IDENTIFY failed");
+        End::Close(Close::UnknownError)
+    };
+    let user = crate::http::auth::fetch_current_user(&state.db, auth.user_id).await.map_err(failed)?;
+    let (status, custom_status) = match identify.presence {
+        Some(presence) => {
+            let (status, custom) = validate_presence(&presence).ok_or(End::Close(Close::DecodeError))?;
+            store_presence(state, auth.user_id, &status, custom.as_deref()).await;
+            (status, custom)
+        }
+        None => (user.status.clone(), user.custom_status.clone()),
+    };
+    let mut views_by_server = HashMap::new();
+    for server_id in views::servers_of(&state.db, auth.user_id).await.map_err(failed)? {
+        let mut computed = views::compute(&state.db, server_id, &[auth.user_id]).await.map_err(failed)?;
+        if let Some(view) = computed.remove(&auth.user_id) {
+            views_by_server.insert(server_id, view);
+        }
+    }
+    let session = Arc::new(Session::new(auth.user_id, auth.session_id));
+    gateway.register_session(session.clone());
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    gateway
+        .command(Command::Register {
+            session: session.clone(),
+            views: views_by_server.clone(),
+            status,
+            custom_status,
+            reply,
+        })
+        .await;
+    let mut presences = rx.await.unwrap_or_default();
+    let mut servers = Vec::with_capacity(views_by_server.len());
+    for (server_id, view) in &views_by_server {
+        let presences = presences.remove(server_id).unwrap_or_default();
+        match super::ready::server_object(&state.db, *server_id, auth.user_id, view, presences).await {
+            Ok(object) => servers.push(object),
+            Err(err) => tracing::warn!(error = ?err, server = %server_id, "server left out of READY"),
+        }
+    }
+    servers.sort_by_key(|s| s.member.as_ref().map(|m| m.joined_at));
+    let ready = super::ready::Ready {
+        v: 1,
+        session_id: session.id,
+        user,
+        servers,
+    };
+    session.activate(make_ready_event("READY", Audience::User(auth.user_id), &ready));
+    let generation = session.attach(None).ok_or(End::Close(Close::UnknownError))?;
+    tracing::debug!(user = %auth.user_id, session = %session.id, "gateway session identified");
+    Ok((session, generation))
+}
+
+async fn resume_session(state: &AppState, resume: Resume) -> Result<Option<(Arc<Session>, u64)>, End> {
+    let auth = authenticate(state, &resume.token)
+        .await
+        .map_err(|_| End::Close(Close::AuthenticationFailed))?;
+    let Some(session) = state.gateway.find_session(resume.session_id) else {
+        return Ok(None);
+    };
+    if session.user_id != auth.user_id {
+        return Ok(None);
+    }
+    let Some(generation) = session.attach(Some(resume.seq)) else {
+        expire(&state.gateway, &session).await;
+        return Ok(None);
+    };
+    session.push(make_ready_event("RESUMED", Audience::User(auth.user_id), &json!({})));
+    Ok(Some((session, generation)))
+}
+
+fn validate_presence(presence: &PresenceUpdate) -> Option<(String, Option<String>)> {
+    if !matches!(presence.status.as_str(), "online" | "away" | "dnd" | "invisible") {
+        return None;
+    }
+    let custom = match presence.custom_status.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) if s.chars().count() <= 128 && !s.chars().any(char::is_control) => Some(s.to_string()),
+        Some(_) => return None,
+    };
+    Some((presence.status.clone(), custom))
+}
+
+async fn store_presence(state: &AppState, user_id: Uuid, status: &str, custom: Option<&str>) {
+    let stored = sqlx::query("UPDATE users SET status = $2, custom_status = $3 WHERE id = $1")
+        .bind(user_id)
+        .bind(status)
+        .bind(custom)
+        .execute(&state.db)
+        .await;
+    if let Err(err) = stored {
+        tracing::warn!(error = %err, "cannot store presence");
+    }
+}
+
+/// The connection's main loop.
+async fn run(socket: &mut WebSocket, state: &AppState, session: &Session, generation: u64, interval: Duration) -> End {
+    let deadline_after = interval + interval / 2;
+    let mut deadline = Instant::now() + deadline_after;
+    let mut window_start = Instant::now();
+    let mut inbound = 0u32;
+    let shutdown = state.gateway.shutdown().clone();
+    loop {
+        if let Some(end) = flush(socket, session, generation).await {
+            return end;
+        }
+        tokio::select! {
+            _ = session.wait() => {}
+            _ = sleep_until(deadline) => return End::Close(Close::SessionTimedOut),
+            _ = shutdown.cancelled() => return End::Close(Close::ShuttingDown),
+            text = next_text(socket) => {
+                let text = match text {
+                    Ok(text) => text,
+                    Err(end) => return end,
+                };
+                let now = Instant::now();
+                if now.duration_since(window_start) >= Duration::from_secs(60) {
+                    window_start = now;
+                    inbound = 0;
+                }
+                inbound += 1;
+                if inbound > INBOUND_PER_MINUTE {
+                    return End::Close(Close::RateLimited);
+                }
+                let Ok(frame) = serde_json::from_str::<Inbound<'_>>(&text) else {
+                    return End::Close(Close::DecodeError);
+                };
+                let data = frame.d.map(|d| d.get()).unwrap_or("null");
+                match frame.op {
+                    p::OP_HEARTBEAT => {
+                        let Ok(seq) = serde_json::from_str::<Option<u64>>(data) else {
+                            return End::Close(Close::DecodeError);
+                        };
+                        if let Some(seq) = seq {
+                            session.ack(seq);
+                        }
+                        deadline = Instant::now() + deadline_after;
+                        let ack = p::op_frame(p::OP_HEARTBEAT_ACK, &serde_json::Value::Null);
+                        if socket.send(Message::Text(ack.into())).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    p::OP_PRESENCE_UPDATE => {
+                        let Some((status, custom)) = serde_json::from_str::<PresenceUpdate>(data)
+                            .ok()
+                            .as_ref()
+                            .and_then(validate_presence)
+                        else {
+                            return End::Close(Close::DecodeError);
+                        };
+                        store_presence(state, session.user_id, &status, custom.as_deref()).await;
+                        state.gateway.set_presence(session.user_id, status, custom).await;
+                    }
+                    p::OP_IDENTIFY | p::OP_RESUME => return End::Close(Close::AlreadyAuthenticated),
+                    _ => return End::Close(Close::UnknownOpcode),
+                }
+            }
+        }
+    }
+}
+
+/// Writes every pending dispatch in one batch (one flush).
+async fn flush(socket: &mut WebSocket, session: &Session, generation: u64) -> Option<End> {
+    match session.take(generation) {
+        Outbound::Close(close) => Some(End::Close(close)),
+        Outbound::Frames(frames) if frames.is_empty() => None,
+        Outbound::Frames(frames) => {
+            for (seq, event) in frames {
+                let frame = p::dispatch_frame(seq, event.kind, &event.data);
+                if socket.feed(Message::Text(frame.into())).await.is_err() {
+                    return Some(End::Gone);
+                }
+            }
+            if socket.flush().await.is_err() {
+                return Some(End::Gone);
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The dispatcher: one task that owns the routing tables and turns each
+//! bus event into pushes onto the sessions allowed to see it.
+//!
+//! Owning the tables in one task means the send path takes no global lock:
+//! per event it walks the connected members of one server and checks a
+//! per-user set of visible channels. Events that change who may see what
+//! (roles, overrides, membership) update those sets before or after they
+//! are delivered, and users gain or lose channels with synthesized
+//! CHANNEL_CREATE / CHANNEL_DELETE dispatches. Presence lives here too: it
+//! is derived from which sessions are connected.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::protocol::Close;
+use super::session::Session;
+use super::views::{self, View};
+use crate::bus::{Audience, Bus, Event};
+
+/// Grace period before a user whose last connection closed goes offline.
+pub const OFFLINE_GRACE: Duration = Duration::from_secs(5);
+
+/// A user's presence as others see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    pub user_id: Uuid,
+    /// `online`, `away`, `dnd` or `offline` (invisible users show offline).
+    pub status: String,
+    pub custom_status: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    /// A new session; replies with the presences of online members of the
+    /// user's servers, for READY.
+    Register {
+        session: Arc<Session>,
+        views: HashMap<Uuid, View>,
+        status: String,
+        custom_status: Option<String>,
+        reply: oneshot::Sender<HashMap<Uuid, Vec<Presence>>>,
+    },
+    /// A connection attached to (`true`) or left (`false`) a session.
+    Connection { user_id: Uuid, connected: bool },
+    /// The session is gone for good.
+    Unregister { session: Arc<Session> },
+    /// The user chose a status.
+    SetPresence {
+        user_id: Uuid,
+        status: String,
+        custom_status: Option<String>,
+    },
+    /// The offline grace period of a user ended.
+    OfflineCheck { user_id: Uuid, epoch: u64 },
+    /// Current presences of the online members of a server.
+    Presences {
+        server_id: Uuid,
+        reply: oneshot::Sender<Vec<Presence>>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct UserEntry {
+    sessions: Vec<Arc<Session>>,
+    views: HashMap<Uuid, View>,
+    connections: usize,
+    status: String,
+    custom_status: Option<String>,
+    /// What others were last told.
+    shown: Option<Presence>,
+    epoch: u64,
+}
+
+impl UserEntry {
+    fn presence(&self, user_id: Uuid) -> Presence {
+        let status = if self.connections == 0 || self.status == "invisible" {
+            "offline".to_string()
+        } else {
+            self.status.clone()
+        };
+        Presence {
+            user_id,
+            custom_status: if status == "offline" { None } else { self.custom_status.clone() },
+            status,
+        }
+    }
+}
+
+pub struct Dispatcher {
+    db: PgPool,
+    commands: mpsc::Sender<Command>,
+    users: HashMap<Uuid, UserEntry>,
+    /// Connected users per server.
+    servers: HashMap<Uuid, HashSet<Uuid>>,
+}
+
+impl Dispatcher {
+    pub fn spawn(db: PgPool, bus: Bus, shutdown: CancellationToken) -> mpsc::Sender<Command> {
+        let (tx, rx) = mpsc::channel(4096);
+        let events = bus.subscribe();
+        let dispatcher = Dispatcher {
+            db,
+            commands: tx.clone(),
+            users: HashMap::new(),
+            servers: HashMap::new(),
+        };
+        tokio::spawn(dispatcher.run(events, rx, shutdown));
+        tx
+    }
+
+    async fn run(
+        mut self,
+        mut events: broadcast::Receiver<Arc<Event>>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Ok(event) => self.event(event).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(missed, "gateway dispatcher lagged; invalidating all sessions");
+                        for entry in self.users.values() {
+                            for s in &entry.sessions {
+                                s.close(Close::UnknownError, true);
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        for entry in self.users.values() {
+            for s in &entry.sessions {
+                s.close(Close::ShuttingDown, false);
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Register { session, views, status, custom_status, reply } => {
+                let user_id = session.user_id;
+                let entry = self.users.entry(user_id).or_default();
+                entry.status = status;
+                entry.custom_status = custom_status;
+                for (server_id, view) in views {
+                    self.servers.entry(server_id).or_default().insert(user_id);
+                    entry.views.insert(server_id, view);
+                }
+                entry.sessions.push(session);
+                let servers: Vec<Uuid> = entry.views.keys().copied().collect();
+                let presences = servers
+                    .into_iter()
+                    .map(|s| (s, self.online_in(s)))
+                    .collect();
+                let _ = reply.send(presences);
+            }
+            Command::Connection { user_id, connected } => {
+                let Some(entry) = self.users.get_mut(&user_id) else {
+                    return;
+                };
+                if connected {
+                    entry.connections += 1;
+                    entry.epoch += 1;
+                    self.announce(user_id);
+                } else {
+                    entry.connections = entry.connections.saturating_sub(1);
+                    if entry.connections == 0 {
+                        entry.epoch += 1;
+                        let epoch = entry.epoch;
+                        let tx = self.commands.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(OFFLINE_GRACE).await;
+                            let _ = tx.send(Command::OfflineCheck { user_id, epoch }).await;
+                        });
+                    }
+                }
+            }
+            Command::OfflineCheck { user_id, epoch } => {
+                let Some(entry) = self.users.get_mut(&user_id) else {
+                    return;
+                };
+                if entry.epoch == epoch && entry.connections == 0 {
+                    let offline = Presence {
+                        user_id,
+                        status: "offline".into(),
+                        custom_status: None,
+                    };
+                    if entry.shown.as_ref() != Some(&offline) {
+                        entry.shown = Some(offline.clone());
+                        self.broadcast_presence(user_id, &offline);
+                    }
+                }
+            }
+            Command::Unregister { session } => {
+                let user_id = session.user_id;
+                let Some(entry) = self.users.get_mut(&user_id) else {
+                    return;
+                };
+                entry.sessions.retain(|s| !Arc::ptr_eq(s, &session));
+                if !entry.sessions.is_empty() || entry.connections > 0 {
+                    return;
+                }
+                // The user's last session is gone: say so while their
+                // servers are still known, then forget them.
+                if entry.shown.as_ref().is_some_and(|p| p.status != "offline") {
+                    let offline = Presence {
+                        user_id,
+                        status: "offline".into(),
+                        custom_status: None,
+                    };
+                    self.broadcast_presence(user_id, &offline);
+                }
+                if let Some(entry) = self.users.remove(&user_id) {
+                    for server_id in entry.views.keys() {
+                        if let Some(set) = self.servers.get_mut(server_id) {
+                            set.remove(&user_id);
+                            if set.is_empty() {
+                                self.servers.remove(server_id);
+                            }
+                        }
+                    }
+                }
+            }
+            Command::SetPresence { user_id, status, custom_status } => {
+                if let Some(entry) = self.users.get_mut(&user_id) {
+                    entry.status = status;
+                    entry.custom_status = custom_status;
+                    self.announce(user_id);
+                }
+            }
+            Command::Presences { server_id, reply } => {
+                let _ = reply.send(self.online_in(server_id));
+            }
+        }
+    }
+
+    fn online_in(&self, server_id: Uuid) -> Vec<Presence> {
+        self.servers
+            .get(&server_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| self.users.get(u).map(|e| e.presence(*u)))
+            .filter(|p| p.status != "offline")
+            .collect()
+    }
+
+    /// Tells peers the user's presence if it changed.
+    fn announce(&mut self, user_id: Uuid) {
+        let Some(entry) = self.users.get_mut(&user_id) else {
+            return;
+        };
+        let presence = entry.presence(user_id);
+        if entry.shown.as_ref() == Some(&presence) {
+            return;
+        }
+        entry.shown = Some(presence.clone());
+        self.broadcast_presence(user_id, &presence);
+    }
+
+    /// Presence is ephemeral and derived here, so it is delivered at once
+    /// rather than through the bus.
+    fn broadcast_presence(&self, user_id: Uuid, presence: &Presence) {
+        self.deliver(&make_event("PRESENCE_UPDATE", Audience::Peers(user_id), presence));
+    }
+
+    async fn event(&mut self, event: Arc<Event>) {
+        match event.kind {
+            "SESSION_REVOKED" => return self.revoke(&event),
+            "CHANNEL_CREATE" | "CHANNEL_UPDATE" => {
+                let Some(server_id) = server_of(&event) else { return };
+                let channel_id = id_field(&event, "id");
+                self.recompute(server_id, None, channel_id).await;
+            }
+            "CHANNEL_DELETE" => {
+                self.deliver(&event);
+                if let (Some(server_id), Some(channel_id)) = (server_of(&event), id_field(&event, "id")) {
+                    for user in self.servers.get(&server_id).into_iter().flatten() {
+                        if let Some(view) = self.users.get_mut(user).and_then(|e| e.views.get_mut(&server_id)) {
+                            view.remove(&channel_id);
+                        }
+                    }
+                }
+                return;
+            }
+            "SERVER_ROLE_CREATE" | "SERVER_ROLE_UPDATE" | "SERVER_ROLE_DELETE" | "SERVER_UPDATE" => {
+                self.deliver(&event);
+                if let Some(server_id) = server_of(&event) {
+                    self.recompute(server_id, None, None).await;
+                }
+                return;
+            }
+            "SERVER_MEMBER_UPDATE" => {
+                self.deliver(&event);
+                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
+                    self.recompute(server_id, Some(user_id), None).await;
+                }
+                return;
+            }
+            "SERVER_MEMBER_ADD" => {
+                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
+                    self.join(server_id, user_id).await;
+                }
+            }
+            "SERVER_CREATE" => {
+                if let (Audience::User(user_id), Some(server_id)) = (&event.audience, id_field(&event, "id")) {
+                    let user_id = *user_id;
+                    self.join(server_id, user_id).await;
+                    if let Some(view) = self.users.get(&user_id).and_then(|e| e.views.get(&server_id)).cloned() {
+                        let presences = self.online_in(server_id);
+                        match super::ready::server_object(&self.db, server_id, user_id, &view, presences).await {
+                            Ok(object) => {
+                                let full = make_event("SERVER_CREATE", event.audience.clone(), &object);
+                                self.deliver(&full);
+                            }
+                            Err(err) => tracing::warn!(error = ?err, "cannot build SERVER_CREATE"),
+                        }
+                    }
+                }
+                return;
+            }
+            "SERVER_MEMBER_REMOVE" => {
+                self.deliver(&event);
+                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
+                    self.leave(server_id, user_id);
+                }
+                return;
+            }
+            "SERVER_DELETE" => {
+                self.deliver(&event);
+                if let Some(server_id) = id_field(&event, "id") {
+                    let users: Vec<Uuid> = self.servers.get(&server_id).into_iter().flatten().copied().collect();
+                    for user_id in users {
+                        self.leave_silently(server_id, user_id);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        self.deliver(&event);
+    }
+
+    /// Pushes an event onto every session allowed to see it.
+    fn deliver(&self, event: &Arc<Event>) {
+        let push_user = |user: &Uuid| {
+            if let Some(entry) = self.users.get(user) {
+                for s in &entry.sessions {
+                    s.push(event.clone());
+                }
+            }
+        };
+        match &event.audience {
+            Audience::Channel { server_id, channel_id } => {
+                for user in self.servers.get(server_id).into_iter().flatten() {
+                    let Some(entry) = self.users.get(user) else { continue };
+                    if entry.views.get(server_id).is_some_and(|v| v.contains(channel_id)) {
+                        for s in &entry.sessions {
+                            s.push(event.clone());
+                        }
+                    }
+                }
+            }
+            Audience::Server(server_id) => self.servers.get(server_id).into_iter().flatten().for_each(push_user),
+            Audience::ServerAndUsers { server_id, users } => {
+                let members = self.servers.get(server_id);
+                members.into_iter().flatten().for_each(push_user);
+                users
+                    .iter()
+                    .filter(|u| !members.is_some_and(|m| m.contains(u)))
+                    .for_each(push_user);
+            }
+            Audience::User(user) => push_user(user),
+            Audience::Peers(user) => {
+                let mut seen = HashSet::new();
+                seen.insert(*user);
+                push_user(user);
+                if let Some(entry) = self.users.get(user) {
+                    for server_id in entry.views.keys() {
+                        for peer in self.servers.get(server_id).into_iter().flatten() {
+                            if seen.insert(*peer) {
+                                push_user(peer);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recomputes views in a server (all connected members, or one user),
+    /// then tells users about channels they gained or lost. `event_channel`
+    /// is the channel whose own CHANNEL_CREATE/UPDATE is being delivered,
+    /// so gaining it needs no extra dispatch.
+    async fn recompute(&mut self, server_id: Uuid, only: Option<Uuid>, event_channel: Option<Uuid>) {
+        let users: Vec<Uuid> = match only {
+            Some(u) if self.servers.get(&server_id).is_some_and(|s| s.contains(&u)) => vec![u],
+            Some(_) => return,
+            None => self.servers.get(&server_id).into_iter().flatten().copied().collect(),
+        };
+        let fresh = match views::compute(&self.db, server_id, &users).await {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::warn!(error = ?err, "cannot recompute channel views");
+                return;
+            }
+        };
+        let mut gained_any: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut lost_any: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for user_id in users {
+            let Some(entry) = self.users.get_mut(&user_id) else { continue };
+            let new = fresh.get(&user_id).cloned().unwrap_or_default();
+            let old = entry.views.insert(server_id, new.clone()).unwrap_or_default();
+            let gained: Vec<Uuid> = new.difference(&old).copied().filter(|c| Some(*c) != event_channel).collect();
+            let lost: Vec<Uuid> = old.difference(&new).copied().collect();
+            if !gained.is_empty() {
+                gained_any.insert(user_id, gained);
+            }
+            if !lost.is_empty() {
+                lost_any.insert(user_id, lost);
+            }
+        }
+        for (user_id, lost) in lost_any {
+            for channel_id in lost {
+                let ev = make_event(
+                    "CHANNEL_DELETE",
+                    Audience::User(user_id),
+                    &serde_json::json!({"id": channel_id, "server_id": server_id}),
+                );
+                self.deliver(&ev);
+            }
+        }
+        if gained_any.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = gained_any.values().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+        match super::ready::channels_by_id(&self.db, &ids).await {
+            Ok(channels) => {
+                for (user_id, gained) in gained_any {
+                    for channel_id in gained {
+                        if let Some(channel) = channels.get(&channel_id) {
+                            let ev = make_event("CHANNEL_CREATE", Audience::User(user_id), channel);
+                            self.deliver(&ev);
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = ?err, "cannot load gained channels"),
+        }
+    }
+
+    /// A connected user became a member of a server.
+    async fn join(&mut self, server_id: Uuid, user_id: Uuid) {
+        if !self.users.contains_key(&user_id) {
+            return;
+        }
+        match views::compute(&self.db, server_id, &[user_id]).await {
+            Ok(mut fresh) => {
+                if let (Some(view), Some(entry)) = (fresh.remove(&user_id), self.users.get_mut(&user_id)) {
+                    entry.views.insert(server_id, view);
+                    self.servers.entry(server_id).or_default().insert(user_id);
+                }
+            }
+            Err(err) => tracing::warn!(error = ?err, "cannot compute the view of a new member"),
+        }
+    }
+
+    /// A user left or was removed: they learn the server is gone for them.
+    fn leave(&mut self, server_id: Uuid, user_id: Uuid) {
+        if self.leave_silently(server_id, user_id) {
+            let ev = make_event("SERVER_DELETE", Audience::User(user_id), &serde_json::json!({"id": server_id}));
+            self.deliver(&ev);
+        }
+    }
+
+    fn leave_silently(&mut self, server_id: Uuid, user_id: Uuid) -> bool {
+        if let Some(set) = self.servers.get_mut(&server_id) {
+            set.remove(&user_id);
+            if set.is_empty() {
+                self.servers.remove(&server_id);
+            }
+        }
+        self.users
+            .get_mut(&user_id)
+            .is_some_and(|e| e.views.remove(&server_id).is_some())
+    }
+
+    fn revoke(&self, event: &Event) {
+        let (Audience::User(user_id), Some(session)) = (&event.audience, id_field(event, "session_id")) else {
+            return;
+        };
+        if let Some(entry) = self.users.get(user_id) {
+            for s in entry.sessions.iter().filter(|s| s.auth_session == session) {
+                s.close(Close::SessionRevoked, true);
+            }
+        }
+    }
+}
+
+fn make_event(kind: &'static str, audience: Audience, payload: &impl Serialize) -> Arc<Event> {
+    Arc::new(Event {
+        kind,
+        audience,
+        data: serde_json::to_string(payload).unwrap_or_else(|_| "null".into()).into(),
+    })
+}
+
+fn parse(event: &Event) -> Value {
+    serde_json::from_str(&event.data).unwrap_or(Value::Null)
+}
+
+fn id_field(event: &Event, field: &str) -> Option<Uuid> {
+    parse(event).get(field)?.as_str()?.parse().ok()
+}
+
+/// The server an event concerns, from its audience or payload.
+fn server_of(event: &Event) -> Option<Uuid> {
+    match &event.audience {
+        Audience::Channel { server_id, .. } | Audience::Server(server_id) => Some(*server_id),
+        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
+        _ => id_field(event, "server_id"),
+    }
+}
+
+/// The user a member event concerns: `user.id` or `user_id`.
+fn member_user(event: &Event) -> Option<Uuid> {
+    let v = parse(event);
+    v.get("user")
+        .and_then(|u| u.get("id"))
+        .or_else(|| v.get("user_id"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+}
+
+/// An event built outside the bus (READY, RESUMED).
+pub fn make_ready_event(kind: &'static str, audience: Audience, payload: &impl Serialize) -> Arc<Event> {
+    make_event(kind, audience, payload)
+}

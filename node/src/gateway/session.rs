@@ -1,0 +1,307 @@
+//! A gateway session: the ordered, numbered stream of dispatches for one
+//! signed-in device, which outlives any single WebSocket connection so a
+//! dropped client can RESUME without losing events.
+//!
+//! The dispatcher pushes events in; the connection that currently owns the
+//! session takes them out in batches. The buffer keeps dispatches until the
+//! client acknowledges them (its heartbeat carries the last `s`), bounded
+//! by [`MAX_FRAMES`] and [`MAX_BYTES`]. A connection that falls more than
+//! [`SLOW_LAG`] dispatches behind is closed with the resumable 4010.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::protocol::Close;
+use crate::bus::Event;
+
+/// Dispatches kept for replay.
+pub const MAX_FRAMES: usize = 4096;
+/// Payload bytes kept for replay.
+pub const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Unsent dispatches after which a connection is closed as too slow.
+pub const SLOW_LAG: u64 = 1024;
+
+#[derive(Debug)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The sign-in session (refresh-token family) the access token names.
+    pub auth_session: Uuid,
+    inner: Mutex<Buffer>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    /// READY has been queued; until then events wait in `pending`.
+    ready: bool,
+    pending: Vec<Arc<Event>>,
+    /// Sequence number of the next dispatch.
+    next_seq: u64,
+    frames: VecDeque<(u64, Arc<Event>)>,
+    bytes: usize,
+    /// Highest sequence number handed to the current connection.
+    sent: u64,
+    connected: bool,
+    generation: u64,
+    close: Option<Close>,
+    invalid: bool,
+}
+
+impl Buffer {
+    fn append(&mut self, event: Arc<Event>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += event.data.len();
+        self.frames.push_back((seq, event));
+        while self.frames.len() > MAX_FRAMES || self.bytes > MAX_BYTES {
+            let Some((seq, old)) = self.frames.pop_front() else {
+                break;
+            };
+            self.bytes -= old.data.len();
+            if seq > self.sent && !self.connected {
+                // A parked session lost events it never delivered.
+                self.invalid = true;
+            }
+        }
+        if self.connected && self.close.is_none() && self.next_seq - 1 - self.sent > SLOW_LAG {
+            self.close = Some(Close::TooSlow);
+        }
+    }
+}
+
+/// Outcome of taking the next batch for a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    Frames(Vec<(u64, Arc<Event>)>),
+    Close(Close),
+}
+
+impl Session {
+    pub fn new(user_id: Uuid, auth_session: Uuid) -> Session {
+        Session {
+            id: Uuid::new_v4(),
+            user_id,
+            auth_session,
+            inner: Mutex::new(Buffer {
+                next_seq: 1,
+                ..Buffer::default()
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues one dispatch. Never blocks; memory stays bounded.
+    pub fn push(&self, event: Arc<Event>) {
+        {
+            let mut b = self.lock();
+            if b.invalid {
+                return;
+            }
+            if !b.ready {
+                if b.pending.len() >= MAX_FRAMES {
+                    b.invalid = true;
+                } else {
+                    b.pending.push(event);
+                }
+                return;
+            }
+            b.append(event);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Queues READY as dispatch 1, then whatever arrived while it was built.
+    pub fn activate(&self, ready: Arc<Event>) {
+        {
+            let mut b = self.lock();
+            b.ready = true;
+            b.append(ready);
+            let pending = std::mem::take(&mut b.pending);
+            for event in pending {
+                b.append(event);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Gives the session to a new connection. With `resume_from`, the
+    /// connection continues after that sequence number; `None` if the
+    /// session cannot continue from there.
+    pub fn attach(&self, resume_from: Option<u64>) -> Option<u64> {
+        let mut b = self.lock();
+        if b.invalid {
+            return None;
+        }
+        if let Some(seq) = resume_from {
+            let last = b.next_seq - 1;
+            let first_kept = b.frames.front().map(|f| f.0).unwrap_or(b.next_seq);
+            if seq > last || seq + 1 < first_kept {
+                return None;
+            }
+            b.sent = seq;
+        }
+        b.connected = true;
+        b.generation += 1;
+        b.close = None;
+        let generation = b.generation;
+        drop(b);
+        self.notify.notify_one();
+        Some(generation)
+    }
+
+    /// The connection `generation` ended.
+    pub fn detach(&self, generation: u64) {
+        let mut b = self.lock();
+        if b.generation == generation {
+            b.connected = false;
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.lock().connected
+    }
+
+    /// Number of the connection that owns the session now.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    pub fn is_invalid(&self) -> bool {
+        self.lock().invalid
+    }
+
+    /// Waits until there may be something to send.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The dispatches the connection has not sent yet, or a close request.
+    pub fn take(&self, generation: u64) -> Outbound {
+        let mut b = self.lock();
+        if b.generation != generation {
+            // Another connection resumed this session.
+            return Outbound::Close(Close::UnknownError);
+        }
+        if let Some(close) = b.close.take() {
+            return Outbound::Close(close);
+        }
+        if b.invalid {
+            return Outbound::Close(Close::SessionRevoked);
+        }
+        let sent = b.sent;
+        let start = b.frames.partition_point(|f| f.0 <= sent);
+        let batch: Vec<_> = b.frames.range(start..).cloned().collect();
+        if let Some(last) = batch.last() {
+            b.sent = last.0;
+        }
+        Outbound::Frames(batch)
+    }
+
+    /// The client has everything up to `seq`: forget those dispatches.
+    pub fn ack(&self, seq: u64) {
+        let mut b = self.lock();
+        let upto = seq.min(b.sent);
+        while b.frames.front().is_some_and(|f| f.0 <= upto) {
+            if let Some((_, old)) = b.frames.pop_front() {
+                b.bytes -= old.data.len();
+            }
+        }
+    }
+
+    /// Asks the current connection to close with `close`.
+    pub fn close(&self, close: Close, invalidate: bool) {
+        {
+            let mut b = self.lock();
+            b.close = Some(close);
+            if invalidate {
+                b.invalid = true;
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Sequence number of the last dispatch queued.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::Audience;
+
+    fn event(n: usize) -> Arc<Event> {
+        Arc::new(Event {
+            kind: "TEST",
+            audience: Audience::User(Uuid::nil()),
+            data: format!("{n}").into(),
+        })
+    }
+
+    fn frames(out: Outbound) -> Vec<u64> {
+        match out {
+            Outbound::Frames(f) => f.into_iter().map(|f| f.0).collect(),
+            Outbound::Close(c) => panic!("unexpected close {c:?}"),
+        }
+    }
+
+    #[test]
+    fn ready_comes_first_and_resume_replays_the_rest() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        s.push(event(1));
+        s.activate(event(0));
+        let g = s.attach(None).unwrap_or_default();
+        assert_eq!(frames(s.take(g)), vec![1, 2]);
+        s.push(event(3));
+        s.detach(g);
+        s.push(event(4));
+        // The client saw up to 2; a resume replays 3 and 4.
+        let g2 = s.attach(Some(2)).unwrap_or_default();
+        assert_eq!(frames(s.take(g2)), vec![3, 4]);
+        // The old connection learns it was superseded.
+        assert!(matches!(s.take(g), Outbound::Close(_)));
+        assert!(s.attach(Some(99)).is_none(), "cannot resume from the future");
+    }
+
+    #[test]
+    fn slow_connections_are_closed_resumably_and_acks_free_memory() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        s.activate(event(0));
+        let g = s.attach(None).unwrap_or_default();
+        for n in 0..(SLOW_LAG as usize + 2) {
+            s.push(event(n));
+        }
+        match s.take(g) {
+            Outbound::Close(c) => assert_eq!(c, Close::TooSlow),
+            Outbound::Frames(_) => panic!("expected a close"),
+        }
+        assert!(Close::TooSlow.resumable());
+        let g = s.attach(Some(0)).unwrap_or_default();
+        let sent = frames(s.take(g));
+        assert_eq!(sent.len(), SLOW_LAG as usize + 3);
+        s.ack(*sent.last().unwrap_or(&0));
+        assert_eq!(s.lock().frames.len(), 0);
+    }
+
+    #[test]
+    fn a_parked_session_that_overflows_cannot_resume() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        s.activate(event(0));
+        let g = s.attach(None).unwrap_or_default();
+        let _ = s.take(g);
+        s.detach(g);
+        for n in 0..(MAX_FRAMES + 10) {
+            s.push(event(n));
+        }
+        assert!(s.attach(Some(1)).is_none());
+    }
+}

@@ -1,0 +1,608 @@
+//! The gateway with real WebSocket clients against a node on a real socket:
+//! READY, dispatch filtering by permission, multiple sessions, resume,
+//! presence, typing, revocation and every limit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use support::{TestApp, TestUser};
+use together_node::bus::Audience;
+use together_node::config::Config;
+use together_node::gateway::GatewaySettings;
+use together_node::keys::NodeKeys;
+use together_node::state::AppState;
+use together_protocol::permissions::Permissions;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Node {
+    addr: SocketAddr,
+    app: TestApp,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn settings() -> GatewaySettings {
+    GatewaySettings {
+        heartbeat_interval: Duration::from_millis(1500),
+        resume_window: Duration::from_secs(5),
+        typing_ttl: Duration::from_millis(800),
+    }
+}
+
+async fn start(pool: PgPool) -> Node {
+    let dir = std::env::temp_dir().join(format!("together-gw-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shutdown = CancellationToken::new();
+    let state = AppState::build(pool, Config::for_tests(&dir), NodeKeys::for_tests(), settings(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = together_node::http::app(state.clone());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .ok();
+    });
+    Node {
+        addr,
+        app: TestApp::from_state(state),
+        shutdown,
+    }
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    last_heartbeat: tokio::time::Instant,
+    seq: Option<u64>,
+    session_id: String,
+    heartbeat_interval: u64,
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/gateway")).await.unwrap();
+        let mut client = Client {
+            ws,
+            last_heartbeat: tokio::time::Instant::now(),
+            seq: None,
+            session_id: String::new(),
+            heartbeat_interval: 0,
+        };
+        let hello = client.frame().await.expect("HELLO");
+        assert_eq!(hello["op"], 10);
+        client.heartbeat_interval = hello["d"]["heartbeat_interval"].as_u64().unwrap();
+        client
+    }
+
+    async fn identified(addr: SocketAddr, user: &TestUser) -> (Client, Value) {
+        let mut client = Client::connect(addr).await;
+        let ready = client.identify(&user.token).await;
+        (client, ready)
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+
+    async fn identify(&mut self, token: &str) -> Value {
+        self.send(json!({"op": 2, "d": {"token": token}})).await;
+        let ready = self.dispatch("READY").await;
+        assert_eq!(self.seq, Some(1), "READY is dispatch 1");
+        self.session_id = ready["session_id"].as_str().unwrap().to_string();
+        ready
+    }
+
+    async fn heartbeat(&mut self) {
+        self.send(json!({"op": 1, "d": self.seq})).await;
+    }
+
+    /// The next frame, or None when the connection closed (or timed out).
+    /// Once identified, the client heartbeats while it waits, like a real one.
+    async fn frame(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let beat = Duration::from_millis(self.heartbeat_interval / 3);
+            if self.seq.is_some() && self.last_heartbeat.elapsed() >= beat {
+                self.last_heartbeat = tokio::time::Instant::now();
+                self.send(json!({"op": 1, "d": self.seq})).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            let msg = match tokio::time::timeout(beat.max(Duration::from_millis(50)), self.ws.next()).await {
+                Err(_) => continue,
+                Ok(msg) => msg?.ok()?,
+            };
+            match msg {
+                Message::Text(text) => {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(s) = v["s"].as_u64() {
+                        if let Some(prev) = self.seq {
+                            assert_eq!(s, prev + 1, "sequence numbers have no gaps");
+                        }
+                        self.seq = Some(s);
+                    }
+                    return Some(v);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next dispatch of `kind`, skipping others.
+    async fn dispatch(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match self.frame().await {
+                Some(f) if f["op"] == 0 && f["t"] == kind => return f["d"].clone(),
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for {kind}"),
+            }
+        }
+        panic!("no {kind} within {WAIT:?}");
+    }
+
+    /// The next PRESENCE_UPDATE about `user`.
+    async fn presence_of(&mut self, user: &TestUser) -> Value {
+        loop {
+            let p = self.dispatch("PRESENCE_UPDATE").await;
+            if p["user_id"] == user.id.as_str() {
+                return p;
+            }
+        }
+    }
+
+    /// Asserts no dispatch of `kind` arrives within `window`.
+    async fn no_dispatch(&mut self, kind: &str, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(s) = v["s"].as_u64() {
+                        self.seq = Some(s);
+                    }
+                    assert!(v["t"] != kind, "unexpected {kind}: {v}");
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(_) => return,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.ok()? {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// A server owned by `owner` with channels #general and #secret.
+async fn fixture(pool: &PgPool, owner: &TestUser) -> (Uuid, Uuid, Uuid) {
+    let server = Uuid::now_v7();
+    let owner_id: Uuid = owner.id.parse().unwrap();
+    sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'Test', $2)")
+        .bind(server)
+        .bind(owner_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)")
+        .bind(server)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(pool)
+        .await
+        .unwrap();
+    add_member(pool, server, owner).await;
+    let general = Uuid::now_v7();
+    let secret = Uuid::now_v7();
+    for (id, name, pos) in [(general, "general", 0), (secret, "secret", 1)] {
+        sqlx::query("INSERT INTO channels (id, server_id, name, kind, position) VALUES ($1, $2, $3, 'text', $4)")
+            .bind(id)
+            .bind(server)
+            .bind(name)
+            .bind(pos)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    (server, general, secret)
+}
+
+async fn add_member(pool: &PgPool, server: Uuid, user: &TestUser) {
+    sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+        .bind(server)
+        .bind(user.id.parse::<Uuid>().unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Hides `channel` from @everyone.
+async fn hide(pool: &PgPool, server: Uuid, channel: Uuid) {
+    sqlx::query("INSERT INTO channel_permission_overrides (id, channel_id, role_id, allow, deny) VALUES ($1, $2, $3, 0, $4)")
+        .bind(Uuid::now_v7())
+        .bind(channel)
+        .bind(server)
+        .bind(Permissions::VIEW_CHANNEL.to_stored())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn say(node: &Node, server: Uuid, channel: Uuid, text: &str) {
+    node.app.state.bus.publish(
+        "MESSAGE_CREATE",
+        Audience::Channel { server_id: server, channel_id: channel },
+        &json!({"channel_id": channel, "server_id": server, "content": text}),
+    );
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn ready_lists_servers_channels_roles_and_self(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let (server, general, secret) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    hide(&pool, server, secret).await;
+
+    let (_a, ready) = Client::identified(node.addr, &alice).await;
+    assert_eq!(ready["v"], 1);
+    assert_eq!(ready["user"]["username"], "alice");
+    let servers = ready["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["server"]["id"], server.to_string());
+    assert_eq!(servers[0]["member_count"], 2);
+    assert_eq!(servers[0]["roles"][0]["name"], "@everyone");
+    assert_eq!(servers[0]["member"]["user"]["id"], alice.id.as_str());
+    assert_eq!(servers[0]["channels"].as_array().unwrap().len(), 2, "the owner sees every channel");
+
+    let (_b, ready) = Client::identified(node.addr, &bob).await;
+    let channels: Vec<&str> = ready["servers"][0]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, vec![general.to_string().as_str()], "bob cannot see #secret");
+    let online: Vec<&str> = ready["servers"][0]["presences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert!(online.contains(&alice.id.as_str()), "alice is online: {online:?}");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn channel_events_reach_only_viewers_on_every_session(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let carol = node.app.register("carol").await;
+    let (server, general, secret) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    hide(&pool, server, secret).await;
+
+    let (mut alice_laptop, _) = Client::identified(node.addr, &alice).await;
+    let (mut alice_phone, _) = Client::identified(node.addr, &alice).await;
+    let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
+    let (mut carol_ws, _) = Client::identified(node.addr, &carol).await;
+
+    say(&node, server, secret, "for admins");
+    say(&node, server, general, "hello all");
+    assert_eq!(alice_laptop.dispatch("MESSAGE_CREATE").await["content"], "for admins");
+    assert_eq!(alice_laptop.dispatch("MESSAGE_CREATE").await["content"], "hello all");
+    assert_eq!(alice_phone.dispatch("MESSAGE_CREATE").await["content"], "for admins");
+    assert_eq!(alice_phone.dispatch("MESSAGE_CREATE").await["content"], "hello all");
+    assert_eq!(bob_ws.dispatch("MESSAGE_CREATE").await["content"], "hello all", "bob never gets #secret");
+    carol_ws.no_dispatch("MESSAGE_CREATE", Duration::from_millis(300)).await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn losing_and_gaining_access_takes_effect_at_once(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let (server, general, _secret) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
+
+    // #general becomes hidden from @everyone; the channel update says so.
+    hide(&pool, server, general).await;
+    node.app.state.bus.publish(
+        "CHANNEL_UPDATE",
+        Audience::Channel { server_id: server, channel_id: general },
+        &json!({"id": general, "server_id": server, "name": "general"}),
+    );
+    let gone = bob_ws.dispatch("CHANNEL_DELETE").await;
+    assert_eq!(gone["id"], general.to_string());
+    say(&node, server, general, "private now");
+    bob_ws.no_dispatch("MESSAGE_CREATE", Duration::from_millis(300)).await;
+
+    // Visible again: bob gets the channel back and its messages.
+    sqlx::query("DELETE FROM channel_permission_overrides").execute(&pool).await.unwrap();
+    node.app.state.bus.publish(
+        "SERVER_ROLE_UPDATE",
+        Audience::Server(server),
+        &json!({"server_id": server, "role": {"id": server}}),
+    );
+    let back = bob_ws.dispatch("CHANNEL_CREATE").await;
+    assert_eq!(back["id"], general.to_string());
+    say(&node, server, general, "welcome back");
+    assert_eq!(bob_ws.dispatch("MESSAGE_CREATE").await["content"], "welcome back");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn removed_members_get_server_delete_and_nothing_more(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let (server, general, _) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
+
+    sqlx::query("DELETE FROM server_members WHERE user_id = $1")
+        .bind(bob.id.parse::<Uuid>().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bob_id: Uuid = bob.id.parse().unwrap();
+    node.app.state.bus.publish(
+        "SERVER_MEMBER_REMOVE",
+        Audience::ServerAndUsers { server_id: server, users: vec![bob_id] },
+        &json!({"server_id": server, "user": {"id": bob_id}}),
+    );
+    assert_eq!(bob_ws.dispatch("SERVER_MEMBER_REMOVE").await["user"]["id"], bob.id.as_str());
+    assert_eq!(bob_ws.dispatch("SERVER_DELETE").await["id"], server.to_string());
+    say(&node, server, general, "after the kick");
+    bob_ws.no_dispatch("MESSAGE_CREATE", Duration::from_millis(300)).await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn resume_replays_missed_events(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (server, general, _) = fixture(&pool, &alice).await;
+    let (mut first, _) = Client::identified(node.addr, &alice).await;
+    say(&node, server, general, "one");
+    assert_eq!(first.dispatch("MESSAGE_CREATE").await["content"], "one");
+    let seq = first.seq.unwrap();
+    let session_id = first.session_id.clone();
+    drop(first);
+    // Give the node a moment to notice the drop, then miss two messages.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    say(&node, server, general, "two");
+    say(&node, server, general, "three");
+
+    let mut second = Client::connect(node.addr).await;
+    second.seq = Some(seq);
+    second
+        .send(json!({"op": 6, "d": {"token": alice.token, "session_id": session_id, "seq": seq}}))
+        .await;
+    assert_eq!(second.dispatch("MESSAGE_CREATE").await["content"], "two");
+    assert_eq!(second.dispatch("MESSAGE_CREATE").await["content"], "three");
+    second.dispatch("RESUMED").await;
+    say(&node, server, general, "four");
+    assert_eq!(second.dispatch("MESSAGE_CREATE").await["content"], "four");
+
+    // An unknown session cannot be resumed; the client may identify instead.
+    let mut third = Client::connect(node.addr).await;
+    third
+        .send(json!({"op": 6, "d": {"token": alice.token, "session_id": Uuid::new_v4(), "seq": 1}}))
+        .await;
+    let invalid = third.frame().await.unwrap();
+    assert_eq!(invalid["op"], 9);
+    assert_eq!(invalid["d"], false);
+    third.identify(&alice.token).await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn heartbeats_are_acked_and_silence_times_out(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    assert_eq!(ws.heartbeat_interval, 1500);
+    ws.heartbeat().await;
+    loop {
+        let frame = ws.frame().await.expect("HEARTBEAT_ACK");
+        if frame["op"] == 11 {
+            break;
+        }
+    }
+    // No more heartbeats: closed with the resumable 4009 after 1.5 intervals.
+    assert_eq!(ws.close_code().await, Some(4009));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn presence_follows_sessions_and_status(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let (server, _, _) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    let (mut alice_ws, _) = Client::identified(node.addr, &alice).await;
+
+    let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
+    let online = alice_ws.presence_of(&bob).await;
+    assert_eq!(online["status"], "online");
+
+    bob_ws.send(json!({"op": 3, "d": {"status": "dnd", "custom_status": "focus"}})).await;
+    let dnd = alice_ws.presence_of(&bob).await;
+    assert_eq!(dnd["status"], "dnd");
+    assert_eq!(dnd["custom_status"], "focus");
+
+    node.app
+        .patch("/api/users/@me", &bob.token, json!({"status": "invisible"}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(alice_ws.presence_of(&bob).await["status"], "offline");
+    node.app
+        .patch("/api/users/@me", &bob.token, json!({"status": "online"}))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(alice_ws.presence_of(&bob).await["status"], "online");
+
+    // Bob closes his only connection: offline after the grace period.
+    drop(bob_ws);
+    let offline = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if let Some(f) = alice_ws.frame().await
+                && f["t"] == "PRESENCE_UPDATE"
+                && f["d"]["user_id"] == bob.id.as_str()
+            {
+                return f["d"].clone();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(offline["status"], "offline");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn typing_is_dispatched_and_expires(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let (server, general, secret) = fixture(&pool, &alice).await;
+    add_member(&pool, server, &bob).await;
+    hide(&pool, server, secret).await;
+    let (mut alice_ws, _) = Client::identified(node.addr, &alice).await;
+
+    node.app
+        .call(axum::http::Method::POST, &format!("/api/channels/{general}/typing"), Some(&bob.token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    let typing = alice_ws.dispatch("TYPING_START").await;
+    assert_eq!(typing["user_id"], bob.id.as_str());
+    assert_eq!(typing["channel_id"], general.to_string());
+    let now = node.app.get(&format!("/api/channels/{general}/typing"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(now.as_array().unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let later = node.app.get(&format!("/api/channels/{general}/typing"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(later.as_array().unwrap().len(), 0, "the indicator expired");
+
+    node.app
+        .call(axum::http::Method::POST, &format!("/api/channels/{secret}/typing"), Some(&bob.token), None)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn signing_out_closes_the_sessions_connections(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    node.app
+        .call(axum::http::Method::POST, "/api/auth/logout", Some(&alice.token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(ws.close_code().await, Some(4012));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn protocol_violations_close_with_documented_codes(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+
+    let cases: Vec<(Message, u16)> = vec![
+        (Message::Text("not json".into()), 4002),
+        (Message::Text(json!({"op": 99, "d": null}).to_string().into()), 4001),
+        (Message::Text(json!({"op": 3, "d": {"status": "online"}}).to_string().into()), 4003),
+        (Message::Text(json!({"op": 2, "d": {"token": "garbage"}}).to_string().into()), 4004),
+        (Message::Text(json!({"op": 2, "d": {"token": 5}}).to_string().into()), 4002),
+        (Message::Text("x".repeat(5000).into()), 4011),
+        (Message::Binary(vec![1, 2, 3].into()), 4011),
+    ];
+    for (frame, code) in cases {
+        let mut ws = Client::connect(node.addr).await;
+        ws.ws.send(frame.clone()).await.unwrap();
+        assert_eq!(ws.close_code().await, Some(code), "frame {frame:?}");
+    }
+
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    ws.send(json!({"op": 2, "d": {"token": alice.token}})).await;
+    assert_eq!(ws.close_code().await, Some(4005));
+
+    // Inbound flood: more than 120 frames a minute.
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    for _ in 0..130 {
+        if ws.ws.send(Message::Text(json!({"op": 1, "d": null}).to_string().into())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(ws.close_code().await, Some(4008));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn identify_is_rate_limited_per_user(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(Client::identified(node.addr, &alice).await.0);
+    }
+    let mut eleventh = Client::connect(node.addr).await;
+    eleventh.send(json!({"op": 2, "d": {"token": alice.token}})).await;
+    assert_eq!(eleventh.close_code().await, Some(4008));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn a_client_that_stops_reading_is_closed_as_too_slow(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (server, general, _) = fixture(&pool, &alice).await;
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    // Large payloads fill the socket buffers quickly while the client does
+    // not read; the node must cut it off rather than buffer without end.
+    let big = "x".repeat(3000);
+    for _ in 0..3000 {
+        say(&node, server, general, &big);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut saw_close = None;
+    for _ in 0..5000 {
+        match tokio::time::timeout(WAIT, ws.ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                saw_close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(saw_close, Some(4010));
+}

@@ -1,0 +1,66 @@
+# Shared set-up steps for scripts/test.sh, scripts/run.sh and .ci/run.
+# Each step installs only what the machine lacks.
+
+log() { printf '== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: need root to run: $*" >&2; return 1; fi
+}
+
+apt_updated=0
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "error: please install: $* (no apt-get on this machine)" >&2
+    return 1
+  fi
+  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_rust_tools() {
+  if ! command -v cargo >/dev/null; then
+    echo "error: Rust is not installed; install it from your distribution or rustup" >&2
+    return 1
+  fi
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+}
+
+pg_bin_dir() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+# PostgreSQL server binaries: the node's embedded default needs them.
+ensure_postgres_binaries() {
+  if [ -z "$(pg_bin_dir)" ] && ! command -v initdb >/dev/null; then
+    log "installing PostgreSQL"
+    apt_install postgresql
+  fi
+}
+
+# A PostgreSQL server on 127.0.0.1:5432 for the tests (unless DATABASE_URL
+# points elsewhere).
+ensure_postgres_server() {
+  if [ -n "${DATABASE_URL:-}" ]; then return 0; fi
+  ensure_postgres_binaries
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return 0; fi
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting PostgreSQL cluster $version/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  fi
+}
+
+wait_for_postgres() {
+  local url=$1
+  for _ in $(seq 1 30); do
+    if psql "$url" -qtAc 'SELECT 1' >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  echo "error: PostgreSQL at $url does not answer" >&2
+  return 1
+}
