@@ -37,6 +37,8 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         messages: u32,
     },
+    /// Print the OpenAPI document of the REST API (as in spec/openapi.json).
+    Openapi,
     /// Show or export the node's identity key.
     Identity {
         #[command(subcommand)]
@@ -104,6 +106,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             let summary = result?;
             println!("{summary}");
+            Ok(())
+        }
+        Some(Command::Openapi) => {
+            print!("{}", crate::http::openapi_json_pretty());
             Ok(())
         }
         Some(Command::Identity { action }) => {

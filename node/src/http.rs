@@ -117,6 +117,13 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(openapi())
 }
 
+/// The OpenAPI document as the pretty JSON checked in at `spec/openapi.json`.
+pub fn openapi_json_pretty() -> String {
+    let mut text = serde_json::to_string_pretty(&openapi()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 async fn not_found() -> crate::error::ApiError {
     crate::error::ApiError::not_found("not_found", "no such route")
 }
