@@ -121,3 +121,15 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Opt
         Some(v) => required_text(field, v, 1, max).map(Some),
     }
 }
+
+/// For fields that distinguish "absent" from `null`: use with
+/// `#[serde(default, deserialize_with = "crate::extract::nullable")]` on an
+/// `Option<Option<T>>`. Absent is `None` (leave as is), `null` is
+/// `Some(None)` (clear), a value is `Some(Some(v))`.
+pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
