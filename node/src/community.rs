@@ -121,24 +121,25 @@ pub(crate) async fn actor_access_or(
     server_id: Uuid,
     not_found: fn() -> ApiError,
 ) -> ApiResult<ServerAccess> {
-    actor_access(conn, actor, server_id).await.map_err(|err| {
-        if err.status == StatusCode::NOT_FOUND {
-            not_found()
-        } else {
-            err
-        }
-    })
+    actor_access(conn, actor, server_id)
+        .await
+        .map_err(|err| not_found_as(err, not_found))
+}
+
+/// Replaces a 404 with `not_found()`, keeping every other error.
+pub(crate) fn not_found_as(err: ApiError, not_found: fn() -> ApiError) -> ApiError {
+    if err.status == StatusCode::NOT_FOUND {
+        not_found()
+    } else {
+        err
+    }
 }
 
 /// A member's standing, for hierarchy checks on them; 404 `unknown_member`.
 pub(crate) async fn member_access(conn: &mut PgConnection, server_id: Uuid, user_id: Uuid) -> ApiResult<ServerAccess> {
-    perms::server_access(&mut *conn, user_id, server_id).await.map_err(|err| {
-        if err.status == StatusCode::NOT_FOUND {
-            unknown_member()
-        } else {
-            err
-        }
-    })
+    perms::server_access(&mut *conn, user_id, server_id)
+        .await
+        .map_err(|err| not_found_as(err, unknown_member))
 }
 
 /// Every override of one channel.
@@ -205,10 +206,7 @@ pub(crate) fn require_bits(held: Permissions, changed: Permissions) -> ApiResult
     } else {
         Err(ApiError::forbidden(
             "missing_permissions",
-            format!(
-                "you cannot grant or change permissions you do not have: {}",
-                missing.names().join(", ")
-            ),
+            format!("you cannot grant or change permissions you do not have: {}", missing.names().join(", ")),
         ))
     }
 }
@@ -243,9 +241,11 @@ pub fn channel_name(kind: ChannelKind, value: &str) -> ApiResult<String> {
         out.push(c);
     }
     if out.is_empty() {
-        return Err(ApiError::invalid(
-            "name must contain at least one letter, digit or symbol other than punctuation",
-        ));
+        return Err(ApiError::invalid("name must contain at least one letter, digit or symbol other than punctuation"));
+    }
+    // Lowercasing can lengthen a few characters (e.g. `İ`).
+    if out.chars().count() > NAME_MAX {
+        return Err(ApiError::invalid(format!("name must be 1 to {NAME_MAX} characters")));
     }
     Ok(out)
 }
@@ -288,11 +288,9 @@ mod tests {
         assert_eq!(text("Ünïcode 🎉").as_deref(), Some("ünïcode-🎉"));
         assert_eq!(text("!!!"), None);
         assert_eq!(text(""), None);
-        assert_eq!(
-            channel_name(ChannelKind::Voice, " Lounge Room ").ok().as_deref(),
-            Some("Lounge Room")
-        );
+        assert_eq!(channel_name(ChannelKind::Voice, " Lounge Room ").ok().as_deref(), Some("Lounge Room"));
         assert!(channel_name(ChannelKind::Voice, "a\u{7}b").is_err());
         assert!(channel_name(ChannelKind::Category, &"x".repeat(101)).is_err());
+        assert!(channel_name(ChannelKind::Text, &"İ".repeat(100)).is_err());
     }
 }

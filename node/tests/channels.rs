@@ -76,7 +76,10 @@ async fn create_channels_and_categories(pool: PgPool) {
     assert_eq!(listed.len(), 7);
     let positions: Vec<i64> = listed.iter().map(|c| c["position"].as_i64().unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] <= w[1]), "ordered by position: {positions:?}");
-    let got = app.get(&format!("/api/channels/{text_id}"), &alice.token).await.expect(StatusCode::OK);
+    let got = app
+        .get(&format!("/api/channels/{text_id}"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(got, text);
 }
 
@@ -103,9 +106,13 @@ async fn parents_must_be_categories_of_the_same_server(pool: PgPool) {
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
     // A category cannot be moved into a category, nor a channel into itself.
-    app.patch(&format!("/api/channels/{}", category.as_str().unwrap()), &alice.token, json!({"parent_id": category}))
-        .await
-        .expect_error(StatusCode::BAD_REQUEST, "invalid_parent");
+    app.patch(
+        &format!("/api/channels/{}", category.as_str().unwrap()),
+        &alice.token,
+        json!({"parent_id": category}),
+    )
+    .await
+    .expect_error(StatusCode::BAD_REQUEST, "invalid_parent");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]
@@ -113,7 +120,9 @@ async fn managing_channels_needs_manage_channels(pool: PgPool) {
     let app = TestApp::new(pool);
     let (alice, sid) = setup(&app).await;
     let bob = app.member(&alice, "bob", &sid).await;
-    let (carol, _) = app.member_with(&alice, "carol", &sid, Permissions::MANAGE_CHANNELS).await;
+    let (carol, _) = app
+        .member_with(&alice, "carol", &sid, Permissions::MANAGE_CHANNELS)
+        .await;
     let (admin, _) = app.member_with(&alice, "admin", &sid, Permissions::ADMINISTRATOR).await;
     let eve = app.register("eve").await;
     let general = app.general(&alice, &sid).await;
@@ -136,11 +145,15 @@ async fn managing_channels_needs_manage_channels(pool: PgPool) {
         .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
 
     // Non-members learn nothing.
-    app.get(&channel_path, &eve.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_channel");
+    app.get(&channel_path, &eve.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
     app.patch(&channel_path, &eve.token, json!({"topic": "x"}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
-    app.delete(&channel_path, &eve.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_channel");
+    app.delete(&channel_path, &eve.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
     app.post(&path, &eve.token, json!({"name": "x", "kind": "text"}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_server");
@@ -169,7 +182,11 @@ async fn edit_and_delete_a_category(pool: PgPool) {
     let path = format!("/api/channels/{general}");
 
     let edited = app
-        .patch(&path, &alice.token, json!({"name": "Main Hall", "topic": "welcome", "position": 7, "parent_id": voice_cat}))
+        .patch(
+            &path,
+            &alice.token,
+            json!({"name": "Main Hall", "topic": "welcome", "position": 7, "parent_id": voice_cat}),
+        )
         .await
         .expect(StatusCode::OK);
     assert_eq!(edited["name"], "main-hall");
@@ -178,12 +195,17 @@ async fn edit_and_delete_a_category(pool: PgPool) {
     assert_eq!(edited["parent_id"], voice_cat.as_str());
 
     // Absent fields stay; empty topic and null parent clear.
-    let cleared = app.patch(&path, &alice.token, json!({"topic": "", "parent_id": null})).await.expect(StatusCode::OK);
+    let cleared = app
+        .patch(&path, &alice.token, json!({"topic": "", "parent_id": null}))
+        .await
+        .expect(StatusCode::OK);
     assert!(cleared["topic"].is_null());
     assert!(cleared["parent_id"].is_null());
     assert_eq!(cleared["name"], "main-hall");
 
-    app.patch(&path, &alice.token, json!({"parent_id": text_cat})).await.expect(StatusCode::OK);
+    app.patch(&path, &alice.token, json!({"parent_id": text_cat}))
+        .await
+        .expect(StatusCode::OK);
     let mut rx = app.state.bus.subscribe();
     app.delete(&format!("/api/channels/{text_cat}"), &alice.token)
         .await
@@ -214,8 +236,12 @@ async fn reorder_is_all_or_nothing(pool: PgPool) {
     let other = app.create_server(&alice, "other").await;
     let foreign = app.channels(&alice, other["id"].as_str().unwrap()).await[1]["id"].clone();
     let channels = app.channels(&alice, &sid).await;
-    let (text_cat, general, voice_cat, voice) =
-        (channels[0]["id"].clone(), channels[1]["id"].clone(), channels[2]["id"].clone(), channels[3]["id"].clone());
+    let (text_cat, general, voice_cat, voice) = (
+        channels[0]["id"].clone(),
+        channels[1]["id"].clone(),
+        channels[2]["id"].clone(),
+        channels[3]["id"].clone(),
+    );
     let path = format!("/api/servers/{sid}/channels");
 
     let mut rx = app.state.bus.subscribe();
@@ -290,22 +316,36 @@ async fn overrides_hide_channels_and_role_allow_beats_everyone_deny(pool: PgPool
     app.put(&perms_path(&staff), &alice.token, json!({"type": "role", "allow": bits(Permissions::VIEW_CHANNEL)}))
         .await
         .expect(StatusCode::OK);
-    app.get(&format!("/api/channels/{general}"), &carol.token).await.expect(StatusCode::OK);
-    assert!(find(&app.channels(&carol, &sid).await, &general).is_some());
-    // ...and a member deny beats the role allow.
-    app.put(&perms_path(&carol.id), &alice.token, json!({"type": "member", "deny": bits(Permissions::VIEW_CHANNEL)}))
+    app.get(&format!("/api/channels/{general}"), &carol.token)
         .await
         .expect(StatusCode::OK);
+    assert!(find(&app.channels(&carol, &sid).await, &general).is_some());
+    // ...and a member deny beats the role allow.
+    app.put(
+        &perms_path(&carol.id),
+        &alice.token,
+        json!({"type": "member", "deny": bits(Permissions::VIEW_CHANNEL)}),
+    )
+    .await
+    .expect(StatusCode::OK);
     app.get(&format!("/api/channels/{general}"), &carol.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
     // The owner always sees it.
-    app.get(&format!("/api/channels/{general}"), &alice.token).await.expect(StatusCode::OK);
+    app.get(&format!("/api/channels/{general}"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
 
     // Removing overrides restores access.
-    app.delete(&perms_path(&carol.id), &alice.token).await.expect(StatusCode::NO_CONTENT);
-    app.delete(&perms_path(&sid), &alice.token).await.expect(StatusCode::NO_CONTENT);
-    app.get(&format!("/api/channels/{general}"), &bob.token).await.expect(StatusCode::OK);
+    app.delete(&perms_path(&carol.id), &alice.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.delete(&perms_path(&sid), &alice.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.get(&format!("/api/channels/{general}"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     app.delete(&perms_path(&sid), &alice.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_override");
@@ -316,7 +356,9 @@ async fn override_rules(pool: PgPool) {
     let app = TestApp::new(pool);
     let (alice, sid) = setup(&app).await;
     let bob = app.member(&alice, "bob", &sid).await;
-    let (mod_user, _) = app.member_with(&alice, "moderator", &sid, Permissions::MANAGE_ROLES).await;
+    let (mod_user, _) = app
+        .member_with(&alice, "moderator", &sid, Permissions::MANAGE_ROLES)
+        .await;
     let stranger = app.register("stranger").await;
     let general = app.general(&alice, &sid).await;
     let perms_path = |target: &str| format!("/api/channels/{general}/permissions/{target}");
@@ -348,9 +390,13 @@ async fn override_rules(pool: PgPool) {
         .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
 
     // The moderator may deny what they hold, not what they lack.
-    app.put(&perms_path(&bob.id), &mod_user.token, json!({"type": "member", "deny": bits(Permissions::SEND_MESSAGES)}))
-        .await
-        .expect(StatusCode::OK);
+    app.put(
+        &perms_path(&bob.id),
+        &mod_user.token,
+        json!({"type": "member", "deny": bits(Permissions::SEND_MESSAGES)}),
+    )
+    .await
+    .expect(StatusCode::OK);
     app.put(
         &perms_path(&bob.id),
         &mod_user.token,
@@ -359,13 +405,9 @@ async fn override_rules(pool: PgPool) {
     .await
     .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
     // An override with bits the moderator lacks is the owner's to change.
-    app.put(
-        &perms_path(&sid),
-        &alice.token,
-        json!({"type": "role", "deny": bits(Permissions::MANAGE_MESSAGES)}),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.put(&perms_path(&sid), &alice.token, json!({"type": "role", "deny": bits(Permissions::MANAGE_MESSAGES)}))
+        .await
+        .expect(StatusCode::OK);
     app.delete(&perms_path(&sid), &mod_user.token)
         .await
         .expect_error(StatusCode::FORBIDDEN, "missing_permissions");

@@ -48,7 +48,10 @@ async fn invite_preview_and_join(pool: PgPool) {
 
     let bob = app.register("bob").await;
     let mut rx = app.state.bus.subscribe();
-    let joined = app.post(&format!("/api/invites/{code}"), &bob.token, json!({})).await.expect(StatusCode::CREATED);
+    let joined = app
+        .post(&format!("/api/invites/{code}"), &bob.token, json!({}))
+        .await
+        .expect(StatusCode::CREATED);
     assert_eq!(joined["id"], sid.as_str());
     let events = drain(&mut rx);
     let added = events_of(&events, "SERVER_MEMBER_ADD");
@@ -61,9 +64,14 @@ async fn invite_preview_and_join(pool: PgPool) {
     assert_eq!(created[0].1["id"], sid.as_str());
 
     // Joining again: 200, no use counted, nothing published.
-    app.post(&format!("/api/invites/{code}"), &bob.token, json!({})).await.expect(StatusCode::OK);
+    app.post(&format!("/api/invites/{code}"), &bob.token, json!({}))
+        .await
+        .expect(StatusCode::OK);
     assert!(drain(&mut rx).is_empty());
-    let preview = app.get(&format!("/api/invites/{code}"), &bob.token).await.expect(StatusCode::OK);
+    let preview = app
+        .get(&format!("/api/invites/{code}"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(preview["uses"], 1);
     assert_eq!(preview["server"]["member_count"], 2);
 
@@ -113,10 +121,18 @@ async fn exactly_max_uses_joins_succeed_even_when_racing(pool: PgPool) {
         reply.expect_error(StatusCode::NOT_FOUND, "unknown_invite");
     }
     // Used up: gone from preview, still listed for managers.
-    app.get(&path, &alice.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_invite");
-    let listed = app.get(&format!("/api/servers/{sid}/invites"), &alice.token).await.expect(StatusCode::OK);
+    app.get(&path, &alice.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+    let listed = app
+        .get(&format!("/api/servers/{sid}/invites"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(listed[0]["uses"], 3);
-    let members = app.get(&format!("/api/servers/{sid}/members"), &alice.token).await.expect(StatusCode::OK);
+    let members = app
+        .get(&format!("/api/servers/{sid}/members"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(members.as_array().unwrap().len(), 4);
 }
 
@@ -174,7 +190,9 @@ async fn invite_limits_and_permissions(pool: PgPool) {
         .expect(StatusCode::CREATED);
     assert!(unlimited["max_uses"].is_null());
     // No body at all is fine too.
-    app.call(Method::POST, &path, Some(&alice.token), None).await.expect(StatusCode::CREATED);
+    app.call(Method::POST, &path, Some(&alice.token), None)
+        .await
+        .expect(StatusCode::CREATED);
 
     // Members need CREATE_INVITE (on @everyone by default).
     let bob = app.member(&alice, "bob", &sid).await;
@@ -186,9 +204,13 @@ async fn invite_limits_and_permissions(pool: PgPool) {
     app.post(&path, &bob.token, json!({}))
         .await
         .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
-    app.get(&path, &bob.token).await.expect_error(StatusCode::FORBIDDEN, "missing_permissions");
+    app.get(&path, &bob.token)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
     let eve = app.register("eve").await;
-    app.post(&path, &eve.token, json!({})).await.expect_error(StatusCode::NOT_FOUND, "unknown_server");
+    app.post(&path, &eve.token, json!({}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_server");
 
     // A channel invite needs a channel the inviter can see.
     let general = app.general(&alice, &sid).await;
@@ -210,7 +232,9 @@ async fn revoking_invites(pool: PgPool) {
     let (alice, sid) = setup(&app).await;
     let bob = app.member(&alice, "bob", &sid).await;
     let carol = app.member(&alice, "carol", &sid).await;
-    let (manager, _) = app.member_with(&alice, "manager", &sid, Permissions::MANAGE_SERVER).await;
+    let (manager, _) = app
+        .member_with(&alice, "manager", &sid, Permissions::MANAGE_SERVER)
+        .await;
     let eve = app.register("eve").await;
 
     let bobs = app.invite(&bob, &sid).await;
@@ -220,7 +244,9 @@ async fn revoking_invites(pool: PgPool) {
     app.delete(&format!("/api/invites/{bobs}"), &eve.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
-    app.delete(&format!("/api/invites/{bobs}"), &bob.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&format!("/api/invites/{bobs}"), &bob.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     app.post(&format!("/api/invites/{bobs}"), &eve.token, json!({}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
@@ -229,9 +255,14 @@ async fn revoking_invites(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
 
     let carols = app.invite(&carol, &sid).await;
-    let listed = app.get(&format!("/api/servers/{sid}/invites"), &manager.token).await.expect(StatusCode::OK);
+    let listed = app
+        .get(&format!("/api/servers/{sid}/invites"), &manager.token)
+        .await
+        .expect(StatusCode::OK);
     assert!(listed.as_array().unwrap().iter().any(|i| i["code"] == carols.as_str()));
-    app.delete(&format!("/api/invites/{carols}"), &manager.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&format!("/api/invites/{carols}"), &manager.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     app.get(&format!("/api/invites/{carols}"), &eve.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_invite");

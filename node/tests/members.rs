@@ -49,7 +49,10 @@ async fn member_list_pages_by_user_id(pool: PgPool) {
     }
     assert_eq!(seen, everyone, "every member once, in user id order");
 
-    let all = app.get(&format!("/api/servers/{sid}/members"), &alice.token).await.expect(StatusCode::OK);
+    let all = app
+        .get(&format!("/api/servers/{sid}/members"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(all.as_array().unwrap().len(), 7);
     for bad in ["limit=0", "limit=1001", "limit=x", "after=nope"] {
         app.get(&format!("/api/servers/{sid}/members?{bad}"), &alice.token)
@@ -64,12 +67,18 @@ async fn reading_members(pool: PgPool) {
     let (alice, sid) = setup(&app).await;
     let bob = app.member(&alice, "bob", &sid).await;
     let eve = app.register("eve").await;
-    let me = app.get(&format!("/api/servers/{sid}/members/@me"), &bob.token).await.expect(StatusCode::OK);
+    let me = app
+        .get(&format!("/api/servers/{sid}/members/@me"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(me["user"]["id"], bob.id.as_str());
     assert_eq!(me["user"]["username"], "bob");
     assert_eq!(me["roles"], json!([]));
     assert!(me["nickname"].is_null());
-    let other = app.get(&format!("/api/servers/{sid}/members/{}", bob.id), &alice.token).await.expect(StatusCode::OK);
+    let other = app
+        .get(&format!("/api/servers/{sid}/members/{}", bob.id), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(other, me);
     app.get(&format!("/api/servers/{sid}/members/{}", eve.id), &alice.token)
         .await
@@ -88,7 +97,9 @@ async fn nicknames(pool: PgPool) {
     let (alice, sid) = setup(&app).await;
     let bob = app.member(&alice, "bob", &sid).await;
     let carol = app.member(&alice, "carol", &sid).await;
-    let (nicker, _) = app.member_with(&alice, "nicker", &sid, Permissions::MANAGE_NICKNAMES).await;
+    let (nicker, _) = app
+        .member_with(&alice, "nicker", &sid, Permissions::MANAGE_NICKNAMES)
+        .await;
 
     let mut rx = app.state.bus.subscribe();
     let me = app
@@ -155,7 +166,10 @@ async fn assigning_roles(pool: PgPool) {
     assert_eq!(member["roles"], json!([red, blue]), "highest role first");
     assert_eq!(events_of(&drain(&mut rx), "SERVER_MEMBER_UPDATE").len(), 1);
 
-    let member = app.patch(&member_path, &alice.token, json!({"roles": [red]})).await.expect(StatusCode::OK);
+    let member = app
+        .patch(&member_path, &alice.token, json!({"roles": [red]}))
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(member["roles"], json!([red]));
 
     app.call(Method::DELETE, &format!("{member_path}/roles/{red}"), Some(&alice.token), None)
@@ -174,7 +188,9 @@ async fn assigning_roles(pool: PgPool) {
     assert_eq!(member["roles"], json!([blue]));
 
     let other = app.create_server(&alice, "other").await;
-    let foreign = app.create_role(&alice, other["id"].as_str().unwrap(), "foreign", Permissions::empty()).await;
+    let foreign = app
+        .create_role(&alice, other["id"].as_str().unwrap(), "foreign", Permissions::empty())
+        .await;
     app.put(&format!("{member_path}/roles"), &alice.token, json!({"role_ids": [foreign]}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_role");
@@ -211,7 +227,7 @@ async fn leaving(pool: PgPool) {
         removed[0].0,
         Audience::ServerAndUsers {
             server_id: sid.parse().unwrap(),
-            users: vec![bob.id.parse().unwrap()],
+            users: vec![bob.id.parse().unwrap()]
         }
     );
     assert_eq!(removed[0].1["server_id"], sid.as_str());
@@ -252,20 +268,24 @@ async fn kicking(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_member");
 
     let mut rx = app.state.bus.subscribe();
-    app.delete(&kick(&bob), &kicker.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&kick(&bob), &kicker.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let removed = events_of(&drain(&mut rx), "SERVER_MEMBER_REMOVE");
     assert_eq!(removed.len(), 1);
     assert_eq!(
         removed[0].0,
         Audience::ServerAndUsers {
             server_id: sid.parse().unwrap(),
-            users: vec![bob.id.parse().unwrap()],
+            users: vec![bob.id.parse().unwrap()]
         }
     );
     // A kicked member may come back with an invite.
     app.join(&alice, &bob, &sid).await;
     // The owner kicks anyone.
-    app.delete(&kick(&kicker), &alice.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&kick(&kicker), &alice.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]
@@ -277,7 +297,9 @@ async fn banning(pool: PgPool) {
     let outsider = app.register("outsider").await;
     let bans = format!("/api/servers/{sid}/bans");
 
-    app.get(&bans, &bob.token).await.expect_error(StatusCode::FORBIDDEN, "missing_permissions");
+    app.get(&bans, &bob.token)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
     app.put(&format!("{bans}/{}", banner.id), &bob.token, json!({}))
         .await
         .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
@@ -333,7 +355,9 @@ async fn banning(pool: PgPool) {
     app.delete(&format!("{bans}/{}", bob.id), &bob.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_server");
-    app.delete(&format!("{bans}/{}", bob.id), &banner.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&format!("{bans}/{}", bob.id), &banner.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     assert_eq!(events_of(&drain(&mut rx), "SERVER_BAN_REMOVE").len(), 1);
     app.delete(&format!("{bans}/{}", bob.id), &banner.token)
         .await

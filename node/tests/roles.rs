@@ -53,7 +53,10 @@ async fn create_edit_and_list_roles(pool: PgPool) {
     assert_eq!(first["mentionable"], false);
     assert_eq!(first["server_id"], sid.as_str());
 
-    let second = app.post(&path, &alice.token, json!({"name": "Helpers"})).await.expect(StatusCode::CREATED);
+    let second = app
+        .post(&path, &alice.token, json!({"name": "Helpers"}))
+        .await
+        .expect(StatusCode::CREATED);
     assert_eq!(second["position"], 1);
     assert_eq!(second["permissions"], "0");
     let listed = roles(&app, &alice, &sid).await;
@@ -91,13 +94,21 @@ async fn everyone_cannot_be_renamed_or_deleted_but_its_permissions_change(pool: 
     app.patch(&path, &alice.token, json!({"name": "everybody"}))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "everyone_role");
-    app.delete(&path, &alice.token).await.expect_error(StatusCode::BAD_REQUEST, "everyone_role");
+    app.delete(&path, &alice.token)
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "everyone_role");
 
     let reduced = Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY;
-    let edited = app.patch(&path, &alice.token, json!({"permissions": bits(reduced)})).await.expect(StatusCode::OK);
+    let edited = app
+        .patch(&path, &alice.token, json!({"permissions": bits(reduced)}))
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(edited["permissions"], bits(reduced));
     assert_eq!(edited["name"], "@everyone");
-    let bobs = app.get(&format!("/api/servers/{sid}/permissions"), &bob.token).await.expect(StatusCode::OK);
+    let bobs = app
+        .get(&format!("/api/servers/{sid}/permissions"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(bobs["server"], bits(reduced));
 
     // @everyone is implicit: it cannot be given or taken.
@@ -141,14 +152,18 @@ async fn role_management_needs_manage_roles(pool: PgPool) {
     app.patch(&role_path, &eve.token, json!({"name": "x"}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_role");
-    app.delete(&role_path, &eve.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_role");
+    app.delete(&role_path, &eve.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_role");
     app.get(&format!("/api/servers/{sid}/roles"), &eve.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_server");
     app.delete(&format!("/api/roles/{}", Uuid::now_v7()), &alice.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_role");
-    app.delete("/api/roles/nope", &alice.token).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.delete("/api/roles/nope", &alice.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]
@@ -254,9 +269,17 @@ async fn reordering_roles(pool: PgPool) {
     let path = format!("/api/servers/{sid}/roles");
 
     let mut rx = app.state.bus.subscribe();
-    let after = app.patch(&path, &alice.token, json!([{"id": c, "position": 3}])).await.expect(StatusCode::OK);
+    let after = app
+        .patch(&path, &alice.token, json!([{"id": c, "position": 3}]))
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(names(after.as_array().unwrap()), ["@everyone", "b", "a", "c"]);
-    let positions: Vec<i64> = after.as_array().unwrap().iter().map(|r| r["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["position"].as_i64().unwrap())
+        .collect();
     assert_eq!(positions, [0, 1, 2, 3]);
     assert_eq!(events_of(&drain(&mut rx), "SERVER_ROLE_UPDATE").len(), 3);
 
@@ -279,7 +302,10 @@ async fn reordering_roles(pool: PgPool) {
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_role");
     // A position past the end puts the role on top.
-    let after = app.patch(&path, &alice.token, json!([{"id": a, "position": 99}])).await.expect(StatusCode::OK);
+    let after = app
+        .patch(&path, &alice.token, json!([{"id": a, "position": 99}]))
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(names(after.as_array().unwrap()), ["@everyone", "b", "c", "a"]);
     assert_eq!(after[3]["position"], 3);
 }
@@ -290,16 +316,24 @@ async fn deleting_a_role_removes_it_from_members(pool: PgPool) {
     let (alice, sid) = setup(&app).await;
     let (bob, role) = app.member_with(&alice, "bob", &sid, Permissions::KICK_MEMBERS).await;
     let keep = app.create_role(&alice, &sid, "keep", Permissions::empty()).await;
-    let member = app.get(&format!("/api/servers/{sid}/members/{}", bob.id), &bob.token).await.expect(StatusCode::OK);
+    let member = app
+        .get(&format!("/api/servers/{sid}/members/{}", bob.id), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(member["roles"], json!([role]));
 
     let mut rx = app.state.bus.subscribe();
-    app.delete(&format!("/api/roles/{role}"), &alice.token).await.expect(StatusCode::NO_CONTENT);
+    app.delete(&format!("/api/roles/{role}"), &alice.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
     let deleted = events_of(&drain(&mut rx), "SERVER_ROLE_DELETE");
     assert_eq!(deleted.len(), 1);
     assert_eq!(deleted[0].1, json!({"server_id": sid, "role_id": role}));
 
-    let member = app.get(&format!("/api/servers/{sid}/members/{}", bob.id), &bob.token).await.expect(StatusCode::OK);
+    let member = app
+        .get(&format!("/api/servers/{sid}/members/{}", bob.id), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(member["roles"], json!([]));
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM member_roles WHERE role_id = $1")
         .bind(role.parse::<Uuid>().unwrap())
@@ -311,7 +345,10 @@ async fn deleting_a_role_removes_it_from_members(pool: PgPool) {
     assert_eq!(names(&listed), ["@everyone", "keep"]);
     assert_eq!(listed[1]["id"], keep.as_str());
     assert_eq!(listed[1]["position"], 1, "positions close up");
-    let perms = app.get(&format!("/api/servers/{sid}/permissions"), &bob.token).await.expect(StatusCode::OK);
+    let perms = app
+        .get(&format!("/api/servers/{sid}/permissions"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(perms["server"], bits(Permissions::DEFAULT_EVERYONE));
 }
 
@@ -341,7 +378,9 @@ async fn administrator_does_everything_but_owner_only_things(pool: PgPool) {
     app.patch(&format!("/api/servers/{sid}/members/{}", carol.id), &admin.token, json!({"nickname": "cc"}))
         .await
         .expect(StatusCode::OK);
-    app.get(&format!("/api/servers/{sid}/invites"), &admin.token).await.expect(StatusCode::OK);
+    app.get(&format!("/api/servers/{sid}/invites"), &admin.token)
+        .await
+        .expect(StatusCode::OK);
     app.delete(&format!("/api/servers/{sid}/members/{}", carol.id), &admin.token)
         .await
         .expect(StatusCode::NO_CONTENT);

@@ -39,10 +39,16 @@ async fn creating_a_server_sets_up_roles_channels_and_membership(pool: PgPool) {
     assert_eq!(created[0].0, Audience::User(alice.id.parse().unwrap()));
     assert_eq!(created[0].1["id"], id);
 
-    let got = app.get(&format!("/api/servers/{id}"), &alice.token).await.expect(StatusCode::OK);
+    let got = app
+        .get(&format!("/api/servers/{id}"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(got, server);
 
-    let roles = app.get(&format!("/api/servers/{id}/roles"), &alice.token).await.expect(StatusCode::OK);
+    let roles = app
+        .get(&format!("/api/servers/{id}/roles"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     let roles = roles.as_array().unwrap();
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0]["id"], id, "@everyone has the server's id");
@@ -68,11 +74,17 @@ async fn creating_a_server_sets_up_roles_channels_and_membership(pool: PgPool) {
     assert_eq!(channels[3]["parent_id"], channels[2]["id"]);
     assert!(channels[0]["parent_id"].is_null());
 
-    let members = app.get(&format!("/api/servers/{id}/members"), &alice.token).await.expect(StatusCode::OK);
+    let members = app
+        .get(&format!("/api/servers/{id}/members"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(members.as_array().unwrap().len(), 1);
     assert_eq!(members[0]["user"]["id"], alice.id.as_str());
 
-    let mine = app.get("/api/users/@me/servers", &alice.token).await.expect(StatusCode::OK);
+    let mine = app
+        .get("/api/users/@me/servers", &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(mine[0]["id"], id);
 }
 
@@ -93,7 +105,9 @@ async fn non_members_learn_nothing_about_a_server(pool: PgPool) {
         format!("/api/servers/{id}/invites"),
         format!("/api/servers/{}", Uuid::now_v7()),
     ] {
-        app.get(&path, &eve.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_server");
+        app.get(&path, &eve.token)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "unknown_server");
     }
     app.patch(&format!("/api/servers/{id}"), &eve.token, json!({"name": "mine"}))
         .await
@@ -137,7 +151,10 @@ async fn editing_a_server_needs_manage_server(pool: PgPool) {
     assert_eq!(update[0].1["name"], "Carol's club");
 
     // An empty string clears an optional field; absent fields stay.
-    let cleared = app.patch(&path, &alice.token, json!({"description": ""})).await.expect(StatusCode::OK);
+    let cleared = app
+        .patch(&path, &alice.token, json!({"description": ""}))
+        .await
+        .expect(StatusCode::OK);
     assert!(cleared["description"].is_null());
     assert_eq!(cleared["name"], "Carol's club");
 }
@@ -152,8 +169,12 @@ async fn only_the_owner_deletes_and_everything_goes(pool: PgPool) {
     let (admin, _) = app.member_with(&alice, "admin", id, Permissions::ADMINISTRATOR).await;
     let path = format!("/api/servers/{id}");
 
-    app.delete(&path, &bob.token).await.expect_error(StatusCode::FORBIDDEN, "owner_only");
-    app.delete(&path, &admin.token).await.expect_error(StatusCode::FORBIDDEN, "owner_only");
+    app.delete(&path, &bob.token)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "owner_only");
+    app.delete(&path, &admin.token)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "owner_only");
 
     let mut rx = app.state.bus.subscribe();
     app.delete(&path, &alice.token).await.expect(StatusCode::NO_CONTENT);
@@ -171,11 +192,17 @@ async fn only_the_owner_deletes_and_everything_goes(pool: PgPool) {
     expected.sort();
     assert_eq!(users, expected);
 
-    app.get(&path, &alice.token).await.expect_error(StatusCode::NOT_FOUND, "unknown_server");
+    app.get(&path, &alice.token)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_server");
     let sid: Uuid = id.parse().unwrap();
     for table in ["channels", "roles", "server_members", "member_roles", "invites"] {
         let sql = format!("SELECT count(*) FROM {table} WHERE server_id = $1");
-        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(sid).fetch_one(&pool).await.unwrap();
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(sid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(left, 0, "{table} rows survived the server");
     }
 }
@@ -189,7 +216,10 @@ async fn effective_permissions_cover_server_and_visible_channels(pool: PgPool) {
     let bob = app.member(&alice, "bob", id).await;
     let general = app.general(&alice, id).await;
 
-    let mine = app.get(&format!("/api/servers/{id}/permissions"), &alice.token).await.expect(StatusCode::OK);
+    let mine = app
+        .get(&format!("/api/servers/{id}/permissions"), &alice.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(mine["server"], bits(Permissions::all()));
     assert_eq!(mine["channels"].as_object().unwrap().len(), 4);
 
@@ -201,7 +231,10 @@ async fn effective_permissions_cover_server_and_visible_channels(pool: PgPool) {
     )
     .await
     .expect(StatusCode::OK);
-    let theirs = app.get(&format!("/api/servers/{id}/permissions"), &bob.token).await.expect(StatusCode::OK);
+    let theirs = app
+        .get(&format!("/api/servers/{id}/permissions"), &bob.token)
+        .await
+        .expect(StatusCode::OK);
     assert_eq!(theirs["server"], bits(Permissions::DEFAULT_EVERYONE));
     let channels = theirs["channels"].as_object().unwrap();
     assert_eq!(channels.len(), 3);
@@ -224,7 +257,12 @@ async fn bad_server_input_is_a_json_4xx(pool: PgPool) {
             .await
             .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
-    for body in [json!({"name": 5}), json!({"name": "ok", "owner_id": alice.id}), json!({}), json!([1])] {
+    for body in [
+        json!({"name": 5}),
+        json!({"name": "ok", "owner_id": alice.id}),
+        json!({}),
+        json!([1]),
+    ] {
         app.post("/api/servers", &alice.token, body)
             .await
             .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
@@ -236,7 +274,9 @@ async fn bad_server_input_is_a_json_4xx(pool: PgPool) {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from("{\"name\": "))
         .unwrap();
-    app.send(raw).await.expect_error(StatusCode::BAD_REQUEST, "malformed_json");
+    app.send(raw)
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_json");
     let no_type = Request::builder()
         .method(Method::POST)
         .uri("/api/servers")
@@ -250,4 +290,39 @@ async fn bad_server_input_is_a_json_4xx(pool: PgPool) {
     app.post("/api/servers", &alice.token, json!({"name": "é".repeat(100)}))
         .await
         .expect(StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn openapi_describes_the_community_routes(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let doc = app
+        .call(Method::GET, "/api/openapi.json", None, None)
+        .await
+        .expect(StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/servers", &["post"][..]),
+        ("/api/servers/{server_id}", &["get", "patch", "delete"]),
+        ("/api/servers/{server_id}/permissions", &["get"]),
+        ("/api/servers/{server_id}/members", &["get", "post"]),
+        ("/api/servers/{server_id}/members/{user_id}", &["get", "patch", "delete"]),
+        ("/api/servers/{server_id}/members/{user_id}/roles", &["put"]),
+        ("/api/servers/{server_id}/members/{user_id}/roles/{role_id}", &["put", "delete"]),
+        ("/api/servers/{server_id}/bans", &["get"]),
+        ("/api/servers/{server_id}/bans/{user_id}", &["put", "delete"]),
+        ("/api/servers/{server_id}/invites", &["get", "post"]),
+        ("/api/invites/{code}", &["get", "post", "delete"]),
+        ("/api/servers/{server_id}/channels", &["get", "post", "patch"]),
+        ("/api/channels/{channel_id}", &["get", "patch", "delete"]),
+        ("/api/channels/{channel_id}/permissions/{target_id}", &["put", "delete"]),
+        ("/api/servers/{server_id}/roles", &["get", "post", "patch"]),
+        ("/api/roles/{role_id}", &["patch", "delete"]),
+    ] {
+        let item = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        for method in methods {
+            assert!(item.get(*method).is_some(), "{method} {path} missing from the OpenAPI document");
+        }
+    }
 }

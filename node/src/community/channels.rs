@@ -192,20 +192,24 @@ impl Command for ReorderChannels {
                 return Err(ApiError::invalid(format!("channel {} is listed twice", m.id)));
             }
         }
-        // The channels the actor can see, by id, with their kinds.
-        let visible: HashMap<Uuid, ChannelKind> = channels_with_overrides(conn, self.server_id)
+        // The channels the actor can see, by id, with their kinds and the
+        // actor's permissions in each.
+        let visible: HashMap<Uuid, (ChannelKind, Permissions)> = channels_with_overrides(conn, self.server_id)
             .await?
             .into_iter()
-            .filter(|(_, rows)| access.in_channel(rows).contains(Permissions::VIEW_CHANNEL))
-            .map(|(c, _)| (c.id, c.kind))
+            .map(|(c, rows)| (c.id, (c.kind, access.in_channel(&rows))))
+            .filter(|(_, (_, perms))| perms.contains(Permissions::VIEW_CHANNEL))
             .collect();
         for m in &self.moves {
-            let kind = *visible.get(&m.id).ok_or_else(unknown_channel)?;
+            let (kind, perms) = *visible.get(&m.id).ok_or_else(unknown_channel)?;
+            if !perms.contains(Permissions::MANAGE_CHANNELS) {
+                return Err(ApiError::missing_permission("MANAGE_CHANNELS"));
+            }
             if let Some(Some(parent)) = m.parent_id {
                 if kind == ChannelKind::Category {
                     return Err(invalid_parent("a category cannot be inside another category"));
                 }
-                match visible.get(&parent) {
+                match visible.get(&parent).map(|(kind, _)| kind) {
                     None => return Err(unknown_channel()),
                     Some(ChannelKind::Category) => {}
                     Some(_) => return Err(invalid_parent("the parent must be a category")),
@@ -313,10 +317,7 @@ impl Command for SetOverride {
         access.require(Permissions::MANAGE_ROLES)?;
         let OverrideInput { kind, allow, deny } = self.input;
         if allow.intersects(deny) {
-            return Err(ApiError::invalid(format!(
-                "allow and deny overlap: {}",
-                (allow & deny).names().join(", ")
-            )));
+            return Err(ApiError::invalid(format!("allow and deny overlap: {}", (allow & deny).names().join(", "))));
         }
         let not_channel = (allow | deny) - Permissions::CHANNEL_SCOPED;
         if !not_channel.is_empty() {
@@ -334,13 +335,13 @@ impl Command for SetOverride {
                     .fetch_one(&mut *conn)
                     .await?
             }
-            OverrideKind::Member => sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM server_members WHERE user_id = $1 AND server_id = $2)",
-            )
-            .bind(self.target_id)
-            .bind(server_id)
-            .fetch_one(&mut *conn)
-            .await?,
+            OverrideKind::Member => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM server_members WHERE user_id = $1 AND server_id = $2)")
+                    .bind(self.target_id)
+                    .bind(server_id)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
         };
         if !target_exists {
             return Err(match kind {
@@ -404,10 +405,7 @@ impl Command for DeleteOverride {
         let row = find_override(conn, self.channel_id, self.target_id)
             .await?
             .ok_or_else(|| ApiError::not_found("unknown_override", "this channel has no override for that target"))?;
-        require_bits(
-            access.permissions,
-            Permissions::from_stored(row.allow) | Permissions::from_stored(row.deny),
-        )?;
+        require_bits(access.permissions, Permissions::from_stored(row.allow) | Permissions::from_stored(row.deny))?;
         sqlx::query("DELETE FROM channel_permission_overrides WHERE id = $1")
             .bind(row.id)
             .execute(&mut *conn)
@@ -442,7 +440,12 @@ fn invalid_parent(message: &str) -> ApiError {
 
 /// The parent must be a category of the same server that the actor can
 /// see, and only non-categories can have one.
-async fn check_parent(conn: &mut PgConnection, access: &ServerAccess, kind: ChannelKind, parent: Uuid) -> ApiResult<()> {
+async fn check_parent(
+    conn: &mut PgConnection,
+    access: &ServerAccess,
+    kind: ChannelKind,
+    parent: Uuid,
+) -> ApiResult<()> {
     if kind == ChannelKind::Category {
         return Err(invalid_parent("a category cannot be inside another category"));
     }

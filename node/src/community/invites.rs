@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use super::members::add_member;
 use super::servers::fetch_server;
-use super::{Command, Effects, actor_access, actor_access_or, channel_access_locked, lock_server, unknown_invite};
+use super::{
+    Command, Effects, actor_access, actor_access_or, channel_access_locked, lock_server, not_found_as, unknown_invite,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Invite, InviteServer, Server};
 
@@ -63,14 +65,14 @@ impl Command for CreateInvite {
         }
         let max_age = input.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS);
         if !(0..=MAX_AGE_SECONDS).contains(&max_age) {
-            return Err(ApiError::invalid(format!(
-                "max_age_seconds must be 0 (never expires) to {MAX_AGE_SECONDS}"
-            )));
+            return Err(ApiError::invalid(format!("max_age_seconds must be 0 (never expires) to {MAX_AGE_SECONDS}")));
         }
         let max_uses = match input.max_uses.unwrap_or(0) {
             0 => None,
             n if (1..=MAX_USES).contains(&n) => Some(n),
-            _ => return Err(ApiError::invalid(format!("max_uses must be 0 (unlimited) to {MAX_USES}"))),
+            _ => {
+                return Err(ApiError::invalid(format!("max_uses must be 0 (unlimited) to {MAX_USES}")));
+            }
         };
         let expires_at: Option<DateTime<Utc>> = (max_age > 0).then(|| Utc::now() + Duration::seconds(max_age));
         for _ in 0..8 {
@@ -151,7 +153,9 @@ impl Command for JoinServer {
         let server_id = server_id
             .filter(|id| self.server_id.is_none_or(|wanted| wanted == *id))
             .ok_or_else(unknown_invite)?;
-        lock_server(conn, server_id).await.map_err(|_| unknown_invite())?;
+        lock_server(conn, server_id)
+            .await
+            .map_err(|err| not_found_as(err, unknown_invite))?;
         let (banned, member): (bool, bool) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2),
                     EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)",

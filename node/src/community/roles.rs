@@ -13,7 +13,9 @@ use together_protocol::permissions::Permissions;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Command, Effects, MAX_ROLES, actor_access, actor_access_or, hierarchy, require_bits, unknown_role, validate_name};
+use super::{
+    Command, Effects, MAX_ROLES, actor_access, actor_access_or, hierarchy, require_bits, unknown_role, validate_name,
+};
 use crate::bus::Audience;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ROLE_COLUMNS, Role, RoleDeleted, RoleEvent, RoleRow};

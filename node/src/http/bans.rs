@@ -25,7 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/servers/{server_id}/bans", tag = "members", security(("bearer" = [])),
     params(("server_id" = Uuid, Path)),
     responses((status = 200, body = Vec<Ban>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn list_bans(State(state): State<AppState>, auth: AuthUser, Path(server_id): Path<Uuid>) -> ApiResult<Json<Vec<Ban>>> {
+async fn list_bans(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(server_id): Path<Uuid>,
+) -> ApiResult<Json<Vec<Ban>>> {
     server_access(&state.db, auth.user_id, server_id)
         .await?
         .require(Permissions::BAN_MEMBERS)?;

@@ -80,7 +80,11 @@ async fn reorder_channels(
 #[utoipa::path(get, path = "/api/channels/{channel_id}", tag = "channels", security(("bearer" = [])),
     params(("channel_id" = Uuid, Path)),
     responses((status = 200, body = Channel), (status = 404, body = ErrorBody)))]
-async fn get_channel(State(state): State<AppState>, auth: AuthUser, Path(channel_id): Path<Uuid>) -> ApiResult<Json<Channel>> {
+async fn get_channel(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(channel_id): Path<Uuid>,
+) -> ApiResult<Json<Channel>> {
     channel_access(&state.db, auth.user_id, channel_id).await?;
     let mut conn = state.db.acquire().await?;
     Ok(Json(load_channel(&mut conn, channel_id).await?))
@@ -106,7 +110,11 @@ async fn update_channel(
 #[utoipa::path(delete, path = "/api/channels/{channel_id}", tag = "channels", security(("bearer" = [])),
     params(("channel_id" = Uuid, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn delete_channel(State(state): State<AppState>, auth: AuthUser, Path(channel_id): Path<Uuid>) -> ApiResult<StatusCode> {
+async fn delete_channel(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(channel_id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
     execute(&state, auth.user_id, DeleteChannel { channel_id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

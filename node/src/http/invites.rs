@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use crate::auth::{AuthUser, MaybeAuthUser};
 use crate::community::execute;
-use crate::community::invites::{CreateInvite, DeleteInvite, JoinServer, NewInvite, fetch_invite, list_invites as query_invites};
+use crate::community::invites::{
+    CreateInvite, DeleteInvite, JoinServer, NewInvite, fetch_invite, list_invites as query_invites,
+};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, OptionalJson, Path};
 use crate::model::{Invite, Server};
@@ -59,7 +61,11 @@ async fn list_invites(
 #[utoipa::path(get, path = "/api/invites/{code}", tag = "invites", security((), ("bearer" = [])),
     params(("code" = String, Path)),
     responses((status = 200, body = Invite), (status = 404, body = ErrorBody)))]
-async fn get_invite(State(state): State<AppState>, _auth: MaybeAuthUser, Path(code): Path<String>) -> ApiResult<Json<Invite>> {
+async fn get_invite(
+    State(state): State<AppState>,
+    _auth: MaybeAuthUser,
+    Path(code): Path<String>,
+) -> ApiResult<Json<Invite>> {
     Ok(Json(fetch_invite(&state.db, &code, true).await?))
 }
 
@@ -75,7 +81,11 @@ async fn accept_invite(
     Path(code): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Server>)> {
     let joined = execute(&state, auth.user_id, JoinServer { code, server_id: None }).await?;
-    let status = if joined.new_member { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if joined.new_member {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(joined.server)))
 }
 
@@ -84,7 +94,11 @@ async fn accept_invite(
 #[utoipa::path(delete, path = "/api/invites/{code}", tag = "invites", security(("bearer" = [])),
     params(("code" = String, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn delete_invite(State(state): State<AppState>, auth: AuthUser, Path(code): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_invite(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(code): Path<String>,
+) -> ApiResult<StatusCode> {
     execute(&state, auth.user_id, DeleteInvite { code }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -100,7 +100,11 @@ async fn join_server(
         server_id: Some(server_id),
     };
     let joined = execute(&state, auth.user_id, command).await?;
-    let status = if joined.new_member { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if joined.new_member {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(joined.server)))
 }
 

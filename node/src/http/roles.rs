@@ -28,7 +28,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/servers/{server_id}/roles", tag = "roles", security(("bearer" = [])),
     params(("server_id" = Uuid, Path)),
     responses((status = 200, body = Vec<Role>), (status = 404, body = ErrorBody)))]
-async fn list_roles(State(state): State<AppState>, auth: AuthUser, Path(server_id): Path<Uuid>) -> ApiResult<Json<Vec<Role>>> {
+async fn list_roles(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(server_id): Path<Uuid>,
+) -> ApiResult<Json<Vec<Role>>> {
     server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(query_roles(&state.db, server_id).await?))
 }
@@ -86,7 +90,11 @@ async fn update_role(
     params(("role_id" = Uuid, Path)),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
-async fn delete_role(State(state): State<AppState>, auth: AuthUser, Path(role_id): Path<Uuid>) -> ApiResult<StatusCode> {
+async fn delete_role(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(role_id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
     execute(&state, auth.user_id, DeleteRole { role_id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,8 +7,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::community::servers::{CreateServer, DeleteServer, ServerPatch, UpdateServer, effective_permissions, fetch_server};
 use crate::community::execute;
+use crate::community::servers::{
+    CreateServer, DeleteServer, ServerPatch, UpdateServer, effective_permissions, fetch_server,
+};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::{EffectivePermissions, Server};
@@ -40,7 +42,11 @@ async fn create_server(
 #[utoipa::path(get, path = "/api/servers/{server_id}", tag = "servers", security(("bearer" = [])),
     params(("server_id" = Uuid, Path)),
     responses((status = 200, body = Server), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_server(State(state): State<AppState>, auth: AuthUser, Path(server_id): Path<Uuid>) -> ApiResult<Json<Server>> {
+async fn get_server(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(server_id): Path<Uuid>,
+) -> ApiResult<Json<Server>> {
     server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(fetch_server(&state.db, server_id).await?))
 }
@@ -66,7 +72,11 @@ async fn update_server(
 #[utoipa::path(delete, path = "/api/servers/{server_id}", tag = "servers", security(("bearer" = [])),
     params(("server_id" = Uuid, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn delete_server(State(state): State<AppState>, auth: AuthUser, Path(server_id): Path<Uuid>) -> ApiResult<StatusCode> {
+async fn delete_server(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(server_id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
     execute(&state, auth.user_id, DeleteServer { server_id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
