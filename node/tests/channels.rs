@@ -462,3 +462,37 @@ async fn bad_channel_input_is_a_json_4xx(pool: PgPool) {
         .await
         .expect_error(StatusCode::BAD_REQUEST, "too_many_channels");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn a_channel_override_can_take_manage_channels_away(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let (alice, sid) = setup(&app).await;
+    let (carol, _) = app.member_with(&alice, "carol", &sid, Permissions::MANAGE_CHANNELS).await;
+    let channels = app.channels(&alice, &sid).await;
+    let general = channels[1]["id"].as_str().unwrap().to_string();
+    let voice = channels[3]["id"].as_str().unwrap().to_string();
+    app.put(
+        &format!("/api/channels/{general}/permissions/{}", carol.id),
+        &alice.token,
+        json!({"type": "member", "deny": bits(Permissions::MANAGE_CHANNELS)}),
+    )
+    .await
+    .expect(StatusCode::OK);
+
+    app.patch(&format!("/api/channels/{general}"), &carol.token, json!({"topic": "x"}))
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
+    app.patch(
+        &format!("/api/servers/{sid}/channels"),
+        &carol.token,
+        json!([{"id": voice, "position": 0}, {"id": general, "position": 9}]),
+    )
+    .await
+    .expect_error(StatusCode::FORBIDDEN, "missing_permissions");
+    app.patch(&format!("/api/servers/{sid}/channels"), &carol.token, json!([{"id": voice, "position": 0}]))
+        .await
+        .expect(StatusCode::OK);
+    app.patch(&format!("/api/channels/{voice}"), &carol.token, json!({"name": "Hangout"}))
+        .await
+        .expect(StatusCode::OK);
+}

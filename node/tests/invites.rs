@@ -95,6 +95,21 @@ async fn invite_preview_and_join(pool: PgPool) {
     app.post("/api/invites/nosuchcode", &dave.token, json!({}))
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+    // Codes that cannot exist are unknown too, never a database error.
+    for bad in ["%00", "a%00bcdefg", "%F0%9F%8E%89", &"x".repeat(200)] {
+        app.get(&format!("/api/invites/{bad}"), &dave.token)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+        app.post(&format!("/api/invites/{bad}"), &dave.token, json!({}))
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+        app.delete(&format!("/api/invites/{bad}"), &dave.token)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+    }
+    app.post(&format!("/api/servers/{sid}/members"), &dave.token, json!({"invite_code": "ab\u{0}cd"}))
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]

@@ -108,6 +108,7 @@ impl Command for DeleteInvite {
     type Output = ();
 
     async fn apply(self, conn: &mut PgConnection, actor: Uuid, _effects: &mut Effects) -> ApiResult<()> {
+        check_code(&self.code)?;
         let found: Option<(Uuid, Option<Uuid>)> =
             sqlx::query_as("SELECT server_id, inviter_id FROM invites WHERE code = $1")
                 .bind(&self.code)
@@ -146,6 +147,7 @@ impl Command for JoinServer {
     type Output = Joined;
 
     async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Joined> {
+        check_code(&self.code)?;
         let server_id: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM invites WHERE code = $1")
             .bind(&self.code)
             .fetch_optional(&mut *conn)
@@ -192,6 +194,16 @@ impl Command for JoinServer {
             server: fetch_server(&mut *conn, server_id).await?,
             new_member: true,
         })
+    }
+}
+
+/// A code that cannot exist (wrong length or characters) is unknown,
+/// without asking the database (which rejects some bytes, such as NUL).
+fn check_code(code: &str) -> ApiResult<()> {
+    if (4..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(unknown_invite())
     }
 }
 
@@ -246,6 +258,7 @@ const INVITE_SELECT: &str = "SELECT i.code, i.channel_id, i.inviter_id, i.max_us
 /// One invite; with `live_only`, an expired or used-up one is 404
 /// `unknown_invite` too.
 pub async fn fetch_invite(db: impl sqlx::PgExecutor<'_>, code: &str, live_only: bool) -> ApiResult<Invite> {
+    check_code(code)?;
     let sql = format!(
         "{INVITE_SELECT} WHERE i.code = $1 AND (NOT $2 OR (
             (i.expires_at IS NULL OR i.expires_at > now()) AND (i.max_uses IS NULL OR i.uses < i.max_uses)))"
