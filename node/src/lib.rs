@@ -20,6 +20,10 @@
 //! - [`perms`]: who may see and do what, from roles and overrides.
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module.
+//! - [`messages`]: message storage: history pages, batched loading of
+//!   attachments and reactions, two-phase full-text search.
+//! - [`uploads`]: uploaded files stored once per blake3 hash, safe
+//!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes, published once to every subscriber.
 //! - [`ratelimit`]: per-user, per-route request budgets.
@@ -36,9 +40,11 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod keys;
+pub mod messages;
 pub mod model;
 pub mod perms;
 pub mod ratelimit;
 pub mod seed;
 pub mod server;
 pub mod state;
+pub mod uploads;
