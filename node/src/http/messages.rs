@@ -449,7 +449,7 @@ async fn search_messages(
     )
     .await?;
     let mut rows = store::fetch_rows(&state.db, &hits.ids).await?;
-    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.id));
     let messages = store::hydrate(&state.db, auth.user_id, rows).await?;
     Ok(Json(SearchResponse {
         total_estimate: hits.total,
