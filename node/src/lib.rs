@@ -21,7 +21,7 @@
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module.
 //! - [`messages`]: message storage: history pages, batched loading of
-//!   attachments and reactions, two-phase full-text search.
+//!   attachments and reactions, full-text search (recent walk or GIN).
 //! - [`uploads`]: uploaded files stored once per blake3 hash, safe
 //!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.

@@ -2,17 +2,14 @@
 //! reactions and search, shared by the REST handlers (and later by the
 //! gateway and federation, which must produce the same [`Message`] shape).
 //!
-//! Every page is loaded in a fixed number of queries, whatever its size:
-//! one for the messages joined with their authors, then the attachments and
-//! the reaction summaries of all of them at once (the two run concurrently
-//! on separate connections).
+//! Every page is loaded in one statement, whatever its size: the messages
+//! joined with their authors, then the attachments and the reaction
+//! summaries of all of them, each gathered by one aggregate over the page's
+//! ids (see [`WITH_EXTRAS`]). No per-message queries.
 //!
-//! Search is two-phase (see [`search`]): a bounded newest-first walk of the
-//! server's messages answers words that are common, and the GIN index
-//! answers words that are rare. Neither phase ever reads every match of a
+//! Search (see [`search`]) walks the server's newest messages for words
+//! that are common and asks the GIN index for words that are rare. Neither phase ever reads every match of a
 //! common word or sorts a large set.
-
-use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -105,94 +102,109 @@ impl AttachmentRow {
             filename: self.filename.clone(),
             size: self.file_size,
             content_type: self.mime_type.clone(),
-            url: format!("/api/attachments/{}", self.id),
+            url: attachment_url(self.id),
         }
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct ReactionRow {
-    message_id: Uuid,
-    emoji: String,
-    count: i64,
-    me: bool,
+/// A message row with its attachments and reaction summaries aggregated
+/// as JSON by [`WITH_EXTRAS`].
+#[derive(Debug, sqlx::FromRow)]
+struct FullRow {
+    #[sqlx(flatten)]
+    message: MessageRow,
+    attachments: Option<sqlx::types::Json<Vec<AttachmentJson>>>,
+    reactions: Option<sqlx::types::Json<Vec<ReactionSummary>>>,
 }
 
-/// One live (not deleted) message with its author; `None` when there is
-/// no such message or it was deleted.
-pub async fn fetch_row(db: &PgPool, message_id: Uuid) -> Result<Option<MessageRow>, ApiError> {
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id
-          WHERE m.id = $1 AND NOT m.deleted"
-    );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(message_id)
-        .fetch_optional(db)
-        .await?)
+#[derive(Debug, serde::Deserialize)]
+struct AttachmentJson {
+    id: Uuid,
+    filename: String,
+    size: i64,
+    content_type: String,
 }
 
-/// Live messages by id, with authors, in no particular order.
-pub async fn fetch_rows(db: &PgPool, ids: &[Uuid]) -> Result<Vec<MessageRow>, ApiError> {
+impl FullRow {
+    fn into_message(self) -> Message {
+        let mut message = self.message.into_message();
+        if let Some(list) = self.attachments {
+            message.attachments = list
+                .0
+                .into_iter()
+                .map(|a| Attachment {
+                    url: attachment_url(a.id),
+                    id: a.id,
+                    filename: a.filename,
+                    size: a.size,
+                    content_type: a.content_type,
+                })
+                .collect();
+        }
+        if let Some(list) = self.reactions {
+            message.reactions = list.0;
+        }
+        message
+    }
+}
+
+/// Where an attachment is downloaded.
+pub fn attachment_url(id: Uuid) -> String {
+    format!("/api/attachments/{id}")
+}
+
+/// Follows a CTE named `page` (rows of [`MESSAGE_COLUMNS`]; `$1` is the
+/// viewer) so that one statement returns the page with the attachments and
+/// the reaction summaries of all its messages, each gathered by one
+/// aggregate over the page's ids.
+const WITH_EXTRAS: &str = "
+    att AS (
+        SELECT a.message_id,
+               json_agg(json_build_object('id', a.id, 'filename', a.filename, 'size', a.file_size,
+                                          'content_type', a.mime_type)
+                        ORDER BY a.created_at, a.id) AS list
+          FROM attachments a
+         WHERE a.message_id IN (SELECT id FROM page)
+         GROUP BY a.message_id),
+    rx AS (
+        SELECT g.message_id,
+               json_agg(json_build_object('emoji', g.emoji, 'count', g.n, 'me', g.me)
+                        ORDER BY g.first, g.emoji) AS list
+          FROM (SELECT message_id, emoji, count(*) AS n, bool_or(user_id = $1) AS me, min(created_at) AS first
+                  FROM reactions
+                 WHERE message_id IN (SELECT id FROM page)
+                 GROUP BY message_id, emoji) g
+         GROUP BY g.message_id)
+    SELECT page.*, att.list AS attachments, rx.list AS reactions
+      FROM page
+      LEFT JOIN att ON att.message_id = page.id
+      LEFT JOIN rx ON rx.message_id = page.id";
+
+fn full_sql(page_sql: &str, order: &str) -> String {
+    format!("WITH page AS ({page_sql}), {WITH_EXTRAS} ORDER BY page.id {order}")
+}
+
+/// Live messages by id, complete, newest first (missing or deleted ids are
+/// left out).
+pub async fn load_by_ids(db: &PgPool, viewer: Uuid, ids: &[Uuid]) -> Result<Vec<Message>, ApiError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
+    let page = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id
-          WHERE m.id = ANY($1) AND NOT m.deleted"
+          WHERE m.id = ANY($2) AND NOT m.deleted"
     );
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(db).await?)
+    let rows: Vec<FullRow> = sqlx::query_as(sqlx::AssertSqlSafe(full_sql(&page, "DESC")))
+        .bind(viewer)
+        .bind(ids)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(FullRow::into_message).collect())
 }
 
-/// Turns rows into full messages, in the same order, loading the
-/// attachments and reaction summaries (with `me` for `viewer`) of all of
-/// them in two concurrent queries.
-pub async fn hydrate(db: &PgPool, viewer: Uuid, rows: Vec<MessageRow>) -> Result<Vec<Message>, ApiError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let attachments_sql = format!(
-        "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE message_id = ANY($1) ORDER BY created_at, id"
-    );
-    let attachments = sqlx::query_as::<_, AttachmentRow>(sqlx::AssertSqlSafe(attachments_sql))
-        .bind(&ids)
-        .fetch_all(db);
-    let reactions = sqlx::query_as::<_, ReactionRow>(
-        "SELECT message_id, emoji, count(*) AS count, bool_or(user_id = $2) AS me
-           FROM reactions WHERE message_id = ANY($1)
-          GROUP BY message_id, emoji
-          ORDER BY min(created_at), emoji",
-    )
-    .bind(&ids)
-    .bind(viewer)
-    .fetch_all(db);
-    let (attachments, reactions) = tokio::try_join!(attachments, reactions)?;
-
-    let mut by_message: HashMap<Uuid, (Vec<Attachment>, Vec<ReactionSummary>)> = HashMap::new();
-    for a in attachments {
-        if let Some(mid) = a.message_id {
-            by_message.entry(mid).or_default().0.push(a.to_model());
-        }
-    }
-    for r in reactions {
-        by_message.entry(r.message_id).or_default().1.push(ReactionSummary {
-            emoji: r.emoji,
-            count: r.count,
-            me: r.me,
-        });
-    }
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let extras = by_message.remove(&row.id);
-            let mut message = row.into_message();
-            if let Some((attachments, reactions)) = extras {
-                message.attachments = attachments;
-                message.reactions = reactions;
-            }
-            message
-        })
-        .collect())
+/// One live message, complete; `None` when missing or deleted.
+pub async fn load_one(db: &PgPool, viewer: Uuid, id: Uuid) -> Result<Option<Message>, ApiError> {
+    Ok(load_by_ids(db, viewer, &[id]).await?.pop())
 }
 
 /// Where a history page starts.
@@ -209,8 +221,9 @@ pub enum Cursor {
 }
 
 /// One history page of a channel: a keyset walk of `(channel_id, id)`, never
-/// an OFFSET. Ordering: newest first, except [`Cursor::After`] which is
-/// oldest first (the messages right after the cursor, in reading order).
+/// an OFFSET, in one statement with the attachments and reactions. Ordering:
+/// newest first, except [`Cursor::After`] which is oldest first (the
+/// messages right after the cursor, in reading order).
 pub async fn page(
     db: &PgPool,
     viewer: Uuid,
@@ -218,53 +231,48 @@ pub async fn page(
     cursor: Cursor,
     limit: i64,
 ) -> Result<Vec<Message>, ApiError> {
+    // $1 viewer, $2 channel, $3 cursor, $4 limit (the newer half for
+    // `around`, which includes the anchor), $5 the older half.
     let base = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id
-          WHERE m.channel_id = $1 AND NOT m.deleted"
+          WHERE m.channel_id = $2 AND NOT m.deleted"
     );
-    let rows: Vec<MessageRow> = match cursor {
-        Cursor::Latest => {
-            let sql = format!("{base} ORDER BY m.id DESC LIMIT $2");
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(channel_id)
-                .bind(limit)
-                .fetch_all(db)
-                .await?
-        }
-        Cursor::Before(id) | Cursor::After(id) => {
-            let (op, order) = if matches!(cursor, Cursor::Before(_)) {
-                ("<", "DESC")
-            } else {
-                (">", "ASC")
-            };
-            let sql = format!("{base} AND m.id {op} $2 ORDER BY m.id {order} LIMIT $3");
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(channel_id)
-                .bind(id)
-                .bind(limit)
-                .fetch_all(db)
-                .await?
-        }
-        Cursor::Around(id) => {
-            // The newer half includes the anchor itself.
-            let older = limit / 2;
-            let newer = limit - older;
-            let sql = format!(
-                "(({base} AND m.id >= $2 ORDER BY m.id ASC LIMIT $3)
-                  UNION ALL
-                 ({base} AND m.id < $2 ORDER BY m.id DESC LIMIT $4))
-                 ORDER BY id DESC"
-            );
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(channel_id)
-                .bind(id)
-                .bind(newer)
-                .bind(older)
-                .fetch_all(db)
-                .await?
-        }
+    let (cursor_id, older, sql) = match cursor {
+        Cursor::Latest | Cursor::Before(_) => (
+            match cursor {
+                Cursor::Before(id) => id,
+                _ => Uuid::max(),
+            },
+            0,
+            full_sql(&format!("{base} AND m.id < $3 ORDER BY m.id DESC LIMIT $4"), "DESC"),
+        ),
+        Cursor::After(id) => (
+            id,
+            0,
+            full_sql(&format!("{base} AND m.id > $3 ORDER BY m.id ASC LIMIT $4"), "ASC"),
+        ),
+        Cursor::Around(id) => (
+            id,
+            limit / 2,
+            full_sql(
+                &format!(
+                    "({base} AND m.id >= $3 ORDER BY m.id ASC LIMIT $4)
+                     UNION ALL
+                     ({base} AND m.id < $3 ORDER BY m.id DESC LIMIT $5)"
+                ),
+                "DESC",
+            ),
+        ),
     };
-    hydrate(db, viewer, rows).await
+    let rows: Vec<FullRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(viewer)
+        .bind(channel_id)
+        .bind(cursor_id)
+        .bind(limit - older)
+        .bind(older)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(FullRow::into_message).collect())
 }
 
 /// A search request, after validation and permission checks.
@@ -289,34 +297,43 @@ pub struct SearchHits {
     /// count them anyway (the index phase); `None` when the recent-window
     /// phase answered alone.
     pub total: Option<i64>,
-    /// Which phase answered: `"recent"` or `"index"` (for logs and benchmarks).
+    /// Which step answered: `"recent"`, `"sized"` or `"index"`.
     pub phase: &'static str,
 }
 
 /// How many of the newest messages (in the searched channels, older than
-/// the cursor) the first phase reads before giving up on it. A word found
-/// in at least `limit / RECENT_WINDOW` of messages (about 1% for a page of
-/// 25) is answered here, reading at most this many rows.
-pub const RECENT_WINDOW: i64 = 2500;
+/// the cursor) the first look at recent messages reads. A word in at least
+/// `limit / FIRST_WINDOW` of messages (1% for a page of 25) is answered
+/// there.
+pub const FIRST_WINDOW: i64 = 2_500;
+/// The most messages the second, sized look at recent messages reads.
+pub const MAX_SECOND_WINDOW: i64 = 50_000;
 
 /// Full-text search, newest first.
 ///
-/// Phase 1 ("recent") reads the newest [`RECENT_WINDOW`] messages of the
-/// searched channels through the `(server_id, id DESC)` index, or
-/// `(channel_id, id DESC)` for one channel, and keeps those that match. For
-/// a common word that fills the page after a few hundred rows. Since the
-/// window holds the newest messages, any match found there is newer than
-/// every match outside it, so a full page from the window is exactly the
-/// answer.
+/// PostgreSQL's own plan for "matches, newest first, limit n" is either a
+/// walk of the newest messages that filters on the words (fast for common
+/// words, a scan of the whole server for rare ones) or every match from the
+/// GIN index then a sort (fast for rare words, hundreds of milliseconds for
+/// common ones), and it picks by an estimate that is often wrong for rare
+/// words. So the node decides from what it sees:
 ///
-/// Phase 2 ("index") runs only when the window held fewer than `limit`
-/// matches, i.e. the words are rare (or the server is small): it takes every
-/// match from the GIN index on `search_vector`, which for a rare word is a
-/// short list, counts them and returns the newest `limit`.
+/// 1. **Recent walk.** Read the newest [`FIRST_WINDOW`] messages of the
+///    searched channels through the `(server_id, id DESC)` index (or
+///    `(channel_id, id DESC)` for one channel; the primary key when every
+///    message is in scope), keeping matches and stopping at `limit`. A
+///    common word fills the page after a few hundred rows. Since the window
+///    holds the newest messages, matches found there are newer than all
+///    others, so a full page is exactly the answer.
+/// 2. **Sized walk.** If the first window held some matches but not a page,
+///    the word's frequency is roughly known: walk again with a window
+///    sized to fill the page twice over, at most [`MAX_SECOND_WINDOW`].
+/// 3. **Index.** Otherwise the word is rare: take every match from the GIN
+///    index on `search_vector` (for a rare word a short list), count them,
+///    and return the newest `limit`.
 ///
-/// Both statements are sent unprepared-and-unnamed (`persistent(false)`) so
-/// PostgreSQL plans them with the actual query text and never falls back to
-/// a generic plan that ignores how common the words are.
+/// The statements are sent unnamed (`persistent(false)`) so PostgreSQL plans
+/// each with the actual words and never reuses a generic plan.
 pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError> {
     if q.channels.is_empty() {
         return Ok(SearchHits {
@@ -333,7 +350,7 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
     };
     let author = if q.author_id.is_some() { "AND author_id = $6" } else { "" };
 
-    let recent_sql = format!(
+    let walk_sql = format!(
         "SELECT w.id FROM (
              SELECT id, search_vector FROM messages
               WHERE {scope} AND NOT deleted AND id < $3 {author}
@@ -342,23 +359,37 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
          WHERE w.search_vector @@ websearch_to_tsquery('english', $4)
          ORDER BY w.id DESC LIMIT $7"
     );
-    let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(recent_sql))
-        .persistent(false)
-        .bind(q.server_id)
-        .bind(&q.channels)
-        .bind(before)
-        .bind(&q.text)
-        .bind(RECENT_WINDOW)
-        .bind(q.author_id)
-        .bind(q.limit)
-        .fetch_all(db)
-        .await?;
-    if ids.len() as i64 >= q.limit {
+    let walk = |window: i64| {
+        sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(walk_sql.clone()))
+            .persistent(false)
+            .bind(q.server_id)
+            .bind(&q.channels)
+            .bind(before)
+            .bind(&q.text)
+            .bind(window)
+            .bind(q.author_id)
+            .bind(q.limit)
+            .fetch_all(db)
+    };
+    let ids = walk(FIRST_WINDOW).await?;
+    let found = ids.len() as i64;
+    if found >= q.limit {
         return Ok(SearchHits {
             ids,
             total: None,
             phase: "recent",
         });
+    }
+    if found > 0 {
+        let window = (FIRST_WINDOW * q.limit * 2 / found).min(MAX_SECOND_WINDOW);
+        let ids = walk(window).await?;
+        if ids.len() as i64 >= q.limit {
+            return Ok(SearchHits {
+                ids,
+                total: None,
+                phase: "sized",
+            });
+        }
     }
 
     let index_sql = format!(

@@ -308,9 +308,7 @@ async fn get_message(
 }
 
 async fn load_one(state: &AppState, viewer: Uuid, message_id: Uuid) -> ApiResult<Message> {
-    let row = store::fetch_row(&state.db, message_id).await?.ok_or_else(unknown_message)?;
-    let mut messages = store::hydrate(&state.db, viewer, vec![row]).await?;
-    messages.pop().ok_or_else(unknown_message)
+    store::load_one(&state.db, viewer, message_id).await?.ok_or_else(unknown_message)
 }
 
 /// `PATCH /api/messages/{message_id}`: edit the text of one's own message.
@@ -448,9 +446,7 @@ async fn search_messages(
         },
     )
     .await?;
-    let mut rows = store::fetch_rows(&state.db, &hits.ids).await?;
-    rows.sort_by_key(|r| std::cmp::Reverse(r.id));
-    let messages = store::hydrate(&state.db, auth.user_id, rows).await?;
+    let messages = store::load_by_ids(&state.db, auth.user_id, &hits.ids).await?;
     Ok(Json(SearchResponse {
         total_estimate: hits.total,
         messages,
