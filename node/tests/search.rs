@@ -159,4 +159,23 @@ async fn common_and_rare_words_page_newest_first(pool: PgPool) {
     // Common word in one channel.
     let one = app.get(&format!("{url}?q=common&channel_id={random}&limit=2"), &alice.token).await.expect(StatusCode::OK);
     assert_eq!(contents(&one), ["common chatter 2997", "common chatter 2991"]);
+
+    // A flood of newer messages without the word (more than the first walk
+    // reads): the newest matches are still found, in order.
+    sqlx::query(
+        "INSERT INTO messages (id, channel_id, server_id, author_id, content)
+         SELECT ('018f0001-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, $1, $2, $3, 'flood ' || i
+           FROM generate_series(1, 6000) AS i",
+    )
+    .bind(random)
+    .bind(server_id)
+    .bind(author)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE messages").execute(&pool).await.unwrap();
+    let first = app.get(&format!("{url}?q=common&limit=3"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(contents(&first), ["common chatter 3000", "common chatter 2997", "common chatter 2994"]);
+    let rare = app.get(&format!("{url}?q=gem"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(contents(&rare), ["a rare gem 40", "a rare gem 20", "a rare gem 10"]);
 }

@@ -7,7 +7,8 @@
 //!    `--side-messages` more spread over three other channels, written by
 //!    server-side `INSERT … SELECT` in batches. Every message has 6–13
 //!    words from a skewed vocabulary; the common word is in exactly 20% of
-//!    messages, the rare word in 0.01%, a middling word in 0.3%.
+//!    messages, the rare word in 0.01%, a middling word in 0.3%. One message
+//!    in twenty has one to three reactions.
 //! 3. Starts a node in this process on 127.0.0.1:0 and measures, over HTTP:
 //!    message POST at a paced rate, 50-message history pages at random
 //!    `before` cursors in `#general`, and search for each word.
@@ -54,6 +55,11 @@ struct Args {
     /// History pages to fetch.
     #[arg(long, default_value_t = 3000)]
     history_samples: usize,
+    /// Run the node's connections with `synchronous_commit = off`, to see
+    /// what a POST costs without waiting for the WAL flush. Not how a node
+    /// runs: it acknowledges only durable writes.
+    #[arg(long)]
+    async_commit: bool,
     /// Only create and load the database, measure nothing.
     #[arg(long)]
     load_only: bool,
@@ -102,8 +108,18 @@ async fn main() -> anyhow::Result<()> {
         let create = format!("CREATE DATABASE \"{}\"", args.db_name);
         sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await?;
     }
+    let async_commit = args.async_commit;
     let pool = PgPoolOptions::new()
         .max_connections(16)
+        .min_connections(16)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if async_commit {
+                    sqlx::query("SET synchronous_commit = off").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
         .connect_with(bench_options)
         .await
         .context("connecting to the benchmark database")?;
@@ -155,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     if args.load_only {
         return Ok(());
     }
+    println!("load average before: {}", load_average());
     let mut results = Vec::new();
     results.push(bench_history(&http, &base, &token, &fixture, &pool, args.history_samples).await?);
     for (word, label) in [(COMMON_WORD, "common, 20%"), (RARE_WORD, "rare, 0.01%"), (MIDDLE_WORD, "middle, 0.3%")] {
@@ -162,6 +179,11 @@ async fn main() -> anyhow::Result<()> {
     }
     results.push(bench_post(&http, &base, &token, &fixture, args.post_rate, args.post_seconds).await?);
 
+    println!("load average after: {}", load_average());
+    println!(
+        "synchronous_commit: {}",
+        if args.async_commit { "off (--async-commit)" } else { "on" }
+    );
     println!();
     println!("| measurement | requests | p50 | p95 | p99 | max | target |");
     println!("|---|---:|---:|---:|---:|---:|---|");
@@ -388,6 +410,18 @@ async fn load_messages(pool: &PgPool, fixture: &Fixture, args: &Args) -> anyhow:
         done += n;
         println!("loaded {done}/{total} messages ({:.0} s)", started.elapsed().as_secs_f64());
     }
+    // Reactions on one message in twenty, from one to three authors each.
+    sqlx::query(
+        "INSERT INTO reactions (message_id, emoji, user_id)
+         SELECT m.id, (ARRAY['👍', '😂', '🎉', '❤️'])[1 + abs(hashtext(m.id::text)) % 4], u.id
+           FROM messages m
+           CROSS JOIN LATERAL (SELECT id FROM users WHERE username LIKE 'author%'
+                                ORDER BY id LIMIT 1 + abs(hashtext(m.id::text)) % 3) u
+          WHERE abs(hashtext(m.id::text)) % 20 = 0",
+    )
+    .execute(&mut *conn)
+    .await?;
+    println!("added reactions ({:.0} s)", started.elapsed().as_secs_f64());
     sqlx::query("SET session_replication_role = origin").execute(&mut *conn).await?;
     for (name, def) in &indexes {
         let t = Instant::now();
@@ -395,8 +429,17 @@ async fn load_messages(pool: &PgPool, fixture: &Fixture, args: &Args) -> anyhow:
         println!("built index {name} ({:.0} s)", t.elapsed().as_secs_f64());
     }
     sqlx::query("VACUUM ANALYZE messages").execute(&mut *conn).await?;
+    sqlx::query("VACUUM ANALYZE reactions").execute(&mut *conn).await?;
     println!("load finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `/proc/loadavg`'s first three fields: the machine is shared, and
+/// latency percentiles mean little without knowing how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn chrono_now_ms() -> i64 {
