@@ -379,3 +379,26 @@ async fn bad_input_is_a_json_4xx(pool: PgPool) {
     app.get("/api/channels/xyz/messages", &alice.token).await.expect_error(StatusCode::NOT_FOUND, "not_found");
     app.call(Method::GET, &url, None, None).await.expect_error(StatusCode::UNAUTHORIZED, "missing_token");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn routes_are_described_in_openapi(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let alice = app.register("alice").await;
+    let doc = app.get("/api/openapi.json", &alice.token).await.expect(StatusCode::OK);
+    for (path, verbs) in [
+        ("/api/channels/{channel_id}/messages", &["get", "post"][..]),
+        ("/api/messages/{message_id}", &["get", "patch", "delete"][..]),
+        ("/api/servers/{server_id}/messages/search", &["get"][..]),
+        ("/api/messages/{message_id}/reactions", &["post"][..]),
+        ("/api/messages/{message_id}/reactions/{emoji}", &["get", "delete"][..]),
+        ("/api/messages/{message_id}/reactions/{emoji}/{user_id}", &["delete"][..]),
+        ("/api/channels/{channel_id}/attachments", &["post"][..]),
+        ("/api/attachments/{attachment_id}", &["get"][..]),
+    ] {
+        for verb in verbs {
+            let op = &doc["paths"][path][verb];
+            assert!(op.is_object(), "{verb} {path} is missing from the OpenAPI document");
+            assert!(op["security"].is_array(), "{verb} {path} names no security");
+        }
+    }
+}
