@@ -31,7 +31,7 @@
 //! it is rebuilt from scratch only when an op that was valid stops being
 //! valid, and otherwise extended.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::{Automerge, Change, ChangeHash};
 use together_protocol::identity::{
@@ -503,26 +503,34 @@ impl Resolver {
                     .is_ok_and(|c| !c.reduced.is_empty())
             })
             .collect();
-        let mut raw: HashSet<(usize, usize)> = HashSet::new();
+        let mut raw: Vec<(usize, usize)> = Vec::new();
+        let mut ancestry: HashMap<usize, Vec<bool>> = HashMap::new();
         for &r in &reducers {
-            let related = self.related(r);
+            let (anc, desc) = self.ancestry(r);
             let reduced = match &self.entries[r].check {
                 Ok(c) => c.reduced.clone(),
                 Err(_) => continue,
             };
             for x in 0..n {
-                if related[x] || base[x].is_some() || !reduced.contains(&self.entries[x].author) {
+                if anc[x] || desc[x] || base[x].is_some() || !reduced.contains(&self.entries[x].author) {
                     continue;
                 }
                 if self.attacks_op(r, x) {
-                    raw.insert((r, x));
+                    raw.push((r, x));
                 }
             }
+            ancestry.insert(r, anc);
         }
+        // Conflicting removals: r1 attacks (an ancestor of) r2 and r2
+        // attacks (an ancestor of) r1. The higher-ranked one keeps its
+        // attack; at equal rank neither does, so both apply.
+        let rank = |i: usize| self.entries[i].check.as_ref().map_or(-1, |c| c.rank);
+        let in_past = |r: usize, x: usize| ancestry.get(&r).is_some_and(|a| a[x]);
         for &(r, x) in &raw {
-            let rank = |i: usize| self.entries[i].check.as_ref().map_or(-1, |c| c.rank);
-            let mutual = raw.contains(&(x, r));
-            if !mutual || rank(r) > rank(x) {
+            let beaten = raw.iter().any(|&(r2, x2)| {
+                r2 != r && in_past(r2, x) && in_past(r, x2) && rank(r2) >= rank(r)
+            });
+            if !beaten {
                 attackers[x].push(r);
             }
         }
@@ -575,24 +583,21 @@ impl Resolver {
         self.materialize();
     }
 
-    /// Ancestors and descendants of `r` (and `r` itself): the ops not
-    /// concurrent with it.
-    fn related(&self, r: usize) -> Vec<bool> {
-        let mut seen = vec![false; self.entries.len()];
-        seen[r] = true;
-        let mut stack: Vec<usize> = self.entries[r].parents.clone();
-        while let Some(i) = stack.pop() {
-            if !std::mem::replace(&mut seen[i], true) {
-                stack.extend(self.entries[i].parents.iter().copied());
+    /// Ancestors of `r` with `r` itself, and descendants of `r`: the ops
+    /// not concurrent with it.
+    fn ancestry(&self, r: usize) -> (Vec<bool>, Vec<bool>) {
+        let walk = |start: &[usize], up: bool| {
+            let mut seen = vec![false; self.entries.len()];
+            let mut stack: Vec<usize> = start.to_vec();
+            while let Some(i) = stack.pop() {
+                if !std::mem::replace(&mut seen[i], true) {
+                    let e = &self.entries[i];
+                    stack.extend_from_slice(if up { &e.parents } else { &e.children });
+                }
             }
-        }
-        let mut stack: Vec<usize> = self.entries[r].children.clone();
-        while let Some(i) = stack.pop() {
-            if !std::mem::replace(&mut seen[i], true) {
-                stack.extend(self.entries[i].children.iter().copied());
-            }
-        }
-        seen
+            seen
+        };
+        (walk(&[r], true), walk(&self.entries[r].children, false))
     }
 
     /// Whether the concurrent op `r` takes away authority `x` needed: `x`

@@ -16,7 +16,9 @@ use super::support::*;
 enum Step {
     /// `replica` makes command `cmd` for user `author`; `forge` skips the
     /// builder's permission check, as a malicious node would.
-    Act { replica: usize, author: usize, cmd: Gen, forge: bool },
+    /// The first of `cmds` the builder accepts is made (all of them are
+    /// tried when forging, the first is forged).
+    Act { replica: usize, author: usize, cmds: Vec<Gen>, forge: bool },
     /// `to` receives up to `count` of the ops `from` has and it lacks,
     /// shuffled, some twice.
     Deliver { from: usize, to: usize, count: usize },
@@ -32,6 +34,9 @@ struct Gen {
     b: usize,
     c: usize,
 }
+
+/// Authors, weighted toward those who can do things.
+const AUTHORS: [usize; 9] = [0, 0, 1, 1, 2, 2, 3, 4, 5];
 
 const PERMS: [Permissions; 6] = [
     Permissions::empty(),
@@ -124,8 +129,8 @@ fn command(g: &Gen, users: &[User], author: &User) -> Command {
 fn step() -> impl Strategy<Value = Step> {
     let g = (any::<u8>(), 0usize..64, 0usize..64, 0usize..64).prop_map(|(kind, a, b, c)| Gen { kind, a, b, c });
     prop_oneof![
-        5 => (0usize..5, 0usize..6, g, prop::bool::weighted(0.3))
-            .prop_map(|(replica, author, cmd, forge)| Step::Act { replica, author, cmd, forge }),
+        8 => (0usize..5, 0usize..9, prop::collection::vec(g, 4), prop::bool::weighted(0.25))
+            .prop_map(|(replica, author, cmds, forge)| Step::Act { replica, author: AUTHORS[author], cmds, forge }),
         4 => (0usize..5, 0usize..5, 1usize..8).prop_map(|(from, to, count)| Step::Deliver { from, to, count }),
         1 => any::<u8>().prop_map(|mask| Step::Partition { mask }),
         1 => Just(Step::Heal),
@@ -175,11 +180,11 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
 
     for s in steps {
         match s {
-            Step::Act { replica, author, cmd, forge } => {
+            Step::Act { replica, author, cmds, forge } => {
                 let r = replica % replicas;
                 let user = &users[author];
-                let command = command(&cmd, &users, user);
                 if forge {
+                    let command = command(&cmds[0], &users, user);
                     let state = nodes[r].resolver.state().clone();
                     let standing = state.standing(&user.id);
                     let allowed = authorize(&state, &standing, &user.public, &command, nodes[r].clock + 1, &Default::default()).is_ok();
@@ -188,9 +193,14 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
                     {
                         forbidden.push((op, command));
                     }
-                } else if let Ok(op) = nodes[r].act(user, command) {
-                    prop_assert!(nodes[r].is_valid(&op), "a prepared op is invalid locally: {:?}", nodes[r].status(&op));
-                    honest.push(op);
+                } else {
+                    for g in &cmds {
+                        if let Ok(op) = nodes[r].act(user, command(g, &users, user)) {
+                            prop_assert!(nodes[r].is_valid(&op), "a prepared op is invalid locally: {:?}", nodes[r].status(&op));
+                            honest.push(op);
+                            break;
+                        }
+                    }
                 }
             }
             Step::Deliver { from, to, count } => {
@@ -252,7 +262,7 @@ proptest! {
     #[test]
     fn replicas_converge_and_forbidden_ops_never_apply(
         replicas in 3usize..=5,
-        steps in prop::collection::vec(step(), 10..40),
+        steps in prop::collection::vec(step(), 20..60),
         seed in any::<u64>(),
     ) {
         run(replicas, steps, seed)?;
