@@ -327,7 +327,11 @@ pub fn authorize(
                     can_grant(standing, role.permissions, standing.base)?;
                 }
             }
-            if changed { Ok(()) } else { Err(Rejection::Empty) }
+            if changed {
+                Ok(())
+            } else {
+                Err(Rejection::Empty)
+            }
         }
         Command::SetNickname { user, nickname } => {
             if !state.members.contains_key(user) {
@@ -473,7 +477,10 @@ pub fn authorize(
             allow,
             deny,
         } => {
-            let c = state.channels.get(channel).ok_or(Rejection::UnknownChannel)?;
+            let c = state
+                .channels
+                .get(channel)
+                .ok_or(Rejection::UnknownChannel)?;
             require_in(standing, channel, Permissions::MANAGE_ROLES)?;
             if !(*allow & *deny).is_empty() {
                 return Err(Rejection::InvalidField("override overlaps"));
@@ -487,7 +494,10 @@ pub fn authorize(
             can_grant(standing, changed, standing.in_channel(channel))
         }
         Command::DeleteOverride { channel, target } => {
-            let c = state.channels.get(channel).ok_or(Rejection::UnknownChannel)?;
+            let c = state
+                .channels
+                .get(channel)
+                .ok_or(Rejection::UnknownChannel)?;
             require_in(standing, channel, Permissions::MANAGE_ROLES)?;
             let Override { allow, deny } = c
                 .overrides
@@ -506,7 +516,10 @@ fn check_parent(
     id: &Uuid,
     parent: &Uuid,
 ) -> Result<(), Rejection> {
-    let p = state.channels.get(parent).ok_or(Rejection::UnknownChannel)?;
+    let p = state
+        .channels
+        .get(parent)
+        .ok_or(Rejection::UnknownChannel)?;
     if kind == ChannelKind::Category || p.kind != ChannelKind::Category || parent == id {
         return Err(Rejection::InvalidField("parent"));
     }

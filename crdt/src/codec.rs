@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(r.opt(|r| r.u8()), Ok(None));
         assert_eq!(r.bool(), Ok(true));
         assert_eq!(r.finish(), Ok(()));
-        assert_eq!(Reader::new(&[2]).bool(), Err(DecodeError::Invalid("boolean")));
+        assert_eq!(
+            Reader::new(&[2]).bool(),
+            Err(DecodeError::Invalid("boolean"))
+        );
         assert_eq!(
             Reader::new(&[2]).opt(|r| r.u8()),
             Err(DecodeError::Invalid("option flag"))

@@ -599,7 +599,11 @@ mod tests {
     fn every_command_round_trips() {
         for command in samples() {
             let bytes = command.to_bytes();
-            assert_eq!(Command::from_bytes(&bytes), Ok(command.clone()), "{command:?}");
+            assert_eq!(
+                Command::from_bytes(&bytes),
+                Ok(command.clone()),
+                "{command:?}"
+            );
             let mut longer = bytes.clone();
             longer.push(0);
             assert_eq!(Command::from_bytes(&longer), Err(DecodeError::Trailing));
@@ -616,7 +620,11 @@ mod tests {
             Err(DecodeError::Invalid("command tag"))
         );
         // A role set out of order.
-        let mut bytes = CanonicalWriter::new().u8(9).uuid(&Uuid::nil()).u64(2).finish();
+        let mut bytes = CanonicalWriter::new()
+            .u8(9)
+            .uuid(&Uuid::nil())
+            .u64(2)
+            .finish();
         bytes.extend_from_slice(Uuid::from_u128(2).as_bytes());
         bytes.extend_from_slice(Uuid::from_u128(1).as_bytes());
         assert_eq!(

@@ -193,11 +193,14 @@ impl Projection {
             .members
             .keys()
             .flat_map(|user| {
-                state.held_roles(user).into_iter().map(|(role_id, _)| MemberRoleRow {
-                    server_id: sid,
-                    user_id: *user,
-                    role_id,
-                })
+                state
+                    .held_roles(user)
+                    .into_iter()
+                    .map(|(role_id, _)| MemberRoleRow {
+                        server_id: sid,
+                        user_id: *user,
+                        role_id,
+                    })
             })
             .collect();
         let mut overrides: Vec<OverrideRow> = state

@@ -241,7 +241,10 @@ impl Resolver {
     pub fn add_revocation(&mut self, revocation: SignedRevocation) -> Result<(), Rejection> {
         revocation.verify().map_err(|_| Rejection::BadSignature)?;
         let r = revocation.revocation;
-        let entry = self.revocations.entry(r.delegation_hash).or_insert(r.issued);
+        let entry = self
+            .revocations
+            .entry(r.delegation_hash)
+            .or_insert(r.issued);
         *entry = (*entry).min(r.issued);
         self.resolve();
         Ok(())
@@ -512,7 +515,11 @@ impl Resolver {
                 Err(_) => continue,
             };
             for x in 0..n {
-                if anc[x] || desc[x] || base[x].is_some() || !reduced.contains(&self.entries[x].author) {
+                if anc[x]
+                    || desc[x]
+                    || base[x].is_some()
+                    || !reduced.contains(&self.entries[x].author)
+                {
                     continue;
                 }
                 if self.attacks_op(r, x) {
@@ -649,8 +656,14 @@ impl Resolver {
             return;
         }
         let changes = |set: &mut dyn Iterator<Item = &usize>| -> Vec<Change> {
-            set.filter_map(|i| self.entries[*i].check.as_ref().ok().map(|c| c.change.clone()))
-                .collect()
+            set.filter_map(|i| {
+                self.entries[*i]
+                    .check
+                    .as_ref()
+                    .ok()
+                    .map(|c| c.change.clone())
+            })
+            .collect()
         };
         if self.applied.is_subset(&valid) {
             let new = changes(&mut valid.difference(&self.applied));
@@ -670,7 +683,13 @@ impl Resolver {
         let mut doc = Automerge::new();
         let all: Vec<Change> = valid
             .iter()
-            .filter_map(|i| self.entries[*i].check.as_ref().ok().map(|c| c.change.clone()))
+            .filter_map(|i| {
+                self.entries[*i]
+                    .check
+                    .as_ref()
+                    .ok()
+                    .map(|c| c.change.clone())
+            })
             .collect();
         // Every valid change's dependencies are valid, and no two valid
         // changes share an actor sequence number, so this cannot fail.
@@ -788,7 +807,10 @@ impl Resolver {
     /// Unknown ids in `have` are ignored.
     pub fn ops_since(&self, have: &[OpId]) -> Vec<&Op> {
         let mut known = vec![false; self.entries.len()];
-        let mut stack: Vec<usize> = have.iter().filter_map(|h| self.index.get(h).copied()).collect();
+        let mut stack: Vec<usize> = have
+            .iter()
+            .filter_map(|h| self.index.get(h).copied())
+            .collect();
         while let Some(i) = stack.pop() {
             if !std::mem::replace(&mut known[i], true) {
                 stack.extend(self.entries[i].parents.iter().copied());
@@ -949,7 +971,9 @@ fn reduced_users(before: &State, after: &State, command: &Command) -> BTreeSet<U
         | Command::DeleteChannel { .. }
         | Command::UpdateChannel { .. } => Vec::new(),
         Command::TransferOwnership { .. } => before.owner().into_iter().collect(),
-        Command::SetMemberRoles { user, .. } | Command::Kick { user } | Command::Ban { user, .. } => {
+        Command::SetMemberRoles { user, .. }
+        | Command::Kick { user }
+        | Command::Ban { user, .. } => {
             vec![*user]
         }
         Command::Leave => Vec::new(),

@@ -54,7 +54,13 @@ fn perms(p: Permissions) -> ScalarValue {
     ScalarValue::Uint(p.bits())
 }
 
-fn write_genesis(tx: &mut Transaction<'_>, g: &Genesis, community: Uuid, author: &UserPublicKey, time: i64) -> Result<()> {
+fn write_genesis(
+    tx: &mut Transaction<'_>,
+    g: &Genesis,
+    community: Uuid,
+    author: &UserPublicKey,
+    time: i64,
+) -> Result<()> {
     let owner = author.user_id();
     let server = new_map(tx, &ROOT, "server")?;
     put(tx, &server, "name", g.name.as_str())?;
@@ -67,7 +73,12 @@ fn write_genesis(tx: &mut Transaction<'_>, g: &Genesis, community: Uuid, author:
     let roles = new_map(tx, &ROOT, "roles")?;
     let everyone = new_map(tx, &roles, &community.to_string())?;
     put(tx, &everyone, "name", "@everyone")?;
-    put(tx, &everyone, "permissions", perms(Permissions::DEFAULT_EVERYONE))?;
+    put(
+        tx,
+        &everyone,
+        "permissions",
+        perms(Permissions::DEFAULT_EVERYONE),
+    )?;
     put(tx, &everyone, "color", ScalarValue::Null)?;
     put(tx, &everyone, "hoist", false)?;
     put(tx, &everyone, "mentionable", false)?;
@@ -79,7 +90,12 @@ fn write_genesis(tx: &mut Transaction<'_>, g: &Genesis, community: Uuid, author:
     Ok(())
 }
 
-fn write_member(tx: &mut Transaction<'_>, members: &ObjId, who: &UserPublicKey, time: i64) -> Result<()> {
+fn write_member(
+    tx: &mut Transaction<'_>,
+    members: &ObjId,
+    who: &UserPublicKey,
+    time: i64,
+) -> Result<()> {
     let m = new_map(tx, members, &who.user_id().to_string())?;
     put(tx, &m, "key", ScalarValue::Bytes(who.as_bytes().to_vec()))?;
     put(tx, &m, "nick", ScalarValue::Null)?;
@@ -135,7 +151,12 @@ pub(crate) fn write(
             let c = new_map(tx, &channels, &id.to_string())?;
             put(tx, &c, "name", name.as_str())?;
             put(tx, &c, "kind", kind.as_str())?;
-            put(tx, &c, "parent", opt_str(parent.map(|p| p.to_string()).as_ref()))?;
+            put(
+                tx,
+                &c,
+                "parent",
+                opt_str(parent.map(|p| p.to_string()).as_ref()),
+            )?;
             put(tx, &c, "topic", opt_str(topic.as_ref()))?;
             put(tx, &c, "position", i64::from(*position))?;
             new_map(tx, &c, "overrides")?;
@@ -154,7 +175,12 @@ pub(crate) fn write(
                 put(tx, &c, "name", name.as_str())?;
             }
             if let Some(parent) = parent {
-                put(tx, &c, "parent", opt_str(parent.map(|p| p.to_string()).as_ref()))?;
+                put(
+                    tx,
+                    &c,
+                    "parent",
+                    opt_str(parent.map(|p| p.to_string()).as_ref()),
+                )?;
             }
             if let Some(topic) = topic {
                 put(tx, &c, "topic", opt_str(topic.as_ref()))?;
@@ -286,7 +312,12 @@ pub(crate) fn write(
         } => {
             let invites = obj(tx, &ROOT, "invites")?;
             let i = new_map(tx, &invites, code)?;
-            put(tx, &i, "channel", opt_str(channel.map(|c| c.to_string()).as_ref()))?;
+            put(
+                tx,
+                &i,
+                "channel",
+                opt_str(channel.map(|c| c.to_string()).as_ref()),
+            )?;
             put(tx, &i, "inviter", me.to_string())?;
             put(tx, &i, "max_uses", opt_int(max_uses.map(i64::from)))?;
             put(tx, &i, "uses", ScalarValue::counter(0))?;

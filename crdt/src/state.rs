@@ -258,14 +258,20 @@ impl State {
             .iter()
             .map(|(id, channel)| {
                 let overrides = ChannelOverrides {
-                    everyone: channel.overrides.get(&OverrideTarget::Role(self.id)).copied(),
+                    everyone: channel
+                        .overrides
+                        .get(&OverrideTarget::Role(self.id))
+                        .copied(),
                     roles: held
                         .iter()
                         .filter_map(|(rid, _)| {
                             channel.overrides.get(&OverrideTarget::Role(*rid)).copied()
                         })
                         .collect(),
-                    member: channel.overrides.get(&OverrideTarget::Member(*user)).copied(),
+                    member: channel
+                        .overrides
+                        .get(&OverrideTarget::Member(*user))
+                        .copied(),
                 };
                 (*id, channel_permissions(&context, &overrides))
             })

@@ -18,12 +18,23 @@ enum Step {
     /// builder's permission check, as a malicious node would.
     /// The first of `cmds` the builder accepts is made (all of them are
     /// tried when forging, the first is forged).
-    Act { replica: usize, author: usize, cmds: Vec<Gen>, forge: bool },
+    Act {
+        replica: usize,
+        author: usize,
+        cmds: Vec<Gen>,
+        forge: bool,
+    },
     /// `to` receives up to `count` of the ops `from` has and it lacks,
     /// shuffled, some twice.
-    Deliver { from: usize, to: usize, count: usize },
+    Deliver {
+        from: usize,
+        to: usize,
+        count: usize,
+    },
     /// Replicas whose bit in `mask` differs cannot talk until `Heal`.
-    Partition { mask: u8 },
+    Partition {
+        mask: u8,
+    },
     Heal,
 }
 
@@ -55,7 +66,11 @@ fn command(g: &Gen, users: &[User], author: &User) -> Command {
         0 => Command::CreateChannel {
             id: channel,
             name: format!("c{}", g.b),
-            kind: if g.c % 3 == 0 { ChannelKind::Voice } else { ChannelKind::Text },
+            kind: if g.c.is_multiple_of(3) {
+                ChannelKind::Voice
+            } else {
+                ChannelKind::Text
+            },
             parent: None,
             topic: None,
             position: (g.c % 5) as i32,
@@ -84,7 +99,7 @@ fn command(g: &Gen, users: &[User], author: &User) -> Command {
             color: None,
             hoist: None,
             mentionable: None,
-            position: (g.c % 2 == 0).then_some(1 + (g.c % 12) as i32),
+            position: g.c.is_multiple_of(2).then_some(1 + (g.c % 12) as i32),
         },
         5 => Command::DeleteRole { id: role },
         6 => Command::SetMemberRoles {
@@ -95,7 +110,11 @@ fn command(g: &Gen, users: &[User], author: &User) -> Command {
                 .collect::<BTreeSet<Uuid>>(),
         },
         7 => Command::SetNickname {
-            user: if g.c % 2 == 0 { author.id } else { user },
+            user: if g.c.is_multiple_of(2) {
+                author.id
+            } else {
+                user
+            },
             nickname: Some(format!("n{}", g.a)),
         },
         8 => Command::Join { invite: None },
@@ -109,25 +128,40 @@ fn command(g: &Gen, users: &[User], author: &User) -> Command {
             max_uses: Some(1 + (g.c % 2) as i32),
             expires_at: None,
         },
-        14 => Command::Join { invite: Some(format!("code{}", g.a % 3)) },
+        14 => Command::Join {
+            invite: Some(format!("code{}", g.a % 3)),
+        },
         15 => Command::SetOverride {
             channel,
-            target: if g.c % 2 == 0 { OverrideTarget::Role(role) } else { OverrideTarget::Member(user) },
+            target: if g.c.is_multiple_of(2) {
+                OverrideTarget::Role(role)
+            } else {
+                OverrideTarget::Member(user)
+            },
             allow: Permissions::SEND_MESSAGES,
-            deny: if g.b % 2 == 0 { Permissions::MANAGE_CHANNELS } else { Permissions::VIEW_CHANNEL },
+            deny: if g.b.is_multiple_of(2) {
+                Permissions::MANAGE_CHANNELS
+            } else {
+                Permissions::VIEW_CHANNEL
+            },
         },
         16 => Command::UpdateServer {
             name: Some(format!("s{}", g.a)),
             icon: None,
             description: None,
-            public: Some(g.c % 4 != 0),
+            public: Some(!g.c.is_multiple_of(4)),
         },
         _ => Command::TransferOwnership { new_owner: user },
     }
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let g = (any::<u8>(), 0usize..64, 0usize..64, 0usize..64).prop_map(|(kind, a, b, c)| Gen { kind, a, b, c });
+    let g = (any::<u8>(), 0usize..64, 0usize..64, 0usize..64).prop_map(|(kind, a, b, c)| Gen {
+        kind,
+        a,
+        b,
+        c,
+    });
     prop_oneof![
         8 => (0usize..5, 0usize..9, prop::collection::vec(g, 4), prop::bool::weighted(0.25))
             .prop_map(|(replica, author, cmds, forge)| Step::Act { replica, author: AUTHORS[author], cmds, forge }),
@@ -159,7 +193,7 @@ impl Rng {
     fn scramble(&mut self, items: &[Op]) -> Vec<Op> {
         let mut out: Vec<Op> = items.to_vec();
         for op in items {
-            if self.next() % 4 == 0 {
+            if self.next().is_multiple_of(4) {
                 out.push(op.clone());
             }
         }
@@ -170,9 +204,18 @@ impl Rng {
 
 fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     let c = cast();
-    let users = vec![c.owner.clone(), c.admin.clone(), c.mod1.clone(), c.mod2.clone(), c.member.clone(), c.outsider.clone()];
+    let users = vec![
+        c.owner.clone(),
+        c.admin.clone(),
+        c.mod1.clone(),
+        c.mod2.clone(),
+        c.member.clone(),
+        c.outsider.clone(),
+    ];
     let base = community(&c);
-    let mut nodes: Vec<Node> = (0..replicas).map(|i| replica(110 + i as u8, &base)).collect();
+    let mut nodes: Vec<Node> = (0..replicas)
+        .map(|i| replica(110 + i as u8, &base))
+        .collect();
     let mut rng = Rng(seed | 1);
     let mut mask: Option<u8> = None;
     let mut forbidden: Vec<(Op, Command)> = Vec::new();
@@ -180,14 +223,27 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
 
     for s in steps {
         match s {
-            Step::Act { replica, author, cmds, forge } => {
+            Step::Act {
+                replica,
+                author,
+                cmds,
+                forge,
+            } => {
                 let r = replica % replicas;
                 let user = &users[author];
                 if forge {
                     let command = command(&cmds[0], &users, user);
                     let state = nodes[r].resolver.state().clone();
                     let standing = state.standing(&user.id);
-                    let allowed = authorize(&state, &standing, &user.public, &command, nodes[r].clock + 1, &Default::default()).is_ok();
+                    let allowed = authorize(
+                        &state,
+                        &standing,
+                        &user.public,
+                        &command,
+                        nodes[r].clock + 1,
+                        &Default::default(),
+                    )
+                    .is_ok();
                     if let Some(op) = nodes[r].try_forge(user, command.clone())
                         && !allowed
                     {
@@ -196,7 +252,11 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
                 } else {
                     for g in &cmds {
                         if let Ok(op) = nodes[r].act(user, command(g, &users, user)) {
-                            prop_assert!(nodes[r].is_valid(&op), "a prepared op is invalid locally: {:?}", nodes[r].status(&op));
+                            prop_assert!(
+                                nodes[r].is_valid(&op),
+                                "a prepared op is invalid locally: {:?}",
+                                nodes[r].status(&op)
+                            );
                             honest.push(op);
                             break;
                         }
@@ -222,7 +282,11 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
     // Heal and deliver everything everywhere, in random orders with duplicates.
     let all: Vec<Op> = {
         let mut seen = BTreeSet::new();
-        nodes.iter().flat_map(|n| n.resolver.ops().cloned().collect::<Vec<_>>()).filter(|op| seen.insert(op.id())).collect()
+        nodes
+            .iter()
+            .flat_map(|n| n.resolver.ops().cloned().collect::<Vec<_>>())
+            .filter(|op| seen.insert(op.id()))
+            .collect()
     };
     for n in nodes.iter_mut() {
         let batch = rng.scramble(&all);
@@ -240,18 +304,28 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
     }
     for (op, command) in &forbidden {
         let status = fresh.status(op);
-        prop_assert!(status != Some(OpStatus::Valid), "forbidden {:?} took effect", command);
+        prop_assert!(
+            status != Some(OpStatus::Valid),
+            "forbidden {:?} took effect",
+            command
+        );
     }
     for op in &honest {
         let status = fresh.status(op);
         prop_assert!(
-            status != Some(OpStatus::Invalid(Rejection::ChangeMismatch)) && !matches!(status, Some(OpStatus::Invalid(Rejection::Equivocation))),
-            "honest op {:?} rejected: {:?}", op.command(), status
+            status != Some(OpStatus::Invalid(Rejection::ChangeMismatch))
+                && !matches!(status, Some(OpStatus::Invalid(Rejection::Equivocation))),
+            "honest op {:?} rejected: {:?}",
+            op.command(),
+            status
         );
     }
     let p = fresh.resolver.projection();
     for b in &p.bans {
-        prop_assert!(p.members.iter().all(|m| m.user_id != b.user_id), "a banned user is a member");
+        prop_assert!(
+            p.members.iter().all(|m| m.user_id != b.user_id),
+            "a banned user is a member"
+        );
     }
     Ok(())
 }

@@ -49,28 +49,52 @@ fn an_admins_acts_concurrent_with_their_demotion_are_void() {
     // On node a the owner demotes the admin; on node b, not knowing, the
     // admin bans the member, creates a channel and renames itself.
     let demote = a.must(&c.owner, set_roles(&c.admin, &[]));
-    let ban = b.must(&c.admin, Command::Ban { user: c.member.id, reason: None });
+    let ban = b.must(
+        &c.admin,
+        Command::Ban {
+            user: c.member.id,
+            reason: None,
+        },
+    );
     let chan = b.must(&c.admin, create_channel(7, "admins-only"));
-    let nick = b.must(&c.admin, Command::SetNickname { user: c.admin.id, nickname: Some("boss".into()) });
+    let nick = b.must(
+        &c.admin,
+        Command::SetNickname {
+            user: c.admin.id,
+            nickname: Some("boss".into()),
+        },
+    );
     // Someone on node b builds on the admin's ops before the news arrives.
-    let built_on = b.must(&c.mod1, Command::UpdateChannel {
-        id: channel_id(7),
-        name: Some("renamed".into()),
-        parent: None,
-        topic: None,
-        position: None,
-    });
+    let built_on = b.must(
+        &c.mod1,
+        Command::UpdateChannel {
+            id: channel_id(7),
+            name: Some("renamed".into()),
+            parent: None,
+            topic: None,
+            position: None,
+        },
+    );
     assert!(b.is_valid(&ban) && b.is_valid(&chan) && b.is_valid(&built_on));
     converge(&mut [&mut a, &mut b]);
     for n in [&a, &b] {
         assert!(n.is_valid(&demote));
         assert!(removed(n, &ban), "{:?}", n.status(&ban));
         // Built on the void ban, the channel goes with it.
-        assert_eq!(n.status(&chan), Some(OpStatus::Invalid(Rejection::InvalidParent)));
+        assert_eq!(
+            n.status(&chan),
+            Some(OpStatus::Invalid(Rejection::InvalidParent))
+        );
         // The nickname needed only CHANGE_NICKNAME, which @everyone still gives;
         // but it was built on the channel op, so it goes with it.
-        assert_eq!(n.status(&nick), Some(OpStatus::Invalid(Rejection::InvalidParent)));
-        assert_eq!(n.status(&built_on), Some(OpStatus::Invalid(Rejection::InvalidParent)));
+        assert_eq!(
+            n.status(&nick),
+            Some(OpStatus::Invalid(Rejection::InvalidParent))
+        );
+        assert_eq!(
+            n.status(&built_on),
+            Some(OpStatus::Invalid(Rejection::InvalidParent))
+        );
         let p = n.resolver.projection();
         assert!(p.members.iter().any(|m| m.user_id == c.member.id));
         assert!(p.bans.is_empty());
@@ -91,7 +115,13 @@ fn concurrent_ops_that_did_not_need_the_lost_permission_stay() {
     let mut a = community(&c);
     let mut b = replica(101, &a);
     let demote = a.must(&c.owner, set_roles(&c.admin, &[]));
-    let nick = b.must(&c.admin, Command::SetNickname { user: c.admin.id, nickname: Some("still me".into()) });
+    let nick = b.must(
+        &c.admin,
+        Command::SetNickname {
+            user: c.admin.id,
+            nickname: Some("still me".into()),
+        },
+    );
     converge(&mut [&mut a, &mut b]);
     assert!(a.is_valid(&demote) && a.is_valid(&nick));
 }
@@ -101,14 +131,35 @@ fn ban_concurrent_with_a_join_keeps_the_user_out() {
     let c = cast();
     let mut a = community(&c);
     let mut b = replica(101, &a);
-    let ban = a.must(&c.mod1, Command::Ban { user: c.outsider.id, reason: None });
+    let ban = a.must(
+        &c.mod1,
+        Command::Ban {
+            user: c.outsider.id,
+            reason: None,
+        },
+    );
     let join = b.must(&c.outsider, Command::Join { invite: None });
-    let hello = b.must(&c.outsider, Command::SetNickname { user: c.outsider.id, nickname: Some("hi".into()) });
+    let hello = b.must(
+        &c.outsider,
+        Command::SetNickname {
+            user: c.outsider.id,
+            nickname: Some("hi".into()),
+        },
+    );
     converge(&mut [&mut a, &mut b]);
     assert!(a.is_valid(&ban));
     assert!(removed(&a, &join));
-    assert_eq!(a.status(&hello), Some(OpStatus::Invalid(Rejection::InvalidParent)));
-    assert!(a.resolver.projection().members.iter().all(|m| m.user_id != c.outsider.id));
+    assert_eq!(
+        a.status(&hello),
+        Some(OpStatus::Invalid(Rejection::InvalidParent))
+    );
+    assert!(
+        a.resolver
+            .projection()
+            .members
+            .iter()
+            .all(|m| m.user_id != c.outsider.id)
+    );
 }
 
 #[test]
@@ -117,7 +168,15 @@ fn kick_voids_the_kicked_members_concurrent_ops() {
     let mut a = community(&c);
     let mut b = replica(101, &a);
     let kick = a.must(&c.mod1, Command::Kick { user: c.member.id });
-    let invite = b.must(&c.member, Command::CreateInvite { code: "late".into(), channel: None, max_uses: None, expires_at: None });
+    let invite = b.must(
+        &c.member,
+        Command::CreateInvite {
+            code: "late".into(),
+            channel: None,
+            max_uses: None,
+            expires_at: None,
+        },
+    );
     converge(&mut [&mut a, &mut b]);
     assert!(a.is_valid(&kick));
     assert!(removed(&a, &invite));
@@ -130,10 +189,22 @@ fn mutual_role_edits(rank1: i32, rank2: i32) -> (bool, bool) {
     let c = cast();
     let (u1, u2) = (&c.mod1, &c.mod2);
     let (mut a, _) = Node::found(100, &c.owner, genesis("Mutual", true));
-    a.must(&c.owner, create_role(10, "rank1", Permissions::empty(), rank1));
-    a.must(&c.owner, create_role(11, "rank2", Permissions::empty(), rank2));
-    a.must(&c.owner, create_role(12, "keys1", Permissions::MANAGE_ROLES, 2));
-    a.must(&c.owner, create_role(13, "keys2", Permissions::MANAGE_ROLES, 3));
+    a.must(
+        &c.owner,
+        create_role(10, "rank1", Permissions::empty(), rank1),
+    );
+    a.must(
+        &c.owner,
+        create_role(11, "rank2", Permissions::empty(), rank2),
+    );
+    a.must(
+        &c.owner,
+        create_role(12, "keys1", Permissions::MANAGE_ROLES, 2),
+    );
+    a.must(
+        &c.owner,
+        create_role(13, "keys2", Permissions::MANAGE_ROLES, 3),
+    );
     for u in [u1, u2] {
         a.must(u, Command::Join { invite: None });
     }
@@ -182,7 +253,13 @@ fn a_void_removal_does_not_void_anything() {
     assert!(a.is_valid(&demote_admin));
     assert!(removed(&a, &demote_mod));
     assert!(a.is_valid(&kick));
-    let mod_roles = a.resolver.projection().member_roles.iter().filter(|r| r.user_id == c.mod1.id).count();
+    let mod_roles = a
+        .resolver
+        .projection()
+        .member_roles
+        .iter()
+        .filter(|r| r.user_id == c.mod1.id)
+        .count();
     assert_eq!(mod_roles, 1);
 }
 
@@ -194,9 +271,21 @@ fn a_late_removal_rebuilds_the_document_once_and_normal_arrivals_never() {
     assert_eq!(b.resolver.rebuilds(), 0);
     let demote = a.must(&c.owner, set_roles(&c.mod1, &[]));
     b.must(&c.mod1, create_channel(5, "x"));
-    b.must(&c.member, Command::SetNickname { user: c.member.id, nickname: Some("n".into()) });
+    b.must(
+        &c.member,
+        Command::SetNickname {
+            user: c.member.id,
+            nickname: Some("n".into()),
+        },
+    );
     assert_eq!(b.resolver.rebuilds(), 0);
     b.receive(std::slice::from_ref(&demote));
     assert_eq!(b.resolver.rebuilds(), 1);
-    assert!(b.resolver.projection().channels.iter().all(|ch| ch.id != channel_id(5)));
+    assert!(
+        b.resolver
+            .projection()
+            .channels
+            .iter()
+            .all(|ch| ch.id != channel_id(5))
+    );
 }

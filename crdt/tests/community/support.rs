@@ -257,7 +257,10 @@ pub fn cast() -> Cast {
 /// joined and the admin and moderators hold their roles; all on node 100.
 pub fn community(c: &Cast) -> Node {
     let (mut n, _) = Node::found(100, &c.owner, genesis("Together", true));
-    n.must(&c.owner, create_role(1, "admin", Permissions::ADMINISTRATOR, 10));
+    n.must(
+        &c.owner,
+        create_role(1, "admin", Permissions::ADMINISTRATOR, 10),
+    );
     n.must(&c.owner, create_role(2, "mod", MOD_PERMS, 5));
     n.must(&c.owner, create_role(3, "helper", Permissions::empty(), 1));
     for u in [&c.admin, &c.mod1, &c.mod2, &c.member] {

@@ -4,7 +4,9 @@
 //! Run with `PRINT_VECTORS=1 -- --nocapture` to print the block.
 
 use ed25519_dalek::SigningKey;
-use together_crdt::{Actor, ChannelKind, Command, Genesis, Limits, Resolver, community_id, genesis_op};
+use together_crdt::{
+    Actor, ChannelKind, Command, Genesis, Limits, Resolver, community_id, genesis_op,
+};
 use together_protocol::identity::{Delegation, NodePublicKey, UserPublicKey};
 use uuid::Uuid;
 
@@ -15,15 +17,31 @@ fn vectors() -> Vec<(&'static str, String)> {
     let node_key = SigningKey::from_bytes(&[2; 32]);
     let user = UserPublicKey::from(&user_key);
     let node = NodePublicKey::from(&node_key);
-    let Ok(delegation) = (Delegation { user, node, issued: T0, expires: T0 + 30 * 86_400 }).sign(&user_key) else {
+    let Ok(delegation) = (Delegation {
+        user,
+        node,
+        issued: T0,
+        expires: T0 + 30 * 86_400,
+    })
+    .sign(&user_key) else {
         panic!("delegation")
     };
     let nonce = [3u8; 16];
     let community = community_id(&user, &nonce);
     let actor = Actor::from_salt(&node, community, [4; 16]);
-    let genesis = Genesis { nonce, name: "Together".into(), icon: None, description: None, public: false };
-    let Ok(unsigned) = genesis_op(&user, &actor, genesis, T0) else { panic!("genesis") };
-    let Ok(g) = unsigned.sign(&node_key, &delegation, true) else { panic!("sign") };
+    let genesis = Genesis {
+        nonce,
+        name: "Together".into(),
+        icon: None,
+        description: None,
+        public: false,
+    };
+    let Ok(unsigned) = genesis_op(&user, &actor, genesis, T0) else {
+        panic!("genesis")
+    };
+    let Ok(g) = unsigned.sign(&node_key, &delegation, true) else {
+        panic!("sign")
+    };
     let mut r = Resolver::new(community, Limits::default());
     r.add_op(g.clone());
     let command = Command::CreateChannel {
@@ -34,8 +52,12 @@ fn vectors() -> Vec<(&'static str, String)> {
         topic: None,
         position: 0,
     };
-    let Ok(unsigned) = r.prepare(&node, &actor, &user, command, T0 + 60) else { panic!("prepare") };
-    let Ok(c) = unsigned.sign(&node_key, &delegation, false) else { panic!("sign") };
+    let Ok(unsigned) = r.prepare(&node, &actor, &user, command, T0 + 60) else {
+        panic!("prepare")
+    };
+    let Ok(c) = unsigned.sign(&node_key, &delegation, false) else {
+        panic!("sign")
+    };
     r.add_op(c.clone());
     let hex = |b: &[u8]| hex::encode(b);
     vec![
@@ -55,16 +77,25 @@ fn vectors() -> Vec<(&'static str, String)> {
         ("channel.signature", hex(&c.event().signature.to_bytes())),
         ("channel.id", c.id().to_hex()),
         ("channel.wire", hex(&c.to_wire())),
-        ("projection.json", String::from_utf8_lossy(&r.projection().to_json()).into_owned()),
+        (
+            "projection.json",
+            String::from_utf8_lossy(&r.projection().to_json()).into_owned(),
+        ),
     ]
 }
 
 fn spec_block() -> Vec<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/community-state.md");
-    let Ok(text) = std::fs::read_to_string(path) else { panic!("read {path}") };
-    let Some(start) = text.find("```vectors\n") else { panic!("no vectors block") };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        panic!("read {path}")
+    };
+    let Some(start) = text.find("```vectors\n") else {
+        panic!("no vectors block")
+    };
     let rest = &text[start + "```vectors\n".len()..];
-    let Some(end) = rest.find("```") else { panic!("unterminated vectors block") };
+    let Some(end) = rest.find("```") else {
+        panic!("unterminated vectors block")
+    };
     rest[..end]
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -85,7 +116,11 @@ fn spec_vectors_match_the_code() {
         }
     }
     let spec = spec_block();
-    assert_eq!(spec.len(), computed.len(), "the spec and the code list different vectors");
+    assert_eq!(
+        spec.len(),
+        computed.len(),
+        "the spec and the code list different vectors"
+    );
     for ((sk, sv), (ck, cv)) in spec.iter().zip(&computed) {
         assert_eq!(sk, ck);
         assert_eq!(sv, cv, "vector {sk} drifted");
