@@ -387,3 +387,63 @@ impl Op {
         Self::from_event(event, inline)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (UserPublicKey, NodePublicKey) {
+        (
+            UserPublicKey::from(&SigningKey::from_bytes(&[1; 32])),
+            NodePublicKey::from(&SigningKey::from_bytes(&[2; 32])),
+        )
+    }
+
+    #[test]
+    fn community_ids_are_uuidv8_and_depend_on_owner_and_nonce() {
+        let (user, _) = keys();
+        let id = community_id(&user, &[3; 16]);
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id, community_id(&user, &[3; 16]));
+        assert_ne!(id, community_id(&user, &[4; 16]));
+    }
+
+    #[test]
+    fn actors_are_bound_to_their_node_and_community() {
+        let (_, node) = keys();
+        let other = NodePublicKey::from(&SigningKey::from_bytes(&[5; 32]));
+        let community = Uuid::from_u128(7);
+        let actor = Actor::generate(&node, community);
+        assert!(actor.belongs_to(&node, community));
+        assert!(!actor.belongs_to(&other, community));
+        assert!(!actor.belongs_to(&node, Uuid::from_u128(8)));
+        assert_ne!(actor, Actor::generate(&node, community));
+    }
+
+    #[test]
+    fn bodies_round_trip_and_parents_must_be_sorted() {
+        let (user, node) = keys();
+        let mut body = OpBody {
+            community: Uuid::from_u128(1),
+            author: user,
+            time: 5,
+            parents: vec![OpId([1; 32]), OpId([2; 32])],
+            actor: Actor::from_salt(&node, Uuid::from_u128(1), [0; 16]),
+            command: vec![12],
+            change: vec![1, 2, 3],
+        };
+        assert_eq!(OpBody::from_bytes(&body.to_bytes()), Ok(body.clone()));
+        body.parents.reverse();
+        assert_eq!(OpBody::from_bytes(&body.to_bytes()), Err(OpError::Parents));
+        let mut bytes = body.to_bytes();
+        bytes[0] = 2;
+        assert_eq!(OpBody::from_bytes(&bytes), Err(OpError::Version(2)));
+    }
+
+    #[test]
+    fn resolvers_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<crate::Resolver>();
+        send::<Op>();
+    }
+}

@@ -16,7 +16,7 @@
 //!   or before its time), an equivocation (its actor used the same sequence
 //!   number for another change), a second genesis, or if a parent is out;
 //! - **strong removal**: op `R` *attacks* a concurrent op `X` when `R`
-//!   lowers the standing of `X`'s author (see [`Standing::is_reduced_from`])
+//!   lowers the standing of `X`'s author (see [`crate::Standing::is_reduced_from`])
 //!   and `X` is no longer authorized once the author's standing is read from
 //!   the merge of `X`'s causal past with `R` applied. When `R` and `X`
 //!   attack each other, the author ranked higher at their op's causal past

@@ -1,5 +1,5 @@
 //! Commands written into the automerge document (the layout is described in
-//! [`crate::state`]), and [`derive_change`], the one function that turns a
+//! [`crate::state`]), and `derive_change`, the one function that turns a
 //! command at a causal past into the change an op must carry.
 //!
 //! Everything here is deterministic: the same document, actor, command and
