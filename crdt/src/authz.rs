@@ -15,7 +15,8 @@ use crate::command::{ChannelKind, Command, OverrideTarget};
 use crate::error::Rejection;
 use crate::state::{Standing, State};
 
-/// Size limits, the same as the node's.
+/// Size limits (the node's: 500 channels, 250 roles). They decide validity,
+/// so they are part of the protocol: every replica uses [`Limits::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_channels: usize,
@@ -23,8 +24,6 @@ pub struct Limits {
     pub max_invites: usize,
     pub max_members: usize,
     pub max_bans: usize,
-    /// Ops waiting for parents or delegations, per community.
-    pub max_pending: usize,
 }
 
 impl Default for Limits {
@@ -35,7 +34,6 @@ impl Default for Limits {
             max_invites: 1000,
             max_members: 250_000,
             max_bans: 250_000,
-            max_pending: 10_000,
         }
     }
 }

@@ -47,6 +47,9 @@ use crate::projection::Projection;
 use crate::schema::derive_change;
 use crate::state::State;
 
+/// A sensible bound for [`Resolver::new`]'s pending set.
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+
 /// What happened to an op given to [`Resolver::add_op`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Added {
@@ -99,6 +102,7 @@ struct Work {
 pub struct Resolver {
     community: Uuid,
     limits: Limits,
+    max_pending: usize,
     entries: Vec<Entry>,
     index: HashMap<OpId, usize>,
     change_owner: HashMap<ChangeHash, usize>,
@@ -162,11 +166,13 @@ pub fn genesis_op(
 }
 
 impl Resolver {
-    /// An empty store for `community`.
-    pub fn new(community: Uuid, limits: Limits) -> Self {
+    /// An empty store for `community` that keeps at most `max_pending` ops
+    /// waiting for parents or delegations (see [`DEFAULT_MAX_PENDING`]).
+    pub fn new(community: Uuid, max_pending: usize) -> Self {
         Self {
             community,
-            limits,
+            limits: Limits::default(),
+            max_pending,
             entries: Vec::new(),
             index: HashMap::new(),
             change_owner: HashMap::new(),
@@ -306,7 +312,7 @@ impl Resolver {
     }
 
     fn park(&mut self, op: Op, missing: Option<Vec<OpId>>) -> Added {
-        if self.pending.len() >= self.limits.max_pending {
+        if self.pending.len() >= self.max_pending {
             return Added::Refused(Rejection::PendingFull);
         }
         let id = op.id();

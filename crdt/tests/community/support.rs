@@ -6,7 +6,7 @@ use ed25519_dalek::SigningKey;
 use together_crdt::{
     Actor, BuildError, Command, Genesis, Op, OpStatus, Resolver, community_id, genesis_op,
 };
-use together_crdt::{ChannelKind, Limits};
+use together_crdt::{ChannelKind, DEFAULT_MAX_PENDING};
 use together_protocol::identity::{Delegation, NodePublicKey, SignedDelegation, UserPublicKey};
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
@@ -73,7 +73,7 @@ impl Node {
         salt[0] = seed;
         Self {
             actor: Actor::from_salt(&public, community, salt),
-            resolver: Resolver::new(community, Limits::default()),
+            resolver: Resolver::new(community, DEFAULT_MAX_PENDING),
             key,
             public,
             clock: T0,

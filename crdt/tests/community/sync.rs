@@ -1,7 +1,7 @@
 //! The store: pending parents, duplicates, envelopes, equivocation,
 //! revocation, wire form and sync helpers.
 
-use together_crdt::{Actor, Limits};
+use together_crdt::{Actor, DEFAULT_MAX_PENDING};
 use together_crdt::{Added, Command, MAX_OP_BYTES, Op, OpError, OpStatus, Rejection, Resolver};
 use together_protocol::identity::{NodePublicKey, Revocation, SignedEvent};
 
@@ -66,11 +66,7 @@ fn missing_parents_are_reported_and_ops_since_fills_them() {
 #[test]
 fn the_pending_set_is_bounded() {
     let (_, n, ops) = history();
-    let limits = Limits {
-        max_pending: 2,
-        ..Limits::default()
-    };
-    let mut r = Resolver::new(n.community(), limits);
+    let mut r = Resolver::new(n.community(), 2);
     let mut rev = ops.clone();
     rev.reverse();
     let out = r.add_ops(rev.iter().take(3).cloned());
@@ -100,7 +96,7 @@ fn tampered_or_misaddressed_ops_are_refused() {
     let op = n.must(&c.owner, create_channel(4, "x"));
     let fresh = || replica(10, &n);
     // Another community.
-    let mut other = Resolver::new(uuid::Uuid::nil(), Limits::default());
+    let mut other = Resolver::new(uuid::Uuid::nil(), DEFAULT_MAX_PENDING);
     assert_eq!(
         other.add_op(op.clone()),
         Added::Refused(Rejection::WrongCommunity)

@@ -5,7 +5,7 @@
 
 use ed25519_dalek::SigningKey;
 use together_crdt::{
-    Actor, ChannelKind, Command, Genesis, Limits, Resolver, community_id, genesis_op,
+    Actor, ChannelKind, Command, DEFAULT_MAX_PENDING, Genesis, Resolver, community_id, genesis_op,
 };
 use together_protocol::identity::{Delegation, NodePublicKey, UserPublicKey};
 use uuid::Uuid;
@@ -42,7 +42,7 @@ fn vectors() -> Vec<(&'static str, String)> {
     let Ok(g) = unsigned.sign(&node_key, &delegation, true) else {
         panic!("sign")
     };
-    let mut r = Resolver::new(community, Limits::default());
+    let mut r = Resolver::new(community, DEFAULT_MAX_PENDING);
     r.add_op(g.clone());
     let command = Command::CreateChannel {
         id: Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001),
