@@ -13,6 +13,7 @@ pub mod health;
 pub mod invites;
 pub mod members;
 pub mod messages;
+pub mod presence;
 pub mod reactions;
 pub mod roles;
 pub mod servers;
@@ -81,6 +82,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(reactions::router())
         .merge(attachments::router())
         .merge(typing::router())
+        .merge(presence::router())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json` and checked in

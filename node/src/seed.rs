@@ -1,10 +1,201 @@
-//! Development data for a fresh database.
+//! Development data for a fresh database: four users (password
+//! `password123`), a server with categories, text and voice channels, an
+//! Admin and a Moderator role, and a few thousand messages with reactions.
+//!
+//! Rows are written directly (the community module's permission checks
+//! have no actor to check here), in one transaction; running it twice is
+//! refused rather than duplicating data.
 
 use sqlx::PgPool;
+use together_protocol::identity::{generate_signing_key, user_id};
+use together_protocol::permissions::Permissions;
+use uuid::Uuid;
 
 use crate::keys::NodeKeys;
 
-/// Fills the database with development data; returns a summary line.
-pub async fn seed(_db: &PgPool, _keys: &NodeKeys, _messages: u32) -> anyhow::Result<String> {
-    anyhow::bail!("seed-dev-data is being rebuilt")
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const PASSWORD: &str = "password123";
+
+const WORDS: &[&str] = &[
+    "hello", "deploy", "release", "coffee", "meeting", "review", "bug", "fix", "voice", "channel", "federation",
+    "node", "postgres", "gateway", "latency", "docs", "weekend", "music", "game", "tonight", "tomorrow", "thanks",
+    "great", "idea", "plan", "build", "test", "merge", "branch", "ship", "question", "answer", "welcome", "team",
+];
+
+/// Fills the database; returns a one-line summary.
+pub async fn seed(db: &PgPool, keys: &NodeKeys, messages: u32) -> anyhow::Result<String> {
+    let taken: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = 'alice' AND password_hash IS NOT NULL)",
+    )
+    .fetch_one(db)
+    .await?;
+    if taken {
+        anyhow::bail!("the database already has development data (user alice exists)");
+    }
+    let hash = crate::auth::password::hash(PASSWORD.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the dev password failed: {}", e.message))?;
+
+    let mut tx = db.begin().await?;
+    let mut ids = Vec::new();
+    for name in USERS {
+        let key = generate_signing_key();
+        let id = user_id(&key.verifying_key());
+        sqlx::query(
+            "INSERT INTO users (id, public_key, username, email, password_hash, encrypted_secret_key)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(key.verifying_key().as_bytes().as_slice())
+        .bind(name)
+        .bind(format!("{name}@example.com"))
+        .bind(&hash)
+        .bind(keys.seal_user_key(id, &key.to_bytes()))
+        .execute(&mut *tx)
+        .await?;
+        ids.push(id);
+    }
+    let owner = ids[0];
+    let server = Uuid::now_v7();
+    sqlx::query("INSERT INTO servers (id, name, owner_id, description) VALUES ($1, 'Together Dev', $2, 'Development data')")
+        .bind(server)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    let admin = Uuid::now_v7();
+    let moderator = Uuid::now_v7();
+    for (id, name, perms, position, color) in [
+        (server, "@everyone", Permissions::DEFAULT_EVERYONE, 0, None),
+        (moderator, "Moderator", Permissions::DEFAULT_EVERYONE | Permissions::MANAGE_MESSAGES | Permissions::KICK_MEMBERS | Permissions::MUTE_MEMBERS, 1, Some(0x2E_CC_71)),
+        (admin, "Admin", Permissions::ADMINISTRATOR, 2, Some(0xE7_4C_3C)),
+    ] {
+        sqlx::query(
+            "INSERT INTO roles (id, server_id, name, permissions, position, color, hoist) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(server)
+        .bind(name)
+        .bind(perms.to_stored())
+        .bind(position)
+        .bind(color)
+        .bind(position > 0)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for id in &ids {
+        sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+            .bind(server)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (user, role) in [(ids[1], admin), (ids[2], moderator)] {
+        sqlx::query("INSERT INTO member_roles (server_id, user_id, role_id) VALUES ($1, $2, $3)")
+            .bind(server)
+            .bind(user)
+            .bind(role)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let text_category = Uuid::now_v7();
+    let voice_category = Uuid::now_v7();
+    let general = Uuid::now_v7();
+    let random = Uuid::now_v7();
+    let mods = Uuid::now_v7();
+    let lounge = Uuid::now_v7();
+    for (id, name, kind, parent, position) in [
+        (text_category, "Text Channels", "category", None, 0),
+        (general, "general", "text", Some(text_category), 0),
+        (random, "random", "text", Some(text_category), 1),
+        (mods, "moderators", "text", Some(text_category), 2),
+        (voice_category, "Voice Channels", "category", None, 1),
+        (lounge, "Lounge", "voice", Some(voice_category), 0),
+    ] {
+        sqlx::query("INSERT INTO channels (id, server_id, name, kind, parent_id, position) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(server)
+            .bind(name)
+            .bind(kind)
+            .bind(parent)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // #moderators: hidden from @everyone, visible to Moderator.
+    for (role, allow, deny) in [
+        (server, Permissions::empty(), Permissions::VIEW_CHANNEL),
+        (moderator, Permissions::VIEW_CHANNEL, Permissions::empty()),
+    ] {
+        sqlx::query(
+            "INSERT INTO channel_permission_overrides (id, channel_id, role_id, allow, deny) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(mods)
+        .bind(role)
+        .bind(allow.to_stored())
+        .bind(deny.to_stored())
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    // Messages: UUIDv7 ids in creation order, spread over the last 30 days.
+    let count = messages as usize;
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    let step = chrono::Duration::milliseconds((30 * 24 * 3600 * 1000 / count.max(1)) as i64);
+    let mut rng_state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let mut batch_ids = Vec::with_capacity(1000);
+    let mut batch_channels = Vec::with_capacity(1000);
+    let mut batch_authors = Vec::with_capacity(1000);
+    let mut batch_content = Vec::with_capacity(1000);
+    let mut batch_times = Vec::with_capacity(1000);
+    for i in 0..count {
+        let at = start + step * i as i32;
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, at.timestamp() as u64, at.timestamp_subsec_nanos());
+        batch_ids.push(Uuid::new_v7(ts));
+        batch_channels.push(if next() % 4 == 0 { random } else { general });
+        batch_authors.push(ids[(next() % ids.len() as u64) as usize]);
+        let words = 3 + (next() % 12) as usize;
+        let text: Vec<&str> = (0..words).map(|_| WORDS[(next() % WORDS.len() as u64) as usize]).collect();
+        batch_content.push(text.join(" "));
+        batch_times.push(at);
+        if batch_ids.len() == 1000 || i + 1 == count {
+            sqlx::query(
+                "INSERT INTO messages (id, channel_id, server_id, author_id, content, created_at)
+                 SELECT id, channel, $1, author, content, created_at
+                   FROM UNNEST($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[])
+                        AS t(id, channel, author, content, created_at)",
+            )
+            .bind(server)
+            .bind(&batch_ids)
+            .bind(&batch_channels)
+            .bind(&batch_authors)
+            .bind(&batch_content)
+            .bind(&batch_times)
+            .execute(&mut *tx)
+            .await?;
+            if let (Some(first), Some(user)) = (batch_ids.first(), ids.get(1)) {
+                sqlx::query("INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, '👍', $2)")
+                    .bind(first)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            batch_ids.clear();
+            batch_channels.clear();
+            batch_authors.clear();
+            batch_content.clear();
+            batch_times.clear();
+        }
+    }
+    tx.commit().await?;
+    Ok(format!(
+        "seeded users {} (password {PASSWORD}), server 'Together Dev' ({server}) with 6 channels, 3 roles and {count} messages",
+        USERS.join(", ")
+    ))
 }

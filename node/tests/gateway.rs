@@ -458,6 +458,9 @@ async fn presence_follows_sessions_and_status(pool: PgPool) {
     let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
     let online = alice_ws.presence_of(&bob).await;
     assert_eq!(online["status"], "online");
+    let listed = node.app.get(&format!("/api/servers/{server}/presences"), &alice.token).await.expect(StatusCode::OK);
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&bob.id.as_str()) && ids.contains(&alice.id.as_str()), "{ids:?}");
 
     bob_ws.send(json!({"op": 3, "d": {"status": "dnd", "custom_status": "focus"}})).await;
     let dnd = alice_ws.presence_of(&bob).await;

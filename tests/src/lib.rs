@@ -1,1 +1,4 @@
-//! placeholder
+//! Together's cross-crate test support and tools.
+//!
+//! The binaries in `src/bin` are the measuring tools whose results are in
+//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale).

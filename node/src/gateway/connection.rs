@@ -188,7 +188,7 @@ async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<S
     let mut presences = rx.await.unwrap_or_default();
     let mut servers = Vec::with_capacity(views_by_server.len());
     for (server_id, view) in &views_by_server {
-        let presences = presences.remove(server_id).unwrap_or_default();
+        let presences = presences.remove(server_id).flatten();
         match super::ready::server_object(&state.db, *server_id, auth.user_id, view, presences).await {
             Ok(object) => servers.push(object),
             Err(err) => tracing::warn!(error = ?err, server = %server_id, "server left out of READY"),

@@ -25,11 +25,17 @@ use super::session::Session;
 use super::views::{self, View};
 use crate::bus::{Audience, Bus, Event};
 
+/// Servers with more connected members than this are "large": READY
+/// leaves their presences out and presence changes are not fanned out to
+/// them (clients ask `GET /api/servers/{id}/presences` when they show the
+/// member list), so connecting is not quadratic in the server's size.
+pub const LARGE_THRESHOLD: usize = 250;
+
 /// Grace period before a user whose last connection closed goes offline.
 pub const OFFLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// A user's presence as others see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Presence {
     pub user_id: Uuid,
     /// `online`, `away`, `dnd` or `offline` (invisible users show offline).
@@ -46,7 +52,7 @@ pub enum Command {
         views: HashMap<Uuid, View>,
         status: String,
         custom_status: Option<String>,
-        reply: oneshot::Sender<HashMap<Uuid, Vec<Presence>>>,
+        reply: oneshot::Sender<HashMap<Uuid, Option<Vec<Presence>>>>,
     },
     /// A connection attached to (`true`) or left (`false`) a session.
     Connection { user_id: Uuid, connected: bool },
@@ -245,12 +251,24 @@ impl Dispatcher {
                 }
             }
             Command::Presences { server_id, reply } => {
-                let _ = reply.send(self.online_in(server_id));
+                let _ = reply.send(self.all_online_in(server_id));
             }
         }
     }
 
-    fn online_in(&self, server_id: Uuid) -> Vec<Presence> {
+    /// Presences of the online members of a server; `None` when it is large.
+    fn online_in(&self, server_id: Uuid) -> Option<Vec<Presence>> {
+        if self.is_large(server_id) {
+            return None;
+        }
+        Some(self.all_online_in(server_id))
+    }
+
+    fn is_large(&self, server_id: Uuid) -> bool {
+        self.servers.get(&server_id).is_some_and(|s| s.len() > LARGE_THRESHOLD)
+    }
+
+    fn all_online_in(&self, server_id: Uuid) -> Vec<Presence> {
         self.servers
             .get(&server_id)
             .into_iter()
@@ -276,7 +294,26 @@ impl Dispatcher {
     /// Presence is ephemeral and derived here, so it is delivered at once
     /// rather than through the bus.
     fn broadcast_presence(&self, user_id: Uuid, presence: &Presence) {
-        self.deliver(&make_event("PRESENCE_UPDATE", Audience::Peers(user_id), presence));
+        let event = make_event("PRESENCE_UPDATE", Audience::Peers(user_id), presence);
+        let Some(entry) = self.users.get(&user_id) else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        seen.insert(user_id);
+        for s in &entry.sessions {
+            s.push(event.clone());
+        }
+        for server_id in entry.views.keys().filter(|s| !self.is_large(**s)) {
+            for peer in self.servers.get(server_id).into_iter().flatten() {
+                if seen.insert(*peer)
+                    && let Some(peer_entry) = self.users.get(peer)
+                {
+                    for s in &peer_entry.sessions {
+                        s.push(event.clone());
+                    }
+                }
+            }
+        }
     }
 
     async fn event(&mut self, event: Arc<Event>) {

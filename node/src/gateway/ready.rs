@@ -21,6 +21,9 @@ pub struct ServerObject {
     pub roles: Vec<Role>,
     pub member: Option<Member>,
     pub member_count: i64,
+    /// More than 250 members are connected: `presences` is empty and
+    /// presence changes are not dispatched for this server.
+    pub large: bool,
     pub presences: Vec<Presence>,
     pub voice_states: Vec<VoiceState>,
 }
@@ -73,7 +76,7 @@ pub async fn server_object(
     server_id: Uuid,
     user_id: Uuid,
     view: &View,
-    presences: Vec<Presence>,
+    presences: Option<Vec<Presence>>,
 ) -> Result<ServerObject, ApiError> {
     let server: Server = sqlx::query_as(
         "SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1",
@@ -104,7 +107,8 @@ pub async fn server_object(
         roles: roles.into_iter().map(Role::from).collect(),
         member: own_member(db, server_id, user_id).await?,
         member_count,
-        presences,
+        large: presences.is_none(),
+        presences: presences.unwrap_or_default(),
         voice_states,
     })
 }

@@ -1,0 +1,29 @@
+//! `together-node seed-dev-data` fills a fresh database with usable data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+use support::TestApp;
+use together_node::keys::NodeKeys;
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn seeded_users_sign_in_and_see_their_server(pool: PgPool) {
+    let summary = together_node::seed::seed(&pool, &NodeKeys::for_tests(), 500).await.unwrap();
+    assert!(summary.contains("500 messages"), "{summary}");
+    let app = TestApp::new(pool.clone());
+    let login = app
+        .call(Method::POST, "/api/auth/login", None, Some(json!({"username": "bob", "password": "password123"})))
+        .await
+        .expect(StatusCode::OK);
+    let token = login["access_token"].as_str().unwrap();
+    let servers = app.get("/api/users/@me/servers", token).await.expect(StatusCode::OK);
+    assert_eq!(servers[0]["name"], "Together Dev");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 500);
+    // A second run refuses instead of duplicating.
+    assert!(together_node::seed::seed(&pool, &NodeKeys::for_tests(), 10).await.is_err());
+}

@@ -1,0 +1,506 @@
+//! `together-load`: opens many gateway sessions against a real node and
+//! measures what users of a busy node feel.
+//!
+//! It starts the node binary itself (on a fresh database it creates on the
+//! given PostgreSQL server), creates users, a server and a channel directly
+//! in the database, mints access tokens with the node's own key, and then
+//! runs these scenarios in order:
+//!
+//! - `idle`: node memory (RSS) per idle gateway session;
+//! - `fanout`: one message to every session, time until the last has it;
+//! - `sustained`: deliveries per second while posting continuously;
+//! - `resume`: every connection drops at once and resumes.
+//!
+//! Pin the node and this tool to different cores to measure like
+//! docs/benchmarks.md: `taskset -c 1 together-load --node-core 0 ...`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use sqlx::PgPool;
+use together_protocol::permissions::Permissions;
+use tokio::net::TcpSocket;
+use tokio::sync::{Mutex, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(about = "Gateway load and latency measurements against a real node")]
+struct Args {
+    /// The node binary to start (build it with --release).
+    #[arg(long, default_value = "target/release/together-node")]
+    node_bin: PathBuf,
+    /// PostgreSQL server URL; a fresh database is created on it and dropped after.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Gateway sessions to open.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Messages for the fan-out measurement.
+    #[arg(long, default_value_t = 50)]
+    fanout_messages: usize,
+    /// Seconds of continuous posting for the sustained measurement.
+    #[arg(long, default_value_t = 10)]
+    sustained_seconds: u64,
+    /// Concurrent posters in the sustained measurement.
+    #[arg(long, default_value_t = 8)]
+    posters: usize,
+    /// Scenarios to run, comma-separated: idle, fanout, sustained, resume.
+    #[arg(long, default_value = "idle,fanout,sustained,resume")]
+    scenarios: String,
+    /// CPU core to pin the node to (with taskset), if any.
+    #[arg(long)]
+    node_core: Option<usize>,
+    /// Port for the node.
+    #[arg(long, default_value_t = 18_900)]
+    port: u16,
+}
+
+/// Sessions a user may open per minute (IDENTIFY limit).
+const SESSIONS_PER_USER: usize = 10;
+/// Connections per source address (spreads the load over 127.0.0.2 and up).
+const PER_SOURCE: usize = 10_000;
+
+struct Shared {
+    /// Deliveries of each message: count and latest arrival (ns since start).
+    arrivals: Vec<(AtomicUsize, AtomicU64)>,
+    /// Nanoseconds since `start` at which each message was posted.
+    posted: Vec<AtomicU64>,
+    deliveries: AtomicU64,
+    start: Instant,
+    latencies: Mutex<Vec<u64>>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let admin = PgPool::connect(&args.database_url).await.context("connecting to PostgreSQL")?;
+    let db_name = format!("together_load_{}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await?;
+    let db_url = with_database(&args.database_url, &db_name);
+    let data_dir = std::env::temp_dir().join(&db_name);
+    std::fs::create_dir_all(&data_dir)?;
+
+    let mut node = start_node(&args, &db_url, &data_dir).await?;
+    let result = run(&args, &scenarios, &db_url, &data_dir, node.id().unwrap_or(0)).await;
+    node.kill().await.ok();
+    node.wait().await.ok();
+    admin.close().await;
+    let admin = PgPool::connect(&args.database_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .ok();
+    std::fs::remove_dir_all(&data_dir).ok();
+    result
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, last)) if !last.contains('@') && !last.contains(':') => format!("{base}/{db}"),
+        _ => format!("{}/{db}", url.trim_end_matches('/')),
+    }
+}
+
+async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = match args.node_core {
+        Some(core) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(&args.node_bin);
+            c
+        }
+        None => tokio::process::Command::new(&args.node_bin),
+    };
+    cmd.arg("run")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", args.port))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(db_url)
+        .arg("--rate-limit-per-minute")
+        .arg("0")
+        .env("TOGETHER_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("starting {}", args.node_bin.display()))?;
+    let health = format!("http://127.0.0.1:{}/health", args.port);
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the node did not become healthy")
+}
+
+struct Fixture {
+    channel: Uuid,
+    tokens: Vec<String>,
+    poster: String,
+}
+
+/// Users, a server with one channel, memberships and sign-in sessions,
+/// written straight to the node's database; tokens signed with its key.
+async fn fixture(db: &PgPool, data_dir: &std::path::Path, users: usize) -> anyhow::Result<Fixture> {
+    let keys = together_node::keys::NodeKeys::load_or_create(data_dir)?;
+    let mut ids = Vec::with_capacity(users + 1);
+    let mut keys_bytes = Vec::with_capacity(users + 1);
+    let mut names = Vec::with_capacity(users + 1);
+    for i in 0..=users {
+        let key = together_protocol::identity::generate_signing_key();
+        ids.push(together_protocol::identity::user_id(&key.verifying_key()));
+        keys_bytes.push(key.verifying_key().as_bytes().to_vec());
+        names.push(format!("load{i}"));
+    }
+    sqlx::query("INSERT INTO users (id, public_key, username) SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[])")
+        .bind(&ids)
+        .bind(&keys_bytes)
+        .bind(&names)
+        .execute(db)
+        .await?;
+    let server = Uuid::now_v7();
+    let channel = Uuid::now_v7();
+    sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'Load', $2)")
+        .bind(server)
+        .bind(ids[0])
+        .execute(db)
+        .await?;
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)")
+        .bind(server)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(db)
+        .await?;
+    sqlx::query("INSERT INTO channels (id, server_id, name, kind) VALUES ($1, $2, 'general', 'text')")
+        .bind(channel)
+        .bind(server)
+        .execute(db)
+        .await?;
+    sqlx::query("INSERT INTO server_members (server_id, user_id) SELECT $1, u FROM UNNEST($2::uuid[]) AS u")
+        .bind(server)
+        .bind(&ids)
+        .execute(db)
+        .await?;
+    let sessions: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, expires_at)
+         SELECT s, u, now() + interval '1 day' FROM UNNEST($1::uuid[], $2::uuid[]) AS t(s, u)",
+    )
+    .bind(&sessions)
+    .bind(&ids)
+    .execute(db)
+    .await?;
+    let mut tokens = Vec::with_capacity(ids.len());
+    for (user, session) in ids.iter().zip(&sessions) {
+        tokens.push(
+            together_node::auth::tokens::issue_access_token(keys.jwt_key(), *user, *session)
+                .map_err(|e| anyhow::anyhow!(e.message))?,
+        );
+    }
+    let poster = tokens.remove(0);
+    Ok(Fixture { channel, tokens, poster })
+}
+
+struct Conn {
+    session_id: String,
+    seq: Arc<AtomicU64>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Opens one session; its task counts MESSAGE_CREATE arrivals.
+async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>, shared: Arc<Shared>) -> anyhow::Result<(Conn, mpsc::Receiver<()>)> {
+    let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index / PER_SOURCE) as u8));
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/gateway"), stream).await?;
+    let hello = ws.next().await.context("no HELLO")??;
+    let interval = serde_json::from_str::<serde_json::Value>(hello.to_text()?)?["d"]["heartbeat_interval"]
+        .as_u64()
+        .unwrap_or(30_000);
+    let first = match resume {
+        Some((session_id, seq)) => {
+            serde_json::json!({"op": 6, "d": {"token": token, "session_id": session_id, "seq": seq}})
+        }
+        None => serde_json::json!({"op": 2, "d": {"token": token}}),
+    };
+    ws.send(Message::Text(first.to_string().into())).await?;
+    let seq = Arc::new(AtomicU64::new(resume.map(|r| r.1).unwrap_or(0)));
+    let mut session_id = resume.map(|r| r.0.to_string()).unwrap_or_default();
+    if resume.is_none() {
+        // Wait for READY.
+        loop {
+            let msg = ws.next().await.context("closed before READY")??;
+            if let Message::Text(text) = msg
+                && text.contains("\"t\":\"READY\"")
+            {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                session_id = v["d"]["session_id"].as_str().unwrap_or_default().to_string();
+                seq.store(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    let (resumed_tx, resumed_rx) = mpsc::channel(1);
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task_seq = seq.clone();
+    let done = tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(interval * 2 / 3));
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return,
+                _ = beat.tick() => {
+                    let hb = format!("{{\"op\":1,\"d\":{}}}", task_seq.load(Ordering::Relaxed));
+                    if ws.send(Message::Text(hb.into())).await.is_err() { return; }
+                }
+                msg = ws.next() => {
+                    let Some(Ok(Message::Text(text))) = msg else {
+                        if matches!(msg, Some(Ok(_))) { continue; }
+                        return;
+                    };
+                    let now = shared.start.elapsed().as_nanos() as u64;
+                    if let Some(s) = field_u64(&text, "\"s\":") {
+                        task_seq.store(s, Ordering::Relaxed);
+                    }
+                    if text.contains("\"t\":\"MESSAGE_CREATE\"") {
+                        if let Some(n) = field_u64(&text, "\"content\":\"m")
+                            && let Some((count, last)) = shared.arrivals.get(n as usize)
+                        {
+                            {
+                                count.fetch_add(1, Ordering::Relaxed);
+                                last.fetch_max(now, Ordering::Relaxed);
+                                let posted = shared.posted[n as usize].load(Ordering::Relaxed);
+                                if posted > 0 && n as usize >= FANOUT_BASE && (n as usize) < SUSTAINED_BASE {
+                                    shared.latencies.lock().await.push(now.saturating_sub(posted));
+                                }
+                            }
+                        }
+                        shared.deliveries.fetch_add(1, Ordering::Relaxed);
+                    } else if text.contains("\"t\":\"RESUMED\"") {
+                        let _ = resumed_tx.try_send(());
+                    }
+                }
+            }
+        }
+    });
+    Ok((Conn { session_id, seq, stop: stop_tx, done }, resumed_rx))
+}
+
+/// First message number used by each scenario.
+const FANOUT_BASE: usize = 0;
+const SUSTAINED_BASE: usize = 100_000;
+const RESUME_BASE: usize = 1_900_000;
+const MAX_MESSAGES: usize = 2_000_000;
+
+fn field_u64(text: &str, key: &str) -> Option<u64> {
+    let start = text.find(key)? + key.len();
+    let digits: String = text[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+async fn post(client: &reqwest::Client, port: u16, channel: Uuid, token: &str, n: usize) -> anyhow::Result<()> {
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/api/channels/{channel}/messages"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"content": format!("m{n}")}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("POST failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path::Path, pid: u32) -> anyhow::Result<()> {
+    let db = PgPool::connect(db_url).await?;
+    let users = args.sessions.div_ceil(SESSIONS_PER_USER);
+    let fixture = fixture(&db, data_dir, users).await?;
+    let shared = Arc::new(Shared {
+        arrivals: (0..MAX_MESSAGES).map(|_| (AtomicUsize::new(0), AtomicU64::new(0))).collect(),
+        posted: (0..MAX_MESSAGES).map(|_| AtomicU64::new(0)).collect(),
+        deliveries: AtomicU64::new(0),
+        start: Instant::now(),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let http = reqwest::Client::new();
+    println!("node pid {pid}; {} sessions over {users} users", args.sessions);
+
+    let rss_before = rss_kib(pid);
+    let opened = Instant::now();
+    let mut conns = Vec::with_capacity(args.sessions);
+    let mut resumed = Vec::with_capacity(args.sessions);
+    let mut batch = futures::stream::FuturesUnordered::new();
+    for i in 0..args.sessions {
+        let token = fixture.tokens[i / SESSIONS_PER_USER].clone();
+        let shared = shared.clone();
+        batch.push(async move { open(args.port, i, &token, None, shared).await });
+        if batch.len() >= 200 || i + 1 == args.sessions {
+            while let Some(result) = batch.next().await {
+                let (conn, rx) = result?;
+                conns.push(conn);
+                resumed.push(rx);
+            }
+        }
+    }
+    println!("opened {} sessions in {:.1} s", conns.len(), opened.elapsed().as_secs_f64());
+
+    if scenarios.contains(&"idle") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss_after = rss_kib(pid);
+        let per = (rss_after.saturating_sub(rss_before)) as f64 / args.sessions as f64;
+        println!(
+            "idle: node RSS {rss_before} KiB before, {rss_after} KiB with {} sessions: {per:.2} KiB per idle session",
+            args.sessions
+        );
+    }
+
+    if scenarios.contains(&"fanout") {
+        let mut lasts = Vec::new();
+        for k in 0..args.fanout_messages {
+            let n = FANOUT_BASE + k;
+            let t0 = shared.start.elapsed().as_nanos() as u64;
+            shared.posted[n].store(t0.max(1), Ordering::Relaxed);
+            post(&http, args.port, fixture.channel, &fixture.poster, n).await?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shared.arrivals[n].0.load(Ordering::Relaxed) < args.sessions && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let got = shared.arrivals[n].0.load(Ordering::Relaxed);
+            if got < args.sessions {
+                bail!("message {n} reached only {got} of {} sessions", args.sessions);
+            }
+            lasts.push(shared.arrivals[n].1.load(Ordering::Relaxed).saturating_sub(t0));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lasts.sort_unstable();
+        let mut all = std::mem::take(&mut *shared.latencies.lock().await);
+        all.sort_unstable();
+        println!(
+            "fanout: {} messages to {} sessions; until the last session: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; per delivery: p50 {:.1} ms, p99 {:.1} ms",
+            args.fanout_messages,
+            args.sessions,
+            percentile(&lasts, 0.5),
+            percentile(&lasts, 0.99),
+            percentile(&lasts, 1.0),
+            percentile(&all, 0.5),
+            percentile(&all, 0.99),
+        );
+    }
+
+    if scenarios.contains(&"sustained") {
+        let before = shared.deliveries.load(Ordering::Relaxed);
+        let t0 = Instant::now();
+        let next = Arc::new(AtomicUsize::new(SUSTAINED_BASE));
+        let stop_at = t0 + Duration::from_secs(args.sustained_seconds);
+        let mut posters = Vec::new();
+        for _ in 0..args.posters {
+            let (http, next, token, channel, port) = (http.clone(), next.clone(), fixture.poster.clone(), fixture.channel, args.port);
+            posters.push(tokio::spawn(async move {
+                let mut sent = 0usize;
+                while Instant::now() < stop_at {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= RESUME_BASE || post(&http, port, channel, &token, n).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                sent
+            }));
+        }
+        let mut posted = 0;
+        for p in posters {
+            posted += p.await.unwrap_or(0);
+        }
+        // Let the last deliveries drain.
+        let mut last = shared.deliveries.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = shared.deliveries.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let delivered = last - before;
+        let secs = t0.elapsed().as_secs_f64() - 0.5;
+        let expected = posted as u64 * args.sessions as u64;
+        println!(
+            "sustained: {posted} messages posted in {}s ({:.0}/s) by {} posters; {delivered} of {expected} deliveries in {secs:.1} s: {:.0} deliveries/s",
+            args.sustained_seconds,
+            posted as f64 / args.sustained_seconds as f64,
+            args.posters,
+            delivered as f64 / secs
+        );
+    }
+
+    if scenarios.contains(&"resume") {
+        // Every connection drops at once; one message is sent meanwhile.
+        let mut states = Vec::with_capacity(conns.len());
+        for conn in conns.drain(..) {
+            let _ = conn.stop.send(());
+            conn.done.await.ok();
+            states.push((conn.session_id, conn.seq.load(Ordering::Relaxed)));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post(&http, args.port, fixture.channel, &fixture.poster, RESUME_BASE).await?;
+        let t0 = Instant::now();
+        let mut reconnects = futures::stream::FuturesUnordered::new();
+        let mut waiters = Vec::new();
+        for (i, (session_id, seq)) in states.iter().enumerate() {
+            let token = fixture.tokens[i / SESSIONS_PER_USER].clone();
+            let shared = shared.clone();
+            reconnects.push(async move { open(args.port, i, &token, Some((session_id, *seq)), shared).await });
+            if reconnects.len() >= 500 || i + 1 == states.len() {
+                while let Some(result) = reconnects.next().await {
+                    let (conn, rx) = result?;
+                    conns.push(conn);
+                    waiters.push(rx);
+                }
+            }
+        }
+        for mut rx in waiters {
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.ok();
+        }
+        let elapsed = t0.elapsed();
+        let replayed = shared.arrivals[RESUME_BASE].0.load(Ordering::Relaxed);
+        println!(
+            "resume: {} sessions reconnected and resumed in {:.2} s; the message sent while they were away reached {replayed} of them",
+            states.len(),
+            elapsed.as_secs_f64()
+        );
+    }
+    for conn in conns {
+        let _ = conn.stop.send(());
+    }
+    Ok(())
+}
