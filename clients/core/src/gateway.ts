@@ -86,11 +86,11 @@ export class GatewayClient {
 
   constructor(options: GatewayOptions) {
     this.opts = {
-      socket: (url) => new WebSocket(url) as unknown as SocketLike,
-      backoffBaseMs: 1000,
-      backoffMaxMs: 30_000,
-      random: Math.random,
       ...options,
+      socket: options.socket ?? ((url) => new WebSocket(url) as unknown as SocketLike),
+      backoffBaseMs: options.backoffBaseMs ?? 1000,
+      backoffMaxMs: options.backoffMaxMs ?? 30_000,
+      random: options.random ?? Math.random,
     };
   }
 

@@ -219,10 +219,15 @@ function Members({ state, entry, perms }: { state: State; entry: ServerEntry; pe
 
   async function toggleRole(m: Member, roleId: string, on: boolean) {
     setError(null);
+    const serverId = entry.server.id;
+    const next = on ? [...m.roles, roleId] : m.roles.filter((r) => r !== roleId);
+    // Show the change at once; the node's answer (or SERVER_MEMBER_UPDATE) confirms it.
+    together.store.dispatch({ type: "members/loaded", serverId, members: [{ ...m, roles: next }] });
     try {
-      const next = on ? [...m.roles, roleId] : m.roles.filter((r) => r !== roleId);
-      await together.rest.setMemberRoles(entry.server.id, m.user.id, next);
+      const updated = await together.rest.setMemberRoles(serverId, m.user.id, next);
+      together.store.dispatch({ type: "members/loaded", serverId, members: [updated] });
     } catch (e) {
+      together.store.dispatch({ type: "members/loaded", serverId, members: [m] });
       setError(describeError(e));
     }
   }

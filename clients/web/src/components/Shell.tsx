@@ -64,7 +64,15 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
       }, 3000);
       return () => clearTimeout(t);
     }
-    if ((!channelId || !channel) && firstChannel) navigate(channelPath(serverId, firstChannel), true);
+    if (!channelId && firstChannel) navigate(channelPath(serverId, firstChannel), true);
+    if (channelId && !channel) {
+      // Just created (CHANNEL_CREATE on its way), or no longer visible: wait a moment, then move on.
+      const t = setTimeout(() => {
+        const s = together.store.getState();
+        if (!s.channels[channelId]) navigate(firstChannel ? channelPath(serverId, firstChannel) : channelPath(serverId), true);
+      }, 1500);
+      return () => clearTimeout(t);
+    }
   }, [ready, serverId, channelId, entry, channel, firstChannel, state.servers]);
 
   useEffect(() => {
