@@ -282,7 +282,8 @@ const tests = [
     await menu.click();
     await visible(channelLink(b, "general"));
     await shot(b, "12-phone-drawer");
-    await b.getByRole("button", { name: "Close menu" }).click();
+    await b.keyboard.press("Escape");
+    await gone(channelLink(b, "general"));
     await b.setViewportSize({ width: 1280, height: 800 });
     await b.getByRole("button", { name: /Change theme/ }).click();
     const theme = await b.evaluate(() => document.documentElement.dataset.theme);

@@ -1,8 +1,9 @@
 /** A modal dialog on the native <dialog>: focus moves in, Escape closes, focus returns. */
-import { useEffect, useRef, type ReactNode } from "react";
+import { useEffect, useId, useRef, type ReactNode } from "react";
 
 export function Dialog({ title, onClose, children, wide }: { title: string; onClose: () => void; children: ReactNode; wide?: boolean }) {
   const ref = useRef<HTMLDialogElement>(null);
+  const titleId = useId();
   useEffect(() => {
     const dialog = ref.current;
     const opener = document.activeElement as HTMLElement | null;
@@ -16,7 +17,7 @@ export function Dialog({ title, onClose, children, wide }: { title: string; onCl
     <dialog
       ref={ref}
       className={wide ? "dialog wide" : "dialog"}
-      aria-labelledby="dialog-title"
+      aria-labelledby={titleId}
       onCancel={(e) => {
         e.preventDefault();
         onClose();
@@ -26,7 +27,7 @@ export function Dialog({ title, onClose, children, wide }: { title: string; onCl
       }}
     >
       <header className="dialog-head">
-        <h2 id="dialog-title">{title}</h2>
+        <h2 id={titleId}>{title}</h2>
         <button className="icon" onClick={onClose} aria-label="Close">✕</button>
       </header>
       <div className="dialog-body">{children}</div>

@@ -80,6 +80,16 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
     setDrawer(false);
   }, [channel?.id]);
 
+  // Escape closes the drawer on narrow screens.
+  useEffect(() => {
+    if (!drawer) return;
+    const onKey = (e: KeyboardEvent) => {
+      if (e.key === "Escape") setDrawer(false);
+    };
+    document.addEventListener("keydown", onKey);
+    return () => document.removeEventListener("keydown", onKey);
+  }, [drawer]);
+
   useEffect(() => {
     if (serverId && entry) together.loadMembers(serverId).catch(() => undefined);
     setSearch(null);
