@@ -278,9 +278,13 @@ const tests = [
     await visible(b.getByRole("heading", { name: "#general" }));
     const menu = b.getByRole("button", { name: "Open menu" });
     await visible(menu);
+    await gone(b.getByRole("complementary", { name: "Members" }));
+    await visible(b.getByRole("textbox", { name: /^Message #/ }));
+    await b.waitForTimeout(400); // let the drawer's slide-out finish before the picture
     await shot(b, "11-phone-chat");
     await menu.click();
     await visible(channelLink(b, "general"));
+    await b.waitForTimeout(400);
     await shot(b, "12-phone-drawer");
     await b.keyboard.press("Escape");
     await gone(channelLink(b, "general"));

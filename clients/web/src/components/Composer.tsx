@@ -137,7 +137,7 @@ export function Composer({ channel, canSend, canAttach, replyTo, replyName, onCa
       <div className="composer-row">
         {canAttach && (
           <>
-            <button className="icon attach" aria-label="Attach files" title="Attach files" onClick={() => fileInput.current?.click()}>＋</button>
+            <button className="icon attach" aria-label="Attach files" title="Attach files" onClick={() => fileInput.current?.click()}>+</button>
             <input ref={fileInput} type="file" multiple hidden aria-label="Choose files"
               onChange={(e) => { if (e.target.files) addFiles(e.target.files); e.target.value = ""; }} />
           </>

@@ -80,6 +80,17 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
     setDrawer(false);
   }, [channel?.id]);
 
+  // The member list covers the messages on a phone: close it when the window gets narrow.
+  useEffect(() => {
+    const narrow = window.matchMedia?.("(max-width: 760px)");
+    if (!narrow) return;
+    const onChange = () => {
+      if (narrow.matches) setShowMembers(false);
+    };
+    narrow.addEventListener("change", onChange);
+    return () => narrow.removeEventListener("change", onChange);
+  }, []);
+
   // Escape closes the drawer on narrow screens.
   useEffect(() => {
     if (!drawer) return;
