@@ -121,3 +121,46 @@ pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Opt
         Some(v) => required_text(field, v, 1, max).map(Some),
     }
 }
+
+/// For fields that distinguish "absent" from `null`: use with
+/// `#[serde(default, deserialize_with = "crate::extract::nullable")]` on an
+/// `Option<Option<T>>`. Absent is `None` (leave as is), `null` is
+/// `Some(None)` (clear), a value is `Some(Some(v))`.
+pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// A JSON body that may be left out: no body and no `Content-Type` gives
+/// `T::default()`; anything else is read like [`Json`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+            return Json::<T>::from_request(req, state).await.map(|Json(v)| OptionalJson(v));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::payload_too_large("the request body is too large"))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(OptionalJson(T::default()))
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ))
+        }
+    }
+}

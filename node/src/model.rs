@@ -294,3 +294,49 @@ pub struct VoiceState {
     pub server_deaf: bool,
     pub joined_at: DateTime<Utc>,
 }
+
+/// The caller's effective permissions in a server and in each channel
+/// they can view.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EffectivePermissions {
+    /// Server-wide permissions (decimal string).
+    #[schema(value_type = String)]
+    pub server: Permissions,
+    /// Permissions per visible channel, keyed by channel id.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub channels: std::collections::BTreeMap<Uuid, Permissions>,
+}
+
+/// `SERVER_DELETE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerDeleted {
+    pub id: Uuid,
+}
+
+/// `CHANNEL_DELETE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChannelDeleted {
+    pub id: Uuid,
+    pub server_id: Uuid,
+}
+
+/// `SERVER_MEMBER_REMOVE`, `SERVER_BAN_ADD` and `SERVER_BAN_REMOVE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerUserEvent {
+    pub server_id: Uuid,
+    pub user: User,
+}
+
+/// `SERVER_ROLE_CREATE` and `SERVER_ROLE_UPDATE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoleEvent {
+    pub server_id: Uuid,
+    pub role: Role,
+}
+
+/// `SERVER_ROLE_DELETE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RoleDeleted {
+    pub server_id: Uuid,
+    pub role_id: Uuid,
+}

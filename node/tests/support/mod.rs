@@ -151,3 +151,135 @@ impl Drop for TestApp {
         std::fs::remove_dir_all(&self.data_dir).ok();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Community helpers (servers, roles, invites, events).
+
+/// Decimal-string form of permission bits, as the API writes them.
+pub fn bits(perms: together_protocol::permissions::Permissions) -> String {
+    perms.bits().to_string()
+}
+
+impl TestApp {
+    /// Creates a server owned by `owner`; returns its JSON.
+    pub async fn create_server(&self, owner: &TestUser, name: &str) -> Value {
+        self.post("/api/servers", &owner.token, json!({"name": name}))
+            .await
+            .expect(StatusCode::CREATED)
+    }
+
+    /// A fresh unlimited invite to `server_id` made by `inviter`.
+    pub async fn invite(&self, inviter: &TestUser, server_id: &str) -> String {
+        let body = self
+            .post(&format!("/api/servers/{server_id}/invites"), &inviter.token, json!({}))
+            .await
+            .expect(StatusCode::CREATED);
+        body["code"].as_str().unwrap().to_string()
+    }
+
+    /// `user` joins `server_id` through a fresh invite from `inviter`.
+    pub async fn join(&self, inviter: &TestUser, user: &TestUser, server_id: &str) {
+        let code = self.invite(inviter, server_id).await;
+        self.post(&format!("/api/invites/{code}"), &user.token, json!({}))
+            .await
+            .expect(StatusCode::CREATED);
+    }
+
+    /// Registers `username` and makes them join `server_id` via `inviter`.
+    pub async fn member(&self, inviter: &TestUser, username: &str, server_id: &str) -> TestUser {
+        let user = self.register(username).await;
+        self.join(inviter, &user, server_id).await;
+        user
+    }
+
+    /// Creates a role with `perms` as `actor`; returns its id.
+    pub async fn create_role(
+        &self,
+        actor: &TestUser,
+        server_id: &str,
+        name: &str,
+        perms: together_protocol::permissions::Permissions,
+    ) -> String {
+        let body = self
+            .post(
+                &format!("/api/servers/{server_id}/roles"),
+                &actor.token,
+                json!({"name": name, "permissions": bits(perms)}),
+            )
+            .await
+            .expect(StatusCode::CREATED);
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// `actor` gives `user` the role.
+    pub async fn grant_role(&self, actor: &TestUser, server_id: &str, user: &TestUser, role_id: &str) {
+        self.call(
+            Method::PUT,
+            &format!("/api/servers/{server_id}/members/{}/roles/{role_id}", user.id),
+            Some(&actor.token),
+            None,
+        )
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    }
+
+    /// A member of `server_id` (invited by `owner`) holding a new role
+    /// with `perms`, created by `owner`. Returns the user and the role id.
+    pub async fn member_with(
+        &self,
+        owner: &TestUser,
+        username: &str,
+        server_id: &str,
+        perms: together_protocol::permissions::Permissions,
+    ) -> (TestUser, String) {
+        let user = self.member(owner, username, server_id).await;
+        let role = self.create_role(owner, server_id, &format!("{username}-role"), perms).await;
+        self.grant_role(owner, server_id, &user, &role).await;
+        (user, role)
+    }
+
+    /// The channels `user` can see in `server_id`.
+    pub async fn channels(&self, user: &TestUser, server_id: &str) -> Vec<Value> {
+        self.get(&format!("/api/servers/{server_id}/channels"), &user.token)
+            .await
+            .expect(StatusCode::OK)
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The id of the server's `#general` text channel.
+    pub async fn general(&self, owner: &TestUser, server_id: &str) -> String {
+        self.channels(owner, server_id)
+            .await
+            .into_iter()
+            .find(|c| c["name"] == "general")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Every event published so far that `rx` has not yet seen.
+pub fn drain(
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<together_node::bus::Event>>,
+) -> Vec<std::sync::Arc<together_node::bus::Event>> {
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event);
+    }
+    events
+}
+
+/// The events of one kind, with their payloads parsed.
+pub fn events_of(
+    events: &[std::sync::Arc<together_node::bus::Event>],
+    kind: &str,
+) -> Vec<(together_node::bus::Audience, Value)> {
+    events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| (e.audience.clone(), serde_json::from_str(&e.data).unwrap()))
+        .collect()
+}

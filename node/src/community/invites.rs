@@ -1,0 +1,282 @@
+//! Invites: creating, revoking, reading, and joining a server with one.
+//!
+//! A code is 8 random base62 characters. An invite is *live* while it has
+//! not expired and, if it has a use limit, has been used fewer times than
+//! that; only live invites can be previewed or used. Using one checks and
+//! counts the use in a single conditional `UPDATE`, so with `max_uses = n`
+//! exactly `n` joins succeed however many race.
+
+use chrono::{DateTime, Duration, Utc};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::Deserialize;
+use sqlx::PgConnection;
+use together_protocol::permissions::Permissions;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::members::add_member;
+use super::servers::fetch_server;
+use super::{
+    Command, Effects, actor_access, actor_access_or, channel_access_locked, lock_server, not_found_as, unknown_invite,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{Invite, InviteServer, Server};
+
+/// Lifetime of an invite when none is given: one day.
+pub const DEFAULT_MAX_AGE_SECONDS: i64 = 86_400;
+/// Longest lifetime: 30 days (0 means the invite never expires).
+pub const MAX_AGE_SECONDS: i64 = 30 * 86_400;
+/// Largest use limit (0 or absent means unlimited).
+pub const MAX_USES: i32 = 1000;
+/// Characters in a code.
+pub const CODE_LEN: usize = 8;
+
+/// Body of `POST /api/servers/{server_id}/invites`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvite {
+    /// The channel the invite points at (the inviter must see it).
+    pub channel_id: Option<Uuid>,
+    /// Seconds until it expires: 0 = never, default 86400, at most 2592000.
+    pub max_age_seconds: Option<i64>,
+    /// How many joins it allows: 0 or absent = unlimited, at most 1000.
+    pub max_uses: Option<i32>,
+}
+
+/// Creates an invite (CREATE_INVITE, in the channel if one is named).
+#[derive(Debug, Clone)]
+pub struct CreateInvite {
+    pub server_id: Uuid,
+    pub invite: NewInvite,
+}
+
+impl Command for CreateInvite {
+    type Output = Invite;
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, _effects: &mut Effects) -> ApiResult<Invite> {
+        let access = actor_access(conn, actor, self.server_id).await?;
+        access.require(Permissions::CREATE_INVITE)?;
+        let input = self.invite;
+        if let Some(channel_id) = input.channel_id {
+            channel_access_locked(conn, access.clone(), channel_id)
+                .await?
+                .require(Permissions::CREATE_INVITE)?;
+        }
+        let max_age = input.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS);
+        if !(0..=MAX_AGE_SECONDS).contains(&max_age) {
+            return Err(ApiError::invalid(format!("max_age_seconds must be 0 (never expires) to {MAX_AGE_SECONDS}")));
+        }
+        let max_uses = match input.max_uses.unwrap_or(0) {
+            0 => None,
+            n if (1..=MAX_USES).contains(&n) => Some(n),
+            _ => {
+                return Err(ApiError::invalid(format!("max_uses must be 0 (unlimited) to {MAX_USES}")));
+            }
+        };
+        let expires_at: Option<DateTime<Utc>> = (max_age > 0).then(|| Utc::now() + Duration::seconds(max_age));
+        for _ in 0..8 {
+            let code = new_code();
+            let inserted = sqlx::query(
+                "INSERT INTO invites (code, server_id, channel_id, inviter_id, max_uses, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING",
+            )
+            .bind(&code)
+            .bind(self.server_id)
+            .bind(input.channel_id)
+            .bind(actor)
+            .bind(max_uses)
+            .bind(expires_at)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return fetch_invite(&mut *conn, &code, false).await;
+            }
+        }
+        Err(ApiError::internal("no free invite code after 8 tries"))
+    }
+}
+
+/// Revokes an invite (its creator, or MANAGE_SERVER).
+#[derive(Debug, Clone)]
+pub struct DeleteInvite {
+    pub code: String,
+}
+
+impl Command for DeleteInvite {
+    type Output = ();
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, _effects: &mut Effects) -> ApiResult<()> {
+        check_code(&self.code)?;
+        let found: Option<(Uuid, Option<Uuid>)> =
+            sqlx::query_as("SELECT server_id, inviter_id FROM invites WHERE code = $1")
+                .bind(&self.code)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let (server_id, inviter) = found.ok_or_else(unknown_invite)?;
+        let access = actor_access_or(conn, actor, server_id, unknown_invite).await?;
+        if inviter != Some(actor) {
+            access.require(Permissions::MANAGE_SERVER)?;
+        }
+        sqlx::query("DELETE FROM invites WHERE code = $1")
+            .bind(&self.code)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Joins the server an invite is for. `server_id`, when given, must be
+/// that server.
+#[derive(Debug, Clone)]
+pub struct JoinServer {
+    pub code: String,
+    pub server_id: Option<Uuid>,
+}
+
+/// The server joined, and whether this call made the membership (false:
+/// the user already was a member, and no use was counted).
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub server: Server,
+    pub new_member: bool,
+}
+
+impl Command for JoinServer {
+    type Output = Joined;
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Joined> {
+        check_code(&self.code)?;
+        let server_id: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM invites WHERE code = $1")
+            .bind(&self.code)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let server_id = server_id
+            .filter(|id| self.server_id.is_none_or(|wanted| wanted == *id))
+            .ok_or_else(unknown_invite)?;
+        lock_server(conn, server_id)
+            .await
+            .map_err(|err| not_found_as(err, unknown_invite))?;
+        let (banned, member): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2),
+                    EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)",
+        )
+        .bind(server_id)
+        .bind(actor)
+        .fetch_one(&mut *conn)
+        .await?;
+        if banned {
+            return Err(ApiError::forbidden("banned", "you are banned from this server"));
+        }
+        if member {
+            return Ok(Joined {
+                server: fetch_server(&mut *conn, server_id).await?,
+                new_member: false,
+            });
+        }
+        let used = sqlx::query(
+            "UPDATE invites SET uses = uses + 1
+              WHERE code = $1
+                AND (expires_at IS NULL OR expires_at > now())
+                AND (max_uses IS NULL OR uses < max_uses)",
+        )
+        .bind(&self.code)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if used == 0 {
+            return Err(unknown_invite());
+        }
+        add_member(conn, effects, server_id, actor).await?;
+        tracing::info!(server = %server_id, user = %actor, "member joined by invite");
+        Ok(Joined {
+            server: fetch_server(&mut *conn, server_id).await?,
+            new_member: true,
+        })
+    }
+}
+
+/// A code that cannot exist (wrong length or characters) is unknown,
+/// without asking the database (which rejects some bytes, such as NUL).
+fn check_code(code: &str) -> ApiResult<()> {
+    if (4..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(unknown_invite())
+    }
+}
+
+fn new_code() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(CODE_LEN)
+        .map(char::from)
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct InviteRow {
+    code: String,
+    channel_id: Option<Uuid>,
+    inviter_id: Option<Uuid>,
+    max_uses: Option<i32>,
+    uses: i32,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    server_id: Uuid,
+    server_name: String,
+    icon_url: Option<String>,
+    member_count: i64,
+}
+
+impl From<InviteRow> for Invite {
+    fn from(row: InviteRow) -> Invite {
+        Invite {
+            code: row.code,
+            server: InviteServer {
+                id: row.server_id,
+                name: row.server_name,
+                icon_url: row.icon_url,
+                member_count: row.member_count,
+            },
+            channel_id: row.channel_id,
+            inviter_id: row.inviter_id,
+            max_uses: row.max_uses,
+            uses: row.uses,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+        }
+    }
+}
+
+const INVITE_SELECT: &str = "SELECT i.code, i.channel_id, i.inviter_id, i.max_uses, i.uses, i.expires_at, i.created_at,
+        s.id AS server_id, s.name AS server_name, s.icon_url,
+        (SELECT count(*) FROM server_members m WHERE m.server_id = s.id) AS member_count
+   FROM invites i JOIN servers s ON s.id = i.server_id";
+
+/// One invite; with `live_only`, an expired or used-up one is 404
+/// `unknown_invite` too.
+pub async fn fetch_invite(db: impl sqlx::PgExecutor<'_>, code: &str, live_only: bool) -> ApiResult<Invite> {
+    check_code(code)?;
+    let sql = format!(
+        "{INVITE_SELECT} WHERE i.code = $1 AND (NOT $2 OR (
+            (i.expires_at IS NULL OR i.expires_at > now()) AND (i.max_uses IS NULL OR i.uses < i.max_uses)))"
+    );
+    let row: Option<InviteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(code)
+        .bind(live_only)
+        .fetch_optional(db)
+        .await?;
+    row.map(Invite::from).ok_or_else(unknown_invite)
+}
+
+/// Every invite of a server, newest first, expired ones included.
+pub async fn list_invites(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Vec<Invite>> {
+    let sql = format!("{INVITE_SELECT} WHERE i.server_id = $1 ORDER BY i.created_at DESC, i.code");
+    let rows: Vec<InviteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(server_id)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(Invite::from).collect())
+}

@@ -1,0 +1,195 @@
+//! Creating, editing and deleting a server, and reading it back.
+
+use serde::Deserialize;
+use sqlx::PgConnection;
+use together_protocol::permissions::Permissions;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Command, Effects, TOPIC_MAX, actor_access, validate_name};
+use crate::bus::Audience;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::optional_text;
+use crate::http::users::validate_url;
+use crate::model::{ChannelKind, EffectivePermissions, Server, ServerDeleted};
+use crate::perms;
+
+/// `POST /api/servers`: a new server owned by the actor, with an
+/// `@everyone` role, a "Text Channels" category holding `#general` and a
+/// "Voice Channels" category holding a "General" voice channel.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServer {
+    /// 1–100 characters.
+    pub name: String,
+    /// An http(s) URL.
+    pub icon_url: Option<String>,
+    /// Up to 1024 characters.
+    pub description: Option<String>,
+}
+
+impl Command for CreateServer {
+    type Output = Server;
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Server> {
+        let name = validate_name("name", &self.name)?;
+        let icon_url = match self.icon_url.as_deref() {
+            Some(url) => validate_url("icon_url", url)?,
+            None => None,
+        };
+        let description = optional_text("description", self.description.as_deref(), TOPIC_MAX)?;
+        let server_id = Uuid::now_v7();
+        sqlx::query("INSERT INTO servers (id, name, owner_id, icon_url, description) VALUES ($1, $2, $3, $4, $5)")
+            .bind(server_id)
+            .bind(&name)
+            .bind(actor)
+            .bind(&icon_url)
+            .bind(&description)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)",
+        )
+        .bind(server_id)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+            .bind(server_id)
+            .bind(actor)
+            .execute(&mut *conn)
+            .await?;
+        let text_category = Uuid::now_v7();
+        let voice_category = Uuid::now_v7();
+        let layout = [
+            (text_category, "Text Channels", ChannelKind::Category, None),
+            (Uuid::now_v7(), "general", ChannelKind::Text, Some(text_category)),
+            (voice_category, "Voice Channels", ChannelKind::Category, None),
+            (Uuid::now_v7(), "General", ChannelKind::Voice, Some(voice_category)),
+        ];
+        for (position, (id, name, kind, parent)) in layout.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO channels (id, server_id, name, kind, parent_id, position) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(server_id)
+            .bind(name)
+            .bind(kind)
+            .bind(parent)
+            .bind(position as i32)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let server = fetch_server(&mut *conn, server_id).await?;
+        effects.publish("SERVER_CREATE", Audience::User(actor), &server);
+        tracing::info!(server = %server_id, owner = %actor, "server created");
+        Ok(server)
+    }
+}
+
+/// Fields of `PATCH /api/servers/{server_id}`; absent fields stay, an
+/// empty string clears `icon_url` or `description`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPatch {
+    pub name: Option<String>,
+    pub icon_url: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Edits a server's name, icon or description (MANAGE_SERVER).
+#[derive(Debug, Clone)]
+pub struct UpdateServer {
+    pub server_id: Uuid,
+    pub changes: ServerPatch,
+}
+
+impl Command for UpdateServer {
+    type Output = Server;
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Server> {
+        let access = actor_access(conn, actor, self.server_id).await?;
+        access.require(Permissions::MANAGE_SERVER)?;
+        let c = self.changes;
+        let name = c.name.as_deref().map(|n| validate_name("name", n)).transpose()?;
+        let icon_url = c.icon_url.as_deref().map(|u| validate_url("icon_url", u)).transpose()?;
+        let description = c
+            .description
+            .as_deref()
+            .map(|d| optional_text("description", Some(d), TOPIC_MAX))
+            .transpose()?;
+        sqlx::query(
+            "UPDATE servers SET
+                name = COALESCE($2, name),
+                icon_url = CASE WHEN $3 THEN $4 ELSE icon_url END,
+                description = CASE WHEN $5 THEN $6 ELSE description END
+             WHERE id = $1",
+        )
+        .bind(self.server_id)
+        .bind(&name)
+        .bind(icon_url.is_some())
+        .bind(icon_url.flatten())
+        .bind(description.is_some())
+        .bind(description.flatten())
+        .execute(&mut *conn)
+        .await?;
+        let server = fetch_server(&mut *conn, self.server_id).await?;
+        effects.publish("SERVER_UPDATE", Audience::Server(self.server_id), &server);
+        Ok(server)
+    }
+}
+
+/// Deletes a server and everything in it (owner only).
+#[derive(Debug, Clone)]
+pub struct DeleteServer {
+    pub server_id: Uuid,
+}
+
+impl Command for DeleteServer {
+    type Output = ();
+
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
+        let access = actor_access(conn, actor, self.server_id).await?;
+        if !access.is_owner() {
+            return Err(ApiError::forbidden("owner_only", "only the server's owner can delete it"));
+        }
+        let members: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM server_members WHERE server_id = $1")
+            .bind(self.server_id)
+            .fetch_all(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(self.server_id)
+            .execute(&mut *conn)
+            .await?;
+        effects.publish(
+            "SERVER_DELETE",
+            Audience::ServerAndUsers {
+                server_id: self.server_id,
+                users: members,
+            },
+            &ServerDeleted { id: self.server_id },
+        );
+        tracing::info!(server = %self.server_id, "server deleted");
+        Ok(())
+    }
+}
+
+/// A server as the API shows it; 404 `unknown_server`.
+pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Server> {
+    let server: Option<Server> =
+        sqlx::query_as("SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1")
+            .bind(server_id)
+            .fetch_optional(db)
+            .await?;
+    server.ok_or_else(super::unknown_server)
+}
+
+/// The member's effective permissions: server-wide and in every channel
+/// they can view.
+pub async fn effective_permissions(db: &sqlx::PgPool, access: &perms::ServerAccess) -> ApiResult<EffectivePermissions> {
+    let channels = perms::visible_channels(db, access).await?;
+    Ok(EffectivePermissions {
+        server: access.permissions,
+        channels: channels.into_iter().collect(),
+    })
+}
