@@ -34,7 +34,13 @@ export class Together {
       socket: options.socket,
       presence: options.presence,
     });
-    this.gateway.on("dispatch", (event) => this.store.apply(event));
+    this.gateway.on("dispatch", (event) => {
+      this.store.apply(event);
+      // A newcomer's presence is not dispatched to the members they join: ask for it.
+      if (event.t === "SERVER_MEMBER_ADD" && event.d.user.id !== this.store.getState().me?.id) {
+        this.loadPresences(event.d.server_id).catch(() => undefined);
+      }
+    });
     this.gateway.on("fatal", () => {
       this.rest.tokens.set(null);
     });
@@ -82,9 +88,15 @@ export class Together {
     return messages;
   }
 
+  /** Loads every member of a server and who of them is online. */
   async loadMembers(serverId: string): Promise<void> {
-    const members = await this.rest.allMembers(serverId);
+    const [members] = await Promise.all([this.rest.allMembers(serverId), this.loadPresences(serverId).catch(() => undefined)]);
     this.store.dispatch({ type: "members/loaded", serverId, members });
+  }
+
+  async loadPresences(serverId: string): Promise<void> {
+    const presences = await this.rest.listPresences(serverId);
+    this.store.dispatch({ type: "presences/loaded", presences });
   }
 
   /** Sends a message and puts it in the store at once (the gateway echo is merged, not duplicated). */

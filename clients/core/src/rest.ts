@@ -10,7 +10,7 @@ import { ApiError, NetworkError } from "./errors.ts";
 import { TokenManager, type TokenStorage } from "./tokens.ts";
 import type {
   Attachment, AuthResponse, Ban, Channel, ChannelPatch, CreateServer, CurrentUser, EffectivePermissions, Invite,
-  Member, Message, NewChannel, NewInvite, NewRole, OverrideInput, Role, RolePatch, SearchResponse, Server,
+  Member, Message, NewChannel, NewInvite, NewRole, OverrideInput, Presence, Role, RolePatch, SearchResponse, Server,
   ServerPatch, Session, UpdateMeRequest, User,
 } from "./types.ts";
 
@@ -158,6 +158,12 @@ export class RestClient {
 
   permissions(serverId: string): Promise<EffectivePermissions> {
     return unwrap(this.raw.GET("/api/servers/{server_id}/permissions", { params: { path: { server_id: serverId } } }));
+  }
+
+  /** Who is online in a server (the member list of a `large` server needs this; READY leaves it out). */
+  async listPresences(serverId: string): Promise<Presence[]> {
+    const list = await unwrap(this.raw.GET("/api/servers/{server_id}/presences", { params: { path: { server_id: serverId } } }));
+    return list as Presence[];
   }
 
   // ---- members and bans ----

@@ -70,6 +70,7 @@ export type Action =
   | { type: "messages/loaded"; channelId: string; messages: Message[]; direction: "latest" | "before" | "after"; limit: number }
   | { type: "message/upsert"; message: Message }
   | { type: "members/loaded"; serverId: string; members: Member[] }
+  | { type: "presences/loaded"; presences: Presence[] }
   | { type: "channel/open"; channelId: string | null }
   | { type: "channel/read"; channelId: string; messageId?: string }
   | { type: "typing/prune"; now: number }
@@ -106,7 +107,7 @@ function addServer(state: State, rs: ReadyServer): State {
   for (const c of Object.values(channels)) if (c.server_id === id) delete channels[c.id];
   for (const c of rs.channels) channels[c.id] = c;
   const presences = { ...state.presences };
-  for (const p of rs.presences) presences[p.user_id] = p;
+  for (const p of rs.presences ?? []) presences[p.user_id] = p;
   const roles: Record<string, Role> = {};
   for (const r of rs.roles) roles[r.id] = r;
   const members = { ...state.members, [id]: { ...(state.members[id] ?? {}), [rs.member.user.id]: rs.member } };
@@ -374,6 +375,12 @@ export function reduce(state: State, action: Action): State {
         users[m.user.id] = m.user;
       }
       return { ...state, members: { ...state.members, [action.serverId]: byUser }, users };
+    }
+    case "presences/loaded": {
+      if (action.presences.length === 0) return state;
+      const presences = { ...state.presences };
+      for (const p of action.presences) presences[p.user_id] = p;
+      return { ...state, presences };
     }
     case "channel/open":
       return state.activeChannelId === action.channelId ? state : { ...state, activeChannelId: action.channelId };

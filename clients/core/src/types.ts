@@ -64,6 +64,8 @@ export interface ReadyServer {
   roles: Role[];
   member: Member;
   member_count: number;
+  /** More than 250 connected members: `presences` is empty; fetch them over REST. */
+  large?: boolean;
   presences: Presence[];
   voice_states: VoiceState[];
 }

@@ -200,3 +200,18 @@ describe("presence and users", () => {
     expect(s.me?.custom_status).toBe("hello");
   });
 });
+
+describe("presences over REST", () => {
+  it("presences/loaded fills in who is online (large servers, newcomers)", () => {
+    const s = reduce(ready(), { type: "presences/loaded", presences: [{ user_id: "u9", status: "away", custom_status: null }] });
+    expect(s.presences.u9.status).toBe("away");
+    expect(s.presences[BOB.id].status).toBe("online");
+  });
+
+  it("READY of a large server without presences still loads", () => {
+    const rs = { ...readyServer(), large: true, presences: undefined as unknown as [] };
+    const s = reduce(initialState, d({ t: "READY", d: { v: 1, session_id: "s", user: ME, servers: [rs] } }));
+    expect(s.servers[SERVER_ID]).toBeDefined();
+  });
+});
+
