@@ -118,8 +118,9 @@ const tests = [
     await visible(b.getByRole("heading", { name: "#general" }));
   }],
 
-  ["alice sees bob arrive in the member list", async () => {
-    await visible(ctx.a.locator("aside.members").getByText(bob.name));
+  ["alice sees bob arrive, online, in the member list", async () => {
+    // Listed under Online: his presence reaches alice although he was online before joining.
+    await visible(ctx.a.locator("aside.members section", { has: ctx.a.getByRole("heading", { name: /^Online/ }) }).getByText(bob.name));
   }],
 
   ["messages appear live both ways", async () => {
