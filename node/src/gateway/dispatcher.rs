@@ -325,11 +325,29 @@ impl Dispatcher {
                 self.recompute(server_id, None, channel_id).await;
             }
             "CHANNEL_DELETE" => {
-                self.deliver(&event);
+                // Only those who could see the channel learn it is gone.
                 if let (Some(server_id), Some(channel_id)) = (server_of(&event), id_field(&event, "id")) {
-                    for user in self.servers.get(&server_id).into_iter().flatten() {
-                        if let Some(view) = self.users.get_mut(user).and_then(|e| e.views.get_mut(&server_id)) {
-                            view.remove(&channel_id);
+                    let viewers: Vec<Uuid> = self
+                        .servers
+                        .get(&server_id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|u| {
+                            self.users
+                                .get(u)
+                                .and_then(|e| e.views.get(&server_id))
+                                .is_some_and(|v| v.contains(&channel_id))
+                        })
+                        .copied()
+                        .collect();
+                    for user in viewers {
+                        if let Some(entry) = self.users.get_mut(&user) {
+                            for s in &entry.sessions {
+                                s.push(event.clone());
+                            }
+                            if let Some(view) = entry.views.get_mut(&server_id) {
+                                view.remove(&channel_id);
+                            }
                         }
                     }
                 }
