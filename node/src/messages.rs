@@ -8,8 +8,8 @@
 //! ids (see [`WITH_EXTRAS`]). No per-message queries.
 //!
 //! Search (see [`search`]) walks the server's newest messages for words
-//! that are common and asks the GIN index for words that are rare. Neither phase ever reads every match of a
-//! common word or sorts a large set.
+//! that are common and asks the GIN index for words that are rare, so it
+//! never reads every match of a common word or sorts a large set.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
