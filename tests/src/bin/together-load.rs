@@ -74,6 +74,8 @@ struct Shared {
     /// Nanoseconds since `start` at which each message was posted.
     posted: Vec<AtomicU64>,
     deliveries: AtomicU64,
+    /// INVALID_SESSION answers (a RESUME that could not continue).
+    invalid_sessions: AtomicU64,
     start: Instant,
     latencies: Mutex<Vec<u64>>,
 }
@@ -211,6 +213,8 @@ async fn fixture(db: &PgPool, data_dir: &std::path::Path, users: usize) -> anyho
 }
 
 struct Conn {
+    /// Index of the connection (which user and source address it uses).
+    index: usize,
     session_id: String,
     seq: Arc<AtomicU64>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -289,12 +293,15 @@ async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>,
                         shared.deliveries.fetch_add(1, Ordering::Relaxed);
                     } else if text.contains("\"t\":\"RESUMED\"") {
                         let _ = resumed_tx.try_send(());
+                    } else if text.starts_with("{\"d\":false,\"op\":9") || text.contains("\"op\":9,") || text.ends_with("\"op\":9}") {
+                        shared.invalid_sessions.fetch_add(1, Ordering::Relaxed);
+                        let _ = resumed_tx.try_send(());
                     }
                 }
             }
         }
     });
-    Ok((Conn { session_id, seq, stop: stop_tx, done }, resumed_rx))
+    Ok((Conn { index, session_id, seq, stop: stop_tx, done }, resumed_rx))
 }
 
 /// First message number used by each scenario.
@@ -349,6 +356,7 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         arrivals: (0..MAX_MESSAGES).map(|_| (AtomicUsize::new(0), AtomicU64::new(0))).collect(),
         posted: (0..MAX_MESSAGES).map(|_| AtomicU64::new(0)).collect(),
         deliveries: AtomicU64::new(0),
+        invalid_sessions: AtomicU64::new(0),
         start: Instant::now(),
         latencies: Mutex::new(Vec::new()),
     });
@@ -469,18 +477,18 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         for conn in conns.drain(..) {
             let _ = conn.stop.send(());
             conn.done.await.ok();
-            states.push((conn.session_id, conn.seq.load(Ordering::Relaxed)));
+            states.push((conn.index, conn.session_id, conn.seq.load(Ordering::Relaxed)));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         post(&http, args.port, fixture.channel, &fixture.poster, RESUME_BASE).await?;
         let t0 = Instant::now();
         let mut reconnects = futures::stream::FuturesUnordered::new();
         let mut waiters = Vec::new();
-        for (i, (session_id, seq)) in states.iter().enumerate() {
+        for (n, (i, session_id, seq)) in states.iter().enumerate() {
             let token = fixture.tokens[i / SESSIONS_PER_USER].clone();
             let shared = shared.clone();
-            reconnects.push(async move { open(args.port, i, &token, Some((session_id, *seq)), shared).await });
-            if reconnects.len() >= 500 || i + 1 == states.len() {
+            reconnects.push(async move { open(args.port, *i, &token, Some((session_id, *seq)), shared).await });
+            if reconnects.len() >= 500 || n + 1 == states.len() {
                 while let Some(result) = reconnects.next().await {
                     let (conn, rx) = result?;
                     conns.push(conn);
@@ -494,9 +502,10 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         let elapsed = t0.elapsed();
         let replayed = shared.arrivals[RESUME_BASE].0.load(Ordering::Relaxed);
         println!(
-            "resume: {} sessions reconnected and resumed in {:.2} s; the message sent while they were away reached {replayed} of them",
+            "resume: {} sessions reconnected in {:.2} s ({} could not resume); the message sent while they were away reached {replayed} of them",
             states.len(),
-            elapsed.as_secs_f64()
+            elapsed.as_secs_f64(),
+            shared.invalid_sessions.load(Ordering::Relaxed),
         );
     }
     for conn in conns {
