@@ -117,7 +117,16 @@ pub fn app(state: AppState) -> Router {
             tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index)),
         );
     }
-    router.layer(TraceLayer::new_for_http()).with_state(state)
+    // Clients served from any origin may call any node: authentication is a
+    // bearer token, never a cookie, so cross-origin reads carry no ambient
+    // authority.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE])
+        .expose_headers([axum::http::header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(3600));
+    router.layer(cors).layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

@@ -39,6 +39,7 @@ async fn server_lifecycle_events(pool: PgPool) {
     let mut bob_ws = bob_ws;
     app.join(&alice, &bob, &server_id).await;
     assert_eq!(alice_ws.dispatch("SERVER_MEMBER_ADD").await["user"]["id"], bob.id.as_str());
+    assert_eq!(alice_ws.presence_of(&bob).await["status"], "online", "the newcomer's presence follows");
     let joined = bob_ws.dispatch("SERVER_CREATE").await;
     assert_eq!(joined["server"]["id"], server_id.as_str());
     assert_eq!(joined["member"]["user"]["id"], bob.id.as_str());

@@ -79,3 +79,19 @@ async fn oversized_and_malformed_bodies_are_4xx_json(pool: PgPool) {
     let reply = app.call(Method::GET, "/health", None, None).await;
     assert_eq!(reply.body["status"], "ok");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn browsers_on_other_origins_may_call_the_api(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let request = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/api/users/@me")
+        .header(header::ORIGIN, "https://client.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "PATCH")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization,content-type")
+        .body(Body::empty())
+        .unwrap();
+    let reply = app.send(request).await;
+    assert!(reply.status.is_success());
+    assert_eq!(reply.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+}

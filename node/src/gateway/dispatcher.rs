@@ -370,6 +370,18 @@ impl Dispatcher {
             "SERVER_MEMBER_ADD" => {
                 if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
                     self.join(server_id, user_id).await;
+                    self.deliver(&event);
+                    // The server's members learn whether the newcomer is online.
+                    if !self.is_large(server_id)
+                        && let Some(entry) = self.users.get(&user_id)
+                    {
+                        let presence = entry.presence(user_id);
+                        if presence.status != "offline" {
+                            let update = make_event("PRESENCE_UPDATE", Audience::Server(server_id), &presence);
+                            self.deliver(&update);
+                        }
+                    }
+                    return;
                 }
             }
             "SERVER_CREATE" => {
