@@ -233,6 +233,18 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                         tracing::warn!(error = %err, "cannot remember peer");
                     }
                 }
+                NetEvent::Subscribed { peer, topic } => {
+                    // Events published before the peer joined the topic reach
+                    // it now, by backfill.
+                    if let Some(server_id) = topic
+                        .strip_prefix("together/v1/community/")
+                        .and_then(|rest| rest.strip_suffix("/messages"))
+                        .and_then(|id| id.parse::<Uuid>().ok())
+                        && matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_)))
+                    {
+                        sync::backfill_server(&state, &client, peer, server_id).await;
+                    }
+                }
                 NetEvent::Disconnected { .. } => {}
             }
             drop(permit);

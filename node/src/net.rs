@@ -135,6 +135,8 @@ pub enum NetEvent {
     Identified { peer: PeerId, listen_addrs: Vec<Multiaddr> },
     /// The last connection to a peer closed.
     Disconnected { peer: PeerId },
+    /// A peer subscribed to a topic.
+    Subscribed { peer: PeerId, topic: String },
 }
 
 /// The node's network identity and state, for `GET /api/node`.

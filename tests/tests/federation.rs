@@ -30,9 +30,15 @@ struct Shared {
     bob: Session,
     server: Uuid,
     channel: Uuid,
+    /// A message alice posted before bob joined, when asked for.
+    early: Option<Uuid>,
 }
 
 async fn shared_community(net: &TestNet) -> Shared {
+    shared_community_with(net, None).await
+}
+
+async fn shared_community_with(net: &TestNet, early_text: Option<&str>) -> Shared {
     let http = reqwest::Client::new();
     let alice = register(&http, &net[0].url, "alice").await.unwrap();
     let bob = register(&http, &net[1].url, "bob").await.unwrap();
@@ -50,6 +56,15 @@ async fn shared_community(net: &TestNet) -> Shared {
         .find(|c| c["kind"] == "text")
         .map(|c| uuid(&c["id"]))
         .unwrap();
+    let early = match early_text {
+        Some(text) => {
+            let alice_id = uuid(&json!(alice.user_id));
+            let id = direct::post(&net[0].state, alice_id, channel, text).await.unwrap();
+            direct::react(&net[0].state, alice_id, id, "👋", true).await.unwrap();
+            Some(id)
+        }
+        None => None,
+    };
     let invite = alice
         .post(&http, &format!("/api/servers/{server_id}/invites"), json!({}))
         .await
@@ -82,6 +97,7 @@ async fn shared_community(net: &TestNet) -> Shared {
         bob,
         server: server_id,
         channel,
+        early,
     }
 }
 
@@ -454,5 +470,22 @@ async fn a_returning_node_backfills_what_it_missed() {
     wait_content(net[0].db(), during_b, Some(("B alone", false))).await;
     let counters = node_counters(&s.http, &net[1].url).await;
     assert_eq!(counters["rejected_total"], 0, "{counters}");
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_from_before_the_join_is_backfilled() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community_with(&net, Some("said before bob came")).await;
+    let early = s.early.unwrap();
+    wait_content(net[1].db(), early, Some(("said before bob came", false))).await;
+    let alice_id = uuid(&json!(s.alice.user_id));
+    let db = net[1].db().clone();
+    wait_until(WAIT, || {
+        let db = db.clone();
+        async move { reactions(&db, early).await == vec![("👋".to_string(), alice_id)] }
+    })
+    .await
+    .unwrap();
     net.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The delegation this node acts under for a user.
 //!
 //! For a password account the node keeps the user's key, so it issues the
-//! delegation to itself (30 days, renewed a day before it ends). For a user
+//! delegation to itself (from the account's creation until 30 days from
+//! now, renewed a day before it ends). For a user
 //! who signed in with their own key, the delegation they sent at sign-in is
 //! used; once it has expired the node can no longer act for them and their
 //! changes stay local until they sign in again.
@@ -40,11 +41,12 @@ pub async fn for_user(state: &AppState, user: Uuid) -> Result<SignedDelegation, 
     if let Some(d) = store::current_delegation(&state.db, user, &node, now + RENEW_MARGIN_SECS).await? {
         return Ok(d);
     }
-    let sealed: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT encrypted_secret_key FROM users WHERE id = $1")
-        .bind(user)
-        .fetch_optional(&state.db)
-        .await?;
-    let Some(Some(sealed)) = sealed else {
+    let row: Option<(Option<Vec<u8>>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT encrypted_secret_key, created_at FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_optional(&state.db)
+            .await?;
+    let Some((Some(sealed), created_at)) = row else {
         // Key users: any delegation still valid right now will do.
         return store::current_delegation(&state.db, user, &node, now)
             .await?
@@ -58,7 +60,9 @@ pub async fn for_user(state: &AppState, user: Uuid) -> Result<SignedDelegation, 
     let delegation = Delegation {
         user: (&user_key).into(),
         node,
-        issued: now - 60,
+        // From the account's creation, so the node can also sign the
+        // user's earlier messages when their community becomes federated.
+        issued: created_at.timestamp() - 60,
         expires: now + SELF_DELEGATION_SECS,
     }
     .sign(&user_key)

@@ -214,6 +214,59 @@ async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(
     Ok(())
 }
 
+/// Most messages of a community signed when it first becomes federated.
+pub const MAX_SEALED_MESSAGES: i64 = 5_000;
+
+/// Signs the existing history of a community that is becoming federated
+/// (its newest [`MAX_SEALED_MESSAGES`] live messages, as `message.create`
+/// with their current text, and their reactions), so replicas can backfill
+/// it. Messages of users this node cannot act for are left out.
+pub async fn seal_history(state: &AppState, server_id: Uuid) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, Uuid, String, Option<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, channel_id, author_id, content, reply_to, created_at FROM (
+             SELECT id, channel_id, author_id, content, reply_to, created_at FROM messages
+              WHERE server_id = $1 AND NOT deleted ORDER BY id DESC LIMIT $2) newest
+          ORDER BY id",
+    )
+    .bind(server_id)
+    .bind(MAX_SEALED_MESSAGES)
+    .fetch_all(&state.db)
+    .await?;
+    let mut sealed = 0;
+    for (id, channel, author, content, reply_to, created_at) in rows {
+        let scope = Scope {
+            server: server_id,
+            channel,
+            message: id,
+            at: created_at.timestamp_millis(),
+        };
+        let mut events = vec![(author, MessageEvent::Create { scope, reply_to, content })];
+        let reactions: Vec<(Uuid, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT user_id, emoji, created_at FROM reactions WHERE message_id = $1 ORDER BY created_at")
+                .bind(id)
+                .fetch_all(&state.db)
+                .await?;
+        for (user, emoji, at) in reactions {
+            let scope = Scope {
+                at: at.timestamp_millis(),
+                ..scope
+            };
+            events.push((user, MessageEvent::ReactionAdd { scope, emoji }));
+        }
+        for (actor, event) in events {
+            match sign(state, actor, &event).await {
+                Ok(envelope) => {
+                    let hash = envelope.event.hash();
+                    store::insert_event(&state.db, &hash, server_id, channel, &envelope).await?;
+                    sealed += 1;
+                }
+                Err(err) => tracing::debug!(error = %err, "history event not signed"),
+            }
+        }
+    }
+    Ok(sealed)
+}
+
 /// Signs `event` for `actor` under their delegation to this node.
 async fn sign(state: &AppState, actor: Uuid, event: &MessageEvent) -> Result<Envelope, OutboxError> {
     let delegation = delegations::for_user(state, actor).await?;

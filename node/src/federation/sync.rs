@@ -175,7 +175,12 @@ async fn answer_join(
         Err(err) => return Ok(api_error(err)),
     };
     let server_id = joined.server.id;
+    let first_time = store::federation_of(&state.db, server_id).await?.is_none();
     store::mark_federated(&state.db, server_id, None, Utc::now().timestamp_millis()).await?;
+    if first_time {
+        let sealed = super::outbox::seal_history(state, server_id).await?;
+        tracing::info!(server = %server_id, sealed, "community history signed for federation");
+    }
     super::subscribe_community(client, server_id).await;
     super::outbox::announce_state(state, client, server_id).await;
     tracing::info!(server = %server_id, user = %user_id, "member joined from another node");

@@ -235,19 +235,23 @@ impl EventLoop {
     }
 
     fn gossip_event(&mut self, event: gossipsub::Event) {
-        if let gossipsub::Event::Message {
-            propagation_source,
-            message_id,
-            message,
-        } = event
-        {
-            self.emit(NetEvent::Gossip {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => self.emit(NetEvent::Gossip {
                 source: propagation_source,
                 author: message.source,
                 message_id,
                 topic: message.topic.into_string(),
                 data: message.data,
-            });
+            }),
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => self.emit(NetEvent::Subscribed {
+                peer: peer_id,
+                topic: topic.into_string(),
+            }),
+            _ => {}
         }
     }
 
