@@ -53,3 +53,22 @@ CREATE TABLE attachments (
 CREATE INDEX attachments_message ON attachments (message_id) WHERE message_id IS NOT NULL;
 CREATE INDEX attachments_pending ON attachments (uploader_id, created_at) WHERE message_id IS NULL;
 CREATE INDEX attachments_content ON attachments (content_hash);
+
+-- The planner's estimate of how many live messages match a text query
+-- (from the column's most-common-lexeme statistics). Search uses it to
+-- decide how far to walk the newest messages before asking the GIN index,
+-- which reads every match. VOLATILE because PostgreSQL allows EXPLAIN only
+-- there; it reads nothing but statistics.
+CREATE FUNCTION message_search_estimate(query tsquery) RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE AS $$
+DECLARE
+    plan json;
+BEGIN
+    IF numnode(query) = 0 THEN
+        RETURN 0;
+    END IF;
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM messages WHERE search_vector @@ $1 AND NOT deleted'
+        INTO plan USING query;
+    RETURN (plan -> 0 -> 'Plan' ->> 'Plan Rows')::bigint;
+END
+$$;

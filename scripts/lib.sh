@@ -64,3 +64,37 @@ wait_for_postgres() {
   echo "error: PostgreSQL at $url does not answer" >&2
   return 1
 }
+
+# ---- clients (TypeScript) ----
+
+# Node.js and npm for the clients; Debian's packages when missing.
+ensure_node() {
+  if command -v npm >/dev/null && command -v node >/dev/null; then return 0; fi
+  log "installing Node.js and npm"
+  apt_install nodejs npm
+}
+
+# The clients' npm dependencies, exactly as package-lock.json pins them;
+# reinstalled only when the lock file changed since the last install.
+ensure_client_deps() {
+  local stamp=clients/node_modules/.together-lock
+  if [ -f "$stamp" ] && cmp -s clients/package-lock.json "$stamp"; then return 0; fi
+  log "installing client dependencies (npm ci)"
+  (cd clients && npm ci --no-audit --no-fund --loglevel=error)
+  cp clients/package-lock.json "$stamp"
+}
+
+# Debian's Chromium for the browser tests (a browser cannot be downloaded
+# here), plus an emoji font so reactions render in screenshots.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "color emoji"; then return 0; fi
+  log "installing Chromium"
+  apt_install chromium fonts-noto-color-emoji
+}
+
+# Builds clients/web/dist (installs the dependencies first).
+build_web_client() {
+  ensure_client_deps
+  log "building the web client (clients/web/dist)"
+  (cd clients && npm run build --silent)
+}

@@ -112,10 +112,7 @@ pub fn app(state: AppState) -> Router {
         .route("/gateway", axum::routing::get(crate::gateway::upgrade))
         .fallback(not_found);
     if let Some(dir) = &state.config.web_dir {
-        let index = dir.join("index.html");
-        router = router.fallback_service(
-            tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index)),
-        );
+        router = router.fallback(web_client(dir));
     }
     // Clients served from any origin may call any node: authentication is a
     // bearer token, never a cookie, so cross-origin reads carry no ambient
@@ -127,6 +124,38 @@ pub fn app(state: AppState) -> Router {
         .expose_headers([axum::http::header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600));
     router.layer(cors).layer(TraceLayer::new_for_http()).with_state(state)
+}
+
+/// The built web client: its files, and `index.html` for every other path
+/// (client-side routes such as `/channels/...` or `/invite/<code>`). Unknown
+/// API paths still get the JSON 404, never the page.
+fn web_client(
+    dir: &std::path::Path,
+) -> impl Fn(axum::extract::Request) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    let index = dir.join("index.html");
+    if !index.is_file() {
+        tracing::warn!(dir = %dir.display(), "the web client directory has no index.html; build it with `npm run build` in clients/");
+    }
+    let files = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index));
+    move |req: axum::extract::Request| {
+        let files = files.clone();
+        Box::pin(async move {
+            let path = req.uri().path();
+            if path == "/api" || path.starts_with("/api/") || path == "/gateway" {
+                return not_found().await.into_response();
+            }
+            match files.oneshot(req).await {
+                Ok(res) => res.into_response(),
+                Err(never) => match never {},
+            }
+        })
+    }
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

@@ -21,6 +21,10 @@
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module.
 //! - [`gateway`]: the WebSocket gateway: sessions, dispatch, presence.
+//! - [`messages`]: message storage: history pages, batched loading of
+//!   attachments and reactions, full-text search (recent walk or GIN).
+//! - [`uploads`]: uploaded files stored once per blake3 hash, safe
+//!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes, published once to every subscriber.
 //! - [`net`]: the libp2p swarm in one task, and the client to talk to it.
@@ -41,6 +45,7 @@ pub mod federation;
 pub mod gateway;
 pub mod http;
 pub mod keys;
+pub mod messages;
 pub mod model;
 pub mod net;
 pub mod perms;
@@ -48,3 +53,4 @@ pub mod ratelimit;
 pub mod seed;
 pub mod server;
 pub mod state;
+pub mod uploads;

@@ -126,13 +126,18 @@ pub async fn server_access(
     let row = row
         .filter(|r| r.is_member)
         .ok_or_else(|| ApiError::not_found("unknown_server", "no such server"))?;
+    Ok(member_standing(server_id, user_id, row))
+}
+
+/// A member's [`ServerAccess`] from their loaded context.
+fn member_standing(server_id: Uuid, user_id: Uuid, row: ContextRow) -> ServerAccess {
     let is_owner = row.owner_id == user_id;
     let context = MemberContext {
         is_owner,
         everyone: Permissions::from_stored(row.everyone.unwrap_or(0)),
         roles: row.role_perms.iter().copied().map(Permissions::from_stored).collect(),
     };
-    Ok(ServerAccess {
+    ServerAccess {
         server_id,
         user_id,
         owner_id: row.owner_id,
@@ -140,7 +145,7 @@ pub async fn server_access(
         context,
         role_ids: row.role_ids,
         top_position: if is_owner { i32::MAX } else { row.top_position },
-    })
+    }
 }
 
 /// A channel the caller can view, with their permissions in it.
@@ -165,32 +170,90 @@ impl ChannelAccess {
 
 /// The caller's access to a channel; 404 `unknown_channel` when it does not
 /// exist, the caller is not a member, or the caller cannot view it.
+///
+/// One query loads the channel, the caller's standing in its server and the
+/// channel's overrides: this runs on every message read and write.
 pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, ApiError> {
     let unknown = || ApiError::not_found("unknown_channel", "no such channel");
-    let channel: Option<(Uuid, ChannelKind)> =
-        sqlx::query_as("SELECT server_id, kind FROM channels WHERE id = $1")
-            .bind(channel_id)
-            .fetch_optional(db)
-            .await?;
-    let (server_id, kind) = channel.ok_or_else(unknown)?;
-    let server = server_access(db, user_id, server_id).await.map_err(|_| unknown())?;
-    let overrides: Vec<OverrideRow> = sqlx::query_as(
-        "SELECT id, channel_id, role_id, user_id, allow, deny
-           FROM channel_permission_overrides WHERE channel_id = $1",
+    let row: Option<ChannelContextRow> = sqlx::query_as(
+        "SELECT c.server_id, c.kind, s.owner_id,
+                (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
+                EXISTS (SELECT 1 FROM server_members m WHERE m.server_id = s.id AND m.user_id = $2) AS is_member,
+                r.role_ids, r.role_perms, r.top_position,
+                o.ids AS override_ids, o.role_ids AS override_roles, o.user_ids AS override_users,
+                o.allows AS override_allows, o.denies AS override_denies
+           FROM channels c
+           JOIN servers s ON s.id = c.server_id
+           CROSS JOIN LATERAL (
+                SELECT array_agg(r.id) AS role_ids, array_agg(r.permissions) AS role_perms,
+                       max(r.position) AS top_position
+                  FROM member_roles mr JOIN roles r ON r.id = mr.role_id
+                 WHERE mr.server_id = c.server_id AND mr.user_id = $2) r
+           CROSS JOIN LATERAL (
+                SELECT array_agg(o.id) AS ids, array_agg(o.role_id) AS role_ids, array_agg(o.user_id) AS user_ids,
+                       array_agg(o.allow) AS allows, array_agg(o.deny) AS denies
+                  FROM channel_permission_overrides o WHERE o.channel_id = c.id) o
+          WHERE c.id = $1",
     )
     .bind(channel_id)
-    .fetch_all(db)
+    .bind(user_id)
+    .fetch_optional(db)
     .await?;
+    let row = row.filter(|r| r.is_member).ok_or_else(unknown)?;
+    let server = member_standing(
+        row.server_id,
+        user_id,
+        ContextRow {
+            owner_id: row.owner_id,
+            everyone: row.everyone,
+            is_member: row.is_member,
+            role_ids: row.role_ids.unwrap_or_default(),
+            role_perms: row.role_perms.unwrap_or_default(),
+            top_position: row.top_position.unwrap_or(0),
+        },
+    );
+    let ids = row.override_ids.unwrap_or_default();
+    let roles = row.override_roles.unwrap_or_default();
+    let users = row.override_users.unwrap_or_default();
+    let allows = row.override_allows.unwrap_or_default();
+    let denies = row.override_denies.unwrap_or_default();
+    let overrides: Vec<OverrideRow> = (0..ids.len())
+        .map(|i| OverrideRow {
+            id: ids[i],
+            channel_id,
+            role_id: roles.get(i).copied().flatten(),
+            user_id: users.get(i).copied().flatten(),
+            allow: allows.get(i).copied().unwrap_or(0),
+            deny: denies.get(i).copied().unwrap_or(0),
+        })
+        .collect();
     let permissions = server.in_channel(&overrides);
     if !permissions.contains(Permissions::VIEW_CHANNEL) {
         return Err(unknown());
     }
     Ok(ChannelAccess {
         channel_id,
-        kind,
+        kind: row.kind,
         server,
         permissions,
     })
+}
+
+#[derive(sqlx::FromRow)]
+struct ChannelContextRow {
+    server_id: Uuid,
+    kind: ChannelKind,
+    owner_id: Uuid,
+    everyone: Option<i64>,
+    is_member: bool,
+    role_ids: Option<Vec<Uuid>>,
+    role_perms: Option<Vec<i64>>,
+    top_position: Option<i32>,
+    override_ids: Option<Vec<Uuid>>,
+    override_roles: Option<Vec<Option<Uuid>>>,
+    override_users: Option<Vec<Option<Uuid>>>,
+    override_allows: Option<Vec<i64>>,
+    override_denies: Option<Vec<i64>>,
 }
 
 /// Every override of every channel of a server, grouped by channel.

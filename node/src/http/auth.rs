@@ -195,7 +195,9 @@ async fn refresh(State(state): State<AppState>, Json(req): Json<RefreshRequest>)
     let invalid = || ApiError::unauthorized("invalid_refresh_token", "the refresh token is not valid; sign in again");
     let hash = tokens::parse_refresh_token(&req.refresh_token).ok_or_else(invalid)?;
     let mut tx = state.db.begin().await?;
-    let row: Option<(Uuid, Option<chrono::DateTime<Utc>>, Uuid, chrono::DateTime<Utc>)> = sqlx::query_as(
+    /// session id, when used, user id, session expiry
+    type TokenRow = (Uuid, Option<chrono::DateTime<Utc>>, Uuid, chrono::DateTime<Utc>);
+    let row: Option<TokenRow> = sqlx::query_as(
         "SELECT t.session_id, t.used_at, s.user_id, s.expires_at
            FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
           WHERE t.token_hash = $1

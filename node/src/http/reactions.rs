@@ -1,9 +1,263 @@
-//! Reactions endpoints.
+//! Reactions on messages: add one's own, remove one's own or (moderators)
+//! anyone's, and list who reacted with an emoji.
+//!
+//! An emoji is either a Unicode emoji (one or more pictographs, possibly
+//! joined with ZWJ and modifiers, flags, keycaps) or a custom emoji written
+//! `name:id`. Emojis travel in paths percent-encoded; axum decodes them.
 
-use utoipa_axum::router::OpenApiRouter;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use together_protocol::permissions::Permissions;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
 
+use crate::auth::AuthUser;
+use crate::bus::Audience;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path, Query};
+use crate::http::messages::{MessageRef, message_access, unknown_message};
+use crate::messages::MAX_DISTINCT_REACTIONS;
+use crate::model::{USER_COLUMNS, User, UserRow};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(add_reaction))
+        .routes(routes!(list_reaction_users, delete_own_reaction))
+        .routes(routes!(delete_user_reaction))
+}
+
+/// The body of `POST /api/messages/{message_id}/reactions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddReactionRequest {
+    /// A Unicode emoji, or `name:id` for a custom one; at most 64 bytes.
+    pub emoji: String,
+}
+
+/// The payload of MESSAGE_REACTION_ADD and MESSAGE_REACTION_REMOVE.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReactionEvent {
+    pub message_id: Uuid,
+    pub channel_id: Uuid,
+    pub server_id: Uuid,
+    pub user_id: Uuid,
+    pub emoji: String,
+}
+
+/// Page of users who reacted.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReactionUsersParams {
+    /// Users with ids greater than this one (the last id of the previous page).
+    pub after: Option<Uuid>,
+    /// 1 to 100; default 25.
+    pub limit: Option<i64>,
+}
+
+/// Checks an emoji: 1 to 64 bytes, no whitespace or control characters,
+/// and either `name:id` (name 2–32 of `[A-Za-z0-9_]`, id 1–40 of
+/// `[A-Za-z0-9-]`) or a Unicode emoji sequence.
+pub fn validate_emoji(raw: &str) -> ApiResult<String> {
+    let bad = || ApiError::bad_request("invalid_emoji", "emoji must be a Unicode emoji or name:id");
+    if raw.is_empty() || raw.len() > 64 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    if let Some((name, id)) = raw.split_once(':') {
+        let name_ok = (2..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let id_ok = (1..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        return if name_ok && id_ok { Ok(raw.to_string()) } else { Err(bad()) };
+    }
+    if is_unicode_emoji(raw) { Ok(raw.to_string()) } else { Err(bad()) }
+}
+
+/// Whether every character belongs to an emoji sequence and there is at
+/// least one pictograph (a keycap such as `1️⃣` counts through U+20E3).
+fn is_unicode_emoji(s: &str) -> bool {
+    let has_keycap = s.contains('\u{20e3}');
+    let mut pictographs = 0;
+    for c in s.chars() {
+        let cp = c as u32;
+        let pictograph = matches!(cp,
+            0x1F000..=0x1FAFF   // pictographs, emoticons, transport, flags' regional indicators, skin tones
+            | 0x2600..=0x27BF   // misc symbols, dingbats
+            | 0x2300..=0x23FF   // technical (⌚, ⏰)
+            | 0x2B00..=0x2BFF   // arrows and stars (⭐)
+            | 0x2190..=0x21FF   // arrows
+            | 0x2900..=0x297F
+            | 0x25A0..=0x25FF   // geometric shapes
+            | 0x3030 | 0x303D | 0x3297 | 0x3299
+            | 0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x24C2);
+        let joiner = matches!(cp, 0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F);
+        let keycap_base = has_keycap && (c.is_ascii_digit() || c == '#' || c == '*');
+        if pictograph || keycap_base {
+            pictographs += 1;
+        } else if !joiner {
+            return false;
+        }
+    }
+    pictographs > 0 || has_keycap
+}
+
+fn audience(message: &MessageRef) -> Audience {
+    Audience::Channel {
+        server_id: message.server_id,
+        channel_id: message.channel_id,
+    }
+}
+
+fn event(message: &MessageRef, user_id: Uuid, emoji: String) -> ReactionEvent {
+    ReactionEvent {
+        message_id: message.id,
+        channel_id: message.channel_id,
+        server_id: message.server_id,
+        user_id,
+        emoji,
+    }
+}
+
+/// `POST /api/messages/{message_id}/reactions`: react (idempotent).
+#[utoipa::path(post, path = "/api/messages/{message_id}/reactions", tag = "messages", security(("bearer" = [])),
+    params(("message_id" = Uuid, Path)),
+    request_body = AddReactionRequest,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn add_reaction(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(message_id): Path<Uuid>,
+    Json(req): Json<AddReactionRequest>,
+) -> ApiResult<StatusCode> {
+    let emoji = validate_emoji(&req.emoji)?;
+    let (message, access) = message_access(&state, auth.user_id, message_id).await?;
+    access.require(Permissions::ADD_REACTIONS)?;
+
+    let mut tx = state.db.begin().await?;
+    // Serialise reactions on this message so the distinct-emoji cap holds.
+    let live: Option<bool> = sqlx::query_scalar("SELECT NOT deleted FROM messages WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(message_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if live != Some(true) {
+        return Err(unknown_message());
+    }
+    let (distinct, present): (i64, bool) = sqlx::query_as(
+        "SELECT count(DISTINCT emoji), COALESCE(bool_or(emoji = $2), false) FROM reactions WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .bind(&emoji)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !present && distinct >= MAX_DISTINCT_REACTIONS {
+        return Err(ApiError::bad_request(
+            "too_many_reactions",
+            format!("a message may carry at most {MAX_DISTINCT_REACTIONS} different emojis"),
+        ));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(&emoji)
+    .bind(auth.user_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if inserted.rows_affected() > 0 {
+        state
+            .bus
+            .publish("MESSAGE_REACTION_ADD", audience(&message), &event(&message, auth.user_id, emoji));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_reaction(state: &AppState, message: &MessageRef, user_id: Uuid, emoji: String) -> ApiResult<()> {
+    let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
+        .bind(message.id)
+        .bind(&emoji)
+        .bind(user_id)
+        .execute(&state.db)
+        .await?;
+    if removed.rows_affected() > 0 {
+        state
+            .bus
+            .publish("MESSAGE_REACTION_REMOVE", audience(message), &event(message, user_id, emoji));
+    }
+    Ok(())
+}
+
+/// `DELETE /api/messages/{message_id}/reactions/{emoji}`: remove one's own
+/// reaction (idempotent).
+#[utoipa::path(delete, path = "/api/messages/{message_id}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
+    params(("message_id" = Uuid, Path), ("emoji" = String, Path, description = "percent-encoded emoji")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_own_reaction(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((message_id, emoji)): Path<(Uuid, String)>,
+) -> ApiResult<StatusCode> {
+    let emoji = validate_emoji(&emoji)?;
+    let (message, _) = message_access(&state, auth.user_id, message_id).await?;
+    remove_reaction(&state, &message, auth.user_id, emoji).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/messages/{message_id}/reactions/{emoji}/{user_id}`: remove
+/// someone's reaction (needs MANAGE_MESSAGES, unless it is one's own).
+#[utoipa::path(delete, path = "/api/messages/{message_id}/reactions/{emoji}/{user_id}", tag = "messages", security(("bearer" = [])),
+    params(("message_id" = Uuid, Path), ("emoji" = String, Path, description = "percent-encoded emoji"), ("user_id" = Uuid, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_user_reaction(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((message_id, emoji, user_id)): Path<(Uuid, String, Uuid)>,
+) -> ApiResult<StatusCode> {
+    let emoji = validate_emoji(&emoji)?;
+    let (message, access) = message_access(&state, auth.user_id, message_id).await?;
+    if user_id != auth.user_id {
+        access.require(Permissions::MANAGE_MESSAGES)?;
+    }
+    remove_reaction(&state, &message, user_id, emoji).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/messages/{message_id}/reactions/{emoji}`: who reacted with an
+/// emoji, by user id ascending (keyset on `after`).
+#[utoipa::path(get, path = "/api/messages/{message_id}/reactions/{emoji}", tag = "messages", security(("bearer" = [])),
+    params(("message_id" = Uuid, Path), ("emoji" = String, Path, description = "percent-encoded emoji"), ReactionUsersParams),
+    responses((status = 200, body = Vec<User>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_reaction_users(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((message_id, emoji)): Path<(Uuid, String)>,
+    Query(params): Query<ReactionUsersParams>,
+) -> ApiResult<Json<Vec<User>>> {
+    let emoji = validate_emoji(&emoji)?;
+    let limit = match params.limit {
+        None => 25,
+        Some(n) if (1..=100).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit must be between 1 and 100")),
+    };
+    let (_, access) = message_access(&state, auth.user_id, message_id).await?;
+    access.require(Permissions::READ_MESSAGE_HISTORY)?;
+    let columns = USER_COLUMNS
+        .split(", ")
+        .map(|c| format!("u.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns} FROM reactions r JOIN users u ON u.id = r.user_id
+          WHERE r.message_id = $1 AND r.emoji = $2 AND r.user_id > $3
+          ORDER BY r.user_id LIMIT $4"
+    );
+    let rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(message_id)
+        .bind(&emoji)
+        .bind(params.after.unwrap_or(Uuid::nil()))
+        .bind(limit)
+        .fetch_all(&state.db)
+        .await?;
+    Ok(Json(rows.into_iter().map(User::from).collect()))
 }

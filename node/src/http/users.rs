@@ -179,7 +179,9 @@ async fn export_my_key(
     auth: AuthUser,
     Json(req): Json<ExportKeyRequest>,
 ) -> ApiResult<Json<ExportedKey>> {
-    let row: Option<(Option<String>, Option<Vec<u8>>, Vec<u8>)> =
+    /// password hash, sealed secret key, public key
+    type KeyRow = (Option<String>, Option<Vec<u8>>, Vec<u8>);
+    let row: Option<KeyRow> =
         sqlx::query_as("SELECT password_hash, encrypted_secret_key, public_key FROM users WHERE id = $1")
             .bind(auth.user_id)
             .fetch_optional(&state.db)

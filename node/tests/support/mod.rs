@@ -285,3 +285,139 @@ pub fn events_of(
         .map(|e| (e.audience.clone(), serde_json::from_str(&e.data).unwrap()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Community fixtures written straight to the database, for tests of
+// messages, reactions, attachments and search (independent of the
+// servers/channels API).
+
+use together_protocol::permissions::Permissions;
+use uuid::Uuid;
+
+fn uuid(s: &str) -> Uuid {
+    s.parse().unwrap()
+}
+
+/// A server owned by `owner_id` with an `@everyone` role (id = server id,
+/// default permissions) and one text channel `general`.
+pub async fn fixture_server(pool: &PgPool, owner_id: &str) -> (Uuid, Uuid) {
+    let server_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'Test server', $2)")
+        .bind(server_id)
+        .bind(uuid(owner_id))
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)")
+        .bind(server_id)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(pool)
+        .await
+        .unwrap();
+    add_member(pool, server_id, owner_id).await;
+    let channel_id = add_channel(pool, server_id, "general", "text").await;
+    (server_id, channel_id)
+}
+
+/// Adds a channel (`text`, `voice` or `category`).
+pub async fn add_channel(pool: &PgPool, server_id: Uuid, name: &str, kind: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO channels (id, server_id, name, kind) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(server_id)
+        .bind(name)
+        .bind(kind)
+        .execute(pool)
+        .await
+        .unwrap();
+    id
+}
+
+pub async fn add_member(pool: &PgPool, server_id: Uuid, user_id: &str) {
+    sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+        .bind(server_id)
+        .bind(uuid(user_id))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Creates a role with `permissions` and gives it to `user_id`.
+pub async fn grant_role(pool: &PgPool, server_id: Uuid, user_id: &str, permissions: Permissions) -> Uuid {
+    let role_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $2, 'role', $3, 1)")
+        .bind(role_id)
+        .bind(server_id)
+        .bind(permissions.to_stored())
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO member_roles (server_id, user_id, role_id) VALUES ($1, $2, $3)")
+        .bind(server_id)
+        .bind(uuid(user_id))
+        .bind(role_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    role_id
+}
+
+/// A channel override for one member.
+pub async fn member_override(pool: &PgPool, channel_id: Uuid, user_id: &str, allow: Permissions, deny: Permissions) {
+    sqlx::query(
+        "INSERT INTO channel_permission_overrides (id, channel_id, user_id, allow, deny) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(channel_id)
+    .bind(uuid(user_id))
+    .bind(allow.to_stored())
+    .bind(deny.to_stored())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A channel override for a role (the server id for `@everyone`).
+pub async fn role_override(pool: &PgPool, channel_id: Uuid, role_id: Uuid, allow: Permissions, deny: Permissions) {
+    sqlx::query(
+        "INSERT INTO channel_permission_overrides (id, channel_id, role_id, allow, deny) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(channel_id)
+    .bind(role_id)
+    .bind(allow.to_stored())
+    .bind(deny.to_stored())
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+impl TestApp {
+    /// Posts a message and returns its JSON.
+    pub async fn send_message(&self, channel_id: Uuid, token: &str, content: &str) -> Value {
+        self.post(&format!("/api/channels/{channel_id}/messages"), token, json!({ "content": content }))
+            .await
+            .expect(StatusCode::CREATED)
+    }
+
+    /// Uploads `bytes` as the multipart field `file`.
+    pub async fn upload(&self, channel_id: Uuid, token: &str, filename: &str, content_type: &str, bytes: &[u8]) -> Reply {
+        let boundary = "together-test-boundary-7d1f";
+        let mut body = Vec::new();
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n").as_bytes(),
+        );
+        body.extend_from_slice(format!("Content-Type: {content_type}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/api/channels/{channel_id}/attachments"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .body(Body::from(body))
+            .unwrap();
+        self.send(request).await
+    }
+}
