@@ -4,13 +4,10 @@
 //!   its own database and ports, for the federation tests in `tests/`.
 //! - [`client`]: HTTP and gateway helpers, and key sign-in as a client
 //!   does it.
-//! - [`direct`]: message writes made the way the message handlers make
-//!   them (database, then bus).
 //!
 //! The binaries in `src/bin` are the measuring tools whose results are in
 //! `docs/benchmarks.md`: `together-load` (gateway sessions at scale), and
 //! `together-cli`, a small client (key files and key sign-in).
 
 pub mod client;
-pub mod direct;
 pub mod testnet;

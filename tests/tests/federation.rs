@@ -12,7 +12,6 @@ use together_node::federation::delegations;
 use together_protocol::federation::{Envelope, MessageEvent, Scope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent, signing_key_from_seed};
 use together_tests::client::{Gateway, Session, key_session, register};
-use together_tests::direct;
 use together_tests::testnet::{TestNet, wait_until};
 use uuid::Uuid;
 
@@ -58,9 +57,8 @@ async fn shared_community_with(net: &TestNet, early_text: Option<&str>) -> Share
         .unwrap();
     let early = match early_text {
         Some(text) => {
-            let alice_id = uuid(&json!(alice.user_id));
-            let id = direct::post(&net[0].state, alice_id, channel, text).await.unwrap();
-            direct::react(&net[0].state, alice_id, id, "👋", true).await.unwrap();
+            let id = post(&http, &alice, channel, text).await;
+            react(&http, &alice, id, "👋", true).await;
             Some(id)
         }
         None => None,
@@ -99,6 +97,35 @@ async fn shared_community_with(net: &TestNet, early_text: Option<&str>) -> Share
         channel,
         early,
     }
+}
+
+async fn post(http: &reqwest::Client, who: &Session, channel: Uuid, text: &str) -> Uuid {
+    let m = who
+        .post(http, &format!("/api/channels/{channel}/messages"), json!({"content": text}))
+        .await
+        .unwrap()
+        .expect(201);
+    uuid(&m["id"])
+}
+
+async fn edit(http: &reqwest::Client, who: &Session, id: Uuid, text: &str) {
+    who.patch(http, &format!("/api/messages/{id}"), json!({"content": text}))
+        .await
+        .unwrap()
+        .expect(200);
+}
+
+async fn delete(http: &reqwest::Client, who: &Session, id: Uuid) {
+    who.delete(http, &format!("/api/messages/{id}")).await.unwrap().expect(204);
+}
+
+async fn react(http: &reqwest::Client, who: &Session, id: Uuid, emoji: &str, add: bool) {
+    let reply = if add {
+        who.post(http, &format!("/api/messages/{id}/reactions"), json!({"emoji": emoji})).await
+    } else {
+        who.delete(http, &format!("/api/messages/{id}/reactions/{emoji}")).await
+    };
+    reply.unwrap().expect(204);
 }
 
 async fn message_content(db: &sqlx::PgPool, id: Uuid) -> Option<(String, bool)> {
@@ -247,7 +274,7 @@ async fn challenges_are_single_use_and_signatures_checked() {
 async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
     let net = TestNet::start(2).await.unwrap();
     let s = shared_community(&net).await;
-    let (alice_id, bob_id) = (uuid(&json!(s.alice.user_id)), uuid(&json!(s.bob.user_id)));
+    let bob_id = uuid(&json!(s.bob.user_id));
 
     // The structure arrived on node 1: bob sees the community and channel.
     let servers = s.bob.get(&s.http, "/api/users/@me/servers").await.unwrap().expect(200);
@@ -262,7 +289,7 @@ async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
     let mut alice_gw = Gateway::connect(&s.alice).await.unwrap();
 
     // A → B: create, seen in B's database and on B's gateway.
-    let m1 = direct::post(&net[0].state, alice_id, s.channel, "hello from A").await.unwrap();
+    let m1 = post(&s.http, &s.alice, s.channel, "hello from A").await;
     let created = bob_gw
         .wait_for("MESSAGE_CREATE", WAIT, |d| d["id"] == json!(m1))
         .await
@@ -270,9 +297,17 @@ async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
     assert_eq!(created["content"], "hello from A");
     assert_eq!(created["author"]["id"], json!(s.alice.user_id));
     assert_eq!(message_content(net[1].db(), m1).await, Some(("hello from A".into(), false)));
+    // And through node 1's REST API.
+    let history = s
+        .bob
+        .get(&s.http, &format!("/api/channels/{}/messages", s.channel))
+        .await
+        .unwrap()
+        .expect(200);
+    assert!(history.as_array().unwrap().iter().any(|m| uuid(&m["id"]) == m1 && m["content"] == "hello from A"));
 
     // B → A: create.
-    let m2 = direct::post(&net[1].state, bob_id, s.channel, "hi from B").await.unwrap();
+    let m2 = post(&s.http, &s.bob, s.channel, "hi from B").await;
     let created = alice_gw
         .wait_for("MESSAGE_CREATE", WAIT, |d| d["id"] == json!(m2))
         .await
@@ -281,27 +316,27 @@ async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
     wait_content(net[0].db(), m2, Some(("hi from B", false))).await;
 
     // Edits both ways.
-    direct::edit(&net[0].state, alice_id, m1, "hello, edited").await.unwrap();
+    edit(&s.http, &s.alice, m1, "hello, edited").await;
     bob_gw
         .wait_for("MESSAGE_UPDATE", WAIT, |d| d["id"] == json!(m1) && d["content"] == "hello, edited")
         .await
         .unwrap();
-    direct::edit(&net[1].state, bob_id, m2, "hi, edited").await.unwrap();
+    edit(&s.http, &s.bob, m2, "hi, edited").await;
     wait_content(net[0].db(), m2, Some(("hi, edited", false))).await;
 
     // Reactions both ways.
-    direct::react(&net[1].state, bob_id, m1, "👍", true).await.unwrap();
+    react(&s.http, &s.bob, m1, "👍", true).await;
     alice_gw
         .wait_for("MESSAGE_REACTION_ADD", WAIT, |d| d["message_id"] == json!(m1) && d["emoji"] == "👍")
         .await
         .unwrap();
     assert_eq!(reactions(net[0].db(), m1).await, vec![("👍".to_string(), bob_id)]);
-    direct::react(&net[0].state, alice_id, m2, "🎉", true).await.unwrap();
+    react(&s.http, &s.alice, m2, "🎉", true).await;
     bob_gw
         .wait_for("MESSAGE_REACTION_ADD", WAIT, |d| d["message_id"] == json!(m2))
         .await
         .unwrap();
-    direct::react(&net[1].state, bob_id, m1, "👍", false).await.unwrap();
+    react(&s.http, &s.bob, m1, "👍", false).await;
     alice_gw
         .wait_for("MESSAGE_REACTION_REMOVE", WAIT, |d| d["message_id"] == json!(m1))
         .await
@@ -309,13 +344,13 @@ async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
     assert!(reactions(net[0].db(), m1).await.is_empty());
 
     // Deletes both ways.
-    direct::delete(&net[1].state, bob_id, m2).await.unwrap();
+    delete(&s.http, &s.bob, m2).await;
     alice_gw
         .wait_for("MESSAGE_DELETE", WAIT, |d| d["id"] == json!(m2))
         .await
         .unwrap();
     wait_content(net[0].db(), m2, Some(("", true))).await;
-    direct::delete(&net[0].state, alice_id, m1).await.unwrap();
+    delete(&s.http, &s.alice, m1).await;
     wait_content(net[1].db(), m1, Some(("", true))).await;
 
     let counters = node_counters(&s.http, &net[1].url).await;
@@ -444,20 +479,19 @@ async fn forged_input_is_rejected_and_counted() {
 async fn a_returning_node_backfills_what_it_missed() {
     let net = TestNet::start(2).await.unwrap();
     let s = shared_community(&net).await;
-    let (alice_id, bob_id) = (uuid(&json!(s.alice.user_id)), uuid(&json!(s.bob.user_id)));
-    let before = direct::post(&net[0].state, alice_id, s.channel, "before").await.unwrap();
+    let before = post(&s.http, &s.alice, s.channel, "before").await;
     wait_content(net[1].db(), before, Some(("before", false))).await;
 
     net.partition(0, 1).await.unwrap();
     let during_a: Vec<Uuid> = {
         let mut ids = Vec::new();
         for i in 0..3 {
-            ids.push(direct::post(&net[0].state, alice_id, s.channel, &format!("A {i}")).await.unwrap());
+            ids.push(post(&s.http, &s.alice, s.channel, &format!("A {i}")).await);
         }
         ids
     };
-    direct::edit(&net[0].state, alice_id, before, "before, edited while apart").await.unwrap();
-    let during_b = direct::post(&net[1].state, bob_id, s.channel, "B alone").await.unwrap();
+    edit(&s.http, &s.alice, before, "before, edited while apart").await;
+    let during_b = post(&s.http, &s.bob, s.channel, "B alone").await;
     // Nothing crosses a partition.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(message_content(net[1].db(), during_a[0]).await, None);
