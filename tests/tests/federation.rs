@@ -523,3 +523,87 @@ async fn history_from_before_the_join_is_backfilled() {
     .unwrap();
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_relay_through_the_home_when_two_are_cut_apart() {
+    let net = TestNet::start(3).await.unwrap();
+    let s = shared_community(&net).await;
+    let carol = register(&s.http, &net[2].url, "carol").await.unwrap();
+    let invite = s
+        .alice
+        .post(&s.http, &format!("/api/servers/{}/invites", s.server), json!({}))
+        .await
+        .unwrap()
+        .expect(201);
+    carol
+        .post(&s.http, "/api/federation/join", json!({"code": invite["code"], "peer": net[0].addr()}))
+        .await
+        .unwrap()
+        .expect(200);
+    // Node 1 learns of carol through the home's structure notice.
+    let carol_id = uuid(&json!(carol.user_id));
+    let db1 = net[1].db().clone();
+    wait_until(WAIT, || {
+        let db1 = db1.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM server_members WHERE user_id = $1)")
+                .bind(carol_id)
+                .fetch_one(&db1)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("carol's membership reached node 1");
+    let topic = messages_topic(s.server);
+    for (a, b) in [(2, 0), (0, 2)] {
+        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
+        wait_until(WAIT, || {
+            let (net_a, topic) = (net_a.clone(), topic.clone());
+            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
+        })
+        .await
+        .expect("topic mesh");
+    }
+
+    // Nodes 1 and 2 cannot talk; node 0 validates and forwards.
+    net.partition(1, 2).await.unwrap();
+    let from_carol = post(&s.http, &carol, s.channel, "relayed by the home").await;
+    wait_content(net[0].db(), from_carol, Some(("relayed by the home", false))).await;
+    wait_content(net[1].db(), from_carol, Some(("relayed by the home", false))).await;
+    let from_bob = post(&s.http, &s.bob, s.channel, "and back").await;
+    wait_content(net[2].db(), from_bob, Some(("and back", false))).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_a_key_and_signs_in_with_it() {
+    let net = TestNet::start(1).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("together-cli-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("me.key");
+    let cli = env!("CARGO_BIN_EXE_together-cli");
+    let made = tokio::process::Command::new(cli)
+        .args(["new-user-key", "--out"])
+        .arg(&key_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let signed_in = tokio::process::Command::new(cli)
+        .args(["sign-in", "--node", &net[0].url, "--username", "keyholder", "--key"])
+        .arg(&key_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(signed_in.status.success(), "{}", String::from_utf8_lossy(&signed_in.stderr));
+    let tokens: Value = serde_json::from_slice(&signed_in.stdout).unwrap();
+    assert_eq!(tokens["user"]["id"], made["user_id"]);
+    assert_eq!(tokens["user"]["username"], "keyholder");
+    assert!(tokens["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    std::fs::remove_dir_all(&dir).ok();
+    net.stop().await;
+}
