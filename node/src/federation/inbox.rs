@@ -259,9 +259,10 @@ async fn apply(
             if !perms.contains(Permissions::SEND_MESSAGES) {
                 return Ok(Err(Rejected("not_permitted")));
             }
+            // Empty text is allowed: the message may have carried
+            // attachments, which are not replicated.
             let content = content.trim();
-            if content.is_empty()
-                || content.chars().count() > 4000
+            if content.chars().count() > 4000
                 || content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
             {
                 return Ok(Err(Rejected("invalid_content")));
