@@ -21,8 +21,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_channel_recent ON messages (channel_id, id DESC) WHERE deleted = false;
 -- A user's messages (moderation, "from:" searches).
 CREATE INDEX messages_author_recent ON messages (author_id, id DESC) WHERE deleted = false;
--- Search: the GIN index answers rare words; for common words the planner
--- walks the server's newest messages and stops at the page limit.
+-- Search (node/src/messages.rs): common words are found by walking a
+-- server's newest messages through messages_server_recent and filtering;
+-- rare words through the GIN index, which lists every match.
 CREATE INDEX messages_search ON messages USING GIN (search_vector) WHERE deleted = false;
 CREATE INDEX messages_server_recent ON messages (server_id, id DESC) WHERE deleted = false;
 CREATE INDEX messages_reply_to ON messages (reply_to) WHERE reply_to IS NOT NULL;

@@ -8,8 +8,8 @@
 //! ids (see [`WITH_EXTRAS`]). No per-message queries.
 //!
 //! Search (see [`search`]) walks the server's newest messages for words
-//! that are common and asks the GIN index for words that are rare. Neither phase ever reads every match of a
-//! common word or sorts a large set.
+//! that are common and asks the GIN index for words that are rare, so it
+//! never reads every match of a common word or sorts a large set.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -231,45 +231,49 @@ pub async fn page(
     cursor: Cursor,
     limit: i64,
 ) -> Result<Vec<Message>, ApiError> {
-    // $1 viewer, $2 channel, $3 cursor, $4 limit (the newer half for
-    // `around`, which includes the anchor), $5 the older half.
+    // $1 viewer, $2 channel, $3 cursor. The limits are validated integers
+    // written into the text: with them known, PostgreSQL settles on one
+    // generic plan per statement after a few runs instead of planning every
+    // page again (a parameter LIMIT makes the generic plan look worse).
+    let limit = limit.clamp(1, MAX_PAGE);
     let base = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id
           WHERE m.channel_id = $2 AND NOT m.deleted"
     );
-    let (cursor_id, older, sql) = match cursor {
-        Cursor::Latest | Cursor::Before(_) => (
-            match cursor {
-                Cursor::Before(id) => id,
-                _ => Uuid::max(),
-            },
-            0,
-            full_sql(&format!("{base} AND m.id < $3 ORDER BY m.id DESC LIMIT $4"), "DESC"),
+    let (cursor_id, sql) = match cursor {
+        Cursor::Latest => (
+            Uuid::max(),
+            full_sql(&format!("{base} AND m.id < $3 ORDER BY m.id DESC LIMIT {limit}"), "DESC"),
+        ),
+        Cursor::Before(id) => (
+            id,
+            full_sql(&format!("{base} AND m.id < $3 ORDER BY m.id DESC LIMIT {limit}"), "DESC"),
         ),
         Cursor::After(id) => (
             id,
-            0,
-            full_sql(&format!("{base} AND m.id > $3 ORDER BY m.id ASC LIMIT $4"), "ASC"),
+            full_sql(&format!("{base} AND m.id > $3 ORDER BY m.id ASC LIMIT {limit}"), "ASC"),
         ),
-        Cursor::Around(id) => (
-            id,
-            limit / 2,
-            full_sql(
-                &format!(
-                    "({base} AND m.id >= $3 ORDER BY m.id ASC LIMIT $4)
-                     UNION ALL
-                     ({base} AND m.id < $3 ORDER BY m.id DESC LIMIT $5)"
+        // The newer half includes the anchor itself.
+        Cursor::Around(id) => {
+            let older = limit / 2;
+            let newer = limit - older;
+            (
+                id,
+                full_sql(
+                    &format!(
+                        "({base} AND m.id >= $3 ORDER BY m.id ASC LIMIT {newer})
+                         UNION ALL
+                         ({base} AND m.id < $3 ORDER BY m.id DESC LIMIT {older})"
+                    ),
+                    "DESC",
                 ),
-                "DESC",
-            ),
-        ),
+            )
+        }
     };
     let rows: Vec<FullRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(viewer)
         .bind(channel_id)
         .bind(cursor_id)
-        .bind(limit - older)
-        .bind(older)
         .fetch_all(db)
         .await?;
     Ok(rows.into_iter().map(FullRow::into_message).collect())
@@ -345,8 +349,9 @@ pub const WALK_ROWS_PER_MATCH: i64 = 4;
 /// Walks restart from the newest message; the windows grow geometrically,
 /// so the repeated part costs at most a third more.
 ///
-/// The statements are sent unnamed (`persistent(false)`) so PostgreSQL plans
-/// each with the actual words and never reuses a generic plan.
+/// Apart from the first walk, the statements are sent unnamed
+/// (`persistent(false)`) so PostgreSQL plans each with the actual words and
+/// never reuses a generic plan that ignores how common they are.
 pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError> {
     if q.channels.is_empty() {
         return Ok(SearchHits {
@@ -373,8 +378,19 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
          ORDER BY w.id DESC LIMIT $7"
     );
     let walk = |window: i64| {
-        sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(walk_sql.clone()))
-            .persistent(false)
+        // The first walk is the common case: a prepared statement with the
+        // window and limit written in gets one generic plan (its shape does
+        // not depend on the words). Longer walks are planned each time.
+        let first = window == FIRST_WINDOW;
+        let sql = if first {
+            walk_sql
+                .replace("LIMIT $5", &format!("LIMIT {FIRST_WINDOW}"))
+                .replace("LIMIT $7", &format!("LIMIT {}", q.limit.clamp(1, 100)))
+        } else {
+            walk_sql.clone()
+        };
+        sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql))
+            .persistent(first)
             .bind(q.server_id)
             .bind(&q.channels)
             .bind(before)

@@ -245,7 +245,7 @@ async fn heartbeats_are_acked_and_silence_times_out(pool: PgPool) {
     let node = start(pool.clone()).await;
     let alice = node.app.register("alice").await;
     let (mut ws, _) = Client::identified(node.addr, &alice).await;
-    assert_eq!(ws.heartbeat_interval, 1500);
+    assert_eq!(ws.heartbeat_interval, 3000);
     ws.heartbeat().await;
     loop {
         let frame = ws.frame().await.expect("HEARTBEAT_ACK");

@@ -112,8 +112,10 @@ async fn channel_and_role_events_follow_permissions(pool: PgPool) {
     app.delete(&format!("/api/roles/{role}"), &alice.token)
         .await
         .expect(StatusCode::NO_CONTENT);
-    assert_eq!(bob_ws.dispatch("SERVER_ROLE_DELETE").await["role_id"], role.as_str());
-    assert_eq!(bob_ws.dispatch("CHANNEL_DELETE").await["id"], channel_id.as_str(), "the role was his only way in");
+    // The role was bob's only way in: he loses the channel too.
+    let seen = bob_ws.dispatches(&["SERVER_ROLE_DELETE", "CHANNEL_DELETE"]).await;
+    assert_eq!(seen["SERVER_ROLE_DELETE"]["role_id"], role.as_str());
+    assert_eq!(seen["CHANNEL_DELETE"]["id"], channel_id.as_str());
 
     // Deleting a channel bob cannot see tells him nothing.
     app.delete(&format!("/api/channels/{channel_id}"), &alice.token)
@@ -179,4 +181,73 @@ async fn profile_changes_reach_the_user_and_their_peers(pool: PgPool) {
     assert_eq!(peer["username"], "alice2");
     assert!(peer.get("email").is_none(), "peers see the public profile only");
     stranger_ws.no_dispatch("USER_UPDATE", QUIET).await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn message_events_reach_viewers_only(pool: PgPool) {
+    let node = start(pool).await;
+    let app = &node.app;
+    let alice = app.register("alice").await;
+    let server_id = app.create_server(&alice, "Guild").await["id"].as_str().unwrap().to_string();
+    let general = app.general(&alice, &server_id).await;
+    let bob = app.member(&alice, "bob", &server_id).await;
+    let hidden = app
+        .post(&format!("/api/servers/{server_id}/channels"), &alice.token, json!({"name": "staff", "kind": "text"}))
+        .await
+        .expect(StatusCode::CREATED)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.put(
+        &format!("/api/channels/{hidden}/permissions/{server_id}"),
+        &alice.token,
+        json!({"type": "role", "allow": "0", "deny": bits(Permissions::VIEW_CHANNEL)}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let (mut alice_ws, _) = Client::identified(node.addr, &alice).await;
+    let (mut bob_ws, _) = Client::identified(node.addr, &bob).await;
+
+    // Typing, then the message itself ends the indicator.
+    app.call(Method::POST, &format!("/api/channels/{general}/typing"), Some(&bob.token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(alice_ws.dispatch("TYPING_START").await["user_id"], bob.id.as_str());
+    let message = app
+        .post(&format!("/api/channels/{general}/messages"), &bob.token, json!({"content": "hi alice"}))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = message["id"].as_str().unwrap().to_string();
+    let created = alice_ws.dispatch("MESSAGE_CREATE").await;
+    assert_eq!(created["content"], "hi alice");
+    assert_eq!(created["author"]["id"], bob.id.as_str());
+    assert_eq!(created, message, "the event carries the REST shape");
+    let typing = app.get(&format!("/api/channels/{general}/typing"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(typing.as_array().unwrap().len(), 0);
+
+    app.patch(&format!("/api/messages/{id}"), &bob.token, json!({"content": "hi alice!"}))
+        .await
+        .expect(StatusCode::OK);
+    let updated = alice_ws.dispatch("MESSAGE_UPDATE").await;
+    assert_eq!(updated["content"], "hi alice!");
+    assert!(updated["edited_at"].is_string());
+
+    app.post(&format!("/api/messages/{id}/reactions"), &alice.token, json!({"emoji": "🎉"}))
+        .await;
+    let added = bob_ws.dispatch("MESSAGE_REACTION_ADD").await;
+    assert_eq!((added["emoji"].as_str(), added["user_id"].as_str()), (Some("🎉"), Some(alice.id.as_str())));
+    app.delete(&format!("/api/messages/{id}/reactions/%F0%9F%8E%89"), &alice.token).await;
+    assert_eq!(bob_ws.dispatch("MESSAGE_REACTION_REMOVE").await["emoji"], "🎉");
+
+    app.delete(&format!("/api/messages/{id}"), &bob.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(alice_ws.dispatch("MESSAGE_DELETE").await["id"], id.as_str());
+
+    // A message in #staff reaches alice (owner) but never bob.
+    app.post(&format!("/api/channels/{hidden}/messages"), &alice.token, json!({"content": "staff only"}))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(alice_ws.dispatch("MESSAGE_CREATE").await["content"], "staff only");
+    bob_ws.no_dispatch("MESSAGE_CREATE", QUIET).await;
 }

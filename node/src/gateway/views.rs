@@ -21,9 +21,16 @@ pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<Has
     if users.is_empty() {
         return Ok(HashMap::new());
     }
+    // One snapshot for every query, so a change committed meanwhile cannot
+    // mix old roles with new overrides.
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let db = &mut *tx;
     let owner: Option<(Uuid,)> = sqlx::query_as("SELECT owner_id FROM servers WHERE id = $1")
         .bind(server_id)
-        .fetch_optional(db)
+        .fetch_optional(&mut *db)
         .await?;
     let Some((owner_id,)) = owner else {
         return Ok(HashMap::new());
@@ -31,7 +38,7 @@ pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<Has
     let roles: Vec<(Uuid, i64, i32)> =
         sqlx::query_as("SELECT id, permissions, position FROM roles WHERE server_id = $1")
             .bind(server_id)
-            .fetch_all(db)
+            .fetch_all(&mut *db)
             .await?;
     let roles: HashMap<Uuid, (Permissions, i32)> = roles
         .into_iter()
@@ -46,13 +53,14 @@ pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<Has
     )
     .bind(server_id)
     .bind(users)
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
     let channels: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM channels WHERE server_id = $1")
         .bind(server_id)
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
-    let overrides = server_overrides(db, server_id).await?;
+    let overrides = server_overrides(&mut *db, server_id).await?;
+    tx.commit().await?;
     let everyone = roles.get(&server_id).map(|r| r.0).unwrap_or_default();
 
     let mut out = HashMap::with_capacity(members.len());

@@ -282,6 +282,7 @@ async fn create_message(
         message.attachments = attached.iter().map(store::AttachmentRow::to_model).collect();
         message
     };
+    state.gateway.stop_typing(message.channel_id, auth.user_id);
     state.bus.publish("MESSAGE_CREATE", channel_audience(&message), &message);
     Ok((StatusCode::CREATED, Json(message)))
 }

@@ -34,7 +34,7 @@ impl Drop for Node {
 
 pub fn settings() -> GatewaySettings {
     GatewaySettings {
-        heartbeat_interval: Duration::from_millis(1500),
+        heartbeat_interval: Duration::from_millis(3000),
         resume_window: Duration::from_secs(5),
         typing_ttl: Duration::from_millis(800),
     }
@@ -70,7 +70,7 @@ pub struct Client {
     pub heartbeat_interval: u64,
 }
 
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
@@ -155,6 +155,26 @@ impl Client {
             }
         }
         panic!("no {kind} within {WAIT:?}");
+    }
+
+    /// The next dispatch of each kind, in whatever order they arrive.
+    pub async fn dispatches(&mut self, kinds: &[&str]) -> std::collections::HashMap<String, Value> {
+        let mut found = std::collections::HashMap::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while found.len() < kinds.len() && tokio::time::Instant::now() < deadline {
+            match self.frame().await {
+                Some(f) if f["op"] == 0 => {
+                    let kind = f["t"].as_str().unwrap_or_default().to_string();
+                    if kinds.contains(&kind.as_str()) {
+                        found.entry(kind).or_insert(f["d"].clone());
+                    }
+                }
+                Some(_) => continue,
+                None => panic!("connection closed while waiting for {kinds:?}"),
+            }
+        }
+        assert_eq!(found.len(), kinds.len(), "only {:?} of {kinds:?} arrived", found.keys());
+        found
     }
 
     /// The next PRESENCE_UPDATE about `user`.

@@ -143,7 +143,14 @@ async fn main() -> anyhow::Result<()> {
 
     let fixture = if loaded {
         println!("reusing loaded database {}", args.db_name);
-        existing_fixture(&pool).await?
+        let fixture = existing_fixture(&pool).await?;
+        // Messages POSTed by an earlier run would change what search sees.
+        sqlx::query("DELETE FROM messages WHERE channel_id = $1")
+            .bind(fixture.post_channel)
+            .execute(&pool)
+            .await?;
+        sqlx::query("VACUUM ANALYZE messages").execute(&pool).await?;
+        fixture
     } else {
         let owner = register(&http, &base, "bench").await?;
         let fixture = create_fixture(&pool, owner).await?;
@@ -173,11 +180,21 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("load average before: {}", load_average());
     let mut results = Vec::new();
-    results.push(bench_history(&http, &base, &token, &fixture, &pool, args.history_samples).await?);
-    for (word, label) in [(COMMON_WORD, "common, 20%"), (RARE_WORD, "rare, 0.01%"), (MIDDLE_WORD, "middle, 0.3%")] {
-        results.push(bench_search(&http, &base, &token, &fixture, word, label, args.search_samples).await?);
+    results.push(with_cpu(bench_history(&http, &base, &token, &fixture, &pool, args.history_samples)).await?);
+    let words = [(COMMON_WORD, "common, 20%"), (RARE_WORD, "rare, 0.01%"), (MIDDLE_WORD, "middle, 0.3%")];
+    for (word, label) in words {
+        results.push(with_cpu(bench_search(&http, &base, &token, &fixture, word, label, args.search_samples)).await?);
     }
-    results.push(bench_post(&http, &base, &token, &fixture, args.post_rate, args.post_seconds).await?);
+    results.push(with_cpu(bench_post(&http, &base, &token, &fixture, args.post_rate, args.post_seconds)).await?);
+    // The POSTs left thousands of newer messages in one channel that
+    // contain none of the three words: search again over that flood.
+    for (word, label) in words {
+        let label = format!("{label}, after the POST flood");
+        let mut measured =
+            with_cpu(bench_search(&http, &base, &token, &fixture, word, &label, args.search_samples)).await?;
+        measured.target = "(none)";
+        results.push(measured);
+    }
 
     println!("load average after: {}", load_average());
     println!(
@@ -185,18 +202,23 @@ async fn main() -> anyhow::Result<()> {
         if args.async_commit { "off (--async-commit)" } else { "on" }
     );
     println!();
-    println!("| measurement | requests | p50 | p95 | p99 | max | target |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("| measurement | requests | p50 | p95 | p99 | max | target | CPU/request: node+client, postgres |");
+    println!("|---|---:|---:|---:|---:|---:|---|---|");
     for r in &results {
+        let cpu = r
+            .cpu
+            .map(|(own, pg)| format!("{own:.2} ms, {pg:.2} ms"))
+            .unwrap_or_default();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.samples.len(),
             ms(percentile(&r.samples, 0.50)),
             ms(percentile(&r.samples, 0.95)),
             ms(percentile(&r.samples, 0.99)),
             ms(percentile(&r.samples, 1.0)),
-            r.target
+            r.target,
+            cpu
         );
     }
     std::fs::remove_dir_all(&data_dir).ok();
@@ -214,6 +236,52 @@ struct Measured {
     name: String,
     samples: Vec<Duration>,
     target: &'static str,
+    /// CPU time per request of this process (node and client) and of all
+    /// PostgreSQL processes, in milliseconds.
+    cpu: Option<(f64, f64)>,
+}
+
+/// CPU time used so far by this process and by every `postgres` process,
+/// in clock ticks (Linux `/proc`).
+fn cpu_ticks() -> (u64, u64) {
+    fn ticks(stat: &str) -> Option<(String, u64)> {
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_string();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((comm, utime + stime))
+    }
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+        .map(|t| t.1)
+        .unwrap_or(0);
+    let mut postgres = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            && let Some((comm, t)) = ticks(&stat)
+            && comm == "postgres"
+        {
+            postgres += t;
+        }
+    }
+    (own, postgres)
+}
+
+/// Runs a measurement and adds the CPU it cost per request.
+async fn with_cpu(run: impl std::future::Future<Output = anyhow::Result<Measured>>) -> anyhow::Result<Measured> {
+    let (own0, pg0) = cpu_ticks();
+    let mut measured = run.await?;
+    let (own1, pg1) = cpu_ticks();
+    // Clock ticks are 1/100 s on Linux.
+    let n = measured.samples.len().max(1) as f64;
+    measured.cpu = Some((
+        own1.saturating_sub(own0) as f64 * 10.0 / n,
+        pg1.saturating_sub(pg0) as f64 * 10.0 / n,
+    ));
+    Ok(measured)
 }
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
@@ -527,6 +595,7 @@ async fn bench_history(
         name: "history page (50, random `before`, 1M-message channel)".into(),
         samples: out,
         target: "p99 < 2 ms",
+        cpu: None,
     })
 }
 
@@ -561,6 +630,7 @@ async fn bench_search(
         name: format!("search `{word}` ({label}), first page of 25"),
         samples: out,
         target: if word == MIDDLE_WORD { "(none)" } else { "p95 < 20 ms" },
+        cpu: None,
     })
 }
 
@@ -621,5 +691,6 @@ async fn bench_post(
         name: format!("message POST at {rate}/s for {seconds} s"),
         samples: out,
         target: "p99 < 3 ms",
+        cpu: None,
     })
 }

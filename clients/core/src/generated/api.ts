@@ -4,6 +4,27 @@
  */
 
 export interface paths {
+    "/api/attachments/{attachment_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/attachments/{attachment_id}`: download a file. Needs access to
+         *     the message's channel (READ_MESSAGE_HISTORY); an upload not yet sent is
+         *     visible to its uploader only.
+         */
+        get: operations["download_attachment"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -137,6 +158,51 @@ export interface paths {
         patch: operations["update_channel"];
         trace?: never;
     };
+    "/api/channels/{channel_id}/attachments": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /api/channels/{channel_id}/attachments`: upload a file (multipart
+         *     field `file`) for a message not sent yet. Unused uploads are removed
+         *     after 24 hours.
+         */
+        post: operations["upload_attachment"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/channels/{channel_id}/messages": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/channels/{channel_id}/messages`: a page of history.
+         * @description Keyset pagination on message ids (UUIDv7, so id order is time order).
+         *     Without a cursor or with `before`: newest first. With `after`: oldest
+         *     first, starting right after the cursor. With `around`: up to `limit/2`
+         *     older messages and the anchor with the newer ones, newest first.
+         */
+        get: operations["list_messages"];
+        put?: never;
+        /** `POST /api/channels/{channel_id}/messages`: send a message. */
+        post: operations["create_message"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/channels/{channel_id}/permissions/{target_id}": {
         parameters: {
             query?: never;
@@ -203,6 +269,90 @@ export interface paths {
          *     MANAGE_SERVER).
          */
         delete: operations["delete_invite"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/messages/{message_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/messages/{message_id}`: one message. */
+        get: operations["get_message"];
+        put?: never;
+        post?: never;
+        /**
+         * `DELETE /api/messages/{message_id}`: delete a message (its author, or
+         *     anyone with MANAGE_MESSAGES in the channel). The message stays as an
+         *     empty tombstone; its attachments and reactions are removed.
+         */
+        delete: operations["delete_message"];
+        options?: never;
+        head?: never;
+        /** `PATCH /api/messages/{message_id}`: edit the text of one's own message. */
+        patch: operations["update_message"];
+        trace?: never;
+    };
+    "/api/messages/{message_id}/reactions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/messages/{message_id}/reactions`: react (idempotent). */
+        post: operations["add_reaction"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/messages/{message_id}/reactions/{emoji}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/messages/{message_id}/reactions/{emoji}`: who reacted with an
+         *     emoji, by user id ascending (keyset on `after`).
+         */
+        get: operations["list_reaction_users"];
+        put?: never;
+        post?: never;
+        /**
+         * `DELETE /api/messages/{message_id}/reactions/{emoji}`: remove one's own
+         *     reaction (idempotent).
+         */
+        delete: operations["delete_own_reaction"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/messages/{message_id}/reactions/{emoji}/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * `DELETE /api/messages/{message_id}/reactions/{emoji}/{user_id}`: remove
+         *     someone's reaction (needs MANAGE_MESSAGES, unless it is one's own).
+         */
+        delete: operations["delete_user_reaction"];
         options?: never;
         head?: never;
         patch?: never;
@@ -469,6 +619,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/servers/{server_id}/messages/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/servers/{server_id}/messages/search`: full-text search in the
+         *     channels of a server the caller can read, newest first.
+         */
+        get: operations["search_messages"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/servers/{server_id}/permissions": {
         parameters: {
             query?: never;
@@ -628,6 +798,22 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description The body of `POST /api/messages/{message_id}/reactions`. */
+        AddReactionRequest: {
+            /** @description A Unicode emoji, or `name:id` for a custom one; at most 64 bytes. */
+            emoji: string;
+        };
+        /** @description An uploaded file. */
+        Attachment: {
+            content_type: string;
+            filename: string;
+            /** Format: uuid */
+            id: string;
+            /** Format: int64 */
+            size: number;
+            /** @description Where to download it (needs the same access as the message). */
+            url: string;
+        };
         /** @description Tokens for a new or refreshed session. */
         AuthResponse: {
             /** @description JWT for `Authorization: Bearer`, valid for `expires_in` seconds. */
@@ -702,6 +888,18 @@ export interface components {
             parent_id?: string | null;
             /** Format: int32 */
             position: number;
+        };
+        /** @description The body of `POST /api/channels/{channel_id}/messages`. */
+        CreateMessageRequest: {
+            /** @description Up to 10 of the caller's own pending uploads to this channel. */
+            attachment_ids?: string[];
+            /** @description 1 to 4000 characters after trimming; may be empty when attachments are sent. */
+            content?: string;
+            /**
+             * Format: uuid
+             * @description A message in the same channel this one answers.
+             */
+            reply_to?: string | null;
         };
         /**
          * @description `POST /api/servers`: a new server owned by the actor, with an
@@ -830,6 +1028,28 @@ export interface components {
             /** @description The member's roles afterwards (not `@everyone`). */
             role_ids: string[];
         };
+        /** @description A message. */
+        Message: {
+            attachments: components["schemas"]["Attachment"][];
+            author: components["schemas"]["User"];
+            /** Format: uuid */
+            channel_id: string;
+            content: string;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            edited_at?: string | null;
+            /** Format: uuid */
+            id: string;
+            reactions: components["schemas"]["ReactionSummary"][];
+            /**
+             * Format: uuid
+             * @description The message this one replies to.
+             */
+            reply_to?: string | null;
+            /** Format: uuid */
+            server_id: string;
+        };
         /** @description Body of `POST /api/servers/{server_id}/channels`. */
         NewChannel: {
             kind: components["schemas"]["ChannelKind"];
@@ -914,6 +1134,13 @@ export interface components {
             /** Format: uuid */
             user_id: string;
         };
+        /** @description One emoji on a message: how many reacted, and whether the caller did. */
+        ReactionSummary: {
+            /** Format: int64 */
+            count: number;
+            emoji: string;
+            me: boolean;
+        };
         RefreshRequest: {
             refresh_token: string;
         };
@@ -969,6 +1196,16 @@ export interface components {
              */
             position: number;
         };
+        /** @description Search results, newest first. */
+        SearchResponse: {
+            messages: components["schemas"]["Message"][];
+            /**
+             * Format: int64
+             * @description How many messages match in all, when the node counted them (for
+             *     common words it stops at the first page and leaves this out).
+             */
+            total_estimate?: number | null;
+        };
         /** @description A server (community). */
         Server: {
             /** Format: date-time */
@@ -1023,6 +1260,19 @@ export interface components {
             status?: string | null;
             username?: string | null;
         };
+        /** @description The body of `PATCH /api/messages/{message_id}`. */
+        UpdateMessageRequest: {
+            /** @description 1 to 4000 characters after trimming (empty only on a message with attachments). */
+            content: string;
+        };
+        /** @description The multipart form of an upload (for the API description). */
+        UploadForm: {
+            /**
+             * Format: binary
+             * @description The file; its name and type come from the part's headers.
+             */
+            file: string;
+        };
         /** @description Another user as anyone may see them. */
         User: {
             avatar_url?: string | null;
@@ -1043,6 +1293,44 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    download_attachment: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                attachment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": unknown;
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     login: {
         parameters: {
             query?: never;
@@ -1336,6 +1624,169 @@ export interface operations {
             };
         };
     };
+    upload_attachment: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                channel_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["UploadForm"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Attachment"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_messages: {
+        parameters: {
+            query?: {
+                /** @description Messages older than this id, newest first. */
+                before?: string;
+                /** @description Messages newer than this id, oldest first. */
+                after?: string;
+                /**
+                 * @description This message and its neighbours: `limit/2` older and the rest newer
+                 *     (the anchor included), newest first.
+                 */
+                around?: string;
+                /** @description 1 to 100; default 50. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                channel_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                channel_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateMessageRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     set_channel_override: {
         parameters: {
             query?: never;
@@ -1578,6 +2029,309 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateMessageRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    add_reaction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AddReactionRequest"];
+            };
+        };
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_reaction_users: {
+        parameters: {
+            query?: {
+                /** @description Users with ids greater than this one (the last id of the previous page). */
+                after?: string;
+                /** @description 1 to 100; default 25. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                message_id: string;
+                /** @description percent-encoded emoji */
+                emoji: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_own_reaction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+                /** @description percent-encoded emoji */
+                emoji: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_user_reaction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                message_id: string;
+                /** @description percent-encoded emoji */
+                emoji: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             403: {
                 headers: {
@@ -2530,6 +3284,54 @@ export interface operations {
                 };
             };
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    search_messages: {
+        parameters: {
+            query: {
+                /** @description Words to find (stemmed, English): `"exact phrase"`, `or`, and `-word` work. */
+                q: string;
+                /** @description Only this channel. */
+                channel_id?: string;
+                /** @description Only messages by this user. */
+                author_id?: string;
+                /** @description Only messages older than this id (the next page: the last id seen). */
+                before?: string;
+                /** @description 1 to 50; default 25. */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                server_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchResponse"];
+                };
+            };
+            400: {
                 headers: {
                     [name: string]: unknown;
                 };
