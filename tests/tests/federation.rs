@@ -175,13 +175,20 @@ async fn node_describes_its_network_identity() {
     assert!(!addrs.is_empty());
     assert!(addrs.iter().all(|a| a.as_str().unwrap().ends_with(&format!("/p2p/{}", net[0].peer_id))));
     assert!(body["connected_peers"].as_array().unwrap().contains(&json!(net[1].peer_id.to_string())));
-    // Peers are remembered for the next start.
-    let remembered: i64 = sqlx::query_scalar("SELECT count(*) FROM peers WHERE peer_id = $1")
-        .bind(net[1].peer_id.to_string())
-        .fetch_one(net[0].db())
-        .await
-        .unwrap();
-    assert_eq!(remembered, 1);
+    // Peers are remembered for the next start (recorded as they connect).
+    let (db, peer) = (net[0].db().clone(), net[1].peer_id.to_string());
+    wait_until(WAIT, || {
+        let (db, peer) = (db.clone(), peer.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM peers WHERE peer_id = $1")
+                .bind(peer)
+                .fetch_one(&db)
+                .await
+                .is_ok_and(|n| n == 1)
+        }
+    })
+    .await
+    .expect("the peer is remembered");
     net.stop().await;
 }
 
