@@ -6,6 +6,7 @@
 //! fail. Refresh tokens are 32 random bytes, stored as their blake3 hash,
 //! rotated on every use; presenting a used one revokes its session.
 
+pub mod challenges;
 pub mod password;
 pub mod tokens;
 

@@ -40,6 +40,12 @@ pub struct Event {
     pub audience: Audience,
     /// The JSON payload, serialized once.
     pub data: Arc<str>,
+    /// The user who made the change, when the publisher said so (the
+    /// federation outbox signs events for this user).
+    pub actor: Option<Uuid>,
+    /// Whether the change came from another node (federation), so it is
+    /// not sent back out.
+    pub remote: bool,
 }
 
 /// Cheap handle to the bus.
@@ -62,12 +68,28 @@ impl Bus {
 
     /// Publishes a committed change. With no subscriber this is a no-op.
     pub fn publish(&self, kind: &'static str, audience: Audience, payload: &impl Serialize) {
+        self.send(kind, audience, payload, None, false);
+    }
+
+    /// Publishes a committed change made by `actor`.
+    pub fn publish_as(&self, actor: Uuid, kind: &'static str, audience: Audience, payload: &impl Serialize) {
+        self.send(kind, audience, payload, Some(actor), false);
+    }
+
+    /// Publishes a change that arrived from another node.
+    pub fn publish_remote(&self, kind: &'static str, audience: Audience, payload: &impl Serialize) {
+        self.send(kind, audience, payload, None, true);
+    }
+
+    fn send(&self, kind: &'static str, audience: Audience, payload: &impl Serialize, actor: Option<Uuid>, remote: bool) {
         match serde_json::to_string(payload) {
             Ok(json) => {
                 let _ = self.tx.send(Arc::new(Event {
                     kind,
                     audience,
                     data: json.into(),
+                    actor,
+                    remote,
                 }));
             }
             Err(err) => tracing::error!(kind, error = %err, "event payload failed to serialize"),

@@ -52,6 +52,14 @@ pub enum IdentityAction {
     Show,
     /// Print the node's secret key (base64). Keep it secret.
     Export,
+    /// Make a new *user* key (a person's portable identity) and write it
+    /// to a key file (mode 0600). Sign in with it on any node, e.g. with
+    /// `together-cli sign-in --node URL --key FILE`.
+    NewUserKey {
+        /// Where to write the key file; it must not exist yet.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Entry point of the binary.
@@ -112,6 +120,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::http::openapi_json_pretty());
             Ok(())
         }
+        Some(Command::Identity {
+            action: Some(IdentityAction::NewUserKey { out }),
+        }) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = together_protocol::identity::generate_signing_key();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", out.display()))?;
+            file.write_all(together_protocol::identity::format_key_file(&key).as_bytes())?;
+            let public = together_protocol::identity::UserPublicKey::from(&key);
+            println!("user id {}\npublic key {}", public.user_id(), public);
+            Ok(())
+        }
         Some(Command::Identity { action }) => {
             let key = crate::keys::NodeKeys::node_key(&config.data_dir)?;
             match action.unwrap_or(IdentityAction::Show) {
@@ -119,6 +144,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 IdentityAction::Export => {
                     println!("{}", base64::engine::general_purpose::STANDARD.encode(key.to_bytes()))
                 }
+                IdentityAction::NewUserKey { .. } => {}
             }
             Ok(())
         }

@@ -50,6 +50,18 @@ pub struct RunArgs {
     /// out) on each route; 0 disables rate limiting.
     #[arg(long, env = "TOGETHER_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
+
+    /// libp2p multiaddr to listen on for other nodes; repeat or separate
+    /// with commas (default: QUIC and TCP on every interface, ports picked
+    /// by the system).
+    #[arg(long = "p2p-listen", env = "TOGETHER_P2P_LISTEN", value_delimiter = ',')]
+    pub p2p_listen: Vec<String>,
+
+    /// A node to connect to at start, as a multiaddr ending in
+    /// `/p2p/<peer id>`; repeat or separate with commas. Peers once
+    /// connected are remembered and redialed anyway.
+    #[arg(long = "peer", env = "TOGETHER_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -71,6 +83,8 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub web_dir: Option<PathBuf>,
     pub rate_limit_per_minute: Option<u32>,
+    pub p2p_listen: Option<Vec<String>>,
+    pub peers: Option<Vec<String>>,
 }
 
 /// The resolved configuration.
@@ -83,6 +97,10 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub web_dir: Option<PathBuf>,
     pub rate_limit_per_minute: u32,
+    /// libp2p listen multiaddrs; empty means the defaults of `crate::net`.
+    pub p2p_listen: Vec<String>,
+    /// Bootstrap peers (multiaddrs).
+    pub peers: Vec<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -134,6 +152,16 @@ impl Config {
                 .rate_limit_per_minute
                 .or(file.rate_limit_per_minute)
                 .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+            p2p_listen: if run.p2p_listen.is_empty() {
+                file.p2p_listen.unwrap_or_default()
+            } else {
+                run.p2p_listen.clone()
+            },
+            peers: if run.peers.is_empty() {
+                file.peers.unwrap_or_default()
+            } else {
+                run.peers.clone()
+            },
         })
     }
 
@@ -147,6 +175,8 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             web_dir: None,
             rate_limit_per_minute: 0,
+            p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            peers: Vec::new(),
         }
     }
 }

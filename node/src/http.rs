@@ -9,8 +9,10 @@ pub mod attachments;
 pub mod auth;
 pub mod bans;
 pub mod channels;
+pub mod federation;
 pub mod health;
 pub mod invites;
+pub mod key_auth;
 pub mod members;
 pub mod messages;
 pub mod presence;
@@ -49,6 +51,7 @@ pub const JSON_BODY_LIMIT: usize = 64 * 1024;
         (name = "roles", description = "Roles and permissions"),
         (name = "messages", description = "Messages, history, search and reactions"),
         (name = "attachments", description = "File uploads and downloads"),
+        (name = "federation", description = "The node's network identity; joining communities on other nodes"),
         (name = "meta", description = "Health and API description"),
     )
 )]
@@ -71,6 +74,8 @@ impl utoipa::Modify for BearerAuth {
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
+        .merge(key_auth::router())
+        .merge(federation::router())
         .merge(users::router())
         .merge(servers::router())
         .merge(members::router())

@@ -27,6 +27,8 @@
 //!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes, published once to every subscriber.
+//! - [`net`]: the libp2p swarm in one task, and the client to talk to it.
+//! - [`federation`]: signed events between nodes, structure sync, backfill.
 //! - [`ratelimit`]: per-user, per-route request budgets.
 //! - [`seed`]: development data.
 
@@ -39,11 +41,13 @@ pub mod db;
 pub mod embedded_pg;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod messages;
 pub mod model;
+pub mod net;
 pub mod perms;
 pub mod ratelimit;
 pub mod seed;

@@ -22,6 +22,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node = start(database, config, keys, shutdown).await?;
+    node.serving.await??;
+    tracing::info!("node stopped accepting; shutting down");
+    Ok(())
+}
+
+/// A node that is serving: its HTTP address, its state, and the task that
+/// serves until the shutdown token is cancelled.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Migrates, binds the HTTP listener, starts the network (federation) and
+/// serves in a background task. Tests use this to run several nodes in one
+/// process.
+pub async fn start(
+    database: &Database,
+    config: Config,
+    keys: NodeKeys,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningNode> {
     database.migrate().await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -32,6 +56,7 @@ async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: Ca
         node = %hex::encode(keys.node_key.verifying_key().as_bytes()),
         "node serving"
     );
+    let p2p = p2p_settings(&config)?;
     let state = AppState::build(
         database.pool.clone(),
         config,
@@ -39,12 +64,31 @@ async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: Ca
         crate::gateway::GatewaySettings::default(),
         shutdown.clone(),
     );
-    let app = crate::http::app(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    tracing::info!("node stopped accepting; shutting down");
-    Ok(())
+    crate::federation::start(&state, &p2p).await?;
+    let app = crate::http::app(state.clone());
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    });
+    Ok(RunningNode { addr, state, serving })
+}
+
+/// The network settings from the configuration (multiaddrs parsed).
+fn p2p_settings(config: &Config) -> anyhow::Result<crate::federation::P2pSettings> {
+    let parse = |text: &String| {
+        text.trim()
+            .parse::<libp2p::Multiaddr>()
+            .map_err(|err| anyhow::anyhow!("{text:?} is not a multiaddr: {err}"))
+    };
+    let mut listen = config.p2p_listen.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+    if listen.is_empty() {
+        for addr in crate::net::DEFAULT_LISTEN {
+            listen.push(addr.parse()?);
+        }
+    }
+    let peers = config.peers.iter().map(parse).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(crate::federation::P2pSettings { listen, peers })
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

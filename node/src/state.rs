@@ -5,8 +5,10 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::challenges::ChallengeStore;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::federation::Federation;
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::keys::NodeKeys;
 use crate::ratelimit::RateLimiter;
@@ -19,6 +21,10 @@ pub struct AppState {
     pub bus: Bus,
     pub limiter: RateLimiter,
     pub gateway: Gateway,
+    /// Outstanding key sign-in challenges.
+    pub challenges: ChallengeStore,
+    /// The federation layer (network client, counters); idle until started.
+    pub federation: Federation,
     /// Cancelled when the node shuts down; every background task watches it.
     pub shutdown: CancellationToken,
 }
@@ -47,6 +53,8 @@ impl AppState {
             bus,
             limiter,
             gateway,
+            challenges: ChallengeStore::default(),
+            federation: Federation::default(),
             shutdown,
         }
     }

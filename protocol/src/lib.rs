@@ -4,8 +4,11 @@
 //!
 //! - [`identity`]: user and node keys, user ids derived from keys,
 //!   delegations, canonical bytes and domain-separated signatures.
+//! - [`federation`]: message events nodes sign and replicate, and the
+//!   envelope they travel in.
 //! - [`permissions`]: the permission bit flags and the effective-permission
 //!   computation (owner, administrator, roles, channel overrides).
 
+pub mod federation;
 pub mod identity;
 pub mod permissions;

@@ -1,4 +1,13 @@
 //! Together's cross-crate test support and tools.
 //!
+//! - [`testnet`]: `TestNet`, several real nodes in one process, each with
+//!   its own database and ports, for the federation tests in `tests/`.
+//! - [`client`]: HTTP and gateway helpers, and key sign-in as a client
+//!   does it.
+//!
 //! The binaries in `src/bin` are the measuring tools whose results are in
-//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale).
+//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale), and
+//! `together-cli`, a small client (key files and key sign-in).
+
+pub mod client;
+pub mod testnet;

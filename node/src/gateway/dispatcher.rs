@@ -584,6 +584,8 @@ fn make_event(kind: &'static str, audience: Audience, payload: &impl Serialize) 
         kind,
         audience,
         data: serde_json::to_string(payload).unwrap_or_else(|_| "null".into()).into(),
+        actor: None,
+        remote: false,
     })
 }
 

@@ -244,6 +244,8 @@ mod tests {
             kind: "TEST",
             audience: Audience::User(Uuid::nil()),
             data: format!("{n}").into(),
+            actor: None,
+            remote: false,
         })
     }
 

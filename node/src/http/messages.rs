@@ -386,7 +386,8 @@ async fn delete_message(
     if !hashes.is_empty() {
         FileStore::new(&state.config.data_dir).release(&state.db, &hashes).await?;
     }
-    state.bus.publish(
+    state.bus.publish_as(
+        auth.user_id,
         "MESSAGE_DELETE",
         Audience::Channel {
             server_id: message.server_id,

@@ -173,7 +173,14 @@ async fn add_reaction(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn remove_reaction(state: &AppState, message: &MessageRef, user_id: Uuid, emoji: String) -> ApiResult<()> {
+/// Removes `user_id`'s reaction; `actor` is who asked (for federation).
+async fn remove_reaction(
+    state: &AppState,
+    actor: Uuid,
+    message: &MessageRef,
+    user_id: Uuid,
+    emoji: String,
+) -> ApiResult<()> {
     let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
         .bind(message.id)
         .bind(&emoji)
@@ -181,9 +188,12 @@ async fn remove_reaction(state: &AppState, message: &MessageRef, user_id: Uuid, 
         .execute(&state.db)
         .await?;
     if removed.rows_affected() > 0 {
-        state
-            .bus
-            .publish("MESSAGE_REACTION_REMOVE", audience(message), &event(message, user_id, emoji));
+        state.bus.publish_as(
+            actor,
+            "MESSAGE_REACTION_REMOVE",
+            audience(message),
+            &event(message, user_id, emoji),
+        );
     }
     Ok(())
 }
@@ -200,7 +210,7 @@ async fn delete_own_reaction(
 ) -> ApiResult<StatusCode> {
     let emoji = validate_emoji(&emoji)?;
     let (message, _) = message_access(&state, auth.user_id, message_id).await?;
-    remove_reaction(&state, &message, auth.user_id, emoji).await?;
+    remove_reaction(&state, auth.user_id, &message, auth.user_id, emoji).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,7 +229,7 @@ async fn delete_user_reaction(
     if user_id != auth.user_id {
         access.require(Permissions::MANAGE_MESSAGES)?;
     }
-    remove_reaction(&state, &message, user_id, emoji).await?;
+    remove_reaction(&state, auth.user_id, &message, user_id, emoji).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

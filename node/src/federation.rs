@@ -1,0 +1,253 @@
+//! Federation: replicating communities between nodes over [`crate::net`].
+//! `spec/federation.md` is the normative text.
+//!
+//! - this file: the [`Federation`] handle kept in [`AppState`], its
+//!   counters, and [`start`], which runs the network and the tasks below.
+//! - [`wire`]: the request-response messages and the state-topic notices.
+//! - [`store`]: the federation tables (peers, delegations, events, cursors,
+//!   federated communities).
+//! - [`delegations`]: the delegation this node acts under for a user.
+//! - [`outbox`]: committed local changes → signed events → gossip.
+//! - [`inbox`]: validating and applying signed message events from peers,
+//!   the same way for gossip and backfill.
+//! - [`structure`]: the seam where community structure is synchronised
+//!   (interim: snapshots from the community's home node; signed CRDT ops
+//!   from `together-crdt` plug in here).
+//! - [`sync`]: answering peers' requests, cross-node joins, and backfill.
+
+pub mod delegations;
+pub mod inbox;
+pub mod outbox;
+pub mod store;
+pub mod structure;
+pub mod sync;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use libp2p::Multiaddr;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::net::{self, NetClient, NetEvent};
+use crate::state::AppState;
+
+/// How many gossip messages and requests are handled at once.
+pub const MAX_CONCURRENT_HANDLERS: usize = 64;
+
+/// Cheap handle to the federation layer; the network is absent until
+/// [`start`] ran (and in nodes started without it, as in most tests).
+#[derive(Clone, Debug, Default)]
+pub struct Federation {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    net: OnceLock<NetClient>,
+    counters: Counters,
+}
+
+/// What the federation layer has done, for `GET /api/node`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    published: AtomicU64,
+    publish_failed: AtomicU64,
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CounterSnapshot {
+    /// Signed events this node published.
+    pub published: u64,
+    /// Events stored but not published (no peer on the topic yet); peers
+    /// get them by backfill.
+    pub publish_failed: u64,
+    /// Events from peers accepted and applied.
+    pub accepted: u64,
+    /// Events from backfill that were already known.
+    pub duplicates: u64,
+    /// Refused input by reason (`bad_signature`, `unknown_delegation`,
+    /// `replay`, `oversized`, ...).
+    pub rejected: BTreeMap<String, u64>,
+    pub rejected_total: u64,
+}
+
+impl Federation {
+    pub fn net(&self) -> Option<&NetClient> {
+        self.inner.net.get()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+}
+
+impl Counters {
+    pub fn reject(&self, reason: &'static str) {
+        if let Ok(mut map) = self.rejected.lock() {
+            *map.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn published(&self, ok: bool) {
+        if ok {
+            self.published.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.publish_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let rejected: BTreeMap<String, u64> = self
+            .rejected
+            .lock()
+            .map(|map| map.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default();
+        CounterSnapshot {
+            published: self.published.load(Ordering::Relaxed),
+            publish_failed: self.publish_failed.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            rejected_total: rejected.values().sum(),
+            rejected,
+        }
+    }
+}
+
+/// Network settings of a node.
+#[derive(Debug, Clone, Default)]
+pub struct P2pSettings {
+    pub listen: Vec<Multiaddr>,
+    pub peers: Vec<Multiaddr>,
+}
+
+/// Starts the network and the federation tasks for `state`; they stop with
+/// `state.shutdown`. Redials remembered peers and the bootstrap peers, and
+/// subscribes to the topics of every federated community.
+pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient, net::NetError> {
+    let (client, events) = net::start(&state.keys.node_key, &settings.listen, state.shutdown.clone())?;
+    if state.federation.inner.net.set(client.clone()).is_err() {
+        return Err(net::NetError::Build("the network was already started".into()));
+    }
+    tokio::spawn(handle_events(state.clone(), client.clone(), events));
+    outbox::spawn(state.clone(), client.clone());
+    match store::federated_servers(&state.db).await {
+        Ok(servers) => {
+            for server_id in servers {
+                subscribe_community(&client, server_id).await;
+            }
+        }
+        Err(err) => tracing::error!(error = %err, "cannot load federated communities"),
+    }
+    let mut dial: Vec<Multiaddr> = settings.peers.clone();
+    match store::known_peer_addrs(&state.db).await {
+        Ok(addrs) => dial.extend(addrs),
+        Err(err) => tracing::error!(error = %err, "cannot load known peers"),
+    }
+    for addr in dial {
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(err) = client.dial(addr.clone()).await {
+                tracing::info!(%addr, error = %err, "peer not reachable");
+            }
+        });
+    }
+    Ok(client)
+}
+
+/// Subscribes to a community's message and state topics.
+pub async fn subscribe_community(client: &NetClient, server_id: Uuid) {
+    use together_protocol::federation::{messages_topic, state_topic};
+    for topic in [messages_topic(server_id), state_topic(server_id)] {
+        if let Err(err) = client.subscribe(&topic).await {
+            tracing::warn!(%topic, error = %err, "cannot subscribe");
+        }
+    }
+}
+
+/// Handles what the network reports, each gossip message and request in
+/// its own task (at most [`MAX_CONCURRENT_HANDLERS`] at once).
+async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Receiver<NetEvent>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDLERS));
+    loop {
+        let event = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let state = state.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            match event {
+                NetEvent::Gossip {
+                    source,
+                    author,
+                    message_id,
+                    topic,
+                    data,
+                } => {
+                    let acceptance = inbox::on_gossip(&state, &client, author, &topic, &data).await;
+                    let _ = client.report_validation(message_id, source, acceptance).await;
+                }
+                NetEvent::Request {
+                    peer,
+                    request_id,
+                    request,
+                } => {
+                    let response = sync::answer(&state, &client, peer, request).await;
+                    let _ = client.respond(request_id, response).await;
+                }
+                NetEvent::Connected { peer, dialed } => {
+                    if let Some(addr) = dialed
+                        && let Err(err) = store::remember_peer(&state.db, &peer, &[addr]).await
+                    {
+                        tracing::warn!(error = %err, "cannot remember peer");
+                    }
+                    sync::on_connected(&state, &client, peer).await;
+                }
+                NetEvent::Identified { peer, listen_addrs } => {
+                    let usable: Vec<Multiaddr> = listen_addrs.into_iter().filter(store::dialable).collect();
+                    if !usable.is_empty()
+                        && let Err(err) = store::remember_peer(&state.db, &peer, &usable).await
+                    {
+                        tracing::warn!(error = %err, "cannot remember peer");
+                    }
+                }
+                NetEvent::Subscribed { peer, topic } => {
+                    // Events published before the peer joined the topic reach
+                    // it now, by backfill.
+                    if let Some(server_id) = topic
+                        .strip_prefix("together/v1/community/")
+                        .and_then(|rest| rest.strip_suffix("/messages"))
+                        .and_then(|id| id.parse::<Uuid>().ok())
+                        && matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_)))
+                    {
+                        sync::backfill_server(&state, &client, peer, server_id).await;
+                    }
+                }
+                NetEvent::Disconnected { .. } => {}
+            }
+            drop(permit);
+        });
+    }
+}

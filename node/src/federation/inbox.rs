@@ -1,0 +1,518 @@
+//! Validating and applying signed message events from peers.
+//!
+//! Validation order (spec/federation.md §4), cheapest first; the first
+//! failure decides and is counted under its reason:
+//!
+//! 1. size (`oversized`), envelope JSON (`malformed`), kind
+//!    (`unknown_kind`), payload bytes (`malformed_payload`), topic matches
+//!    the payload's community (`wrong_topic`);
+//! 2. the delegation: carried in the envelope or known by hash
+//!    (`unknown_delegation`), its hash matches, it names the signing node;
+//! 3. the node's signature (`bad_signature`) and the delegation's user
+//!    signature and window at the event's time (`bad_delegation`); live
+//!    gossip must also be recent (`stale`);
+//! 4. not seen before (`replay`, gossip only);
+//! 5. on this node's projection, in one transaction: the channel belongs to
+//!    the community and is a text channel, the author is a member allowed
+//!    to do this in that channel (`not_permitted`), the target message
+//!    exists (`unknown_message`, ignored rather than rejected: it may
+//!    arrive later by backfill).
+//!
+//! Only then is the event stored and applied, in that same transaction
+//! (`INSERT .. ON CONFLICT DO NOTHING`, so duplicates are harmless), and
+//! published on the local bus for this node's gateway sessions.
+
+use chrono::{DateTime, TimeZone, Utc};
+use libp2p::PeerId;
+use libp2p::gossipsub::MessageAcceptance;
+use serde::Serialize;
+use sqlx::PgConnection;
+use together_protocol::federation::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, Scope};
+use together_protocol::identity::IdentityError;
+use together_protocol::permissions::Permissions;
+use uuid::Uuid;
+
+use super::store;
+use crate::bus::Audience;
+use crate::model::{ChannelKind, Message, ReactionSummary, User, user_tag};
+use crate::net::NetClient;
+use crate::state::AppState;
+
+/// How old a live gossip event may be (milliseconds).
+pub const MAX_LIVE_AGE_MS: i64 = 3_600_000;
+/// How far in the future a live event may claim to be (milliseconds).
+pub const MAX_FUTURE_MS: i64 = 300_000;
+
+/// Where an event came from; decides replay handling and freshness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Gossip,
+    Backfill,
+}
+
+/// What happened to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Already stored (backfill).
+    Known,
+    /// Refused for good, with the counted reason.
+    Rejected(&'static str),
+    /// Not applicable yet (its message is unknown); may come back later.
+    Deferred(&'static str),
+}
+
+/// Handles one gossip message on any topic.
+pub async fn on_gossip(
+    state: &AppState,
+    client: &NetClient,
+    author: Option<PeerId>,
+    topic: &str,
+    data: &[u8],
+) -> MessageAcceptance {
+    if let Some(rest) = topic.strip_prefix("together/v1/community/") {
+        if let Some(server) = rest.strip_suffix("/messages") {
+            let Ok(server) = server.parse::<Uuid>() else {
+                return reject(state, "wrong_topic");
+            };
+            return match receive(state, server, data, Source::Gossip).await {
+                Outcome::Applied => MessageAcceptance::Accept,
+                Outcome::Known => MessageAcceptance::Ignore,
+                Outcome::Rejected(_) => MessageAcceptance::Reject,
+                Outcome::Deferred(_) => MessageAcceptance::Ignore,
+            };
+        }
+        if let Some(server) = rest.strip_suffix("/state") {
+            let Ok(server) = server.parse::<Uuid>() else {
+                return reject(state, "wrong_topic");
+            };
+            return super::structure::on_notice(state, client, author, server, data).await;
+        }
+    }
+    reject(state, "unknown_topic")
+}
+
+fn reject(state: &AppState, reason: &'static str) -> MessageAcceptance {
+    state.federation.counters().reject(reason);
+    MessageAcceptance::Reject
+}
+
+/// Validates and applies one envelope for community `server` (from its
+/// topic, or the community a backfill was asked for). Counts the outcome.
+pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source) -> Outcome {
+    let outcome = match check_and_apply(state, server, data, source).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::error!(error = %err, "database error while applying a federated event");
+            Outcome::Deferred("database")
+        }
+    };
+    let counters = state.federation.counters();
+    match outcome {
+        Outcome::Applied => counters.accepted(),
+        Outcome::Known => counters.duplicate(),
+        Outcome::Rejected(reason) => {
+            tracing::info!(reason, %server, "federated event rejected");
+            counters.reject(reason);
+        }
+        Outcome::Deferred(reason) => tracing::debug!(reason, %server, "federated event deferred"),
+    }
+    outcome
+}
+
+async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: Source) -> Result<Outcome, sqlx::Error> {
+    use Outcome::Rejected;
+    if data.len() > MAX_ENVELOPE_BYTES {
+        return Ok(Rejected("oversized"));
+    }
+    let envelope = match Envelope::from_bytes(data) {
+        Ok(e) => e,
+        Err(EnvelopeError::Oversized(_)) => return Ok(Rejected("oversized")),
+        Err(EnvelopeError::Malformed) => return Ok(Rejected("malformed")),
+    };
+    let kind = envelope.event.kind.as_str().to_string();
+    if !MessageEvent::is_kind(&kind) {
+        return Ok(Rejected("unknown_kind"));
+    }
+    let Ok(event) = MessageEvent::decode(&kind, &envelope.event.payload) else {
+        return Ok(Rejected("malformed_payload"));
+    };
+    let scope = *event.scope();
+    if scope.server != server {
+        return Ok(Rejected("wrong_topic"));
+    }
+    let delegation = match &envelope.delegation {
+        Some(d) => *d,
+        None => match store::delegation_by_hash(&state.db, &envelope.event.delegation).await? {
+            Some(d) => d,
+            None => return Ok(Rejected("unknown_delegation")),
+        },
+    };
+    let at_secs = scope.at.div_euclid(1000);
+    let actor = match envelope.event.verify(&kind, &delegation, at_secs) {
+        Ok(user) => user,
+        Err(IdentityError::BadSignature) if envelope.event.verify_signature().is_err() => {
+            return Ok(Rejected("bad_signature"));
+        }
+        Err(IdentityError::DelegationMismatch) => return Ok(Rejected("unknown_delegation")),
+        Err(_) => return Ok(Rejected("bad_delegation")),
+    };
+    if source == Source::Gossip {
+        let now = Utc::now().timestamp_millis();
+        if scope.at < now - MAX_LIVE_AGE_MS || scope.at > now + MAX_FUTURE_MS {
+            return Ok(Rejected("stale"));
+        }
+    }
+    let hash = envelope.event.hash();
+    if store::event_known(&state.db, &hash).await? {
+        return Ok(match source {
+            Source::Gossip => Rejected("replay"),
+            Source::Backfill => Outcome::Known,
+        });
+    }
+    let mut tx = state.db.begin().await?;
+    let Some(_seq) = store::insert_event(&mut *tx, &hash, scope.server, scope.channel, &envelope).await? else {
+        // A concurrent delivery stored it first.
+        return Ok(Outcome::Known);
+    };
+    let applied = match apply(&mut tx, actor, &event).await? {
+        Ok(applied) => applied,
+        Err(outcome) => return Ok(outcome),
+    };
+    store::save_delegation(&mut *tx, &delegation).await?;
+    tx.commit().await?;
+    publish(state, applied).await;
+    Ok(Outcome::Applied)
+}
+
+/// What to tell the local bus after commit.
+enum Applied {
+    Created(Uuid),
+    Edited(Option<Uuid>),
+    Deleted(Scope),
+    Reaction {
+        add: bool,
+        scope: Scope,
+        user: Uuid,
+        emoji: String,
+        changed: bool,
+    },
+}
+
+fn millis(at: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(at).single().unwrap_or_else(Utc::now)
+}
+
+/// The actor's permissions in the event's channel, on this node's
+/// projection; `None` when the channel is not a text channel of the
+/// community or the actor cannot view it.
+async fn permissions(conn: &mut PgConnection, actor: Uuid, scope: &Scope) -> Result<Option<Permissions>, sqlx::Error> {
+    let kind: Option<ChannelKind> = sqlx::query_scalar("SELECT kind FROM channels WHERE id = $1 AND server_id = $2")
+        .bind(scope.channel)
+        .bind(scope.server)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if kind != Some(ChannelKind::Text) {
+        return Ok(None);
+    }
+    let Ok(access) = crate::perms::server_access(&mut *conn, actor, scope.server).await else {
+        return Ok(None);
+    };
+    let overrides = match crate::community::channel_override_rows(conn, scope.channel).await {
+        Ok(rows) => rows,
+        Err(_) => return Ok(None),
+    };
+    let perms = access.in_channel(&overrides);
+    Ok(perms.contains(Permissions::VIEW_CHANNEL).then_some(perms))
+}
+
+/// Applies a verified event inside `tx`, checking it against the
+/// projection. `Err(outcome)` rolls back.
+async fn apply(
+    tx: &mut PgConnection,
+    actor: Uuid,
+    event: &MessageEvent,
+) -> Result<Result<Applied, Outcome>, sqlx::Error> {
+    use Outcome::{Deferred, Rejected};
+    let scope = *event.scope();
+    let Some(perms) = permissions(tx, actor, &scope).await? else {
+        return Ok(Err(Rejected("not_permitted")));
+    };
+    // The target message of anything but a create: its author and whether
+    // it is live.
+    let target: Option<(Uuid, Uuid, bool)> = if matches!(event, MessageEvent::Create { .. }) {
+        None
+    } else {
+        sqlx::query_as("SELECT author_id, channel_id, deleted FROM messages WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(scope.message)
+            .fetch_optional(&mut *tx)
+            .await?
+    };
+    let live_target = |target: Option<(Uuid, Uuid, bool)>| match target {
+        None => Err(Deferred("unknown_message")),
+        Some((_, channel, _)) if channel != scope.channel => Err(Rejected("wrong_channel")),
+        Some((_, _, true)) => Err(Deferred("deleted_message")),
+        Some((author, _, false)) => Ok(author),
+    };
+    let applied = match event {
+        MessageEvent::Create { reply_to, content, .. } => {
+            if !perms.contains(Permissions::SEND_MESSAGES) {
+                return Ok(Err(Rejected("not_permitted")));
+            }
+            // Empty text is allowed: the message may have carried
+            // attachments, which are not replicated.
+            let content = content.trim();
+            if content.chars().count() > 4000
+                || content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+            {
+                return Ok(Err(Rejected("invalid_content")));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO messages (id, channel_id, server_id, author_id, content, reply_to, created_at)
+                 VALUES ($1, $2, $3, $4, $5,
+                         (SELECT id FROM messages WHERE id = $6 AND channel_id = $2), $7)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(scope.message)
+            .bind(scope.channel)
+            .bind(scope.server)
+            .bind(actor)
+            .bind(content)
+            .bind(*reply_to)
+            .bind(millis(scope.at))
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Ok(Err(Rejected("message_exists")));
+            }
+            Applied::Created(scope.message)
+        }
+        MessageEvent::Edit { content, .. } => {
+            let author = match live_target(target) {
+                Ok(a) => a,
+                Err(o) => return Ok(Err(o)),
+            };
+            if author != actor {
+                return Ok(Err(Rejected("not_permitted")));
+            }
+            let content = content.trim();
+            if content.chars().count() > 4000 {
+                return Ok(Err(Rejected("invalid_content")));
+            }
+            // Last writer wins by the edit's own time.
+            let updated = sqlx::query(
+                "UPDATE messages SET content = $2, edited_at = $3
+                  WHERE id = $1 AND NOT deleted AND (edited_at IS NULL OR edited_at < $3)",
+            )
+            .bind(scope.message)
+            .bind(content)
+            .bind(millis(scope.at))
+            .execute(&mut *tx)
+            .await?;
+            Applied::Edited((updated.rows_affected() > 0).then_some(scope.message))
+        }
+        MessageEvent::Delete { .. } => {
+            let author = match live_target(target) {
+                Ok(a) => a,
+                Err(o) => return Ok(Err(o)),
+            };
+            if author != actor && !perms.contains(Permissions::MANAGE_MESSAGES) {
+                return Ok(Err(Rejected("not_permitted")));
+            }
+            sqlx::query("UPDATE messages SET deleted = true, content = '' WHERE id = $1")
+                .bind(scope.message)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+                .bind(scope.message)
+                .execute(&mut *tx)
+                .await?;
+            Applied::Deleted(scope)
+        }
+        MessageEvent::ReactionAdd { emoji, .. } => {
+            if let Err(o) = live_target(target) {
+                return Ok(Err(o));
+            }
+            if !perms.contains(Permissions::ADD_REACTIONS) {
+                return Ok(Err(Rejected("not_permitted")));
+            }
+            if emoji.is_empty() || emoji.chars().count() > 64 {
+                return Ok(Err(Rejected("invalid_emoji")));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(scope.message)
+            .bind(emoji)
+            .bind(actor)
+            .bind(millis(scope.at))
+            .execute(&mut *tx)
+            .await?;
+            Applied::Reaction {
+                add: true,
+                scope,
+                user: actor,
+                emoji: emoji.clone(),
+                changed: inserted.rows_affected() > 0,
+            }
+        }
+        MessageEvent::ReactionRemove { user, emoji, .. } => {
+            if let Err(o) = live_target(target) {
+                return Ok(Err(o));
+            }
+            if *user != actor && !perms.contains(Permissions::MANAGE_MESSAGES) {
+                return Ok(Err(Rejected("not_permitted")));
+            }
+            let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
+                .bind(scope.message)
+                .bind(emoji)
+                .bind(*user)
+                .execute(&mut *tx)
+                .await?;
+            Applied::Reaction {
+                add: false,
+                scope,
+                user: *user,
+                emoji: emoji.clone(),
+                changed: removed.rows_affected() > 0,
+            }
+        }
+    };
+    Ok(Ok(applied))
+}
+
+#[derive(Serialize)]
+struct MessageDeleted {
+    id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+}
+
+#[derive(Serialize)]
+struct ReactionEvent {
+    message_id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+    user_id: Uuid,
+    emoji: String,
+}
+
+/// Publishes what an applied event changed to the local bus.
+async fn publish(state: &AppState, applied: Applied) {
+    match applied {
+        Applied::Created(id) | Applied::Edited(Some(id)) => {
+            let kind = if matches!(applied, Applied::Created(_)) {
+                "MESSAGE_CREATE"
+            } else {
+                "MESSAGE_UPDATE"
+            };
+            match load_message(state, id).await {
+                Ok(Some(message)) => {
+                    let audience = Audience::Channel {
+                        server_id: message.server_id,
+                        channel_id: message.channel_id,
+                    };
+                    state.bus.publish_remote(kind, audience, &message);
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot load an applied message"),
+            }
+        }
+        Applied::Edited(None) => {}
+        Applied::Deleted(scope) => {
+            let audience = Audience::Channel {
+                server_id: scope.server,
+                channel_id: scope.channel,
+            };
+            let payload = MessageDeleted {
+                id: scope.message,
+                channel_id: scope.channel,
+                server_id: scope.server,
+            };
+            state.bus.publish_remote("MESSAGE_DELETE", audience, &payload);
+        }
+        Applied::Reaction {
+            add,
+            scope,
+            user,
+            emoji,
+            changed,
+        } => {
+            if !changed {
+                return;
+            }
+            let audience = Audience::Channel {
+                server_id: scope.server,
+                channel_id: scope.channel,
+            };
+            let payload = ReactionEvent {
+                message_id: scope.message,
+                channel_id: scope.channel,
+                server_id: scope.server,
+                user_id: user,
+                emoji,
+            };
+            let kind = if add { "MESSAGE_REACTION_ADD" } else { "MESSAGE_REACTION_REMOVE" };
+            state.bus.publish_remote(kind, audience, &payload);
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LoadedRow {
+    id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+    content: String,
+    reply_to: Option<Uuid>,
+    edited_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    author_id: Uuid,
+    public_key: Vec<u8>,
+    username: String,
+    avatar_url: Option<String>,
+}
+
+/// A live message in the API's shape (reactions counted, `me` false).
+pub async fn load_message(state: &AppState, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+    let row: Option<LoadedRow> = sqlx::query_as(
+        "SELECT m.id, m.channel_id, m.server_id, m.content, m.reply_to, m.edited_at, m.created_at,
+                u.id AS author_id, u.public_key, u.username, u.avatar_url
+           FROM messages m JOIN users u ON u.id = m.author_id
+          WHERE m.id = $1 AND NOT m.deleted",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let reactions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT emoji, count(*) FROM reactions WHERE message_id = $1 GROUP BY emoji ORDER BY min(created_at), emoji",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Some(Message {
+        id: row.id,
+        channel_id: row.channel_id,
+        server_id: row.server_id,
+        author: User {
+            id: row.author_id,
+            tag: user_tag(&row.username, row.author_id),
+            username: row.username,
+            avatar_url: row.avatar_url,
+            public_key: hex::encode(&row.public_key),
+        },
+        content: row.content,
+        reply_to: row.reply_to,
+        attachments: Vec::new(),
+        reactions: reactions
+            .into_iter()
+            .map(|(emoji, count)| ReactionSummary { emoji, count, me: false })
+            .collect(),
+        edited_at: row.edited_at,
+        created_at: row.created_at,
+    }))
+}

@@ -1,0 +1,294 @@
+//! The outbox: committed local changes of federated communities become
+//! signed events on the community's topic.
+//!
+//! It listens to the local bus (every write commits before it publishes
+//! there). A message change is encoded as a [`MessageEvent`], signed by the
+//! node key under the actor's delegation, stored in `federation_events`
+//! (so peers can backfill it even when publishing fails) and published.
+//! A structural change on a community's home node publishes a
+//! [`StateNotice`] so replicas fetch the new structure.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use together_protocol::federation::{Envelope, MessageEvent, Scope, messages_topic, state_topic};
+use together_protocol::identity::{EventKind, SignedEvent};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::wire::StateNotice;
+use super::{delegations, store};
+use crate::bus::{Audience, Event};
+use crate::net::NetClient;
+use crate::state::AppState;
+
+/// Starts the outbox task; it stops with the node.
+pub fn spawn(state: AppState, client: NetClient) {
+    let events = state.bus.subscribe();
+    tokio::spawn(run(state, client, events));
+}
+
+async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Event>>) {
+    loop {
+        let event = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event) if !event.remote => {
+                if let Err(err) = handle(&state, &client, &event).await {
+                    tracing::warn!(kind = event.kind, error = %err, "federation outbox could not handle an event");
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::error!(missed, "federation outbox lagged; peers will backfill what it missed");
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum OutboxError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("unexpected payload: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error(transparent)]
+    Delegation(#[from] delegations::DelegationError),
+    #[error("cannot sign: {0}")]
+    Sign(#[from] together_protocol::identity::IdentityError),
+}
+
+#[derive(Deserialize)]
+struct MessagePayload {
+    id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+    author: AuthorPayload,
+    content: String,
+    reply_to: Option<Uuid>,
+    edited_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct AuthorPayload {
+    id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct DeletedPayload {
+    id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct ReactionPayload {
+    message_id: Uuid,
+    channel_id: Uuid,
+    server_id: Uuid,
+    user_id: Uuid,
+    emoji: String,
+}
+
+/// Dispatch names of structural changes, which make a home node announce
+/// a new state version.
+fn is_structural(kind: &str) -> bool {
+    kind.starts_with("CHANNEL_")
+        || kind.starts_with("ROLE_")
+        || kind.starts_with("SERVER_MEMBER_")
+        || kind.starts_with("SERVER_BAN_")
+        || kind == "SERVER_UPDATE"
+        || kind == "SERVER_DELETE"
+}
+
+fn server_of(audience: &Audience) -> Option<Uuid> {
+    match audience {
+        Audience::Channel { server_id, .. } => Some(*server_id),
+        Audience::Server(id) => Some(*id),
+        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
+        Audience::User(_) | Audience::Peers(_) => None,
+    }
+}
+
+async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(), OutboxError> {
+    let Some(server_id) = server_of(&event.audience) else {
+        return Ok(());
+    };
+    let Some(home) = store::federation_of(&state.db, server_id).await? else {
+        return Ok(());
+    };
+    if is_structural(event.kind) {
+        if home.is_none() {
+            announce_state(state, client, server_id).await;
+        }
+        return Ok(());
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let (actor, message_event) = match event.kind {
+        "MESSAGE_CREATE" => {
+            let m: MessagePayload = serde_json::from_str(&event.data)?;
+            let scope = Scope {
+                server: m.server_id,
+                channel: m.channel_id,
+                message: m.id,
+                at: m.created_at.timestamp_millis(),
+            };
+            (
+                m.author.id,
+                MessageEvent::Create {
+                    scope,
+                    reply_to: m.reply_to,
+                    content: m.content,
+                },
+            )
+        }
+        "MESSAGE_UPDATE" => {
+            let m: MessagePayload = serde_json::from_str(&event.data)?;
+            let scope = Scope {
+                server: m.server_id,
+                channel: m.channel_id,
+                message: m.id,
+                at: m.edited_at.map_or(now_ms, |t| t.timestamp_millis()),
+            };
+            (m.author.id, MessageEvent::Edit { scope, content: m.content })
+        }
+        "MESSAGE_DELETE" => {
+            let d: DeletedPayload = serde_json::from_str(&event.data)?;
+            let actor = match event.actor {
+                Some(actor) => actor,
+                // Publishers that do not name the actor: the author deleted it.
+                None => match sqlx::query_scalar("SELECT author_id FROM messages WHERE id = $1")
+                    .bind(d.id)
+                    .fetch_optional(&state.db)
+                    .await?
+                {
+                    Some(author) => author,
+                    None => return Ok(()),
+                },
+            };
+            let scope = Scope {
+                server: d.server_id,
+                channel: d.channel_id,
+                message: d.id,
+                at: now_ms,
+            };
+            (actor, MessageEvent::Delete { scope })
+        }
+        "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => {
+            let r: ReactionPayload = serde_json::from_str(&event.data)?;
+            let scope = Scope {
+                server: r.server_id,
+                channel: r.channel_id,
+                message: r.message_id,
+                at: now_ms,
+            };
+            if event.kind == "MESSAGE_REACTION_ADD" {
+                (r.user_id, MessageEvent::ReactionAdd { scope, emoji: r.emoji })
+            } else {
+                (
+                    event.actor.unwrap_or(r.user_id),
+                    MessageEvent::ReactionRemove {
+                        scope,
+                        user: r.user_id,
+                        emoji: r.emoji,
+                    },
+                )
+            }
+        }
+        _ => return Ok(()),
+    };
+    let scope = *message_event.scope();
+    let envelope = sign(state, actor, &message_event).await?;
+    let hash = envelope.event.hash();
+    store::insert_event(&state.db, &hash, scope.server, scope.channel, &envelope).await?;
+    let published = client.publish(&messages_topic(scope.server), envelope.to_bytes()).await;
+    if let Err(err) = &published {
+        tracing::debug!(error = %err, "event stored but not published; peers will backfill it");
+    }
+    state.federation.counters().published(published.is_ok());
+    Ok(())
+}
+
+/// Most messages of a community signed when it first becomes federated.
+pub const MAX_SEALED_MESSAGES: i64 = 5_000;
+
+/// Signs the existing history of a community that is becoming federated
+/// (its newest [`MAX_SEALED_MESSAGES`] live messages, as `message.create`
+/// with their current text, and their reactions), so replicas can backfill
+/// it. Messages of users this node cannot act for are left out.
+pub async fn seal_history(state: &AppState, server_id: Uuid) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, Uuid, String, Option<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, channel_id, author_id, content, reply_to, created_at FROM (
+             SELECT id, channel_id, author_id, content, reply_to, created_at FROM messages
+              WHERE server_id = $1 AND NOT deleted ORDER BY id DESC LIMIT $2) newest
+          ORDER BY id",
+    )
+    .bind(server_id)
+    .bind(MAX_SEALED_MESSAGES)
+    .fetch_all(&state.db)
+    .await?;
+    let mut sealed = 0;
+    for (id, channel, author, content, reply_to, created_at) in rows {
+        let scope = Scope {
+            server: server_id,
+            channel,
+            message: id,
+            at: created_at.timestamp_millis(),
+        };
+        let mut events = vec![(author, MessageEvent::Create { scope, reply_to, content })];
+        let reactions: Vec<(Uuid, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT user_id, emoji, created_at FROM reactions WHERE message_id = $1 ORDER BY created_at")
+                .bind(id)
+                .fetch_all(&state.db)
+                .await?;
+        for (user, emoji, at) in reactions {
+            let scope = Scope {
+                at: at.timestamp_millis(),
+                ..scope
+            };
+            events.push((user, MessageEvent::ReactionAdd { scope, emoji }));
+        }
+        for (actor, event) in events {
+            match sign(state, actor, &event).await {
+                Ok(envelope) => {
+                    let hash = envelope.event.hash();
+                    store::insert_event(&state.db, &hash, server_id, channel, &envelope).await?;
+                    sealed += 1;
+                }
+                Err(err) => tracing::debug!(error = %err, "history event not signed"),
+            }
+        }
+    }
+    Ok(sealed)
+}
+
+/// Signs `event` for `actor` under their delegation to this node.
+async fn sign(state: &AppState, actor: Uuid, event: &MessageEvent) -> Result<Envelope, OutboxError> {
+    let delegation = delegations::for_user(state, actor).await?;
+    let kind = EventKind::new(event.kind())?;
+    let signed = SignedEvent::sign(kind, &state.keys.node_key, &delegation, event.encode())?;
+    Ok(Envelope {
+        event: signed,
+        delegation: Some(delegation),
+    })
+}
+
+/// Tells replicas that a community's structure changed.
+pub async fn announce_state(state: &AppState, client: &NetClient, server_id: Uuid) {
+    let version = Utc::now().timestamp_millis();
+    if let Err(err) = store::mark_federated(&state.db, server_id, None, version).await {
+        tracing::warn!(error = %err, "cannot record the state version");
+    }
+    let notice = StateNotice::Changed { server_id, version };
+    let Ok(bytes) = serde_json::to_vec(&notice) else {
+        return;
+    };
+    if let Err(err) = client.publish(&state_topic(server_id), bytes).await {
+        tracing::debug!(error = %err, "state notice not published");
+    }
+}

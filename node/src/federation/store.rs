@@ -1,0 +1,219 @@
+//! The federation tables: remembered peers, known delegations, signed
+//! events, backfill cursors and federated communities.
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use sqlx::{PgExecutor, PgPool};
+use together_protocol::federation::Envelope;
+use together_protocol::identity::{DelegationHash, NodePublicKey, SignedDelegation};
+use uuid::Uuid;
+
+/// Most addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Whether an address is worth remembering: not unspecified (`0.0.0.0`).
+pub fn dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Records where a peer was reached, keeping its newest addresses first.
+pub async fn remember_peer(db: &PgPool, peer: &PeerId, addrs: &[Multiaddr]) -> Result<(), sqlx::Error> {
+    let addrs: Vec<String> = addrs
+        .iter()
+        .map(|a| crate::net::event_loop::with_peer(a.clone(), *peer).to_string())
+        .take(MAX_ADDRS_PER_PEER)
+        .collect();
+    sqlx::query(
+        "INSERT INTO peers (peer_id, addrs) VALUES ($1, $2)
+         ON CONFLICT (peer_id) DO UPDATE
+            SET addrs = (SELECT array_agg(DISTINCT a) FROM unnest($2 || peers.addrs) AS a),
+                last_seen = now()",
+    )
+    .bind(peer.to_string())
+    .bind(&addrs)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Every remembered address of every peer.
+pub async fn known_peer_addrs(db: &PgPool) -> Result<Vec<Multiaddr>, sqlx::Error> {
+    let rows: Vec<Vec<String>> = sqlx::query_scalar("SELECT addrs FROM peers ORDER BY last_seen DESC LIMIT 256")
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.parse().ok())
+        .collect())
+}
+
+/// Stores a verified delegation (idempotent).
+pub async fn save_delegation(db: impl PgExecutor<'_>, delegation: &SignedDelegation) -> Result<(), sqlx::Error> {
+    let d = &delegation.delegation;
+    sqlx::query(
+        "INSERT INTO delegations (hash, user_id, node_key, issued, expires, signed)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(delegation.hash().as_bytes().as_slice())
+    .bind(d.user_id())
+    .bind(d.node.as_bytes().as_slice())
+    .bind(d.issued)
+    .bind(d.expires)
+    .bind(sqlx::types::Json(delegation))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A known delegation by its hash.
+pub async fn delegation_by_hash(
+    db: impl PgExecutor<'_>,
+    hash: &DelegationHash,
+) -> Result<Option<SignedDelegation>, sqlx::Error> {
+    let row: Option<sqlx::types::Json<SignedDelegation>> =
+        sqlx::query_scalar("SELECT signed FROM delegations WHERE hash = $1")
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|j| j.0))
+}
+
+/// The longest-lived delegation from `user` to `node` still valid at
+/// `now + margin` seconds.
+pub async fn current_delegation(
+    db: impl PgExecutor<'_>,
+    user: Uuid,
+    node: &NodePublicKey,
+    valid_until: i64,
+) -> Result<Option<SignedDelegation>, sqlx::Error> {
+    let row: Option<sqlx::types::Json<SignedDelegation>> = sqlx::query_scalar(
+        "SELECT signed FROM delegations
+          WHERE user_id = $1 AND node_key = $2 AND expires > $3
+          ORDER BY expires DESC LIMIT 1",
+    )
+    .bind(user)
+    .bind(node.as_bytes().as_slice())
+    .bind(valid_until)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|j| j.0))
+}
+
+/// Whether some member of `server` has delegated to `node`.
+pub async fn node_has_member(db: &PgPool, server: Uuid, node: &NodePublicKey) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM delegations d
+                          JOIN server_members m ON m.user_id = d.user_id AND m.server_id = $1
+                         WHERE d.node_key = $2)",
+    )
+    .bind(server)
+    .bind(node.as_bytes().as_slice())
+    .fetch_one(db)
+    .await
+}
+
+/// The federated communities.
+pub async fn federated_servers(db: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT server_id FROM federated_servers").fetch_all(db).await
+}
+
+/// Whether a community is federated, and its home peer (`None`: this node).
+pub async fn federation_of(db: impl PgExecutor<'_>, server: Uuid) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT home_peer FROM federated_servers WHERE server_id = $1")
+        .bind(server)
+        .fetch_optional(db)
+        .await
+}
+
+/// Marks a community federated; `home_peer` is `None` on its home node.
+pub async fn mark_federated(
+    db: impl PgExecutor<'_>,
+    server: Uuid,
+    home_peer: Option<&PeerId>,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO federated_servers (server_id, home_peer, state_version) VALUES ($1, $2, $3)
+         ON CONFLICT (server_id) DO UPDATE SET state_version = GREATEST(federated_servers.state_version, $3)",
+    )
+    .bind(server)
+    .bind(home_peer.map(PeerId::to_string))
+    .bind(version)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Stores an event; `None` when its hash was already stored.
+pub async fn insert_event(
+    db: impl PgExecutor<'_>,
+    hash: &[u8; 32],
+    server: Uuid,
+    channel: Uuid,
+    envelope: &Envelope,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO federation_events (hash, server_id, channel_id, kind, envelope)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hash) DO NOTHING RETURNING seq",
+    )
+    .bind(hash.as_slice())
+    .bind(server)
+    .bind(channel)
+    .bind(envelope.event.kind.as_str())
+    .bind(sqlx::types::Json(envelope))
+    .fetch_optional(db)
+    .await
+}
+
+/// Whether an event is already stored.
+pub async fn event_known(db: &PgPool, hash: &[u8; 32]) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM federation_events WHERE hash = $1)")
+        .bind(hash.as_slice())
+        .fetch_one(db)
+        .await
+}
+
+/// A page of a channel's events after `after`, ascending.
+pub async fn events_after(
+    db: &PgPool,
+    channel: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Envelope)>, sqlx::Error> {
+    let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+        "SELECT seq, envelope FROM federation_events WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(channel)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(seq, json)| (seq, json.0)).collect())
+}
+
+pub async fn cursor(db: &PgPool, peer: &PeerId, channel: Uuid) -> Result<i64, sqlx::Error> {
+    let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM federation_cursors WHERE peer_id = $1 AND channel_id = $2")
+        .bind(peer.to_string())
+        .bind(channel)
+        .fetch_optional(db)
+        .await?;
+    Ok(seq.unwrap_or(0))
+}
+
+pub async fn set_cursor(db: &PgPool, peer: &PeerId, channel: Uuid, seq: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO federation_cursors (peer_id, channel_id, seq) VALUES ($1, $2, $3)
+         ON CONFLICT (peer_id, channel_id) DO UPDATE SET seq = GREATEST(federation_cursors.seq, $3)",
+    )
+    .bind(peer.to_string())
+    .bind(channel)
+    .bind(seq)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The node's federation surface: its network identity and counters
+//! (`GET /api/node`), and joining a community hosted on another node.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Json;
+use crate::federation::CounterSnapshot;
+use crate::federation::sync::JoinError;
+use crate::model::Server;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_node))
+        .routes(routes!(join_remote_server))
+}
+
+/// What a node tells about itself: enough for an invite to carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeDescription {
+    /// The node's public key (unpadded base64url).
+    pub node_key: String,
+    /// libp2p peer id (absent when the network is not running).
+    pub peer_id: Option<String>,
+    /// Addresses peers can dial, each ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: Vec<String>,
+    pub federation: CounterSnapshot,
+}
+
+/// `GET /api/node`: this node's identity, addresses and federation counters.
+#[utoipa::path(get, path = "/api/node", tag = "federation",
+    responses((status = 200, body = NodeDescription)))]
+async fn get_node(State(state): State<AppState>) -> ApiResult<Json<NodeDescription>> {
+    let info = match state.federation.net() {
+        Some(net) => net.info().await.ok(),
+        None => None,
+    };
+    Ok(Json(NodeDescription {
+        node_key: together_protocol::identity::NodePublicKey::from(&state.keys.node_key).to_string(),
+        peer_id: info.as_ref().map(|i| i.peer_id.clone()),
+        listen_addrs: info.as_ref().map(|i| i.listen_addrs.clone()).unwrap_or_default(),
+        connected_peers: info.map(|i| i.connected_peers).unwrap_or_default(),
+        federation: state.federation.counters().snapshot(),
+    }))
+}
+
+/// Body of `POST /api/federation/join`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJoinRequest {
+    /// The invite code, made on the community's home node.
+    pub code: String,
+    /// A multiaddr of the home node ending in `/p2p/<peer id>` (see its
+    /// `GET /api/node`).
+    pub peer: String,
+}
+
+/// `POST /api/federation/join`: join a community hosted on another node.
+/// This node asks the home node to admit the caller, copies the
+/// community's structure and starts replicating its messages.
+#[utoipa::path(post, path = "/api/federation/join", tag = "federation", security(("bearer" = [])),
+    request_body = RemoteJoinRequest,
+    responses((status = 200, body = Server), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn join_remote_server(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(req): Json<RemoteJoinRequest>,
+) -> ApiResult<Json<Server>> {
+    let peer = req
+        .peer
+        .parse()
+        .map_err(|_| ApiError::invalid("peer must be a multiaddr ending in /p2p/<peer id>"))?;
+    match crate::federation::sync::join_remote(&state, auth.user_id, req.code.trim(), peer).await {
+        Ok(server) => Ok(Json(server)),
+        Err(err) => Err(match &err {
+            JoinError::NoNetwork => {
+                ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "federation_disabled", err.to_string())
+            }
+            JoinError::NoPeerId => ApiError::invalid(err.to_string()),
+            JoinError::Refused { code, .. } if code == "unknown_invite" => {
+                ApiError::not_found("unknown_invite", "no such invite, or it has expired or been used up")
+            }
+            JoinError::Refused { code, .. } if code == "banned" => {
+                ApiError::forbidden("banned", "you are banned from this server")
+            }
+            JoinError::Db(_) => ApiError::internal(err.to_string()),
+            _ => ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "peer_failed", err.to_string()),
+        }),
+    }
+}

@@ -1,0 +1,303 @@
+//! The task that owns the swarm: it applies [`Command`]s, turns swarm
+//! events into [`NetEvent`]s, and keeps the pending replies (dials by peer
+//! id, outbound requests, inbound requests awaiting an answer).
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, IdentTopic, TopicHash};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{Command, NetError, NetEvent, NodeInfo};
+use crate::federation::wire::{SyncRequest, SyncResponse};
+
+/// Most inbound requests waiting for an answer at once; beyond this, new
+/// requests are dropped (the peer sees a timeout).
+const MAX_PENDING_INBOUND: usize = 1024;
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
+    pending_responses: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
+    dropped_events: u64,
+}
+
+impl EventLoop {
+    pub fn new(swarm: Swarm<Behaviour>, commands: mpsc::Receiver<Command>, events: mpsc::Sender<NetEvent>) -> Self {
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            pending_dials: HashMap::new(),
+            pending_requests: HashMap::new(),
+            pending_responses: HashMap::new(),
+            dropped_events: 0,
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.swarm_event(event),
+            }
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn emit(&mut self, event: NetEvent) {
+        if let Err(err) = self.events.try_send(event) {
+            self.dropped_events += 1;
+            if let mpsc::error::TrySendError::Full(event) = err {
+                tracing::warn!(?event, "network event dropped: the application is behind");
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Dial { addr, reply } => {
+                let peer = addr.iter().find_map(|p| match p {
+                    Protocol::P2p(peer) => Some(peer),
+                    _ => None,
+                });
+                if let Some(peer) = peer {
+                    if self.swarm.is_connected(&peer) {
+                        let _ = reply.send(Ok(()));
+                        return;
+                    }
+                    if self.swarm.behaviour().blocked.blocked_peers().contains(&peer) {
+                        let _ = reply.send(Err(NetError::Dial(format!("{addr}: peer is blocked"))));
+                        return;
+                    }
+                }
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => match peer {
+                        Some(peer) => self.pending_dials.entry(peer).or_default().push(reply),
+                        None => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    },
+                    Err(err) => {
+                        let _ = reply.send(Err(NetError::Dial(format!("{addr}: {err}"))));
+                    }
+                }
+            }
+            Command::Subscribe { topic, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&IdentTopic::new(topic))
+                    .map(|_| ())
+                    .map_err(|err| NetError::Subscribe(err.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { topic } => {
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&IdentTopic::new(topic));
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|err| NetError::Publish(err.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Request { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { request_id, response } => {
+                if let Some(channel) = self.pending_responses.remove(&request_id)
+                    && self.swarm.behaviour_mut().sync.send_response(channel, response).is_err()
+                {
+                    tracing::debug!("response not sent: the requester went away");
+                }
+            }
+            Command::ReportValidation {
+                message_id,
+                source,
+                acceptance,
+            } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &source, acceptance);
+            }
+            Command::Info { reply } => {
+                let peer_id = *self.swarm.local_peer_id();
+                let listen_addrs = self
+                    .swarm
+                    .listeners()
+                    .map(|a| a.clone().with(Protocol::P2p(peer_id)).to_string())
+                    .collect();
+                let connected_peers = self.swarm.connected_peers().map(PeerId::to_string).collect();
+                let _ = reply.send(NodeInfo {
+                    peer_id: peer_id.to_string(),
+                    listen_addrs,
+                    connected_peers,
+                    dropped_events: self.dropped_events,
+                });
+            }
+            Command::TopicPeers { topic, reply } => {
+                let hash = TopicHash::from_raw(topic);
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Block { peer } => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock { peer } => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
+    }
+
+    fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(waiting) = self.pending_dials.remove(&peer_id) {
+                    for reply in waiting {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                if num_established.get() == 1 {
+                    let dialed = match endpoint {
+                        ConnectedPoint::Dialer { address, .. } => Some(address),
+                        ConnectedPoint::Listener { .. } => None,
+                    };
+                    tracing::info!(peer = %peer_id, "peer connected");
+                    self.emit(NetEvent::Connected { peer: peer_id, dialed });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                self.emit(NetEvent::Disconnected { peer: peer_id });
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if let Some(waiting) = self.pending_dials.remove(&peer) {
+                    for reply in waiting {
+                        let _ = reply.send(Err(NetError::Dial(error.to_string())));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.gossip_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.sync_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                self.emit(NetEvent::Identified {
+                    peer: peer_id,
+                    listen_addrs: info.listen_addrs,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => self.emit(NetEvent::Gossip {
+                source: propagation_source,
+                author: message.source,
+                message_id,
+                topic: message.topic.into_string(),
+                data: message.data,
+            }),
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => self.emit(NetEvent::Subscribed {
+                peer: peer_id,
+                topic: topic.into_string(),
+            }),
+            _ => {}
+        }
+    }
+
+    fn sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    if self.pending_responses.len() >= MAX_PENDING_INBOUND {
+                        tracing::warn!(%peer, "too many pending sync requests; dropping one");
+                        return;
+                    }
+                    self.pending_responses.insert(request_id, channel);
+                    self.emit(NetEvent::Request {
+                        peer,
+                        request_id,
+                        request,
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                self.pending_responses.remove(&request_id);
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// `addr` with `/p2p/<peer>` appended unless it already ends with it.
+pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(Protocol::P2p(peer))
+    }
+}
