@@ -497,7 +497,9 @@ fn attach_overrides(channel: &mut Channel, rows: &[OverrideRow]) {
 
 /// Every channel of a server in order, each with its overrides (filled in)
 /// and the raw override rows for permission checks.
-async fn channels_with_overrides(
+/// Every channel of a server, ordered by position, with its overrides
+/// (both as shown to clients and as rows for permission checks).
+pub async fn channels_with_overrides(
     conn: &mut PgConnection,
     server_id: Uuid,
 ) -> ApiResult<Vec<(Channel, Vec<OverrideRow>)>> {

@@ -9,9 +9,9 @@ use uuid::Uuid;
 use super::dispatcher::Presence;
 use super::views::View;
 use crate::error::ApiError;
-use crate::model::{Channel, CurrentUser, Member, OverrideKind, PermissionOverride, ROLE_COLUMNS, Role, RoleRow, Server, USER_COLUMNS, UserRow, VoiceState};
-use crate::perms::{OVERRIDE_COLUMNS, OverrideRow};
-use together_protocol::permissions::Permissions;
+use crate::community::channels::{channels_with_overrides, load_channel};
+use crate::community::members::fetch_member;
+use crate::model::{Channel, CurrentUser, Member, ROLE_COLUMNS, Role, RoleRow, Server, VoiceState};
 
 /// One server as READY and SERVER_CREATE describe it.
 #[derive(Debug, Serialize)]
@@ -36,38 +36,16 @@ pub struct Ready {
     pub servers: Vec<ServerObject>,
 }
 
-const CHANNEL_COLUMNS: &str = "id, server_id, name, kind, parent_id, topic, position, created_at";
-
-/// Attaches each channel's overrides.
-async fn with_overrides(db: &PgPool, mut channels: Vec<Channel>) -> Result<Vec<Channel>, ApiError> {
-    let ids: Vec<Uuid> = channels.iter().map(|c| c.id).collect();
-    let sql = format!("SELECT {OVERRIDE_COLUMNS} FROM channel_permission_overrides WHERE channel_id = ANY($1)");
-    let rows: Vec<OverrideRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(&ids).fetch_all(db).await?;
-    let mut by_channel: HashMap<Uuid, Vec<PermissionOverride>> = HashMap::new();
-    for row in rows {
-        let (id, kind) = match (row.role_id, row.user_id) {
-            (Some(role), _) => (role, OverrideKind::Role),
-            (None, Some(user)) => (user, OverrideKind::Member),
-            (None, None) => continue,
-        };
-        by_channel.entry(row.channel_id).or_default().push(PermissionOverride {
-            id,
-            kind,
-            allow: Permissions::from_stored(row.allow),
-            deny: Permissions::from_stored(row.deny),
-        });
-    }
-    for channel in &mut channels {
-        channel.permission_overrides = by_channel.remove(&channel.id).unwrap_or_default();
-    }
-    Ok(channels)
-}
-
 /// Channels by id, with overrides.
 pub async fn channels_by_id(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Channel>, ApiError> {
-    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ANY($1)");
-    let channels: Vec<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(db).await?;
-    Ok(with_overrides(db, channels).await?.into_iter().map(|c| (c.id, c)).collect())
+    let mut conn = db.acquire().await?;
+    let mut out = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(channel) = load_channel(&mut conn, *id).await {
+            out.insert(*id, channel);
+        }
+    }
+    Ok(out)
 }
 
 /// The server object for `user_id`, showing only the channels in `view`.
@@ -84,9 +62,14 @@ pub async fn server_object(
     .bind(server_id)
     .fetch_one(db)
     .await?;
-    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE server_id = $1 ORDER BY position, id");
-    let channels: Vec<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(server_id).fetch_all(db).await?;
-    let channels = with_overrides(db, channels.into_iter().filter(|c| view.contains(&c.id)).collect()).await?;
+    let mut conn = db.acquire().await?;
+    let channels = channels_with_overrides(&mut conn, server_id)
+        .await?
+        .into_iter()
+        .map(|(channel, _)| channel)
+        .filter(|c| view.contains(&c.id))
+        .collect();
+    drop(conn);
     let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE server_id = $1 ORDER BY position, id");
     let roles: Vec<RoleRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(server_id).fetch_all(db).await?;
     let member_count: i64 = sqlx::query_scalar("SELECT count(*) FROM server_members WHERE server_id = $1")
@@ -105,37 +88,10 @@ pub async fn server_object(
         server,
         channels,
         roles: roles.into_iter().map(Role::from).collect(),
-        member: own_member(db, server_id, user_id).await?,
+        member: fetch_member(db, server_id, user_id).await.ok(),
         member_count,
         large: presences.is_none(),
         presences: presences.unwrap_or_default(),
         voice_states,
     })
-}
-
-async fn own_member(db: &PgPool, server_id: Uuid, user_id: Uuid) -> Result<Option<Member>, ApiError> {
-    let row: Option<(Option<String>, chrono::DateTime<chrono::Utc>, Vec<Uuid>)> = sqlx::query_as(
-        "SELECT m.nickname, m.joined_at,
-                COALESCE(array_agg(mr.role_id) FILTER (WHERE mr.role_id IS NOT NULL), '{}')
-           FROM server_members m
-           LEFT JOIN member_roles mr ON mr.server_id = m.server_id AND mr.user_id = m.user_id
-          WHERE m.server_id = $1 AND m.user_id = $2
-          GROUP BY m.nickname, m.joined_at",
-    )
-    .bind(server_id)
-    .bind(user_id)
-    .fetch_optional(db)
-    .await?;
-    let Some((nickname, joined_at, roles)) = row else {
-        return Ok(None);
-    };
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    let user: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_one(db).await?;
-    Ok(Some(Member {
-        server_id,
-        user: user.into(),
-        nickname,
-        roles,
-        joined_at,
-    }))
 }
