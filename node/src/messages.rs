@@ -466,7 +466,9 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
             goal = goal.max(scanned + scanned * (q.limit - found) * 3 / (2 * found));
         }
         let goal = goal.min(cap);
-        if goal <= scanned {
+        // A walk that would not at least double what has been read is not
+        // worth its round trip: the index is cheap for so few matches.
+        if goal < scanned * 2 {
             break;
         }
         window = goal - scanned;
