@@ -338,16 +338,17 @@ pub const WALK_ROWS_PER_MATCH: i64 = 4;
 ///    reads only statistics). While
 ///    walking stays cheaper than fetching every match through the index
 ///    (at most [`WALK_ROWS_PER_MATCH`] × the estimate, and [`MAX_WALK`]),
-///    walk again with a window four times larger, or sized from the density
-///    seen so far. This covers words that are common overall but absent from
+///    walk on until four times as many messages have been read, or as many
+///    as the density seen so far says the page needs. This covers words that are common overall but absent from
 ///    the latest messages (a bot flooding a channel), where the index would
 ///    read hundreds of thousands of rows.
-/// 3. **Index.** Otherwise the words are rare: take every match from the GIN
-///    index on `search_vector` (a short list), count them, and return the
-///    newest `limit`.
+/// 3. **Index.** Otherwise the words are rare: take every match below the
+///    walked part from the GIN index on `search_vector` (a short list),
+///    count them, and fill the page with the newest.
 ///
-/// Walks restart from the newest message; the windows grow geometrically,
-/// so the repeated part costs at most a third more.
+/// Each walk continues below the last message the previous one read (the
+/// statement returns it along with the matches), so nothing is read twice,
+/// and a walk that runs out of messages ends the search with an exact count.
 ///
 /// Apart from the first walk, the statements are sent unnamed
 /// (`persistent(false)`) so PostgreSQL plans each with the actual words and
@@ -368,50 +369,80 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
     };
     let author = if q.author_id.is_some() { "AND author_id = $6" } else { "" };
 
+    // One walk: the newest `$5` messages in scope below `$3`, numbered, kept
+    // when they match or when they are the last of the window (so the next
+    // walk can start below it); lazily, stopping at `$7` rows.
     let walk_sql = format!(
-        "SELECT w.id FROM (
-             SELECT id, search_vector FROM messages
+        "SELECT w.id, w.hit, w.n FROM (
+             SELECT id, search_vector @@ websearch_to_tsquery('english', $4) AS hit,
+                    row_number() OVER (ORDER BY id DESC) AS n
+               FROM messages
               WHERE {scope} AND NOT deleted AND id < $3 {author}
               ORDER BY id DESC LIMIT $5
          ) w
-         WHERE w.search_vector @@ websearch_to_tsquery('english', $4)
+         WHERE w.hit OR w.n = $5
          ORDER BY w.id DESC LIMIT $7"
     );
-    let walk = |window: i64| {
+    let walk = |upper: Uuid, window: i64, wanted: i64, first: bool| {
         // The first walk is the common case: a prepared statement with the
         // window and limit written in gets one generic plan (its shape does
-        // not depend on the words). Longer walks are planned each time.
-        let first = window == FIRST_WINDOW;
+        // not depend on the words). Later walks are planned each time.
         let sql = if first {
             walk_sql
-                .replace("LIMIT $5", &format!("LIMIT {FIRST_WINDOW}"))
-                .replace("LIMIT $7", &format!("LIMIT {}", q.limit.clamp(1, 100)))
+                .replace("$5", &FIRST_WINDOW.to_string())
+                .replace("LIMIT $7", &format!("LIMIT {}", wanted.clamp(1, 100)))
         } else {
             walk_sql.clone()
         };
-        sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, (Uuid, bool, i64)>(sqlx::AssertSqlSafe(sql))
             .persistent(first)
             .bind(q.server_id)
             .bind(&q.channels)
-            .bind(before)
+            .bind(upper)
             .bind(&q.text)
             .bind(window)
             .bind(q.author_id)
-            .bind(q.limit)
+            .bind(wanted)
             .fetch_all(db)
     };
+
+    let mut hits: Vec<Uuid> = Vec::new();
+    let mut upper = before;
+    let mut scanned: i64 = 0;
     let mut window = FIRST_WINDOW;
     let mut walk_cap: Option<i64> = None;
     loop {
-        let ids = walk(window).await?;
-        let found = ids.len() as i64;
-        if found >= q.limit {
+        let wanted = q.limit - hits.len() as i64;
+        let rows = walk(upper, window, wanted, scanned == 0).await?;
+        let mut last = None;
+        for (id, hit, n) in rows {
+            if hit && (hits.len() as i64) < q.limit {
+                hits.push(id);
+            }
+            if n == window {
+                last = Some(id);
+            }
+        }
+        if hits.len() as i64 >= q.limit {
             return Ok(SearchHits {
-                ids,
+                ids: hits,
                 total: None,
                 phase: "walk",
             });
         }
+        // Fewer matches than wanted and the window did not fill: every
+        // message in scope has been read.
+        let Some(last) = last else {
+            let total = hits.len() as i64;
+            return Ok(SearchHits {
+                ids: hits,
+                total: Some(total),
+                phase: "walk",
+            });
+        };
+        upper = last;
+        scanned += window;
+
         let cap = match walk_cap {
             Some(cap) => cap,
             None => {
@@ -426,18 +457,24 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
                 cap
             }
         };
-        let mut next = window * 4;
+        // Read up to four times as much in all, or, when matches were seen,
+        // enough for the rest of the page one and a half times at their
+        // density; within the cap.
+        let found = hits.len() as i64;
+        let mut goal = scanned * 4;
         if found > 0 {
-            // Enough for the page one and a half times at the density seen.
-            next = next.max(window * q.limit * 3 / (2 * found));
+            goal = goal.max(scanned + scanned * (q.limit - found) * 3 / (2 * found));
         }
-        let next = next.min(cap);
-        if next <= window {
+        let goal = goal.min(cap);
+        // A walk that would not at least double what has been read is not
+        // worth its round trip: the index is cheap for so few matches.
+        if goal < scanned * 2 {
             break;
         }
-        window = next;
+        window = goal - scanned;
     }
 
+    // The GIN index, for what lies below the walked part.
     let index_sql = format!(
         "WITH hits AS MATERIALIZED (
              SELECT id FROM messages
@@ -451,15 +488,17 @@ pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError
         .persistent(false)
         .bind(q.server_id)
         .bind(&q.channels)
-        .bind(before)
+        .bind(upper)
         .bind(&q.text)
-        .bind(q.limit)
+        .bind(q.limit - hits.len() as i64)
         .bind(q.author_id)
         .fetch_all(db)
         .await?;
-    let total = rows.first().map(|r| r.1).unwrap_or(0);
+    let older = rows.first().map(|r| r.1).unwrap_or(0);
+    let total = hits.len() as i64 + older;
+    hits.extend(rows.into_iter().map(|r| r.0));
     Ok(SearchHits {
-        ids: rows.into_iter().map(|r| r.0).collect(),
+        ids: hits,
         total: Some(total),
         phase: "index",
     })

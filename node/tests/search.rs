@@ -178,4 +178,36 @@ async fn common_and_rare_words_page_newest_first(pool: PgPool) {
     assert_eq!(contents(&first), ["common chatter 3000", "common chatter 2997", "common chatter 2994"]);
     let rare = app.get(&format!("{url}?q=gem"), &alice.token).await.expect(StatusCode::OK);
     assert_eq!(contents(&rare), ["a rare gem 40", "a rare gem 20", "a rare gem 10"]);
+
+    // One match among the newest messages and three far below: the walk's
+    // match and the index's are joined in order, counted once each.
+    app.send_message(general, &alice.token, "gem of the day").await;
+    let rare = app.get(&format!("{url}?q=gem"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(contents(&rare), ["gem of the day", "a rare gem 40", "a rare gem 20", "a rare gem 10"]);
+    assert_eq!(rare["total_estimate"], 4);
+    let two = app.get(&format!("{url}?q=gem&limit=2"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(contents(&two), ["gem of the day", "a rare gem 40"]);
+    let next = app
+        .get(&format!("{url}?q=gem&limit=2&before={}", two["messages"][1]["id"].as_str().unwrap()), &alice.token)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(contents(&next), ["a rare gem 20", "a rare gem 10"]);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn small_servers_are_searched_exactly(pool: PgPool) {
+    let app = TestApp::new(pool.clone());
+    let alice = app.register("alice").await;
+    let (server_id, general) = fixture_server(&pool, &alice.id).await;
+    for i in 0..30 {
+        let word = if i % 3 == 0 { "apple" } else { "pear" };
+        app.send_message(general, &alice.token, &format!("{word} {i}")).await;
+    }
+    let url = format!("/api/servers/{server_id}/messages/search");
+    let found = app.get(&format!("{url}?q=apple"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(found["messages"].as_array().unwrap().len(), 10);
+    assert_eq!(found["total_estimate"], 10, "a walk that reads every message counts exactly");
+    assert_eq!(found["messages"][0]["content"], "apple 27");
+    let found = app.get(&format!("{url}?q=pear&limit=5"), &alice.token).await.expect(StatusCode::OK);
+    assert_eq!(contents(&found), ["pear 29", "pear 28", "pear 26", "pear 25", "pear 23"]);
 }
