@@ -65,6 +65,11 @@ pub async fn start(
         shutdown.clone(),
     );
     crate::federation::start(&state, &p2p).await?;
+    tokio::spawn(crate::uploads::run_cleanup(
+        state.db.clone(),
+        crate::uploads::FileStore::new(&state.config.data_dir),
+        shutdown.clone(),
+    ));
     let app = crate::http::app(state.clone());
     let serving = tokio::spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
