@@ -25,6 +25,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/challenge": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /api/auth/challenge`: a fresh single-use sign-in challenge. */
+        post: operations["create_challenge"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -128,6 +145,26 @@ export interface paths {
         post?: never;
         /** `DELETE /api/auth/sessions/{session_id}`: sign a device out. */
         delete: operations["delete_session"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /api/auth/verify`: sign in with a user key. Creates the local user
+         *     on first sight and answers like a password sign-in.
+         */
+        post: operations["verify_challenge"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -246,6 +283,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/federation/join": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /api/federation/join`: join a community hosted on another node.
+         *     This node asks the home node to admit the caller, copies the
+         *     community's structure and starts replicating its messages.
+         */
+        post: operations["join_remote_server"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/invites/{code}": {
         parameters: {
             query?: never;
@@ -353,6 +411,23 @@ export interface paths {
          *     someone's reaction (needs MANAGE_MESSAGES, unless it is one's own).
          */
         delete: operations["delete_user_reaction"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/node": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/node`: this node's identity, addresses and federation counters. */
+        get: operations["get_node"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -839,6 +914,23 @@ export interface components {
             /** @description Up to 512 characters, shown to moderators. */
             reason?: string | null;
         };
+        /** @description A challenge to sign with the user key (`together/v1/sign-in`). */
+        ChallengeResponse: {
+            /**
+             * Format: int64
+             * @description Seconds the challenge may be answered in.
+             */
+            expires_in: number;
+            /**
+             * Format: int64
+             * @description Unix seconds.
+             */
+            issued: number;
+            /** @description This node's public key (unpadded base64url). */
+            node: string;
+            /** @description 32 random bytes (unpadded base64url), valid once. */
+            nonce: string;
+        };
         /** @description A channel or category. */
         Channel: {
             /** Format: date-time */
@@ -888,6 +980,39 @@ export interface components {
             parent_id?: string | null;
             /** Format: int32 */
             position: number;
+        };
+        /** @description A copy of the counters. */
+        CounterSnapshot: {
+            /**
+             * Format: int64
+             * @description Events from peers accepted and applied.
+             */
+            accepted: number;
+            /**
+             * Format: int64
+             * @description Events from backfill that were already known.
+             */
+            duplicates: number;
+            /**
+             * Format: int64
+             * @description Events stored but not published (no peer on the topic yet); peers
+             *     get them by backfill.
+             */
+            publish_failed: number;
+            /**
+             * Format: int64
+             * @description Signed events this node published.
+             */
+            published: number;
+            /**
+             * @description Refused input by reason (`bad_signature`, `unknown_delegation`,
+             *     `replay`, `oversized`, ...).
+             */
+            rejected: {
+                [key: string]: number;
+            };
+            /** Format: int64 */
+            rejected_total: number;
         };
         /** @description The body of `POST /api/channels/{channel_id}/messages`. */
         CreateMessageRequest: {
@@ -1103,6 +1228,17 @@ export interface components {
              */
             permissions?: string | null;
         };
+        /** @description What a node tells about itself: enough for an invite to carry. */
+        NodeDescription: {
+            connected_peers: string[];
+            federation: components["schemas"]["CounterSnapshot"];
+            /** @description Addresses peers can dial, each ending in `/p2p/<peer id>`. */
+            listen_addrs: string[];
+            /** @description The node's public key (unpadded base64url). */
+            node_key: string;
+            /** @description libp2p peer id (absent when the network is not running). */
+            peer_id?: string | null;
+        };
         /** @description Body of `PUT /api/channels/{channel_id}/permissions/{target_id}`. */
         OverrideInput: {
             /** @description Bits to allow (decimal string or integer). */
@@ -1150,6 +1286,16 @@ export interface components {
             password: string;
             /** @description 2–32 characters: letters, digits, `_`, `.` and `-`. */
             username: string;
+        };
+        /** @description Body of `POST /api/federation/join`. */
+        RemoteJoinRequest: {
+            /** @description The invite code, made on the community's home node. */
+            code: string;
+            /**
+             * @description A multiaddr of the home node ending in `/p2p/<peer id>` (see its
+             *     `GET /api/node`).
+             */
+            peer: string;
         };
         /** @description A role. The role whose id equals the server id is `@everyone`. */
         Role: {
@@ -1284,6 +1430,22 @@ export interface components {
             tag: string;
             username: string;
         };
+        /** @description The signed answer to a challenge. */
+        VerifyRequest: {
+            /** @description A signed delegation from the user to this node. */
+            delegation: Record<string, never>;
+            /** @description The nonce of the challenge being answered. */
+            nonce: string;
+            /** @description The user's public key (unpadded base64url); must be the delegation's user. */
+            public_key: string;
+            /** @description The user key's signature over the challenge. */
+            signature: string;
+            /**
+             * @description Username to show on this node when it first sees the user
+             *     (default `user-<first hex digits of the id>`).
+             */
+            username?: string | null;
+        };
     };
     responses: never;
     parameters: never;
@@ -1327,6 +1489,25 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_challenge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChallengeResponse"];
                 };
             };
         };
@@ -1502,6 +1683,45 @@ export interface operations {
                 content?: never;
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    verify_challenge: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VerifyRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuthResponse"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1939,6 +2159,61 @@ export interface operations {
             };
         };
     };
+    join_remote_server: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RemoteJoinRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Server"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_invite: {
         parameters: {
             query?: never;
@@ -2347,6 +2622,25 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_node: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NodeDescription"];
                 };
             };
         };
