@@ -1,0 +1,475 @@
+//! The forwarding path: one reader task per publisher, one writer task per
+//! subscriber, and a bounded queue in between.
+//!
+//! ```text
+//!  publisher A's track ──poll──▶ reader(A) ──try_send──▶ queue(B) ──▶ writer(B) ──write_rtp──▶ B's slot for A
+//!                                         └─try_send──▶ queue(C) ──▶ writer(C) ──write_rtp──▶ C's slot for A
+//! ```
+//!
+//! The reader drops packets from a muted publisher, works out whether the publisher
+//! is speaking, strips header extensions (their ids are negotiated per connection)
+//! and offers one copy (a cheap `Bytes` clone) to each subscriber's queue. A full
+//! queue drops the packet: old audio is worthless, and a slow subscriber must not
+//! hold up anyone else. The writer gives each outgoing slot its own SSRC and a
+//! continuous sequence-number and timestamp line across publisher changes and pauses
+//! (mute), so receivers see real losses as losses and nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rtc::rtp::Packet;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::rtp_transceiver::RtpTransceiver;
+
+use crate::event::SfuEvent;
+use crate::media::{OPUS_CLOCK_RATE, OPUS_FRAME_TICKS, OPUS_PAYLOAD_TYPE, audio_level};
+use crate::state::{PeerId, PeerShared};
+
+/// A pause longer than this restarts a slot's sequence/timestamp line.
+const REBASE_GAP: Duration = Duration::from_millis(500);
+/// Speaking ends this long after the last voiced packet.
+const SPEAKING_HANG: Duration = Duration::from_millis(400);
+/// Audio louder than this (in -dBov; smaller is louder) counts as speech.
+const SPEECH_LEVEL: u8 = 50;
+/// Without an audio level, Opus frames larger than this count as speech (silence and
+/// DTX frames are a few bytes).
+const SPEECH_PAYLOAD: usize = 20;
+
+/// Packet counters for the whole SFU.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub dropped_muted: AtomicU64,
+    pub dropped_deaf: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_other: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+impl Counters {
+    #[inline]
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A packet counter snapshot (see [`crate::Sfu::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketStats {
+    /// RTP packets received from publishers.
+    pub received: u64,
+    /// Copies handed to subscribers' connections.
+    pub forwarded: u64,
+    /// Packets dropped because their publisher is muted or deafened.
+    pub dropped_muted: u64,
+    /// Copies not made because the subscriber is deafened.
+    pub dropped_deaf: u64,
+    /// Copies dropped because a subscriber's queue was full.
+    pub dropped_queue_full: u64,
+    /// Packets dropped for other reasons (unknown payload type).
+    pub dropped_other: u64,
+    /// Copies the subscriber's connection refused.
+    pub write_errors: u64,
+}
+
+impl From<&Counters> for PacketStats {
+    fn from(c: &Counters) -> Self {
+        Self {
+            received: c.received.load(Ordering::Relaxed),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+            dropped_muted: c.dropped_muted.load(Ordering::Relaxed),
+            dropped_deaf: c.dropped_deaf.load(Ordering::Relaxed),
+            dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_other: c.dropped_other.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One outgoing audio section on a subscriber's connection. Slots are reused: when
+/// a publisher leaves, its slot goes inactive and the next publisher to join takes it,
+/// which keeps the SDP from growing with every join.
+pub(crate) struct OutSlot {
+    /// Position in the subscriber's slot list (stable for the connection's life).
+    pub index: usize,
+    /// The SSRC every packet in this slot carries.
+    pub ssrc: u32,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub transceiver: Arc<dyn RtpTransceiver>,
+    /// Bumped each time the slot changes publisher.
+    pub epoch: AtomicU32,
+    /// The client has accepted an offer in which this slot sends: packets may flow.
+    pub active: AtomicBool,
+    /// Whose audio the slot carries now.
+    pub publisher: Mutex<Option<PeerId>>,
+}
+
+impl OutSlot {
+    pub(crate) fn publisher(&self) -> Option<PeerId> {
+        self.publisher.lock().ok().and_then(|p| *p)
+    }
+}
+
+/// A packet on its way to one subscriber.
+pub(crate) struct Forward {
+    slot: Arc<OutSlot>,
+    epoch: u32,
+    packet: Packet,
+}
+
+/// One subscriber of a publisher's audio.
+pub(crate) struct Subscription {
+    pub subscriber: PeerId,
+    pub slot: Arc<OutSlot>,
+    pub epoch: u32,
+    pub shared: Arc<PeerShared>,
+    pub outbox: mpsc::Sender<Forward>,
+}
+
+/// The subscribers of one publisher.
+#[derive(Default)]
+pub(crate) struct Fanout {
+    subs: RwLock<Vec<Subscription>>,
+}
+
+impl Fanout {
+    pub(crate) fn add(&self, sub: Subscription) {
+        if let Ok(mut subs) = self.subs.write() {
+            subs.retain(|s| s.subscriber != sub.subscriber);
+            subs.push(sub);
+        }
+    }
+
+    pub(crate) fn remove(&self, subscriber: PeerId) {
+        if let Ok(mut subs) = self.subs.write() {
+            subs.retain(|s| s.subscriber != subscriber);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut subs) = self.subs.write() {
+            subs.clear();
+        }
+    }
+
+    /// Offers `packet` to every subscriber that can hear it.
+    fn send(&self, packet: &Packet, counters: &Counters) {
+        let Ok(subs) = self.subs.read() else { return };
+        for sub in subs.iter() {
+            if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.receiving() {
+                Counters::bump(&counters.dropped_deaf);
+                continue;
+            }
+            let forward = Forward {
+                slot: Arc::clone(&sub.slot),
+                epoch: sub.epoch,
+                packet: packet.clone(),
+            };
+            match sub.outbox.try_send(forward) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => Counters::bump(&counters.dropped_queue_full),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+/// Everything a publisher's reader task needs.
+pub(crate) struct PublisherCtx {
+    pub room: Uuid,
+    pub peer: PeerId,
+    pub shared: Arc<PeerShared>,
+    pub fanout: Arc<Fanout>,
+    pub events: mpsc::Sender<SfuEvent>,
+    pub counters: Arc<Counters>,
+    pub cancel: CancellationToken,
+}
+
+/// Reads the publisher's track until it ends or the participant leaves.
+pub(crate) async fn run_publisher(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
+    let mut speaking = Speaking::default();
+    loop {
+        let deadline = speaking.deadline();
+        let event = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => break,
+            () = sleep_until_opt(deadline) => {
+                if speaking.expire(Instant::now()) {
+                    ctx.speaking(false);
+                }
+                continue;
+            }
+            event = track.poll() => event,
+        };
+        let mut packet = match event {
+            Some(TrackRemoteEvent::OnRtpPacket(packet)) => packet,
+            Some(TrackRemoteEvent::OnEnded) | None => break,
+            Some(_) => continue,
+        };
+        Counters::bump(&ctx.counters.received);
+        if packet.header.payload_type != OPUS_PAYLOAD_TYPE {
+            Counters::bump(&ctx.counters.dropped_other);
+            continue;
+        }
+        if ctx.shared.muted() {
+            Counters::bump(&ctx.counters.dropped_muted);
+            if speaking.stop() {
+                ctx.speaking(false);
+            }
+            continue;
+        }
+        let level_id = ctx.shared.audio_level_id.load(Ordering::Relaxed);
+        let level = if level_id == 0 {
+            None
+        } else {
+            packet
+                .header
+                .extensions
+                .iter()
+                .find(|e| e.id == level_id)
+                .and_then(|e| audio_level(&e.payload))
+        };
+        let voiced = match level {
+            Some(level) => level < SPEECH_LEVEL,
+            None => packet.payload.len() > SPEECH_PAYLOAD,
+        };
+        if speaking.observe(Instant::now(), voiced) {
+            ctx.speaking(true);
+        }
+        strip_extensions(&mut packet);
+        ctx.fanout.send(&packet, &ctx.counters);
+    }
+    if speaking.stop() {
+        ctx.speaking(false);
+    }
+}
+
+impl PublisherCtx {
+    fn speaking(&self, speaking: bool) {
+        // Speaking indicators are best effort: drop rather than wait.
+        let _ = self.events.try_send(SfuEvent::Speaking {
+            room: self.room,
+            peer: self.peer,
+            speaking,
+        });
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Header extensions are negotiated per connection (ids differ), and none of the
+/// SFU's outgoing sections negotiate any, so forwarded packets carry none.
+fn strip_extensions(packet: &mut Packet) {
+    let header = &mut packet.header;
+    header.extension = false;
+    header.extension_profile = 0;
+    header.extensions.clear();
+    header.extensions_padding = 0;
+    header.padding = false;
+}
+
+/// Voice activity with a hang time, so a sentence is one "speaking" span.
+#[derive(Debug, Default)]
+struct Speaking {
+    on: bool,
+    last_voice: Option<Instant>,
+}
+
+impl Speaking {
+    /// Records a packet; true when speaking starts.
+    fn observe(&mut self, now: Instant, voiced: bool) -> bool {
+        if !voiced {
+            return false;
+        }
+        self.last_voice = Some(now);
+        !std::mem::replace(&mut self.on, true)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.on {
+            self.last_voice.map(|t| t + SPEAKING_HANG)
+        } else {
+            None
+        }
+    }
+
+    /// True when speaking ended by `now`.
+    fn expire(&mut self, now: Instant) -> bool {
+        if self.deadline().is_some_and(|d| now >= d) {
+            self.on = false;
+            return true;
+        }
+        false
+    }
+
+    /// Ends speaking at once (mute); true if it was on.
+    fn stop(&mut self) -> bool {
+        std::mem::replace(&mut self.on, false)
+    }
+}
+
+/// Writes queued packets to one subscriber's connection.
+pub(crate) async fn run_subscriber(
+    mut queue: mpsc::Receiver<Forward>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) {
+    let mut lines: HashMap<usize, Line> = HashMap::new();
+    loop {
+        let forward = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            forward = queue.recv() => match forward {
+                Some(forward) => forward,
+                None => break,
+            },
+        };
+        let Forward { slot, epoch, mut packet } = forward;
+        // The slot changed hands while the packet waited.
+        if slot.epoch.load(Ordering::Acquire) != epoch {
+            continue;
+        }
+        let line = lines.entry(slot.index).or_default();
+        line.rewrite(&mut packet, epoch, Instant::now());
+        packet.header.ssrc = slot.ssrc;
+        packet.header.payload_type = OPUS_PAYLOAD_TYPE;
+        match slot.track.write_rtp(packet).await {
+            Ok(()) => Counters::bump(&counters.forwarded),
+            Err(_) => Counters::bump(&counters.write_errors),
+        }
+    }
+}
+
+/// One slot's outgoing sequence-number and timestamp line.
+///
+/// Within a run of packets from one publisher the offsets are fixed, so gaps (real
+/// losses) pass through. A new publisher, or a pause longer than [`REBASE_GAP`],
+/// continues the line right after the last packet sent, with the timestamp advanced
+/// by the wall-clock time that passed, and sets the marker bit (start of a talkspurt).
+#[derive(Debug, Default)]
+struct Line {
+    started: bool,
+    epoch: u32,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_in_seq: u16,
+    last_out_seq: u16,
+    last_out_ts: u32,
+    last_at: Option<Instant>,
+}
+
+impl Line {
+    fn rewrite(&mut self, packet: &mut Packet, epoch: u32, now: Instant) {
+        let header = &mut packet.header;
+        let in_seq = header.sequence_number;
+        let in_ts = header.timestamp;
+        let elapsed = self.last_at.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+        // A jump of more than ~1 minute of packets means the publisher restarted its
+        // stream; treat it like a new publisher.
+        let jumped = in_seq.wrapping_sub(self.last_in_seq) > 3000 && self.last_in_seq.wrapping_sub(in_seq) > 3000;
+        let rebase = !self.started || epoch != self.epoch || elapsed > REBASE_GAP || jumped;
+        if rebase {
+            let (out_seq, out_ts) = if self.started {
+                let ticks = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX) * u64::from(OPUS_CLOCK_RATE)
+                    / 1_000_000;
+                let ticks = u32::try_from(ticks).unwrap_or(u32::MAX).max(OPUS_FRAME_TICKS);
+                (self.last_out_seq.wrapping_add(1), self.last_out_ts.wrapping_add(ticks))
+            } else {
+                (in_seq, in_ts)
+            };
+            self.seq_offset = out_seq.wrapping_sub(in_seq);
+            self.ts_offset = out_ts.wrapping_sub(in_ts);
+            self.epoch = epoch;
+            self.last_in_seq = in_seq.wrapping_sub(1);
+            if self.started {
+                header.marker = true;
+            }
+            self.started = true;
+        }
+        let out_seq = in_seq.wrapping_add(self.seq_offset);
+        let out_ts = in_ts.wrapping_add(self.ts_offset);
+        header.sequence_number = out_seq;
+        header.timestamp = out_ts;
+        // Only newer packets move the line forward; a late (reordered) one does not.
+        let newer = in_seq.wrapping_sub(self.last_in_seq);
+        if newer != 0 && newer < 0x8000 {
+            self.last_in_seq = in_seq;
+            self.last_out_seq = out_seq;
+            self.last_out_ts = out_ts;
+            self.last_at = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u16, ts: u32) -> Packet {
+        let mut p = Packet::default();
+        p.header.sequence_number = seq;
+        p.header.timestamp = ts;
+        p
+    }
+
+    fn run(line: &mut Line, epoch: u32, seq: u16, ts: u32, at: Instant) -> (u16, u32, bool) {
+        let mut p = packet(seq, ts);
+        line.rewrite(&mut p, epoch, at);
+        (p.header.sequence_number, p.header.timestamp, p.header.marker)
+    }
+
+    #[test]
+    fn losses_pass_through_and_new_publishers_continue_the_line() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut line = Line::default();
+        assert_eq!(run(&mut line, 1, 100, 5000, ms(0)), (100, 5000, false));
+        assert_eq!(run(&mut line, 1, 101, 5960, ms(20)), (101, 5960, false));
+        // Lost 102: the gap shows.
+        assert_eq!(run(&mut line, 1, 103, 7880, ms(60)), (103, 7880, false));
+        // A late packet is rewritten but does not move the line.
+        assert_eq!(run(&mut line, 1, 102, 6920, ms(61)), (102, 6920, false));
+        // Another publisher takes the slot 100 ms later: seq continues, ts advances by 100 ms.
+        let (seq, ts, marker) = run(&mut line, 2, 40_000, 1, ms(160));
+        assert_eq!((seq, marker), (104, true));
+        assert_eq!(ts, 7880 + 4800);
+        // A long pause (mute) continues the line too.
+        let (seq, ts, marker) = run(&mut line, 2, 40_100, 96_001, ms(2160));
+        assert_eq!((seq, marker), (105, true));
+        assert_eq!(ts, 7880 + 4800 + 96_000);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let t0 = Instant::now();
+        let mut line = Line::default();
+        assert_eq!(run(&mut line, 1, 65_535, 0, t0).0, 65_535);
+        assert_eq!(run(&mut line, 1, 0, 960, t0 + Duration::from_millis(20)).0, 0);
+    }
+
+    #[test]
+    fn speaking_hangs_on_and_stops() {
+        let t0 = Instant::now();
+        let mut s = Speaking::default();
+        assert!(!s.observe(t0, false));
+        assert!(s.observe(t0, true));
+        assert!(!s.observe(t0 + Duration::from_millis(20), true));
+        assert!(!s.expire(t0 + Duration::from_millis(100)));
+        assert!(s.expire(t0 + Duration::from_millis(20) + SPEAKING_HANG));
+        assert!(!s.stop());
+    }
+}
