@@ -75,7 +75,8 @@ pub struct PacketStats {
     pub dropped_deaf: u64,
     /// Copies dropped because a subscriber's queue was full.
     pub dropped_queue_full: u64,
-    /// Packets dropped for other reasons (unknown payload type).
+    /// Packets dropped for other reasons: unknown payload type, or a subscriber whose
+    /// connection or slot is not up yet.
     pub dropped_other: u64,
     /// Copies the subscriber's connection refused.
     pub write_errors: u64,
@@ -165,7 +166,12 @@ impl Fanout {
     fn send(&self, packet: &Packet, counters: &Counters) {
         let Ok(subs) = self.subs.read() else { return };
         for sub in subs.iter() {
-            if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.receiving() {
+            // Not negotiated or not connected yet: nothing can leave.
+            if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.connected.load(Ordering::Relaxed) {
+                Counters::bump(&counters.dropped_other);
+                continue;
+            }
+            if sub.shared.deaf() {
                 Counters::bump(&counters.dropped_deaf);
                 continue;
             }

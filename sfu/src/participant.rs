@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
+use rtc::sdp::SessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -367,6 +368,18 @@ impl Participant {
             Some(p) => p.id,
         };
         let answer = RTCSessionDescription::answer(sdp.clone()).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+        // The media stack changes its signaling state before it has checked the whole
+        // answer, so a bad one would leave the session stuck: check it first.
+        let offer = self
+            .pc
+            .pending_local_description()
+            .await
+            .ok_or_else(|| SignalError::Media("the outstanding offer is gone".to_owned()))?;
+        match (offer.unmarshal(), answer.unmarshal()) {
+            (Ok(offer), Ok(parsed)) => validate_answer(&offer, &parsed).map_err(SignalError::BadSdp)?,
+            (Err(error), _) => return Err(SignalError::Media(error.to_string())),
+            (_, Err(error)) => return Err(SignalError::BadSdp(error.to_string())),
+        }
         self.pc
             .set_remote_description(answer)
             .await
@@ -523,6 +536,48 @@ fn audio_level_id(sdp: &str) -> Option<u8> {
         let id: u8 = id.split('/').next()?.parse().ok()?;
         (1..=14).contains(&id).then_some(id)
     })
+}
+
+/// Checks that `answer` can answer `offer` (JSEP §5.3): the same media sections in
+/// the same order, ICE credentials of its own, a DTLS fingerprint, and a DTLS role
+/// that is not `actpass`.
+fn validate_answer(offer: &SessionDescription, answer: &SessionDescription) -> Result<(), String> {
+    if answer.media_descriptions.len() != offer.media_descriptions.len() {
+        return Err(format!(
+            "the answer has {} media sections, the offer {}",
+            answer.media_descriptions.len(),
+            offer.media_descriptions.len()
+        ));
+    }
+    for (i, (ours, theirs)) in offer.media_descriptions.iter().zip(&answer.media_descriptions).enumerate() {
+        if ours.media_name.media != theirs.media_name.media {
+            return Err(format!("media section {i} is {:?}, not {:?}", theirs.media_name.media, ours.media_name.media));
+        }
+        let (our_mid, their_mid) = (ours.attribute("mid").flatten(), theirs.attribute("mid").flatten());
+        if their_mid != our_mid {
+            return Err(format!("media section {i} has mid {their_mid:?}, expected {our_mid:?}"));
+        }
+    }
+    let attribute = |desc: &SessionDescription, key: &str| -> Option<String> {
+        desc.attribute(key).cloned().or_else(|| {
+            desc.media_descriptions
+                .iter()
+                .find_map(|m| m.attribute(key).flatten().map(str::to_owned))
+        })
+    };
+    let (Some(ufrag), Some(_pwd)) = (attribute(answer, "ice-ufrag"), attribute(answer, "ice-pwd")) else {
+        return Err("the answer has no ICE credentials".to_owned());
+    };
+    if attribute(offer, "ice-ufrag").as_ref() == Some(&ufrag) {
+        return Err("the answer repeats the offer's ICE credentials".to_owned());
+    }
+    if attribute(answer, "fingerprint").is_none() {
+        return Err("the answer has no DTLS fingerprint".to_owned());
+    }
+    match attribute(answer, "setup").as_deref() {
+        None | Some("active" | "passive") => Ok(()),
+        Some(other) => Err(format!("a=setup:{other} is not allowed in an answer")),
+    }
 }
 
 /// Receives the peer connection's callbacks. Runs on the connection's driver, so it

@@ -114,12 +114,6 @@ impl PeerShared {
     pub(crate) fn deaf(&self) -> bool {
         self.self_deaf.load(Ordering::Relaxed) || self.server_deaf.load(Ordering::Relaxed)
     }
-
-    /// Whether this participant can receive right now.
-    #[inline]
-    pub(crate) fn receiving(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && !self.deaf()
-    }
 }
 
 #[cfg(test)]
