@@ -33,6 +33,9 @@ pub struct SfuConfig {
     pub max_room_size: usize,
     /// Packets queued per subscriber before further packets for it are dropped.
     pub subscriber_queue: usize,
+    /// Longest a packet may wait for a slow subscriber before it is dropped.
+    #[serde(with = "millis", rename = "max_queue_delay_ms")]
+    pub max_queue_delay: Duration,
     /// Events buffered for the node before the SFU waits for it to catch up.
     pub event_queue: usize,
     /// How long the SFU waits for clients.
@@ -47,7 +50,8 @@ impl Default for SfuConfig {
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             max_room_size: 25,
-            subscriber_queue: 256,
+            subscriber_queue: 128,
+            max_queue_delay: Duration::from_millis(60),
             event_queue: 1024,
             timeouts: Timeouts::default(),
         }
@@ -63,6 +67,7 @@ impl std::fmt::Debug for SfuConfig {
             .field("ice_servers", &self.ice_servers)
             .field("max_room_size", &self.max_room_size)
             .field("subscriber_queue", &self.subscriber_queue)
+            .field("max_queue_delay", &self.max_queue_delay)
             .field("event_queue", &self.event_queue)
             .field("timeouts", &self.timeouts)
             .finish()
@@ -101,6 +106,9 @@ impl SfuConfig {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.max_queue_delay.is_zero() {
+            return Err(ConfigError::Zero("max_queue_delay_ms"));
         }
         for server in &self.ice_servers {
             server.validate()?;

@@ -9,7 +9,8 @@
 //! The reader drops packets from a muted publisher, works out whether the publisher
 //! is speaking, strips header extensions (their ids are negotiated per connection)
 //! and offers one copy (a cheap `Bytes` clone) to each subscriber's queue. A full
-//! queue drops the packet: old audio is worthless, and a slow subscriber must not
+//! queue drops the packet, and so does the writer when a packet has waited longer
+//! than `max_queue_delay`: old audio is worthless, and a slow subscriber must not
 //! hold up anyone else. The writer gives each outgoing slot its own SSRC and a
 //! continuous sequence-number and timestamp line across publisher changes and pauses
 //! (mute), so receivers see real losses as losses and nothing else.
@@ -51,6 +52,7 @@ pub(crate) struct Counters {
     pub dropped_muted: AtomicU64,
     pub dropped_deaf: AtomicU64,
     pub dropped_queue_full: AtomicU64,
+    pub dropped_late: AtomicU64,
     pub dropped_other: AtomicU64,
     pub write_errors: AtomicU64,
 }
@@ -75,6 +77,9 @@ pub struct PacketStats {
     pub dropped_deaf: u64,
     /// Copies dropped because a subscriber's queue was full.
     pub dropped_queue_full: u64,
+    /// Copies dropped because they waited longer than `max_queue_delay` for a slow
+    /// subscriber's connection.
+    pub dropped_late: u64,
     /// Packets dropped for other reasons: unknown payload type, or a subscriber whose
     /// connection or slot is not up yet.
     pub dropped_other: u64,
@@ -90,6 +95,7 @@ impl From<&Counters> for PacketStats {
             dropped_muted: c.dropped_muted.load(Ordering::Relaxed),
             dropped_deaf: c.dropped_deaf.load(Ordering::Relaxed),
             dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_late: c.dropped_late.load(Ordering::Relaxed),
             dropped_other: c.dropped_other.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
         }
@@ -124,6 +130,8 @@ impl OutSlot {
 pub(crate) struct Forward {
     slot: Arc<OutSlot>,
     epoch: u32,
+    /// When the reader handed the packet over.
+    at: Instant,
     packet: Packet,
 }
 
@@ -165,6 +173,7 @@ impl Fanout {
     /// Offers `packet` to every subscriber that can hear it.
     fn send(&self, packet: &Packet, counters: &Counters) {
         let Ok(subs) = self.subs.read() else { return };
+        let at = Instant::now();
         for sub in subs.iter() {
             // Not negotiated or not connected yet: nothing can leave.
             if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.connected.load(Ordering::Relaxed) {
@@ -178,6 +187,7 @@ impl Fanout {
             let forward = Forward {
                 slot: Arc::clone(&sub.slot),
                 epoch: sub.epoch,
+                at,
                 packet: packet.clone(),
             };
             match sub.outbox.try_send(forward) {
@@ -331,6 +341,7 @@ impl Speaking {
 /// Writes queued packets to one subscriber's connection.
 pub(crate) async fn run_subscriber(
     mut queue: mpsc::Receiver<Forward>,
+    max_delay: Duration,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) {
@@ -344,13 +355,19 @@ pub(crate) async fn run_subscriber(
                 None => break,
             },
         };
-        let Forward { slot, epoch, mut packet } = forward;
+        let Forward { slot, epoch, at, mut packet } = forward;
         // The slot changed hands while the packet waited.
         if slot.epoch.load(Ordering::Acquire) != epoch {
             continue;
         }
+        // Old audio is worse than none: the subscriber's jitter buffer would discard it.
+        let now = Instant::now();
+        if now.saturating_duration_since(at) > max_delay {
+            Counters::bump(&counters.dropped_late);
+            continue;
+        }
         let line = lines.entry(slot.index).or_default();
-        line.rewrite(&mut packet, epoch, Instant::now());
+        line.rewrite(&mut packet, epoch, now);
         packet.header.ssrc = slot.ssrc;
         packet.header.payload_type = OPUS_PAYLOAD_TYPE;
         match slot.track.write_rtp(packet).await {

@@ -178,7 +178,12 @@ impl Participant {
 
         let (outbox, queue) = mpsc::channel(new.config.subscriber_queue);
         new.tasks
-            .spawn(forward::run_subscriber(queue, Arc::clone(&new.counters), cancel.clone()));
+            .spawn(forward::run_subscriber(
+                queue,
+                new.config.max_queue_delay,
+                Arc::clone(&new.counters),
+                cancel.clone(),
+            ));
 
         Ok(Arc::new(Self {
             room: new.room,
