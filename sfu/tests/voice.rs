@@ -273,6 +273,7 @@ async fn five_participants_each_receive_four_streams() {
     for member in net.sfu.members(room).await {
         let offer = net.last_offer(member).expect("an answered offer");
         assert_eq!(offer.tracks.len(), 4);
+        assert!(offer.sdp.contains("a=candidate:"), "renegotiation offers carry candidates");
         assert!(offer.tracks.iter().all(|t| t.peer != member && t.mid != "0"));
     }
     for (_, client) in &clients {
@@ -538,6 +539,37 @@ async fn a_full_room_refuses_and_a_move_starts_a_new_session() {
     assert_ne!(offer.session, old_session);
     assert_eq!(net.sfu.members(lobby).await.len(), 1);
     assert_eq!(net.sfu.members(stage).await, vec![a]);
+    alice.close().await;
+    bob.close().await;
+    net.sfu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_keeps_the_audio_flowing() {
+    let net = Net::start(test_config()).await;
+    let room = Uuid::now_v7();
+    let (a, alice) = net.join(room, ClientOptions::default()).await;
+    let (_, bob) = net.join(room, ClientOptions::default()).await;
+    alice.start_sending(1, PAYLOAD);
+    assert!(hears(&bob, &[1]).await);
+
+    let before = net.last_offer(a).expect("offer");
+    let (_, session) = net.sfu.session(a).expect("joined");
+    let offer = net
+        .sfu
+        .renegotiate(a, session, true)
+        .await
+        .expect("renegotiate")
+        .expect("an offer, none was outstanding");
+    assert_eq!(offer.session, before.session);
+    assert!(offer.negotiation > before.negotiation);
+    let ufrag = |sdp: &str| sdp.lines().find(|l| l.starts_with("a=ice-ufrag:")).map(str::to_owned);
+    assert_ne!(ufrag(&offer.sdp), ufrag(&before.sdp), "new ICE credentials");
+    assert!(offer.sdp.contains("a=candidate:"));
+    relay(&net.sfu, &alice, &net.offers, offer).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(count_from(&bob, 1, Duration::from_secs(1)).await >= 40, "audio flows after the restart");
     alice.close().await;
     bob.close().await;
     net.sfu.shutdown().await;
