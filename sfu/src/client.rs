@@ -63,6 +63,8 @@ pub struct ClientOptions {
     pub trickle: bool,
     /// Send the RFC 6464 audio-level extension with this level (0 loudest, 127 silent).
     pub audio_level: Option<u8>,
+    /// Generate RTCP sender and receiver reports.
+    pub rtcp_reports: bool,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +73,7 @@ impl Default for ClientOptions {
             bind_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             trickle: false,
             audio_level: None,
+            rtcp_reports: true,
         }
     }
 }
@@ -320,6 +323,7 @@ impl VoiceClient {
                 ice_servers: vec![],
                 audio_level: RTCRtpTransceiverDirection::Sendrecv,
                 ice_timeouts: (Duration::from_secs(5), Duration::from_secs(10), Duration::from_secs(2)),
+                rtcp_reports: options.rtcp_reports,
             },
             handler,
         )

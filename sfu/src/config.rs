@@ -38,6 +38,9 @@ pub struct SfuConfig {
     pub max_queue_delay: Duration,
     /// Events buffered for the node before the SFU waits for it to catch up.
     pub event_queue: usize,
+    /// Send RTCP receiver reports to publishers (their encoders adapt bitrate and FEC
+    /// to the loss they report) and sender reports to subscribers.
+    pub rtcp_reports: bool,
     /// How long the SFU waits for clients.
     pub timeouts: Timeouts,
 }
@@ -53,6 +56,7 @@ impl Default for SfuConfig {
             subscriber_queue: 128,
             max_queue_delay: Duration::from_millis(60),
             event_queue: 1024,
+            rtcp_reports: true,
             timeouts: Timeouts::default(),
         }
     }
@@ -69,6 +73,7 @@ impl std::fmt::Debug for SfuConfig {
             .field("subscriber_queue", &self.subscriber_queue)
             .field("max_queue_delay", &self.max_queue_delay)
             .field("event_queue", &self.event_queue)
+            .field("rtcp_reports", &self.rtcp_reports)
             .field("timeouts", &self.timeouts)
             .finish()
     }

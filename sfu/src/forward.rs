@@ -213,11 +213,14 @@ pub(crate) struct PublisherCtx {
 /// Reads the publisher's track until it ends or the participant leaves.
 pub(crate) async fn run_publisher(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
     let mut speaking = Speaking::default();
+    // Built once: creating a cancellation future takes a lock.
+    let cancelled = ctx.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let deadline = speaking.deadline();
         let event = tokio::select! {
             biased;
-            () = ctx.cancel.cancelled() => break,
+            () = &mut cancelled => break,
             () = sleep_until_opt(deadline) => {
                 if speaking.expire(Instant::now()) {
                     ctx.speaking(false);
@@ -346,10 +349,12 @@ pub(crate) async fn run_subscriber(
     cancel: CancellationToken,
 ) {
     let mut lines: HashMap<usize, Line> = HashMap::new();
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let forward = tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
+            () = &mut cancelled => break,
             forward = queue.recv() => match forward {
                 Some(forward) => forward,
                 None => break,

@@ -72,15 +72,22 @@ pub(crate) struct PeerSettings {
     pub audio_level: RTCRtpTransceiverDirection,
     /// `(disconnected, failed, keepalive)`.
     pub ice_timeouts: (Duration, Duration, Duration),
+    /// Generate RTCP sender and receiver reports.
+    pub rtcp_reports: bool,
 }
 
-/// Builds a peer connection with Opus, SR/RR reports, max-bundle and mDNS off.
+/// Builds a peer connection with Opus, SR/RR reports (if asked), max-bundle and mDNS
+/// off.
 pub(crate) async fn build_peer_connection(
     settings: PeerSettings,
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> webrtc::error::Result<Arc<dyn PeerConnection>> {
     let media_engine = media_engine(settings.audio_level)?;
-    let registry = configure_rtcp_reports(Registry::new());
+    let registry = if settings.rtcp_reports {
+        configure_rtcp_reports(Registry::new())
+    } else {
+        Registry::new()
+    };
     let (disconnected, failed, keepalive) = settings.ice_timeouts;
     let mut setting_engine = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)

@@ -141,6 +141,7 @@ impl Participant {
                 ice_servers: Vec::new(),
                 audio_level: RTCRtpTransceiverDirection::Recvonly,
                 ice_timeouts: (timeouts.ice_disconnected, timeouts.ice_failed, timeouts.ice_keepalive),
+                rtcp_reports: new.config.rtcp_reports,
             };
             match media::build_peer_connection(settings, Arc::clone(&handler) as Arc<dyn PeerConnectionEventHandler>)
                 .await

@@ -53,6 +53,9 @@ struct Args {
     /// Worker threads of the clients' runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Turn off RTCP sender/receiver reports on the SFU's connections.
+    #[arg(long)]
+    no_rtcp_reports: bool,
     /// Keep going after a step loses more than 0.1 %.
     #[arg(long)]
     keep_going: bool,
@@ -137,6 +140,7 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
     let mut config = SfuConfig::loopback();
     config.max_room_size = args.room_size;
     config.event_queue = 64 * 1024;
+    config.rtcp_reports = !args.no_rtcp_reports;
     let (sfu, mut events) = Sfu::new(config)?;
     let clients: Arc<Mutex<HashMap<PeerId, Arc<VoiceClient>>>> = Arc::default();
 
