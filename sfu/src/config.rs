@@ -31,11 +31,6 @@ pub struct SfuConfig {
     pub ice_servers: Vec<IceServerConfig>,
     /// Participants allowed in one room.
     pub max_room_size: usize,
-    /// Packets queued per subscriber before further packets for it are dropped.
-    pub subscriber_queue: usize,
-    /// Longest a packet may wait for a slow subscriber before it is dropped.
-    #[serde(with = "millis", rename = "max_queue_delay_ms")]
-    pub max_queue_delay: Duration,
     /// Events buffered for the node before the SFU waits for it to catch up.
     pub event_queue: usize,
     /// Send RTCP receiver reports to publishers (their encoders adapt bitrate and FEC
@@ -53,8 +48,6 @@ impl Default for SfuConfig {
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             max_room_size: 25,
-            subscriber_queue: 128,
-            max_queue_delay: Duration::from_millis(60),
             event_queue: 1024,
             rtcp_reports: true,
             timeouts: Timeouts::default(),
@@ -70,8 +63,6 @@ impl std::fmt::Debug for SfuConfig {
             .field("public_ips", &self.public_ips)
             .field("ice_servers", &self.ice_servers)
             .field("max_room_size", &self.max_room_size)
-            .field("subscriber_queue", &self.subscriber_queue)
-            .field("max_queue_delay", &self.max_queue_delay)
             .field("event_queue", &self.event_queue)
             .field("rtcp_reports", &self.rtcp_reports)
             .field("timeouts", &self.timeouts)
@@ -105,15 +96,11 @@ impl SfuConfig {
         }
         for (name, value) in [
             ("max_room_size", self.max_room_size),
-            ("subscriber_queue", self.subscriber_queue),
             ("event_queue", self.event_queue),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
-        }
-        if self.max_queue_delay.is_zero() {
-            return Err(ConfigError::Zero("max_queue_delay_ms"));
         }
         for server in &self.ice_servers {
             server.validate()?;

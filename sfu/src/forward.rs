@@ -1,23 +1,25 @@
-//! The forwarding path: one reader task per publisher, one writer task per
-//! subscriber, and a bounded queue in between.
+//! The forwarding path: one reader task per publisher, writing straight into every
+//! subscriber's outgoing track.
 //!
 //! ```text
-//!  publisher A's track ──poll──▶ reader(A) ──try_send──▶ queue(B) ──▶ writer(B) ──write_rtp──▶ B's slot for A
-//!                                         └─try_send──▶ queue(C) ──▶ writer(C) ──write_rtp──▶ C's slot for A
+//!  publisher A's track ──poll──▶ reader(A) ──write──▶ B's slot for A ──▶ B's connection queue ──▶ UDP
+//!                                          └─write──▶ C's slot for A ──▶ C's connection queue ──▶ UDP
 //! ```
 //!
 //! The reader drops packets from a muted publisher, works out whether the publisher
-//! is speaking, strips header extensions (their ids are negotiated per connection)
-//! and offers one copy (a cheap `Bytes` clone) to each subscriber's queue. A full
-//! queue drops the packet, and so does the writer when a packet has waited longer
-//! than `max_queue_delay`: old audio is worthless, and a slow subscriber must not
-//! hold up anyone else. The writer gives each outgoing slot its own SSRC and a
-//! continuous sequence-number and timestamp line across publisher changes and pauses
-//! (mute), so receivers see real losses as losses and nothing else.
+//! is speaking, strips header extensions (their ids are negotiated per connection),
+//! gives each copy its slot's SSRC and a continuous sequence-number and timestamp line
+//! (across publisher changes and pauses such as mute, so receivers see real losses as
+//! losses and nothing else), and hands it to the subscriber's connection — a cheap
+//! `Bytes` clone per subscriber. The hand-over never waits: each connection has one
+//! bounded queue (webrtc's, 256 packets) in front of its encryption and socket, and
+//! when a slow subscriber's queue is full the copy is dropped. Old audio is
+//! worthless, and a slow subscriber must not hold up the others.
 
-use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rtc::rtp::Packet;
@@ -51,8 +53,7 @@ pub(crate) struct Counters {
     pub forwarded: AtomicU64,
     pub dropped_muted: AtomicU64,
     pub dropped_deaf: AtomicU64,
-    pub dropped_queue_full: AtomicU64,
-    pub dropped_late: AtomicU64,
+    pub dropped_slow: AtomicU64,
     pub dropped_other: AtomicU64,
     pub write_errors: AtomicU64,
 }
@@ -75,11 +76,9 @@ pub struct PacketStats {
     pub dropped_muted: u64,
     /// Copies not made because the subscriber is deafened.
     pub dropped_deaf: u64,
-    /// Copies dropped because a subscriber's queue was full.
-    pub dropped_queue_full: u64,
-    /// Copies dropped because they waited longer than `max_queue_delay` for a slow
-    /// subscriber's connection.
-    pub dropped_late: u64,
+    /// Copies dropped because the subscriber's connection queue was full (a slow
+    /// subscriber, or an overloaded SFU).
+    pub dropped_slow: u64,
     /// Packets dropped for other reasons: unknown payload type, or a subscriber whose
     /// connection or slot is not up yet.
     pub dropped_other: u64,
@@ -94,8 +93,7 @@ impl From<&Counters> for PacketStats {
             forwarded: c.forwarded.load(Ordering::Relaxed),
             dropped_muted: c.dropped_muted.load(Ordering::Relaxed),
             dropped_deaf: c.dropped_deaf.load(Ordering::Relaxed),
-            dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
-            dropped_late: c.dropped_late.load(Ordering::Relaxed),
+            dropped_slow: c.dropped_slow.load(Ordering::Relaxed),
             dropped_other: c.dropped_other.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
         }
@@ -106,8 +104,6 @@ impl From<&Counters> for PacketStats {
 /// a publisher leaves, its slot goes inactive and the next publisher to join takes it,
 /// which keeps the SDP from growing with every join.
 pub(crate) struct OutSlot {
-    /// Position in the subscriber's slot list (stable for the connection's life).
-    pub index: usize,
     /// The SSRC every packet in this slot carries.
     pub ssrc: u32,
     pub track: Arc<TrackLocalStaticRTP>,
@@ -118,6 +114,9 @@ pub(crate) struct OutSlot {
     pub active: AtomicBool,
     /// Whose audio the slot carries now.
     pub publisher: Mutex<Option<PeerId>>,
+    /// The slot's sequence-number and timestamp line. Only the current publisher's
+    /// reader writes to a slot, so the lock is uncontended.
+    pub line: Mutex<Line>,
 }
 
 impl OutSlot {
@@ -126,22 +125,12 @@ impl OutSlot {
     }
 }
 
-/// A packet on its way to one subscriber.
-pub(crate) struct Forward {
-    slot: Arc<OutSlot>,
-    epoch: u32,
-    /// When the reader handed the packet over.
-    at: Instant,
-    packet: Packet,
-}
-
 /// One subscriber of a publisher's audio.
 pub(crate) struct Subscription {
     pub subscriber: PeerId,
     pub slot: Arc<OutSlot>,
     pub epoch: u32,
     pub shared: Arc<PeerShared>,
-    pub outbox: mpsc::Sender<Forward>,
 }
 
 /// The subscribers of one publisher.
@@ -170,10 +159,10 @@ impl Fanout {
         }
     }
 
-    /// Offers `packet` to every subscriber that can hear it.
+    /// Hands a copy of `packet` to every subscriber that can hear it.
     fn send(&self, packet: &Packet, counters: &Counters) {
         let Ok(subs) = self.subs.read() else { return };
-        let at = Instant::now();
+        let now = Instant::now();
         for sub in subs.iter() {
             // Not negotiated or not connected yet: nothing can leave.
             if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.connected.load(Ordering::Relaxed) {
@@ -184,16 +173,20 @@ impl Fanout {
                 Counters::bump(&counters.dropped_deaf);
                 continue;
             }
-            let forward = Forward {
-                slot: Arc::clone(&sub.slot),
-                epoch: sub.epoch,
-                at,
-                packet: packet.clone(),
-            };
-            match sub.outbox.try_send(forward) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => Counters::bump(&counters.dropped_queue_full),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            let mut copy = packet.clone();
+            match sub.slot.line.lock() {
+                Ok(mut line) => line.rewrite(&mut copy, sub.epoch, now),
+                Err(_) => continue,
+            }
+            copy.header.ssrc = sub.slot.ssrc;
+            copy.header.payload_type = OPUS_PAYLOAD_TYPE;
+            // Poll the write once: it completes at once unless the connection's queue
+            // is full, and then the copy is dropped rather than waited for.
+            let mut write = pin!(sub.slot.track.write_rtp(copy));
+            match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(())) => Counters::bump(&counters.forwarded),
+                Poll::Ready(Err(_)) => Counters::bump(&counters.write_errors),
+                Poll::Pending => Counters::bump(&counters.dropped_slow),
             }
         }
     }
@@ -341,47 +334,6 @@ impl Speaking {
     }
 }
 
-/// Writes queued packets to one subscriber's connection.
-pub(crate) async fn run_subscriber(
-    mut queue: mpsc::Receiver<Forward>,
-    max_delay: Duration,
-    counters: Arc<Counters>,
-    cancel: CancellationToken,
-) {
-    let mut lines: HashMap<usize, Line> = HashMap::new();
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        let forward = tokio::select! {
-            biased;
-            () = &mut cancelled => break,
-            forward = queue.recv() => match forward {
-                Some(forward) => forward,
-                None => break,
-            },
-        };
-        let Forward { slot, epoch, at, mut packet } = forward;
-        // The slot changed hands while the packet waited.
-        if slot.epoch.load(Ordering::Acquire) != epoch {
-            continue;
-        }
-        // Old audio is worse than none: the subscriber's jitter buffer would discard it.
-        let now = Instant::now();
-        if now.saturating_duration_since(at) > max_delay {
-            Counters::bump(&counters.dropped_late);
-            continue;
-        }
-        let line = lines.entry(slot.index).or_default();
-        line.rewrite(&mut packet, epoch, now);
-        packet.header.ssrc = slot.ssrc;
-        packet.header.payload_type = OPUS_PAYLOAD_TYPE;
-        match slot.track.write_rtp(packet).await {
-            Ok(()) => Counters::bump(&counters.forwarded),
-            Err(_) => Counters::bump(&counters.write_errors),
-        }
-    }
-}
-
 /// One slot's outgoing sequence-number and timestamp line.
 ///
 /// Within a run of packets from one publisher the offsets are fixed, so gaps (real
@@ -389,7 +341,7 @@ pub(crate) async fn run_subscriber(
 /// continues the line right after the last packet sent, with the timestamp advanced
 /// by the wall-clock time that passed, and sets the marker bit (start of a talkspurt).
 #[derive(Debug, Default)]
-struct Line {
+pub(crate) struct Line {
     started: bool,
     epoch: u32,
     seq_offset: u16,

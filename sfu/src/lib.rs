@@ -28,9 +28,10 @@
 //! - `participant.rs`: one participant's peer connection, its outgoing slots (reused
 //!   when people leave so the SDP stays small), the one-offer-at-a-time negotiation,
 //!   and the supervisor that removes it when ICE/DTLS fails or a deadline passes.
-//! - `forward.rs`: the packet path — a reader task per publisher, a bounded queue and
-//!   a writer task per subscriber, sequence/timestamp rewriting, speaking detection.
-//!   Full queues drop packets; nothing waits on a slow subscriber.
+//! - `forward.rs`: the packet path — a reader task per publisher that writes each
+//!   packet into every subscriber's slot (sequence/timestamp rewriting included) and
+//!   detects speaking. A subscriber whose connection queue is full loses the packet;
+//!   nothing waits on a slow subscriber.
 //! - `media.rs`: the Opus-only media profile and the `webrtc` builder settings that
 //!   work on this machine (explicit bind addresses, mDNS off).
 //! - `ports.rs`: UDP ports from the configured range.

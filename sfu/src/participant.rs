@@ -31,7 +31,7 @@ use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit}
 use crate::config::{SfuConfig, Timeouts};
 use crate::error::{JoinError, SignalError};
 use crate::event::{GoneReason, SfuEvent};
-use crate::forward::{self, Counters, Fanout, Forward, OutSlot, PublisherCtx};
+use crate::forward::{self, Counters, Fanout, OutSlot, PublisherCtx};
 use crate::media::{self, AUDIO_LEVEL_URI, PeerSettings};
 use crate::ports::{PortAllocator, PortLease};
 use crate::signal::{IceCandidate, Offer, TrackInfo};
@@ -51,8 +51,6 @@ pub(crate) struct Participant {
     pub shared: Arc<PeerShared>,
     /// This participant's audio, on its way to the others.
     pub fanout: Arc<Fanout>,
-    /// The others' audio, on its way to this participant.
-    pub outbox: mpsc::Sender<Forward>,
     /// Stops this participant's tasks.
     pub cancel: CancellationToken,
     created: Instant,
@@ -99,8 +97,8 @@ pub(crate) struct NewParticipant<'a> {
 }
 
 impl Participant {
-    /// Builds the peer connection with its publish section and starts the writer
-    /// task. The participant is in no room yet.
+    /// Builds the peer connection with its publish section. The participant is in no
+    /// room yet.
     pub(crate) async fn create(new: NewParticipant<'_>) -> Result<Arc<Self>, JoinError> {
         let session = Uuid::now_v7();
         let cancel = new.cancel.child_token();
@@ -177,15 +175,6 @@ impl Participant {
             return Err(JoinError::Media(error.to_string()));
         }
 
-        let (outbox, queue) = mpsc::channel(new.config.subscriber_queue);
-        new.tasks
-            .spawn(forward::run_subscriber(
-                queue,
-                new.config.max_queue_delay,
-                Arc::clone(&new.counters),
-                cancel.clone(),
-            ));
-
         Ok(Arc::new(Self {
             room: new.room,
             peer: new.peer,
@@ -193,7 +182,6 @@ impl Participant {
             pc,
             shared,
             fanout,
-            outbox,
             cancel,
             created: Instant::now(),
             signal: tokio::sync::Mutex::new(Signaling {
@@ -251,13 +239,13 @@ impl Participant {
             .await
             .map_err(|e| e.to_string())?;
         let slot = Arc::new(OutSlot {
-            index,
             ssrc,
             track,
             transceiver,
             epoch: Default::default(),
             active: Default::default(),
             publisher: Mutex::new(None),
+            line: Mutex::default(),
         });
         let epoch = claim(&slot, Some(publisher));
         sig.slots.push(Arc::clone(&slot));

@@ -45,7 +45,6 @@ pub(crate) async fn wire(member: &Participant, joined: &Participant, gather: Dur
         slot,
         epoch,
         shared: Arc::clone(&joined.shared),
-        outbox: joined.outbox.clone(),
     });
     // `member` hears `joined`.
     let (slot, epoch) = member.assign_slot(joined.peer).await?;
@@ -54,7 +53,6 @@ pub(crate) async fn wire(member: &Participant, joined: &Participant, gather: Dur
         slot,
         epoch,
         shared: Arc::clone(&member.shared),
-        outbox: member.outbox.clone(),
     });
     member.renegotiate(false, gather).await
 }
