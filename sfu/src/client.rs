@@ -380,6 +380,33 @@ impl VoiceClient {
         Ok(sdp)
     }
 
+    /// Offers a direct connection to another client (no SFU), sending and receiving
+    /// one audio track: the benchmark's baseline. Complete the exchange with
+    /// [`VoiceClient::answer`] on the other client and [`VoiceClient::accept_answer`]
+    /// here.
+    pub async fn offer(&self) -> Result<String, ClientError> {
+        if !self.mic_attached.swap(true, Ordering::AcqRel) {
+            self.pc.add_track(Arc::clone(&self.mic) as Arc<dyn TrackLocal>).await?;
+        }
+        let mut gathered = self.gathered.clone();
+        gathered.mark_unchanged();
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        let mut sdp = self.local_sdp().await?;
+        if !sdp.contains("a=candidate:") {
+            let _ = tokio::time::timeout(Duration::from_secs(2), gathered.changed()).await;
+            sdp = self.local_sdp().await?;
+        }
+        Ok(sdp)
+    }
+
+    /// Applies the answer to [`VoiceClient::offer`].
+    pub async fn accept_answer(&self, answer_sdp: &str) -> Result<(), ClientError> {
+        let answer = RTCSessionDescription::answer(answer_sdp.to_owned())?;
+        self.pc.set_remote_description(answer).await?;
+        Ok(())
+    }
+
     async fn local_sdp(&self) -> Result<String, ClientError> {
         self.pc
             .local_description()

@@ -55,6 +55,10 @@ struct Args {
     /// Worker threads of the clients' runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Measure the baseline instead: pairs of clients connected directly, no SFU. Each
+    /// step then has `rooms` pairs; compare its latency with the SFU's.
+    #[arg(long)]
+    baseline: bool,
     /// Turn off RTCP sender/receiver reports on the SFU's connections.
     #[arg(long)]
     no_rtcp_reports: bool,
@@ -67,6 +71,7 @@ struct Args {
 #[derive(Debug)]
 struct Step {
     rooms: usize,
+    room_size: usize,
     streams: usize,
     expected: u64,
     lost: u64,
@@ -159,6 +164,23 @@ async fn relay(sfu: &Sfu, client: &VoiceClient, mut offer: Offer) -> Result<()> 
     }
 }
 
+/// Pairs of clients talking directly: what two WebRTC stacks cost without the SFU.
+async fn run_baseline(args: &Args, pairs: usize, client_rt: &Handle) -> Result<Step> {
+    let mut participants = Vec::new();
+    for pair in 0..pairs {
+        let a = Arc::new(client_rt.spawn(VoiceClient::new(ClientOptions::default())).await??);
+        let b = Arc::new(client_rt.spawn(VoiceClient::new(ClientOptions::default())).await??);
+        let offer = a.offer().await?;
+        let answer = b.answer(&offer).await?;
+        a.accept_answer(&answer).await?;
+        let tag = u32::try_from(pair).unwrap_or(u32::MAX) * 2;
+        participants.push(Participant { tag: tag + 1, client: a });
+        participants.push(Participant { tag: tag + 2, client: b });
+    }
+    let room_size = 2;
+    measure(args, pairs, room_size, participants, client_rt, None).await
+}
+
 async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle) -> Result<Step> {
     let mut config = SfuConfig::loopback();
     config.max_room_size = args.room_size;
@@ -204,6 +226,23 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
             participants.push(Participant { tag, client });
         }
     }
+    let step = measure(args, rooms, args.room_size, participants, client_rt, Some(&sfu)).await;
+    let closing = sfu.clone();
+    sfu_rt.spawn(async move { closing.shutdown().await }).await?;
+    pump.abort();
+    step
+}
+
+/// Starts everyone sending, waits until everyone hears their room, warms up and
+/// measures.
+async fn measure(
+    args: &Args,
+    rooms: usize,
+    room_size: usize,
+    participants: Vec<Participant>,
+    client_rt: &Handle,
+    sfu: Option<&Sfu>,
+) -> Result<Step> {
     for p in &participants {
         p.client.connected(Duration::from_secs(20)).await?;
         let _guard = client_rt.enter();
@@ -214,7 +253,7 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
     loop {
         let ready = participants
             .iter()
-            .all(|p| p.client.received().len() + 1 >= args.room_size);
+            .all(|p| p.client.received().len() + 1 >= room_size);
         if ready {
             break;
         }
@@ -228,15 +267,15 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
     for p in &participants {
         p.client.reset_received();
     }
-    let before = sfu.stats().packets;
+    let before = sfu.map(|s| s.stats().packets).unwrap_or_default();
     let (sfu_cpu0, client_cpu0, wait0, t0) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), Instant::now());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let (sfu_cpu1, client_cpu1, wait1, wall) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), t0.elapsed().as_secs_f64());
-    let after = sfu.stats().packets;
+    let after = sfu.map(|s| s.stats().packets).unwrap_or_default();
 
-    let streams = rooms * args.room_size * (args.room_size - 1);
+    let streams = rooms * room_size * (room_size - 1);
     let mut expected = 0;
     let mut lost = 0;
     let mut latency = Latency::default();
@@ -248,7 +287,7 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
             expected += stream.packets + stream.counter_gaps;
             lost += stream.counter_gaps;
         }
-        let missing = (args.room_size - 1).saturating_sub(received.len()) as u64;
+        let missing = (room_size - 1).saturating_sub(received.len()) as u64;
         expected += missing * per_stream;
         lost += missing * per_stream;
         latency.merge(&p.client.latency());
@@ -257,16 +296,14 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
     for p in &participants {
         p.client.stop_sending();
     }
-    let closing = sfu.clone();
-    sfu_rt.spawn(async move { closing.shutdown().await }).await?;
     for p in &participants {
         let client = Arc::clone(&p.client);
         client_rt.spawn(async move { client.close().await }).await?;
     }
-    pump.abort();
 
     Ok(Step {
         rooms,
+        room_size,
         streams,
         expected,
         lost,
@@ -301,11 +338,15 @@ fn main() -> Result<()> {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut best: Option<Step> = None;
     for &rooms in &args.rooms {
-        let step = control.block_on(run_step(&args, rooms, sfu_rt.handle(), client_rt.handle()))?;
+        let step = if args.baseline {
+            control.block_on(run_baseline(&args, rooms, client_rt.handle()))?
+        } else {
+            control.block_on(run_step(&args, rooms, sfu_rt.handle(), client_rt.handle()))?
+        };
         println!(
             "| {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
             step.rooms,
-            step.rooms * args.room_size,
+            step.rooms * step.room_size,
             step.streams,
             step.loss() * 100.0,
             ms(step.latency.quantile(0.5)),
