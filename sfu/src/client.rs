@@ -439,8 +439,8 @@ impl VoiceClient {
         *self.state.borrow()
     }
 
-    /// Starts sending one `payload_len`-byte packet every 20 ms, tagged `tag`. Replaces
-    /// a previous sender.
+    /// Starts sending one `payload_len`-byte packet every 20 ms, tagged `tag`, from a
+    /// random point of the period. Replaces a previous sender.
     pub fn start_sending(&self, tag: u32, payload_len: usize) {
         let stop = self.cancel.child_token();
         if let Ok(mut sending) = self.sending.lock()
@@ -453,6 +453,12 @@ impl VoiceClient {
         let sent = Arc::clone(&self.sent);
         let level = self.options.audio_level;
         self.tasks.spawn(async move {
+            // Start at a random point of the 20 ms period, as independent microphones do;
+            // clients started together would otherwise send in lockstep bursts.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_micros(rand::random_range(0..20_000))) => {}
+            }
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut seq: u16 = rand::random();
             let mut ts: u32 = rand::random();

@@ -58,6 +58,9 @@ pub struct SfuStats {
     pub rooms: usize,
     /// Participants in all rooms.
     pub participants: usize,
+    /// The SFU's own tasks still running (supervisors and packet readers; the media
+    /// stack's connection drivers are not counted).
+    pub tasks: usize,
     /// Packet counters since start.
     pub packets: PacketStats,
 }
@@ -281,6 +284,7 @@ impl Sfu {
         SfuStats {
             rooms: lock(&self.inner.rooms).len(),
             participants: lock(&self.inner.peers).len(),
+            tasks: self.inner.tasks.len(),
             packets: PacketStats::from(&*self.inner.counters),
         }
     }

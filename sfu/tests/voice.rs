@@ -231,6 +231,11 @@ async fn two_participants_hear_each_other() {
     assert!(net.sfu.leave(b).await);
     assert!(!net.sfu.leave(b).await, "leaving twice is harmless");
     assert_eq!(net.sfu.stats().rooms, 0, "an empty room is dropped");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while net.sfu.stats().tasks > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "tasks left: {:?}", net.sfu.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         !net.drain_events().iter().any(|e| matches!(e, SfuEvent::PeerGone { .. })),
         "leave() announces nothing"
@@ -572,5 +577,43 @@ async fn an_ice_restart_keeps_the_audio_flowing() {
     assert!(count_from(&bob, 1, Duration::from_secs(1)).await >= 40, "audio flows after the restart");
     alice.close().await;
     bob.close().await;
+    net.sfu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaking_follows_the_audio_level_extension() {
+    let mut net = Net::start(test_config()).await;
+    let room = Uuid::now_v7();
+    // Big frames, but the audio level says silence: not speaking.
+    let (quiet, quiet_client) = net
+        .join(room, ClientOptions { audio_level: Some(127), ..ClientOptions::default() })
+        .await;
+    let (loud, loud_client) = net
+        .join(room, ClientOptions { audio_level: Some(20), ..ClientOptions::default() })
+        .await;
+    quiet_client.start_sending(1, PAYLOAD);
+    loud_client.start_sending(2, PAYLOAD);
+    assert!(hears(&loud_client, &[1]).await && hears(&quiet_client, &[2]).await);
+    assert!(
+        net.wait_event(WAIT, |e| matches!(e, SfuEvent::Speaking { peer, speaking: true, .. } if *peer == loud))
+            .await
+            .is_some(),
+        "a loud participant speaks"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = net.drain_events();
+    assert!(
+        !events.iter().any(|e| matches!(e, SfuEvent::Speaking { peer, speaking: true, .. } if *peer == quiet)),
+        "a silent participant does not: {events:?}"
+    );
+    // Muting ends speaking at once.
+    net.sfu.set_self_mute(loud, true).expect("joined");
+    assert!(
+        net.wait_event(WAIT, |e| matches!(e, SfuEvent::Speaking { peer, speaking: false, .. } if *peer == loud))
+            .await
+            .is_some()
+    );
+    quiet_client.close().await;
+    loud_client.close().await;
     net.sfu.shutdown().await;
 }
