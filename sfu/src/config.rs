@@ -15,15 +15,16 @@ use crate::error::ConfigError;
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SfuConfig {
-    /// Local IP addresses to bind. Each participant gets one UDP socket per address.
-    /// An unspecified address (`0.0.0.0`, `::`) means every non-loopback interface;
-    /// tests bind `127.0.0.1`.
+    /// Local IP addresses to bind, one UDP socket per address per worker. They must
+    /// be concrete addresses (the host candidates clients will dial), not `0.0.0.0`.
     pub bind_ips: Vec<IpAddr>,
-    /// UDP ports to use, inclusive. `None` lets the OS pick an ephemeral port per
-    /// participant. webrtc 0.21 has no single-port UDP mux, so a participant holds one
-    /// port (per bind address) for as long as it is connected: size the range for the
-    /// number of concurrent participants.
-    pub port_range: Option<PortRange>,
+    /// First UDP port. All participants of a worker share its port (the SFU
+    /// multiplexes them by ICE username and address), so worker `i` listens on
+    /// `udp_port + i`. 0 lets the OS choose.
+    pub udp_port: u16,
+    /// Media workers, each a task that owns its rooms, sockets and connections. 0
+    /// means one per CPU core. A room lives on one worker.
+    pub workers: usize,
     /// Public addresses announced as host candidates instead of the bound ones, for a
     /// server behind a 1:1 NAT (a cloud VM with an elastic IP).
     pub public_ips: Vec<IpAddr>,
@@ -43,8 +44,9 @@ pub struct SfuConfig {
 impl Default for SfuConfig {
     fn default() -> Self {
         Self {
-            bind_ips: vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
-            port_range: None,
+            bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            udp_port: 0,
+            workers: 0,
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             max_room_size: 25,
@@ -59,7 +61,8 @@ impl std::fmt::Debug for SfuConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SfuConfig")
             .field("bind_ips", &self.bind_ips)
-            .field("port_range", &self.port_range)
+            .field("udp_port", &self.udp_port)
+            .field("workers", &self.workers)
             .field("public_ips", &self.public_ips)
             .field("ice_servers", &self.ice_servers)
             .field("max_room_size", &self.max_room_size)
@@ -71,12 +74,22 @@ impl std::fmt::Debug for SfuConfig {
 }
 
 impl SfuConfig {
-    /// A configuration for tests and benchmarks: loopback only, ephemeral ports, no
-    /// ICE servers.
+    /// A configuration for tests and benchmarks: one worker on loopback, an ephemeral
+    /// port, no ICE servers.
     pub fn loopback() -> Self {
         Self {
             bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            workers: 1,
             ..Self::default()
+        }
+    }
+
+    /// The number of workers to run.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
         }
     }
 
@@ -86,13 +99,11 @@ impl SfuConfig {
         if self.bind_ips.is_empty() {
             return Err(ConfigError::NoBindAddress);
         }
-        if let Some(range) = self.port_range
-            && (range.min == 0 || range.min > range.max)
-        {
-            return Err(ConfigError::BadPortRange {
-                min: range.min,
-                max: range.max,
-            });
+        if let Some(ip) = self.bind_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::UnspecifiedBindAddress(*ip));
+        }
+        if self.udp_port != 0 && usize::from(self.udp_port) + self.worker_count() - 1 > usize::from(u16::MAX) {
+            return Err(ConfigError::BadPort(self.udp_port));
         }
         for (name, value) in [
             ("max_room_size", self.max_room_size),
@@ -107,16 +118,6 @@ impl SfuConfig {
         }
         self.timeouts.validate()
     }
-}
-
-/// An inclusive range of UDP ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortRange {
-    /// First port.
-    pub min: u16,
-    /// Last port (inclusive).
-    pub max: u16,
 }
 
 /// One STUN or TURN server as configured on the node.
@@ -267,8 +268,13 @@ mod tests {
     #[test]
     fn rejects_mistakes() {
         let mut config = SfuConfig::loopback();
-        config.port_range = Some(PortRange { min: 50_100, max: 50_000 });
-        assert!(matches!(config.validate(), Err(ConfigError::BadPortRange { .. })));
+        config.bind_ips = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+        assert!(matches!(config.validate(), Err(ConfigError::UnspecifiedBindAddress(_))));
+
+        let mut config = SfuConfig::loopback();
+        config.udp_port = u16::MAX;
+        config.workers = 2;
+        assert!(matches!(config.validate(), Err(ConfigError::BadPort(_))));
 
         let mut config = SfuConfig::loopback();
         config.ice_servers = vec![IceServerConfig {

@@ -11,14 +11,23 @@ pub enum ConfigError {
     /// `bind_ips` is empty.
     #[error("no UDP bind address configured")]
     NoBindAddress,
-    /// `port_range` is empty or starts at 0.
-    #[error("port range {min}..={max} is empty")]
-    BadPortRange {
-        /// First port.
-        min: u16,
-        /// Last port.
-        max: u16,
+    /// A bind address is `0.0.0.0` or `::`.
+    #[error("bind address {0} is unspecified: bind concrete addresses (announce public ones with public_ips)")]
+    UnspecifiedBindAddress(std::net::IpAddr),
+    /// `udp_port` plus the number of workers runs past 65535.
+    #[error("udp_port {0} leaves no room for one port per worker")]
+    BadPort(u16),
+    /// A UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
     },
+    /// [`crate::Sfu::new`] was called outside a Tokio runtime.
+    #[error("the SFU must be started inside a Tokio runtime")]
+    NoRuntime,
     /// An ICE server URL is not `stun:`, `stuns:`, `turn:` or `turns:`.
     #[error("ICE server URL {0:?} is not a stun:/stuns:/turn:/turns: URL")]
     BadIceUrl(String),
@@ -44,9 +53,6 @@ pub enum JoinError {
         /// The configured limit.
         max: usize,
     },
-    /// No UDP port in the configured range could be bound.
-    #[error("no UDP port available for a new participant")]
-    NoPort,
     /// The SFU is shutting down.
     #[error("the SFU is shutting down")]
     ShuttingDown,

@@ -1,40 +1,18 @@
-//! The forwarding path: one reader task per publisher, writing straight into every
-//! subscriber's outgoing track.
+//! The packet logic of forwarding, free of IO: counters, speaking detection, and each
+//! outgoing slot's sequence-number and timestamp line. The media engine
+//! (`engine.rs`) calls it for every packet.
 //!
-//! ```text
-//!  publisher A's track ──poll──▶ reader(A) ──write──▶ B's slot for A ──▶ B's connection queue ──▶ UDP
-//!                                          └─write──▶ C's slot for A ──▶ C's connection queue ──▶ UDP
-//! ```
-//!
-//! The reader drops packets from a muted publisher, works out whether the publisher
-//! is speaking, strips header extensions (their ids are negotiated per connection),
-//! gives each copy its slot's SSRC and a continuous sequence-number and timestamp line
-//! (across publisher changes and pauses such as mute, so receivers see real losses as
-//! losses and nothing else), and hands it to the subscriber's connection — a cheap
-//! `Bytes` clone per subscriber. The hand-over never waits: each connection has one
-//! bounded queue (webrtc's, 256 packets) in front of its encryption and socket, and
-//! when a slow subscriber's queue is full the copy is dropped. Old audio is
-//! worthless, and a slow subscriber must not hold up the others.
+//! Every slot (one outgoing audio section on a subscriber's connection) has its own
+//! SSRC and a continuous sequence-number and timestamp line across publisher changes
+//! and pauses such as mute, so receivers see real losses as losses and nothing else.
+//! Header extensions are stripped: their ids are negotiated per connection.
 
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rtc::rtp::Packet;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::rtp_transceiver::RtpTransceiver;
 
-use crate::event::SfuEvent;
-use crate::media::{OPUS_CLOCK_RATE, OPUS_FRAME_TICKS, OPUS_PAYLOAD_TYPE, audio_level};
-use crate::state::{PeerId, PeerShared};
+use crate::media::{OPUS_CLOCK_RATE, OPUS_FRAME_TICKS, audio_level};
 
 /// A pause longer than this restarts a slot's sequence/timestamp line.
 const REBASE_GAP: Duration = Duration::from_millis(500);
@@ -53,14 +31,14 @@ pub(crate) struct Counters {
     pub forwarded: AtomicU64,
     pub dropped_muted: AtomicU64,
     pub dropped_deaf: AtomicU64,
-    pub dropped_slow: AtomicU64,
+    pub dropped_send: AtomicU64,
     pub dropped_other: AtomicU64,
     pub write_errors: AtomicU64,
 }
 
 impl Counters {
     #[inline]
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -76,9 +54,9 @@ pub struct PacketStats {
     pub dropped_muted: u64,
     /// Copies not made because the subscriber is deafened.
     pub dropped_deaf: u64,
-    /// Copies dropped because the subscriber's connection queue was full (a slow
-    /// subscriber, or an overloaded SFU).
-    pub dropped_slow: u64,
+    /// Datagrams dropped because the SFU's UDP send buffer was full (an overloaded
+    /// SFU or network).
+    pub dropped_send: u64,
     /// Packets dropped for other reasons: unknown payload type, or a subscriber whose
     /// connection or slot is not up yet.
     pub dropped_other: u64,
@@ -93,199 +71,35 @@ impl From<&Counters> for PacketStats {
             forwarded: c.forwarded.load(Ordering::Relaxed),
             dropped_muted: c.dropped_muted.load(Ordering::Relaxed),
             dropped_deaf: c.dropped_deaf.load(Ordering::Relaxed),
-            dropped_slow: c.dropped_slow.load(Ordering::Relaxed),
+            dropped_send: c.dropped_send.load(Ordering::Relaxed),
             dropped_other: c.dropped_other.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
         }
     }
 }
 
-/// One outgoing audio section on a subscriber's connection. Slots are reused: when
-/// a publisher leaves, its slot goes inactive and the next publisher to join takes it,
-/// which keeps the SDP from growing with every join.
-pub(crate) struct OutSlot {
-    /// The SSRC every packet in this slot carries.
-    pub ssrc: u32,
-    pub track: Arc<TrackLocalStaticRTP>,
-    pub transceiver: Arc<dyn RtpTransceiver>,
-    /// Bumped each time the slot changes publisher.
-    pub epoch: AtomicU32,
-    /// The client has accepted an offer in which this slot sends: packets may flow.
-    pub active: AtomicBool,
-    /// Whose audio the slot carries now.
-    pub publisher: Mutex<Option<PeerId>>,
-    /// The slot's sequence-number and timestamp line. Only the current publisher's
-    /// reader writes to a slot, so the lock is uncontended.
-    pub line: Mutex<Line>,
-}
-
-impl OutSlot {
-    pub(crate) fn publisher(&self) -> Option<PeerId> {
-        self.publisher.lock().ok().and_then(|p| *p)
-    }
-}
-
-/// One subscriber of a publisher's audio.
-pub(crate) struct Subscription {
-    pub subscriber: PeerId,
-    pub slot: Arc<OutSlot>,
-    pub epoch: u32,
-    pub shared: Arc<PeerShared>,
-}
-
-/// The subscribers of one publisher.
-#[derive(Default)]
-pub(crate) struct Fanout {
-    subs: RwLock<Vec<Subscription>>,
-}
-
-impl Fanout {
-    pub(crate) fn add(&self, sub: Subscription) {
-        if let Ok(mut subs) = self.subs.write() {
-            subs.retain(|s| s.subscriber != sub.subscriber);
-            subs.push(sub);
-        }
-    }
-
-    pub(crate) fn remove(&self, subscriber: PeerId) {
-        if let Ok(mut subs) = self.subs.write() {
-            subs.retain(|s| s.subscriber != subscriber);
-        }
-    }
-
-    pub(crate) fn clear(&self) {
-        if let Ok(mut subs) = self.subs.write() {
-            subs.clear();
-        }
-    }
-
-    /// Hands a copy of `packet` to every subscriber that can hear it.
-    fn send(&self, packet: &Packet, counters: &Counters) {
-        let Ok(subs) = self.subs.read() else { return };
-        let now = Instant::now();
-        for sub in subs.iter() {
-            // Not negotiated or not connected yet: nothing can leave.
-            if !sub.slot.active.load(Ordering::Acquire) || !sub.shared.connected.load(Ordering::Relaxed) {
-                Counters::bump(&counters.dropped_other);
-                continue;
-            }
-            if sub.shared.deaf() {
-                Counters::bump(&counters.dropped_deaf);
-                continue;
-            }
-            let mut copy = packet.clone();
-            match sub.slot.line.lock() {
-                Ok(mut line) => line.rewrite(&mut copy, sub.epoch, now),
-                Err(_) => continue,
-            }
-            copy.header.ssrc = sub.slot.ssrc;
-            copy.header.payload_type = OPUS_PAYLOAD_TYPE;
-            // Poll the write once: it completes at once unless the connection's queue
-            // is full, and then the copy is dropped rather than waited for.
-            let mut write = pin!(sub.slot.track.write_rtp(copy));
-            match write.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(Ok(())) => Counters::bump(&counters.forwarded),
-                Poll::Ready(Err(_)) => Counters::bump(&counters.write_errors),
-                Poll::Pending => Counters::bump(&counters.dropped_slow),
-            }
-        }
-    }
-}
-
-/// Everything a publisher's reader task needs.
-pub(crate) struct PublisherCtx {
-    pub room: Uuid,
-    pub peer: PeerId,
-    pub shared: Arc<PeerShared>,
-    pub fanout: Arc<Fanout>,
-    pub events: mpsc::Sender<SfuEvent>,
-    pub counters: Arc<Counters>,
-    pub cancel: CancellationToken,
-}
-
-/// Reads the publisher's track until it ends or the participant leaves.
-pub(crate) async fn run_publisher(track: Arc<dyn TrackRemote>, ctx: PublisherCtx) {
-    let mut speaking = Speaking::default();
-    // Built once: creating a cancellation future takes a lock.
-    let cancelled = ctx.cancel.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        let deadline = speaking.deadline();
-        let event = tokio::select! {
-            biased;
-            () = &mut cancelled => break,
-            () = sleep_until_opt(deadline) => {
-                if speaking.expire(Instant::now()) {
-                    ctx.speaking(false);
-                }
-                continue;
-            }
-            event = track.poll() => event,
-        };
-        let mut packet = match event {
-            Some(TrackRemoteEvent::OnRtpPacket(packet)) => packet,
-            Some(TrackRemoteEvent::OnEnded) | None => break,
-            Some(_) => continue,
-        };
-        Counters::bump(&ctx.counters.received);
-        if packet.header.payload_type != OPUS_PAYLOAD_TYPE {
-            Counters::bump(&ctx.counters.dropped_other);
-            continue;
-        }
-        if ctx.shared.muted() {
-            Counters::bump(&ctx.counters.dropped_muted);
-            if speaking.stop() {
-                ctx.speaking(false);
-            }
-            continue;
-        }
-        let level_id = ctx.shared.audio_level_id.load(Ordering::Relaxed);
-        let level = if level_id == 0 {
-            None
-        } else {
-            packet
-                .header
-                .extensions
-                .iter()
-                .find(|e| e.id == level_id)
-                .and_then(|e| audio_level(&e.payload))
-        };
-        let voiced = match level {
-            Some(level) => level < SPEECH_LEVEL,
-            None => packet.payload.len() > SPEECH_PAYLOAD,
-        };
-        if speaking.observe(Instant::now(), voiced) {
-            ctx.speaking(true);
-        }
-        strip_extensions(&mut packet);
-        ctx.fanout.send(&packet, &ctx.counters);
-    }
-    if speaking.stop() {
-        ctx.speaking(false);
-    }
-}
-
-impl PublisherCtx {
-    fn speaking(&self, speaking: bool) {
-        // Speaking indicators are best effort: drop rather than wait.
-        let _ = self.events.try_send(SfuEvent::Speaking {
-            room: self.room,
-            peer: self.peer,
-            speaking,
-        });
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// Whether a packet counts as speech: the audio level when the client sends one,
+/// otherwise the payload size.
+pub(crate) fn voiced(packet: &Packet, audio_level_id: u8) -> bool {
+    let level = if audio_level_id == 0 {
+        None
+    } else {
+        packet
+            .header
+            .extensions
+            .iter()
+            .find(|e| e.id == audio_level_id)
+            .and_then(|e| audio_level(&e.payload))
+    };
+    match level {
+        Some(level) => level < SPEECH_LEVEL,
+        None => packet.payload.len() > SPEECH_PAYLOAD,
     }
 }
 
 /// Header extensions are negotiated per connection (ids differ), and none of the
 /// SFU's outgoing sections negotiate any, so forwarded packets carry none.
-fn strip_extensions(packet: &mut Packet) {
+pub(crate) fn strip_extensions(packet: &mut Packet) {
     let header = &mut packet.header;
     header.extension = false;
     header.extension_profile = 0;
@@ -296,14 +110,14 @@ fn strip_extensions(packet: &mut Packet) {
 
 /// Voice activity with a hang time, so a sentence is one "speaking" span.
 #[derive(Debug, Default)]
-struct Speaking {
+pub(crate) struct Speaking {
     on: bool,
     last_voice: Option<Instant>,
 }
 
 impl Speaking {
     /// Records a packet; true when speaking starts.
-    fn observe(&mut self, now: Instant, voiced: bool) -> bool {
+    pub(crate) fn observe(&mut self, now: Instant, voiced: bool) -> bool {
         if !voiced {
             return false;
         }
@@ -311,7 +125,7 @@ impl Speaking {
         !std::mem::replace(&mut self.on, true)
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         if self.on {
             self.last_voice.map(|t| t + SPEAKING_HANG)
         } else {
@@ -320,7 +134,7 @@ impl Speaking {
     }
 
     /// True when speaking ended by `now`.
-    fn expire(&mut self, now: Instant) -> bool {
+    pub(crate) fn expire(&mut self, now: Instant) -> bool {
         if self.deadline().is_some_and(|d| now >= d) {
             self.on = false;
             return true;
@@ -329,7 +143,7 @@ impl Speaking {
     }
 
     /// Ends speaking at once (mute); true if it was on.
-    fn stop(&mut self) -> bool {
+    pub(crate) fn stop(&mut self) -> bool {
         std::mem::replace(&mut self.on, false)
     }
 }
@@ -353,7 +167,7 @@ pub(crate) struct Line {
 }
 
 impl Line {
-    fn rewrite(&mut self, packet: &mut Packet, epoch: u32, now: Instant) {
+    pub(crate) fn rewrite(&mut self, packet: &mut Packet, epoch: u32, now: Instant) {
         let header = &mut packet.header;
         let in_seq = header.sequence_number;
         let in_ts = header.timestamp;

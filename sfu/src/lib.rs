@@ -22,42 +22,43 @@
 //! # A tour of the files
 //!
 //! - [`sfu`](crate::Sfu) (`sfu.rs`): the handle — join, leave, signaling, mute and
-//!   deafen switches, stats, ordered shutdown.
-//! - `room.rs`: the members of one voice channel and the wiring that lets each hear
-//!   the others.
-//! - `participant.rs`: one participant's peer connection, its outgoing slots (reused
-//!   when people leave so the SDP stays small), the one-offer-at-a-time negotiation,
-//!   and the supervisor that removes it when ICE/DTLS fails or a deadline passes.
-//! - `forward.rs`: the packet path — a reader task per publisher that writes each
-//!   packet into every subscriber's slot (sequence/timestamp rewriting included) and
-//!   detects speaking. A subscriber whose connection queue is full loses the packet;
-//!   nothing waits on a slow subscriber.
-//! - `media.rs`: the Opus-only media profile and the `webrtc` builder settings that
-//!   work on this machine (explicit bind addresses, mDNS off).
-//! - `ports.rs`: UDP ports from the configured range.
+//!   deafen switches, stats, ordered shutdown. Each call is a command to the worker
+//!   that owns the room.
+//! - `engine.rs`: the media engine. Each worker task owns a share of the rooms, their
+//!   participants' connections (sans-IO `rtc` cores: ICE, DTLS-SRTP, RTCP) and one UDP
+//!   socket per bind address that all its participants share. It demultiplexes
+//!   datagrams, forwards every publisher's packets straight into the other
+//!   participants' connections, runs the offer/answer state (the server always
+//!   offers; outgoing sections are reused when people leave, so the SDP stays small),
+//!   and removes participants whose connection fails or whose deadlines pass. Nothing
+//!   in the packet path waits: a datagram the socket cannot take is dropped.
+//! - `forward.rs`: the IO-free packet logic — counters, speaking detection, and the
+//!   sequence/timestamp line of each outgoing slot.
+//! - `sdp.rs`: checks and facts read from SDP (answers are validated before the media
+//!   stack sees them).
+//! - `media.rs`: the Opus-only media profile and how connections are built.
 //! - [`config`]: [`SfuConfig`] and its [`Timeouts`].
 //! - [`turn`]: ICE servers for clients and coturn's time-limited REST credentials.
 //! - `signal.rs`, `event.rs`, `state.rs`, `error.rs`: the types of the API.
-//! - [`client`]: a headless voice client (the other end of the SFU) used by the tests,
-//!   the `sfu-bench` benchmark and load tools.
+//! - [`client`]: a headless voice client on the async `webrtc` crate (the other end
+//!   of the SFU) used by the tests, the `sfu-bench` benchmark and load tools.
 //!
 //! Not here yet: the node-to-node relay over quinn (see `spec/voice.md`).
 
 pub mod client;
 pub mod config;
+mod engine;
 mod error;
 mod event;
 mod forward;
 pub mod media;
-mod participant;
-mod ports;
-mod room;
+mod sdp;
 mod sfu;
 mod signal;
 mod state;
 pub mod turn;
 
-pub use config::{IceServerConfig, PortRange, SfuConfig, Timeouts};
+pub use config::{IceServerConfig, SfuConfig, Timeouts};
 pub use error::{ConfigError, JoinError, NotJoined, SignalError};
 pub use event::{GoneReason, SfuEvent, SfuEvents};
 pub use forward::PacketStats;

@@ -1,12 +1,14 @@
 //! The media profile every peer connection uses — Opus only, as browsers offer it —
-//! and the `webrtc` builder settings measured to work on this machine
-//! (design/BUILD-NOTES.md): explicit bind addresses, mDNS off, RTCP reports on.
+//! and how connections are built: the SFU's as sans-IO `rtc` cores its engine drives,
+//! the test client's with the async `webrtc` builder and the settings measured to work
+//! on this machine (design/BUILD-NOTES.md): explicit bind addresses, mDNS off.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
@@ -110,6 +112,44 @@ pub(crate) async fn build_peer_connection(
         .build()
         .await?;
     Ok(Arc::new(pc))
+}
+
+/// What the SFU's connections need.
+pub(crate) struct CoreSettings {
+    /// Addresses announced instead of the bound ones.
+    pub public_ips: Vec<String>,
+    /// `(disconnected, failed, keepalive)`.
+    pub ice_timeouts: (Duration, Duration, Duration),
+    /// Generate RTCP sender and receiver reports.
+    pub rtcp_reports: bool,
+}
+
+/// Builds one of the SFU's connections: a sans-IO core (no sockets, no tasks) that
+/// the engine feeds datagrams and polls. It receives the audio-level extension.
+pub(crate) fn build_core(settings: &CoreSettings) -> webrtc::error::Result<RTCPeerConnection> {
+    let media_engine = media_engine(RTCRtpTransceiverDirection::Recvonly)?;
+    let registry = if settings.rtcp_reports {
+        configure_rtcp_reports(Registry::new())
+    } else {
+        Registry::new()
+    };
+    let (disconnected, failed, keepalive) = settings.ice_timeouts;
+    let mut setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(Some(disconnected), Some(failed), Some(keepalive));
+    if !settings.public_ips.is_empty() {
+        setting_engine = setting_engine.with_nat_1to1_ips(settings.public_ips.clone(), RTCIceCandidateType::Host);
+    }
+    let configuration = RTCConfigurationBuilder::new()
+        .with_bundle_policy(RTCBundlePolicy::MaxBundle)
+        .with_rtcp_mux_policy(RTCRtcpMuxPolicy::Require)
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(configuration)
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(setting_engine.build())
+        .build(std::time::Instant::now())
 }
 
 /// The audio level (0 = loudest, 127 = silence, in -dBov) carried by an RFC 6464

@@ -1,8 +1,8 @@
 //! Who a participant is ([`PeerId`]) and what they may say and hear
-//! ([`VoiceFlags`]), plus the lock-free per-participant state the forwarding path reads
-//! for every packet.
+//! ([`VoiceFlags`]), plus the lock-free switches the media engine reads for every
+//! packet.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -68,14 +68,6 @@ pub(crate) struct PeerShared {
     self_deaf: AtomicBool,
     server_mute: AtomicBool,
     server_deaf: AtomicBool,
-    /// ICE and DTLS are up: packets written to this participant can leave.
-    pub connected: AtomicBool,
-    /// The negotiated id of the audio-level header extension on the publish track,
-    /// or 0 when the client does not send it.
-    pub audio_level_id: AtomicU8,
-    /// When the outstanding offer was sent, in milliseconds since the participant
-    /// joined; 0 when no offer is outstanding.
-    pub offer_sent_ms: AtomicU64,
 }
 
 impl PeerShared {
