@@ -16,7 +16,8 @@
 //! All participants of a worker share its UDP port: a datagram from a known remote
 //! address goes to that address's connection, and the first one from a new address
 //! (a STUN binding request) is matched by the server's ICE username fragment in its
-//! USERNAME attribute. Every address a connection sends to is learnt the same way.
+//! USERNAME attribute. Every address a connection sends STUN to (its connectivity
+//! checks) is learnt the same way.
 //!
 //! Sends never wait. A datagram the socket cannot take right now is dropped (and
 //! counted): old audio is worthless, and nothing may hold up the other participants.
@@ -1027,7 +1028,9 @@ fn flush(
         else {
             continue;
         };
-        if by_addr.get(&to) != Some(&key) {
+        // Learn where this connection talks to. Only STUN (first byte 0..=3) can open a
+        // new path; media and DTLS follow a path STUN already opened.
+        if datagram.message.first().is_some_and(|b| *b < 4) && by_addr.get(&to) != Some(&key) {
             by_addr.insert(to, key);
             peer.addrs.push(to);
         }
