@@ -204,9 +204,6 @@ pub struct Timeouts {
     /// Interval of ICE keepalives (STUN consent checks).
     #[serde(with = "millis", rename = "ice_keepalive_ms")]
     pub ice_keepalive: Duration,
-    /// Longest wait for the server's own candidates before an offer is sent anyway.
-    #[serde(with = "millis", rename = "gather_ms")]
-    pub gather: Duration,
 }
 
 impl Default for Timeouts {
@@ -217,7 +214,6 @@ impl Default for Timeouts {
             ice_disconnected: Duration::from_secs(5),
             ice_failed: Duration::from_secs(10),
             ice_keepalive: Duration::from_secs(2),
-            gather: Duration::from_secs(2),
         }
     }
 }
@@ -230,7 +226,6 @@ impl Timeouts {
             ("timeouts.ice_disconnected_ms", self.ice_disconnected),
             ("timeouts.ice_failed_ms", self.ice_failed),
             ("timeouts.ice_keepalive_ms", self.ice_keepalive),
-            ("timeouts.gather_ms", self.gather),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));

@@ -36,7 +36,6 @@ fn test_config() -> SfuConfig {
             ice_disconnected: Duration::from_millis(1500),
             ice_failed: Duration::from_secs(2),
             ice_keepalive: Duration::from_millis(300),
-            gather: Duration::from_secs(1),
         },
         ..SfuConfig::loopback()
     }
