@@ -71,7 +71,10 @@ const RECV_BATCH: usize = 64;
 /// How often deadlines (connect, answer, speaking) are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Largest datagram accepted.
-const MAX_DATAGRAM: usize = 1500;
+const MAX_DATAGRAM: usize = 4096;
+/// Events that must not be lost (offers, departures) kept while the node is not
+/// draining its queue; beyond this the oldest are dropped, loudly.
+const MAX_OUTBOX: usize = 65_536;
 
 /// A request from the [`crate::Sfu`] handle.
 pub(crate) enum Command {
@@ -294,10 +297,11 @@ impl Worker {
                 }
                 Poll::Pending
             });
+            // Datagrams come last: under sustained traffic a socket is always readable,
+            // and timers (ICE, DTLS, RTCP) and signaling must still get their turn.
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                ready = readable => self.receive(ready, &mut buf),
                 () = timer => self.timers_due(Instant::now()),
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
@@ -312,6 +316,7 @@ impl Worker {
                     Err(_) => self.outbox.clear(),
                 },
                 _ = housekeeping.tick() => self.housekeeping(Instant::now()),
+                ready = readable => self.receive(ready, &mut buf),
             }
         }
         let keys: Vec<u64> = self.peers.keys().copied().collect();
@@ -421,6 +426,7 @@ impl Worker {
         let Some(peer) = self.peers.get_mut(&key) else { return };
         peer.queued = false;
         let mut packets = std::mem::take(&mut self.packets);
+        let mut connected = None;
         while let Some(message) = peer.core.poll_read() {
             if let RTCMessage::RtpPacket(_, packet) = message.message {
                 packets.push(packet);
@@ -434,7 +440,7 @@ impl Worker {
                         peer.connected = true;
                         if !peer.connected_once {
                             peer.connected_once = true;
-                            self.outbox.push_back(SfuEvent::PeerConnected {
+                            connected = Some(SfuEvent::PeerConnected {
                                 room: peer.room,
                                 peer: peer.id,
                                 session: peer.session,
@@ -454,6 +460,9 @@ impl Worker {
         {
             peer.timeout = Some(at);
             self.timers.push(Reverse((at, key)));
+        }
+        if let Some(event) = connected {
+            self.announce(event);
         }
         if !packets.is_empty() {
             self.fanout(key, &mut packets, now);
@@ -528,6 +537,15 @@ impl Worker {
             self.mark(key);
         }
         self.members = members;
+    }
+
+    /// Queues an event that must reach the node.
+    fn announce(&mut self, event: SfuEvent) {
+        if self.outbox.len() >= MAX_OUTBOX {
+            tracing::error!("the node is not draining SFU events; dropping the oldest");
+            self.outbox.pop_front();
+        }
+        self.outbox.push_back(event);
     }
 
     fn speaking(&mut self, room: Uuid, peer: PeerId, speaking: bool) {
@@ -670,7 +688,7 @@ impl Worker {
                 .and_then(|()| self.assign_slot(member, key));
             match wired {
                 Ok(()) => match self.renegotiate(member) {
-                    Ok(Some(offer)) => self.outbox.push_back(SfuEvent::Offer(offer)),
+                    Ok(Some(offer)) => self.announce(SfuEvent::Offer(offer)),
                     Ok(None) => {}
                     Err(error) => tracing::warn!(%room, %error, "could not renegotiate after a join"),
                 },
@@ -978,7 +996,7 @@ impl Worker {
         for &member in &members {
             if self.release_slot(member, key) {
                 match self.renegotiate(member) {
-                    Ok(Some(offer)) => self.outbox.push_back(SfuEvent::Offer(offer)),
+                    Ok(Some(offer)) => self.announce(SfuEvent::Offer(offer)),
                     Ok(None) => {}
                     Err(error) => tracing::warn!(room = %peer.room, %error, "could not renegotiate after a leave"),
                 }
@@ -999,7 +1017,7 @@ impl Worker {
         flush(&mut peer, key, &self.sockets, &mut self.by_addr, &self.counters);
         tracing::info!(room = %peer.room, peer = %peer.id, ?reason, "left voice room");
         if let Some(reason) = reason {
-            self.outbox.push_back(SfuEvent::PeerGone {
+            self.announce(SfuEvent::PeerGone {
                 room: peer.room,
                 peer: peer.id,
                 session: peer.session,
