@@ -357,6 +357,7 @@ impl Worker {
             return;
         };
         let now = Instant::now();
+        let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
         for _ in 0..RECV_BATCH {
             match socket.try_recv_from(buf) {
                 Ok((n, from)) => self.datagram(local_addr, from, &buf[..n], now),
@@ -364,6 +365,12 @@ impl Worker {
                 // ICMP errors surface as ConnectionRefused/Reset on some systems: keep going.
                 Err(_) => continue,
             }
+        }
+        // Forward (and send) the batch now, and record how long it was held.
+        self.settle();
+        let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
+        if forwarded > 0 {
+            self.counters.latency.record(now.elapsed(), forwarded);
         }
     }
 

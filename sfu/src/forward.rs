@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub dropped_send: AtomicU64,
     pub dropped_other: AtomicU64,
     pub write_errors: AtomicU64,
+    pub latency: LatencyBuckets,
 }
 
 impl Counters {
@@ -74,6 +75,94 @@ impl From<&Counters> for PacketStats {
             dropped_send: c.dropped_send.load(Ordering::Relaxed),
             dropped_other: c.dropped_other.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Time from reading a datagram to handing the forwarded copies to the socket, in
+/// 10 µs buckets up to 20 ms.
+pub(crate) struct LatencyBuckets {
+    buckets: Box<[AtomicU64]>,
+}
+
+const LATENCY_BUCKET_US: u64 = 10;
+const LATENCY_BUCKETS: usize = 2000;
+
+impl std::fmt::Debug for LatencyBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyBuckets").field("count", &self.snapshot().count()).finish()
+    }
+}
+
+impl Default for LatencyBuckets {
+    fn default() -> Self {
+        Self {
+            buckets: (0..=LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyBuckets {
+    /// Records `n` packets that took `d`.
+    pub(crate) fn record(&self, d: Duration, n: u64) {
+        let i = usize::try_from(d.as_micros() / u128::from(LATENCY_BUCKET_US))
+            .unwrap_or(usize::MAX)
+            .min(LATENCY_BUCKETS);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        }
+    }
+}
+
+/// How long the SFU itself held forwarded packets: from reading a datagram off the
+/// socket to handing every copy of it back to the socket (decryption, the forwarding
+/// decision, rewriting, encryption). Time spent in the kernel's socket queues is not
+/// included. Cumulative since start; subtract an earlier snapshot for a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    counts: Vec<u64>,
+}
+
+impl LatencyHistogram {
+    /// Packets recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile (0.0..=1.0) as the upper edge of its 10 µs bucket; `None`
+    /// without samples or beyond 20 ms.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let rank = ((count as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate().take(LATENCY_BUCKETS) {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros((i as u64 + 1) * LATENCY_BUCKET_US));
+            }
+        }
+        None
+    }
+
+    /// The samples recorded since `earlier`.
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
         }
     }
 }
@@ -253,6 +342,20 @@ mod tests {
         let mut line = Line::default();
         assert_eq!(run(&mut line, 1, 65_535, 0, t0).0, 65_535);
         assert_eq!(run(&mut line, 1, 0, 960, t0 + Duration::from_millis(20)).0, 0);
+    }
+
+    #[test]
+    fn latency_histogram_windows() {
+        let buckets = LatencyBuckets::default();
+        buckets.record(Duration::from_micros(15), 3);
+        let before = buckets.snapshot();
+        buckets.record(Duration::from_micros(95), 1);
+        buckets.record(Duration::from_secs(1), 1);
+        let window = buckets.snapshot().since(&before);
+        assert_eq!(window.count(), 2);
+        assert_eq!(window.quantile(0.5), Some(Duration::from_micros(100)));
+        assert_eq!(window.quantile(1.0), None, "beyond the last bucket");
+        assert_eq!(before.quantile(0.5), Some(Duration::from_micros(20)));
     }
 
     #[test]

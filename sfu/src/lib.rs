@@ -61,7 +61,7 @@ pub mod turn;
 pub use config::{IceServerConfig, SfuConfig, Timeouts};
 pub use error::{ConfigError, JoinError, NotJoined, SignalError};
 pub use event::{GoneReason, SfuEvent, SfuEvents};
-pub use forward::PacketStats;
+pub use forward::{LatencyHistogram, PacketStats};
 pub use sfu::{Sfu, SfuStats};
 pub use signal::{IceCandidate, Offer, TrackInfo};
 pub use state::{PeerId, VoiceFlags};

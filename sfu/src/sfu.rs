@@ -15,7 +15,7 @@ use crate::config::SfuConfig;
 use crate::engine::{self, Command, Directory, Worker};
 use crate::error::{ConfigError, JoinError, NotJoined, SignalError};
 use crate::event::SfuEvents;
-use crate::forward::{Counters, PacketStats};
+use crate::forward::{Counters, LatencyHistogram, PacketStats};
 use crate::signal::{IceCandidate, Offer};
 use crate::state::{PeerId, PeerShared, VoiceFlags};
 use crate::turn::{self, IceServer};
@@ -253,6 +253,11 @@ impl Sfu {
             workers: self.inner.tasks.len(),
             packets: PacketStats::from(&*self.inner.counters),
         }
+    }
+
+    /// How long the SFU held the packets it forwarded (see [`LatencyHistogram`]).
+    pub fn forwarding_latency(&self) -> LatencyHistogram {
+        self.inner.counters.latency.snapshot()
     }
 
     /// Refuses new joins, closes every connection and waits for the workers to end.

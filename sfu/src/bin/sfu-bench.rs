@@ -9,7 +9,9 @@
 //!
 //! - loss: packets missing by the senders' own counters, over packets expected;
 //! - latency: client send → client receive through the SFU (an upper bound of the
-//!   SFU's added latency: it includes both clients' stacks);
+//!   SFU's added latency: it includes both clients' stacks), and the time the SFU
+//!   itself held each forwarded packet, from reading the datagram to handing every
+//!   copy back to the socket (`Sfu::forwarding_latency`; kernel queues excluded);
 //! - CPU: time the SFU runtime's threads and the clients' threads spent, from
 //!   `/proc/self/task/*/stat`; streams per core = streams ÷ SFU CPU share. The time
 //!   the SFU's threads were runnable but waited for a CPU (`schedstat`) shows whether
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use together_sfu::client::{ClientOptions, Latency, VoiceClient};
-use together_sfu::{Offer, PeerId, Sfu, SfuConfig, SfuEvent, VoiceFlags};
+use together_sfu::{LatencyHistogram, Offer, PeerId, Sfu, SfuConfig, SfuEvent, VoiceFlags};
 use tokio::runtime::{Handle, Runtime};
 use uuid::Uuid;
 
@@ -76,6 +78,7 @@ struct Step {
     expected: u64,
     lost: u64,
     latency: Latency,
+    held: LatencyHistogram,
     sfu_cpu: f64,
     sfu_wait: f64,
     client_cpu: f64,
@@ -268,12 +271,17 @@ async fn measure(
         p.client.reset_received();
     }
     let before = sfu.map(|s| s.stats().packets).unwrap_or_default();
+    let held_before = sfu.map(Sfu::forwarding_latency).unwrap_or_default();
     let (sfu_cpu0, client_cpu0, wait0, t0) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), Instant::now());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let (sfu_cpu1, client_cpu1, wait1, wall) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), t0.elapsed().as_secs_f64());
     let after = sfu.map(|s| s.stats().packets).unwrap_or_default();
+    let held = sfu
+        .map(Sfu::forwarding_latency)
+        .unwrap_or_default()
+        .since(&held_before);
 
     let streams = rooms * room_size * (room_size - 1);
     let mut expected = 0;
@@ -308,6 +316,7 @@ async fn measure(
         expected,
         lost,
         latency,
+        held,
         sfu_cpu: (sfu_cpu1 - sfu_cpu0) / wall,
         sfu_wait: (wait1 - wait0) / wall,
         client_cpu: (client_cpu1 - client_cpu0) / wall,
@@ -317,6 +326,15 @@ async fn measure(
 
 fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| ">100".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0))
+}
+
+fn held(histogram: &LatencyHistogram, q: f64) -> String {
+    if histogram.count() == 0 {
+        return "-".to_owned();
+    }
+    histogram
+        .quantile(q)
+        .map_or_else(|| ">20".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0))
 }
 
 fn main() -> Result<()> {
@@ -334,8 +352,8 @@ fn main() -> Result<()> {
         "room size {}, payload {} B, {} s per step, SFU threads {}, client threads {}",
         args.room_size, args.payload, args.seconds, args.sfu_threads, args.client_threads
     );
-    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU send drops |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | held in SFU p50/p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU send drops |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut best: Option<Step> = None;
     for &rooms in &args.rooms {
         let step = if args.baseline {
@@ -344,13 +362,15 @@ fn main() -> Result<()> {
             control.block_on(run_step(&args, rooms, sfu_rt.handle(), client_rt.handle()))?
         };
         println!(
-            "| {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {}/{} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
             step.rooms,
             step.rooms * step.room_size,
             step.streams,
             step.loss() * 100.0,
             ms(step.latency.quantile(0.5)),
             ms(step.latency.quantile(0.99)),
+            held(&step.held, 0.5),
+            held(&step.held, 0.99),
             step.sfu_cpu,
             step.sfu_wait,
             step.client_cpu,
