@@ -167,7 +167,9 @@ impl EmbeddedPostgres {
             }
             None => Command::new(path),
         };
-        cmd.stdin(Stdio::null()).kill_on_drop(false);
+        // Its own process group: a Ctrl-C meant for the node must not
+        // interrupt a `pg_ctl stop` the node is running.
+        cmd.stdin(Stdio::null()).kill_on_drop(false).process_group(0);
         cmd
     }
 
@@ -284,6 +286,7 @@ impl Drop for EmbeddedPostgres {
             }
             None => std::process::Command::new(path),
         };
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.arg("-D")
             .arg(&self.data)
             .args(["-m", "fast", "-w", "stop"])
