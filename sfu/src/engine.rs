@@ -356,21 +356,24 @@ impl Worker {
         let Some((local_addr, socket)) = self.sockets.get(index).map(|(a, s)| (*a, Arc::clone(s))) else {
             return;
         };
-        let now = Instant::now();
-        let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
         for _ in 0..RECV_BATCH {
             match socket.try_recv_from(buf) {
-                Ok((n, from)) => self.datagram(local_addr, from, &buf[..n], now),
+                Ok((n, from)) => {
+                    // Forward (and send) each datagram at once, and record how long the
+                    // SFU held it.
+                    let now = Instant::now();
+                    let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
+                    self.datagram(local_addr, from, &buf[..n], now);
+                    self.settle();
+                    let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
+                    if forwarded > 0 {
+                        self.counters.latency.record(now.elapsed(), forwarded);
+                    }
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface as ConnectionRefused/Reset on some systems: keep going.
                 Err(_) => continue,
             }
-        }
-        // Forward (and send) the batch now, and record how long it was held.
-        self.settle();
-        let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
-        if forwarded > 0 {
-            self.counters.latency.record(now.elapsed(), forwarded);
         }
     }
 
