@@ -224,12 +224,20 @@ pub(crate) fn bind(config: &SfuConfig, index: usize) -> Result<Vec<(SocketAddr, 
         .iter()
         .map(|ip| {
             let addr = SocketAddr::new(*ip, port);
-            let bound = std::net::UdpSocket::bind(addr)
-                .and_then(|socket| {
-                    socket.set_nonblocking(true)?;
-                    UdpSocket::from_std(socket)
-                })
-                .and_then(|socket| Ok((socket.local_addr()?, Arc::new(socket))));
+            let bound = (|| {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )?;
+                // Best effort: the kernel caps both at its configured maximum.
+                let _ = socket.set_recv_buffer_size(config.udp_buffer_bytes);
+                let _ = socket.set_send_buffer_size(config.udp_buffer_bytes);
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                let socket = UdpSocket::from_std(socket.into())?;
+                Ok((socket.local_addr()?, Arc::new(socket)))
+            })();
             bound.map_err(|error| crate::ConfigError::Bind { addr, error })
         })
         .collect()
