@@ -25,6 +25,10 @@ pub struct SfuConfig {
     /// Media workers, each a task that owns its rooms, sockets and connections. 0
     /// means one per CPU core. A room lives on one worker.
     pub workers: usize,
+    /// Kernel receive and send buffer of each UDP socket, in bytes. One socket carries
+    /// all of a worker's participants, so a large buffer rides out scheduling hiccups
+    /// instead of dropping audio; Linux caps it at `net.core.rmem_max`/`wmem_max`.
+    pub udp_buffer_bytes: usize,
     /// Public addresses announced as host candidates instead of the bound ones, for a
     /// server behind a 1:1 NAT (a cloud VM with an elastic IP).
     pub public_ips: Vec<IpAddr>,
@@ -47,6 +51,7 @@ impl Default for SfuConfig {
             bind_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             udp_port: 0,
             workers: 0,
+            udp_buffer_bytes: 4 << 20,
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
             max_room_size: 25,
@@ -63,6 +68,7 @@ impl std::fmt::Debug for SfuConfig {
             .field("bind_ips", &self.bind_ips)
             .field("udp_port", &self.udp_port)
             .field("workers", &self.workers)
+            .field("udp_buffer_bytes", &self.udp_buffer_bytes)
             .field("public_ips", &self.public_ips)
             .field("ice_servers", &self.ice_servers)
             .field("max_room_size", &self.max_room_size)

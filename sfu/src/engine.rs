@@ -224,12 +224,20 @@ pub(crate) fn bind(config: &SfuConfig, index: usize) -> Result<Vec<(SocketAddr, 
         .iter()
         .map(|ip| {
             let addr = SocketAddr::new(*ip, port);
-            let bound = std::net::UdpSocket::bind(addr)
-                .and_then(|socket| {
-                    socket.set_nonblocking(true)?;
-                    UdpSocket::from_std(socket)
-                })
-                .and_then(|socket| Ok((socket.local_addr()?, Arc::new(socket))));
+            let bound = (|| {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )?;
+                // Best effort: the kernel caps both at its configured maximum.
+                let _ = socket.set_recv_buffer_size(config.udp_buffer_bytes);
+                let _ = socket.set_send_buffer_size(config.udp_buffer_bytes);
+                socket.set_nonblocking(true)?;
+                socket.bind(&addr.into())?;
+                let socket = UdpSocket::from_std(socket.into())?;
+                Ok((socket.local_addr()?, Arc::new(socket)))
+            })();
             bound.map_err(|error| crate::ConfigError::Bind { addr, error })
         })
         .collect()
@@ -356,21 +364,24 @@ impl Worker {
         let Some((local_addr, socket)) = self.sockets.get(index).map(|(a, s)| (*a, Arc::clone(s))) else {
             return;
         };
-        let now = Instant::now();
-        let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
         for _ in 0..RECV_BATCH {
             match socket.try_recv_from(buf) {
-                Ok((n, from)) => self.datagram(local_addr, from, &buf[..n], now),
+                Ok((n, from)) => {
+                    // Forward (and send) each datagram at once, and record how long the
+                    // SFU held it.
+                    let now = Instant::now();
+                    let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
+                    self.datagram(local_addr, from, &buf[..n], now);
+                    self.settle();
+                    let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
+                    if forwarded > 0 {
+                        self.counters.latency.record(now.elapsed(), forwarded);
+                    }
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface as ConnectionRefused/Reset on some systems: keep going.
                 Err(_) => continue,
             }
-        }
-        // Forward (and send) the batch now, and record how long it was held.
-        self.settle();
-        let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
-        if forwarded > 0 {
-            self.counters.latency.record(now.elapsed(), forwarded);
         }
     }
 

@@ -7,7 +7,10 @@
 //! packet stream and receives the others', so a room forwards `k·(k−1)` streams. For
 //! each step in `--rooms` it connects everything, warms up, then measures:
 //!
-//! - loss: packets missing by the senders' own counters, over packets expected;
+//! - loss: packets missing by the senders' own counters, over packets expected; the
+//!   SFU's share is what its socket dropped (kernel receive buffer full, from
+//!   `/proc/net/udp`) or it could not send (send buffer full) — the rest was lost at
+//!   the clients;
 //! - latency: client send → client receive through the SFU (an upper bound of the
 //!   SFU's added latency: it includes both clients' stacks), and the time the SFU
 //!   itself held each forwarded packet, from reading the datagram to handing every
@@ -83,6 +86,7 @@ struct Step {
     sfu_wait: f64,
     client_cpu: f64,
     dropped_send: u64,
+    rx_drops: u64,
 }
 
 impl Step {
@@ -129,6 +133,36 @@ fn thread_wait(prefix: &str) -> f64 {
             .unwrap_or(0);
     }
     nanos as f64 / 1e9
+}
+
+/// Datagrams the kernel dropped because these IPv4 sockets' receive buffers were full
+/// (the `drops` column of `/proc/net/udp`).
+fn socket_drops(addrs: &[std::net::SocketAddr]) -> u64 {
+    let Ok(table) = std::fs::read_to_string("/proc/net/udp") else { return 0 };
+    let wanted: Vec<String> = addrs
+        .iter()
+        .filter_map(|addr| match addr {
+            std::net::SocketAddr::V4(v4) => Some(format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            )),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .collect();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(1)?;
+            wanted
+                .iter()
+                .any(|w| w == local)
+                .then(|| fields.last().and_then(|d| d.parse::<u64>().ok()))
+                .flatten()
+        })
+        .sum()
 }
 
 /// CPU seconds used so far by this process's threads whose name starts with `prefix`.
@@ -272,12 +306,17 @@ async fn measure(
     }
     let before = sfu.map(|s| s.stats().packets).unwrap_or_default();
     let held_before = sfu.map(Sfu::forwarding_latency).unwrap_or_default();
+    let sfu_addrs: Vec<std::net::SocketAddr> = sfu
+        .map(|s| s.local_addrs().iter().flatten().copied().collect())
+        .unwrap_or_default();
+    let rx_drops_before = socket_drops(&sfu_addrs);
     let (sfu_cpu0, client_cpu0, wait0, t0) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), Instant::now());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let (sfu_cpu1, client_cpu1, wait1, wall) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), t0.elapsed().as_secs_f64());
     let after = sfu.map(|s| s.stats().packets).unwrap_or_default();
+    let rx_drops = socket_drops(&sfu_addrs).saturating_sub(rx_drops_before);
     let held = sfu
         .map(Sfu::forwarding_latency)
         .unwrap_or_default()
@@ -321,6 +360,7 @@ async fn measure(
         sfu_wait: (wait1 - wait0) / wall,
         client_cpu: (client_cpu1 - client_cpu0) / wall,
         dropped_send: after.dropped_send - before.dropped_send,
+        rx_drops,
     })
 }
 
@@ -352,7 +392,7 @@ fn main() -> Result<()> {
         "room size {}, payload {} B, {} s per step, SFU threads {}, client threads {}",
         args.room_size, args.payload, args.seconds, args.sfu_threads, args.client_threads
     );
-    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | held in SFU p50/p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU send drops |");
+    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | held in SFU p50/p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU socket drops (in/out) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut best: Option<Step> = None;
     for &rooms in &args.rooms {
@@ -362,7 +402,7 @@ fn main() -> Result<()> {
             control.block_on(run_step(&args, rooms, sfu_rt.handle(), client_rt.handle()))?
         };
         println!(
-            "| {} | {} | {} | {:.3} | {} | {} | {}/{} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {}/{} | {:.2} | {:.2} | {:.2} | {:.0} | {}/{} |",
             step.rooms,
             step.rooms * step.room_size,
             step.streams,
@@ -375,6 +415,7 @@ fn main() -> Result<()> {
             step.sfu_wait,
             step.client_cpu,
             step.streams_per_core(),
+            step.rx_drops,
             step.dropped_send,
         );
         let passed = step.loss() < 0.001;
