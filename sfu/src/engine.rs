@@ -896,6 +896,7 @@ impl Worker {
             sent_at: now,
             offered,
         });
+        tracing::trace!(peer = %peer.id, negotiation, %sdp, "offer");
         let offer = Offer {
             room: peer.room,
             peer: peer.id,
