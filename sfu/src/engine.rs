@@ -70,6 +70,8 @@ const MAX_EARLY_CANDIDATES: usize = 64;
 const RECV_BATCH: usize = 64;
 /// How often deadlines (connect, answer, speaking) are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// The soonest a connection's timer fires after it was last processed.
+const MIN_TIMER_DELAY: Duration = Duration::from_millis(1);
 /// Largest datagram accepted.
 const MAX_DATAGRAM: usize = 4096;
 /// Events that must not be lost (offers, departures) kept while the node is not
@@ -473,11 +475,14 @@ impl Worker {
             }
         }
         flush(peer, key, &self.sockets, &mut self.by_addr, &self.counters);
-        if let Some(at) = peer.core.poll_timeout()
-            && peer.timeout != Some(at)
-        {
-            peer.timeout = Some(at);
-            self.timers.push(Reverse((at, key)));
+        if let Some(at) = peer.core.poll_timeout() {
+            // A deadline already past is handled a moment later rather than at once, so
+            // a connection that keeps reporting one cannot spin the worker.
+            let at = at.max(now + MIN_TIMER_DELAY);
+            if peer.timeout.is_none_or(|current| current > at) {
+                peer.timeout = Some(at);
+                self.timers.push(Reverse((at, key)));
+            }
         }
         if let Some(event) = connected {
             self.announce(event);
@@ -891,6 +896,7 @@ impl Worker {
             sent_at: now,
             offered,
         });
+        tracing::trace!(peer = %peer.id, negotiation, %sdp, "offer");
         let offer = Offer {
             room: peer.room,
             peer: peer.id,
