@@ -25,6 +25,8 @@ export type AuthResponse = Schemas["AuthResponse"];
 export type EffectivePermissions = Schemas["EffectivePermissions"];
 export type SearchResponse = Schemas["SearchResponse"];
 export type ErrorBody = Schemas["ErrorBody"];
+export type ExportedKey = Schemas["ExportedKey"];
+export type NodeDescription = Schemas["NodeDescription"];
 
 export type NewChannel = Schemas["NewChannel"];
 export type ChannelPatch = Schemas["ChannelPatch"];
