@@ -41,7 +41,7 @@ export type UpdateMeRequest = Schemas["UpdateMeRequest"];
 /** `online`, `away`, `dnd`, `invisible`; others see `offline` too. */
 export type Status = "online" | "away" | "dnd" | "invisible" | "offline";
 
-/** A VoiceState as READY carries it (the voice UI is not built yet). */
+/** A user's place in a voice channel (READY and VOICE_STATE_UPDATE; spec/voice.md). */
 export interface VoiceState {
   user_id: string;
   server_id: string;
@@ -51,6 +51,49 @@ export interface VoiceState {
   server_mute: boolean;
   server_deaf: boolean;
   joined_at: string;
+}
+
+/** VOICE_STATE_UPDATE when a user leaves voice. */
+export interface VoiceLeave {
+  user_id: string;
+  server_id: string;
+  channel_id: null;
+}
+
+/** An ICE server for the voice connection (`ice_servers` of VOICE_OFFER). */
+export interface IceServer {
+  urls: string[] | string;
+  username?: string;
+  credential?: string;
+}
+
+/** Which participant a media section of a VOICE_OFFER carries. */
+export interface VoiceTrack {
+  mid: string;
+  user_id: string;
+  session_id?: string;
+}
+
+/** VOICE_OFFER: the node's SDP offer for this session's voice connection. */
+export interface VoiceOffer {
+  voice_session: string;
+  negotiation: number;
+  channel_id: string;
+  sdp: string;
+  tracks: VoiceTrack[];
+  ice_servers?: IceServer[];
+}
+
+export interface VoiceSpeaking {
+  channel_id: string;
+  user_id: string;
+  speaking: boolean;
+}
+
+/** VOICE_SESSION_END: `connect_timeout`, `answer_timeout`, `connection_failed` or `closed`. */
+export interface VoiceSessionEnd {
+  voice_session: string;
+  reason: string;
 }
 
 export interface Presence {
@@ -114,6 +157,10 @@ export interface DispatchMap {
   SERVER_BAN_REMOVE: ServerUserEvent;
   PRESENCE_UPDATE: Presence;
   USER_UPDATE: CurrentUser | User;
+  VOICE_STATE_UPDATE: VoiceState | VoiceLeave;
+  VOICE_OFFER: VoiceOffer;
+  VOICE_SPEAKING: VoiceSpeaking;
+  VOICE_SESSION_END: VoiceSessionEnd;
 }
 
 export type DispatchName = keyof DispatchMap;
