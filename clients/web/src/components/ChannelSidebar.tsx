@@ -182,7 +182,7 @@ function UserPanel({ state, onKey }: { state: State; onKey: () => void }) {
         onChange={(e) => together.rest.updateMe({ status: e.target.value }).catch(() => undefined)}>
         {STATUSES.map((s) => <option key={s.value} value={s.value}>{s.label}</option>)}
       </select>
-      <button className="icon" aria-label="Identity key" title="Your identity key" onClick={onKey}>⚿</button>
+      <button className="icon" aria-label="Identity key" title="Your identity key" onClick={onKey}>🔑</button>
       <button className="icon" aria-label="Sign out" title="Sign out" onClick={() => together.logout().then(() => navigate("/login"))}>⎋</button>
     </div>
   );
