@@ -387,6 +387,7 @@ function applyDispatch(state: State, event: Dispatch, now: number): State {
     }
     case "VOICE_OFFER":
     case "VOICE_SESSION_END":
+    case "VOICE_ERROR":
       // The voice client handles these; they change nothing others see.
       return state;
     default:

@@ -63,8 +63,8 @@ export interface VoiceLeave {
 /** An ICE server for the voice connection (`ice_servers` of VOICE_OFFER). */
 export interface IceServer {
   urls: string[] | string;
-  username?: string;
-  credential?: string;
+  username?: string | null;
+  credential?: string | null;
 }
 
 /** Which participant a media section of a VOICE_OFFER carries. */
@@ -94,6 +94,15 @@ export interface VoiceSpeaking {
 export interface VoiceSessionEnd {
   voice_session: string;
   reason: string;
+}
+
+/** VOICE_ERROR: the node refused a voice op (`code` as in the REST API's errors). */
+export interface VoiceError {
+  op: number;
+  code: string;
+  message: string;
+  voice_session?: string;
+  channel_id?: string;
 }
 
 export interface Presence {
@@ -161,6 +170,7 @@ export interface DispatchMap {
   VOICE_OFFER: VoiceOffer;
   VOICE_SPEAKING: VoiceSpeaking;
   VOICE_SESSION_END: VoiceSessionEnd;
+  VOICE_ERROR: VoiceError;
 }
 
 export type DispatchName = keyof DispatchMap;

@@ -65,6 +65,11 @@ export const VOICE_END_REASONS: Record<string, string> = {
   answer_timeout: "Voice stopped: the connection did not answer the node in time.",
   connection_failed: "Voice disconnected: the connection to the node was lost.",
   closed: "Voice ended.",
+  left: "You left voice.",
+  replaced: "You joined voice on another device.",
+  disconnected: "A moderator disconnected you from voice.",
+  access_lost: "You can no longer connect to that voice channel.",
+  gateway_closed: "Voice ended because the connection to the node closed.",
 };
 
 /** How long to wait for the node's first offer after asking to join. */
@@ -90,8 +95,8 @@ export function browserVoiceEnvironment(): VoiceEnvironment {
 function iceServers(list: IceServer[] | undefined): RTCIceServer[] {
   return (list ?? []).map((s) => {
     const server: RTCIceServer = { urls: s.urls };
-    if (s.username !== undefined) server.username = s.username;
-    if (s.credential !== undefined) server.credential = s.credential;
+    if (s.username != null) server.username = s.username;
+    if (s.credential != null) server.credential = s.credential;
     return server;
   });
 }
@@ -260,6 +265,17 @@ export class VoiceClient {
       case "VOICE_OFFER": {
         const offer = event.d;
         this.queue = this.queue.then(() => this.applyOffer(offer)).catch(() => undefined);
+        break;
+      }
+      case "VOICE_ERROR": {
+        // The node refused a voice op: a join (op 4) that cannot happen ends the attempt.
+        const { op, message, voice_session } = event.d;
+        if (op === Op.VOICE_STATE_UPDATE && this.snap.status === "joining") {
+          this.teardown();
+          this.patchIdle(message);
+        } else if (!voice_session || voice_session === this.snap.voiceSession) {
+          this.patch({ error: message });
+        }
         break;
       }
       case "VOICE_SESSION_END":

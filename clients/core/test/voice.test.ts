@@ -292,6 +292,13 @@ describe("voice signaling", () => {
     expect(voice.getSnapshot()).toMatchObject({ status: "idle", unsupported: true, error: "This node does not offer voice connections yet." });
   });
 
+  it("shows the node's refusal of a join in its words", async () => {
+    await voice.join(SERVER_ID, VOICE);
+    dispatch("VOICE_ERROR", { op: 4, code: "missing_permissions", message: "you may not connect to this voice channel", channel_id: VOICE });
+    expect(voice.getSnapshot()).toMatchObject({ status: "idle", error: "you may not connect to this voice channel" });
+    expect(mics[0].stopped).toBe(true);
+  });
+
   it("gives up with an explanation when no offer comes", async () => {
     await voice.join(SERVER_ID, VOICE);
     await vi.advanceTimersByTimeAsync(15_001);
