@@ -75,7 +75,7 @@ export function IdentityKeyDialog({ onClose }: { onClose: () => void }) {
                 <button onClick={() => { saveKey(shown); setStored(shown); }}>Keep in this browser</button>
               )}
             </div>
-            <p className="muted small">{stored ? "The key is saved in this browser. " : ""}{KEY_WARNING}</p>
+            <p className="muted small">{stored ? "The key is saved in this browser. " : "If you keep it in this browser: "}{KEY_WARNING}</p>
           </section>
         )}
       </div>
