@@ -13,6 +13,8 @@ export const name = "voice";
 const TEST_NAMES = [
   "dave and erin join a voice channel and see each other",
   "each sees the other speaking and receives their audio",
+  "erin switches microphones while connected and keeps sending",
+  "erin deafens: dave sees it, and her page silences the others",
   "dave mutes: erin sees it and the speaking ring goes out",
   "dave leaves: erin sees him go",
 ];
@@ -112,11 +114,13 @@ export async function prepare(env) {
     await visible(page.getByRole("heading", { name: `🔊 ${general.name}` }));
   }
 
-  const packetsReceived = async (page) => {
+  const counter = async (page, which) => {
     const details = page.locator("details.connection-info");
     if (!(await details.evaluate((el) => el.open))) await details.locator("summary").click();
-    return Number(await page.getByTestId("voice-packets-received").textContent());
+    return Number(await page.getByTestId(`voice-packets-${which}`).textContent());
   };
+  const packetsReceived = (page) => counter(page, "received");
+  const controls = (page) => page.getByRole("group", { name: "Voice controls" });
 
   const tests = [
     [TEST_NAMES[0], async () => {
@@ -141,15 +145,36 @@ export async function prepare(env) {
       }
     }],
     [TEST_NAMES[2], async () => {
-      await pages.d.getByRole("group", { name: "Voice controls" }).getByRole("button", { name: "Mute" }).click();
+      const e = pages.e;
+      const select = e.getByLabel("Microphone");
+      // Device names are shown once the microphone is allowed.
+      const options = await select.locator("option").evaluateAll((os) => os.map((o) => ({ value: o.value, label: o.textContent })));
+      const real = options.filter((o) => o.value);
+      assert(real.length >= 1 && real.every((o) => o.label && !/^Microphone \d+$/.test(o.label)), `no named microphones listed: ${JSON.stringify(options)}`);
+      await select.selectOption(real[real.length - 1].value);
+      const sent = await counter(e, "sent");
+      await poll(async () => (await counter(e, "sent")) > sent + 20, "erin stopped sending after switching microphones", 10_000);
+      await poll(async () => /speaking/.test(await label(pages.d, erin)), "dave no longer hears erin after her switch", 20_000);
+    }],
+    [TEST_NAMES[3], async () => {
+      await controls(pages.e).getByRole("button", { name: "Deafen" }).click();
+      await visible(controls(pages.e).getByRole("button", { name: "Undeafen" }));
+      await poll(async () => /deafened/.test(await label(pages.d, erin)), "dave does not see erin deafened");
+      const mutedAudio = await pages.e.locator("audio").evaluateAll((els) => els.length > 0 && els.every((el) => el.muted));
+      assert(mutedAudio, "erin's page still plays the others while deafened");
+      await controls(pages.e).getByRole("button", { name: "Undeafen" }).click();
+      await poll(async () => !/deafened/.test(await label(pages.d, erin)), "dave still sees erin deafened");
+    }],
+    [TEST_NAMES[4], async () => {
+      await controls(pages.d).getByRole("button", { name: "Mute" }).click();
       await poll(async () => {
         const l = await label(pages.e, dave);
         return /muted/.test(l) && !/speaking/.test(l);
       }, "erin does not see dave muted and silent");
       await shot(pages.d, "19-voice-muted");
     }],
-    [TEST_NAMES[3], async () => {
-      await pages.d.getByRole("group", { name: "Voice controls" }).getByRole("button", { name: "Leave voice" }).click();
+    [TEST_NAMES[5], async () => {
+      await controls(pages.d).getByRole("button", { name: "Leave voice" }).click();
       await visible(pages.d.getByRole("button", { name: "Join voice" }));
       await gone(tile(pages.e, dave));
     }],
