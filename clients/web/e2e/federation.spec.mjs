@@ -60,6 +60,34 @@ export async function prepare(env) {
     assert(!(await c.getByRole("link", { name: /^channel secret-plans/ }).count()), "carol sees a channel hidden from @everyone");
   }]);
 
+  tests.push(["carol joins a second server of alice's and they chat live across the two nodes", async () => {
+    const { a } = ctx;
+    await a.getByRole("button", { name: "Create a server" }).first().click();
+    const create = a.getByRole("dialog", { name: "Create a server" });
+    await create.getByLabel("Server name").fill("Bridge");
+    await create.getByRole("button", { name: "Create" }).click();
+    await visible(a.getByRole("heading", { name: "#general" }));
+    await a.getByRole("button", { name: "Bridge" }).click();
+    await a.getByRole("menuitem", { name: "Invite people" }).click();
+    const input = a.getByTestId("invite-link");
+    const bridgeLink = await poll(async () => {
+      const v = await input.inputValue();
+      return v.includes("?peer=") ? v : null;
+    }, "the invite link never named a peer address");
+    await a.getByRole("button", { name: "Close" }).click();
+    await c.getByRole("button", { name: "Join a server" }).first().click();
+    const dialog = c.getByRole("dialog", { name: "Join a server" });
+    await dialog.getByLabel("Invite link").fill(bridgeLink);
+    await dialog.getByRole("button", { name: "Join" }).click();
+    await visible(c.getByRole("link", { name: "Bridge" }), 30_000);
+    await visible(c.getByRole("heading", { name: "#general" }));
+    await env.send(c, "hi alice, from the second node");
+    await visible(messageRow(a, "hi alice, from the second node"), 30_000);
+    await env.send(a, "hello carol, from the first node");
+    await visible(messageRow(c, "hello carol, from the first node"), 30_000);
+    await shot(c, "17b-cross-node-chat");
+  }]);
+
   return {
     tests,
     pages: { a: ctx.a, c },
