@@ -7,6 +7,7 @@
 import { GatewayClient, gatewayUrl, type GatewayStatus, type SocketFactory } from "./gateway.ts";
 import { RestClient } from "./rest.ts";
 import { Store } from "./store.ts";
+import { VoiceClient, type VoiceEnvironment } from "./voice.ts";
 import type { TokenStorage } from "./tokens.ts";
 import type { Message, Status } from "./types.ts";
 
@@ -17,6 +18,8 @@ export interface TogetherOptions {
   fetch?: typeof fetch;
   socket?: SocketFactory;
   presence?: { status: Status; custom_status?: string | null };
+  /** Browser media APIs for voice (the real ones by default). */
+  voice?: VoiceEnvironment;
 }
 
 export const PAGE_SIZE = 50;
@@ -25,6 +28,7 @@ export class Together {
   readonly rest: RestClient;
   readonly store = new Store();
   readonly gateway: GatewayClient;
+  readonly voice: VoiceClient;
 
   constructor(options: TogetherOptions) {
     this.rest = new RestClient({ baseUrl: options.baseUrl, storage: options.storage, fetch: options.fetch });
@@ -41,6 +45,7 @@ export class Together {
         this.loadPresences(event.d.server_id).catch(() => undefined);
       }
     });
+    this.voice = new VoiceClient(this.gateway, this.store, options.voice);
     this.gateway.on("fatal", () => {
       this.rest.tokens.set(null);
     });
@@ -57,6 +62,7 @@ export class Together {
   }
 
   stop(): void {
+    this.voice.leave();
     this.gateway.disconnect();
     this.store.stopTypingClock();
     this.store.dispatch({ type: "reset" });

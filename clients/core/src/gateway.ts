@@ -11,11 +11,15 @@ export const Op = {
   HEARTBEAT: 1,
   IDENTIFY: 2,
   PRESENCE_UPDATE: 3,
+  VOICE_STATE_UPDATE: 4,
   RESUME: 6,
   RECONNECT: 7,
   INVALID_SESSION: 9,
   HELLO: 10,
   HEARTBEAT_ACK: 11,
+  VOICE_ANSWER: 12,
+  VOICE_ICE_CANDIDATE: 13,
+  VOICE_RESTART: 14,
 } as const;
 
 /** Close codes after which the session may be resumed. */
@@ -64,6 +68,8 @@ export interface GatewayEvents {
   status: (status: GatewayStatus) => void;
   /** The session ended for good (signed out, token refused); sign in again. */
   fatal: (code: number, reason: string) => void;
+  /** The server closed the connection (any code); reconnecting follows unless fatal. */
+  close: (code: number, reason: string) => void;
 }
 
 type Handlers = { [K in keyof GatewayEvents]: Set<GatewayEvents[K]> };
@@ -81,7 +87,7 @@ export class GatewayClient {
   private attempts = 0;
   private stopped = true;
   private _status: GatewayStatus = "idle";
-  private handlers: Handlers = { dispatch: new Set(), status: new Set(), fatal: new Set() };
+  private handlers: Handlers = { dispatch: new Set(), status: new Set(), fatal: new Set(), close: new Set() };
   private readonly opts: Required<Omit<GatewayOptions, "presence">> & Pick<GatewayOptions, "presence">;
 
   constructor(options: GatewayOptions) {
@@ -131,6 +137,16 @@ export class GatewayClient {
   /** Sets the user's status (op 3). */
   updatePresence(presence: { status: Presence["status"]; custom_status?: string | null }): void {
     this.send({ op: Op.PRESENCE_UPDATE, d: presence });
+  }
+
+  /**
+   * Sends a client op (voice signaling: 4, 12, 13, 14). Returns false when
+   * no session is ready to carry it (the caller says so to the user).
+   */
+  sendOp(op: number, d: unknown): boolean {
+    if (this._status !== "ready" || !this.ws || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify({ op, d }));
+    return true;
   }
 
   private open(): void {
@@ -252,6 +268,7 @@ export class GatewayClient {
     this.ws = null;
     this.clearTimers();
     if (this.stopped) return;
+    for (const h of this.handlers.close) h(code, reason);
     if (FATAL_CLOSE_CODES.has(code)) {
       this.stopped = true;
       this.sessionId = null;

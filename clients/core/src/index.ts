@@ -7,4 +7,7 @@ export * from "./gateway.ts";
 export * from "./store.ts";
 export * from "./permissions.ts";
 export * from "./client.ts";
+export * from "./voice.ts";
+export * from "./identity.ts";
+export * from "./invites.ts";
 export type { paths, components } from "./generated/api.ts";

@@ -8,8 +8,9 @@ import createClient, { type Client } from "openapi-fetch";
 import type { paths } from "./generated/api.ts";
 import { ApiError, NetworkError } from "./errors.ts";
 import { TokenManager, type TokenStorage } from "./tokens.ts";
+import { signInProof, type SignInChallenge, type SignInRequest, type UserKey } from "./identity.ts";
 import type {
-  Attachment, AuthResponse, Ban, Channel, ChannelPatch, CreateServer, CurrentUser, EffectivePermissions, Invite,
+  Attachment, AuthResponse, Ban, ExportedKey, NodeDescription, Channel, ChannelPatch, CreateServer, CurrentUser, EffectivePermissions, Invite,
   Member, Message, NewChannel, NewInvite, NewRole, OverrideInput, Presence, Role, RolePatch, SearchResponse, Server,
   ServerPatch, Session, UpdateMeRequest, User,
 } from "./types.ts";
@@ -114,6 +115,34 @@ export class RestClient {
     } finally {
       this.tokens.set(null);
     }
+  }
+
+  /** A single-use sign-in challenge (`POST /api/auth/challenge`). */
+  challenge(): Promise<SignInChallenge> {
+    return unwrap(this.raw.POST("/api/auth/challenge"));
+  }
+
+  /** Answers a challenge (`POST /api/auth/verify`) and keeps the session's tokens. */
+  async verifyChallenge(body: SignInRequest): Promise<AuthResponse> {
+    const request = body as unknown as paths["/api/auth/verify"]["post"]["requestBody"]["content"]["application/json"];
+    const auth = await unwrap(this.raw.POST("/api/auth/verify", { body: request }));
+    this.tokens.set(auth);
+    return auth;
+  }
+
+  /**
+   * Signs in with a user key (spec/identity.md §7): fetches a challenge,
+   * signs it and a delegation to this node in the browser, sends the proof.
+   * `username` names the user on a node that has not seen the key before.
+   */
+  async signInWithKey(key: UserKey, username?: string): Promise<AuthResponse> {
+    const challenge = await this.challenge();
+    return this.verifyChallenge(signInProof(key, challenge, Math.floor(Date.now() / 1000), username));
+  }
+
+  /** The account's identity key, after the node checks the password again. */
+  exportKey(password: string): Promise<ExportedKey> {
+    return unwrap(this.raw.POST("/api/users/@me/key", { body: { password } }));
   }
 
   listSessions(): Promise<Session[]> {
@@ -231,6 +260,19 @@ export class RestClient {
 
   getInvite(code: string): Promise<Invite> {
     return unwrap(this.raw.GET("/api/invites/{code}", { params: { path: { code } } }));
+  }
+
+  /**
+   * Joins a community hosted on another node: this node dials `peer`
+   * (a multiaddr ending in `/p2p/<peer id>`) and redeems `code` there.
+   */
+  joinRemote(code: string, peer: string): Promise<Server> {
+    return unwrap(this.raw.POST("/api/federation/join", { body: { code, peer } }));
+  }
+
+  /** The node's identity and the peer addresses an invite can carry (`GET /api/node`). */
+  nodeInfo(): Promise<NodeDescription> {
+    return unwrap(this.raw.GET("/api/node"));
   }
 
   acceptInvite(code: string): Promise<Server> {

@@ -6,7 +6,7 @@
  * tells subscribers (React's useSyncExternalStore) when it changes.
  */
 import type {
-  Channel, CurrentUser, Dispatch, Member, Message, Presence, ReadyServer, Role, Server, User,
+  Channel, CurrentUser, Dispatch, Member, Message, Presence, ReadyServer, Role, Server, User, VoiceState,
 } from "./types.ts";
 
 /** How long a typing indicator lasts without renewal (spec/gateway.md). */
@@ -48,6 +48,10 @@ export interface State {
   lastReadId: Record<string, string>;
   /** The channel on screen, whose new messages count as read. */
   activeChannelId: string | null;
+  /** Who is in voice, by user id (a user is in at most one voice channel). */
+  voiceStates: Record<string, VoiceState>;
+  /** Users speaking now: user id → the voice channel they speak in. */
+  speaking: Record<string, string>;
 }
 
 export const initialState: State = {
@@ -63,6 +67,8 @@ export const initialState: State = {
   lastMessageId: {},
   lastReadId: {},
   activeChannelId: null,
+  voiceStates: {},
+  speaking: {},
 };
 
 export type Action =
@@ -111,12 +117,16 @@ function addServer(state: State, rs: ReadyServer): State {
   const roles: Record<string, Role> = {};
   for (const r of rs.roles) roles[r.id] = r;
   const members = { ...state.members, [id]: { ...(state.members[id] ?? {}), [rs.member.user.id]: rs.member } };
+  const voiceStates: Record<string, VoiceState> = {};
+  for (const v of Object.values(state.voiceStates)) if (v.server_id !== id) voiceStates[v.user_id] = v;
+  for (const v of rs.voice_states ?? []) voiceStates[v.user_id] = v;
   return {
     ...state,
     servers: { ...state.servers, [id]: { server: rs.server, roles, member: rs.member, memberCount: rs.member_count } },
     channels,
     presences,
     members,
+    voiceStates,
   };
 }
 
@@ -132,6 +142,10 @@ function removeServer(state: State, serverId: string): State {
     } else channels[c.id] = c;
   }
   const active = state.activeChannelId && channels[state.activeChannelId] ? state.activeChannelId : null;
+  const voiceStates: Record<string, VoiceState> = {};
+  for (const v of Object.values(state.voiceStates)) if (v.server_id !== serverId) voiceStates[v.user_id] = v;
+  const speaking: Record<string, string> = {};
+  for (const [u, ch] of Object.entries(state.speaking)) if (channels[ch]) speaking[u] = ch;
   return {
     ...state,
     servers: without(state.servers, serverId),
@@ -140,13 +154,21 @@ function removeServer(state: State, serverId: string): State {
     messages,
     typing,
     activeChannelId: active,
+    voiceStates,
+    speaking,
   };
 }
 
 function removeChannel(state: State, channelId: string): State {
   if (!state.channels[channelId]) return state;
+  const voiceStates: Record<string, VoiceState> = {};
+  for (const v of Object.values(state.voiceStates)) if (v.channel_id !== channelId) voiceStates[v.user_id] = v;
+  const speaking: Record<string, string> = {};
+  for (const [u, ch] of Object.entries(state.speaking)) if (ch !== channelId) speaking[u] = ch;
   return {
     ...state,
+    voiceStates,
+    speaking,
     channels: without(state.channels, channelId),
     messages: without(state.messages, channelId),
     typing: without(state.typing, channelId),
@@ -338,6 +360,36 @@ function applyDispatch(state: State, event: Dispatch, now: number): State {
       }
       return { ...next, members };
     }
+    case "VOICE_STATE_UPDATE": {
+      const v = event.d;
+      if (!state.servers[v.server_id]) return state;
+      if (v.channel_id === null) {
+        if (!state.voiceStates[v.user_id] && !state.speaking[v.user_id]) return state;
+        return { ...state, voiceStates: without(state.voiceStates, v.user_id), speaking: without(state.speaking, v.user_id) };
+      }
+      const joined: VoiceState = v;
+      const before = state.voiceStates[v.user_id];
+      // Moving to another channel, or muting, ends speaking there.
+      const stillSpeaking = before && before.channel_id === joined.channel_id && !joined.self_mute && !joined.self_deaf && !joined.server_mute;
+      return {
+        ...state,
+        voiceStates: { ...state.voiceStates, [v.user_id]: joined },
+        speaking: stillSpeaking ? state.speaking : without(state.speaking, v.user_id),
+      };
+    }
+    case "VOICE_SPEAKING": {
+      const { user_id, channel_id, speaking } = event.d;
+      if (speaking) {
+        if (state.speaking[user_id] === channel_id) return state;
+        return { ...state, speaking: { ...state.speaking, [user_id]: channel_id } };
+      }
+      return state.speaking[user_id] ? { ...state, speaking: without(state.speaking, user_id) } : state;
+    }
+    case "VOICE_OFFER":
+    case "VOICE_SESSION_END":
+    case "VOICE_ERROR":
+      // The voice client handles these; they change nothing others see.
+      return state;
     default:
       return state;
   }
@@ -437,6 +489,18 @@ export function channelTree(state: State, serverId: string): { category: Channel
     groups.push({ category: cat, channels: all.filter((c) => c.kind !== "category" && c.parent_id === cat.id).sort(byPos) });
   }
   return groups;
+}
+
+/** Who is in a voice channel, earliest first. */
+export function voiceMembers(state: State, channelId: string): VoiceState[] {
+  return Object.values(state.voiceStates)
+    .filter((v) => v.channel_id === channelId)
+    .sort((a, b) => (a.joined_at < b.joined_at ? -1 : a.joined_at > b.joined_at ? 1 : a.user_id < b.user_id ? -1 : 1));
+}
+
+/** Whether a user is speaking in a voice channel now. */
+export function isSpeaking(state: State, userId: string, channelId: string): boolean {
+  return state.speaking[userId] === channelId;
 }
 
 /** Roles of a server, most senior first. */

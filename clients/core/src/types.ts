@@ -25,6 +25,8 @@ export type AuthResponse = Schemas["AuthResponse"];
 export type EffectivePermissions = Schemas["EffectivePermissions"];
 export type SearchResponse = Schemas["SearchResponse"];
 export type ErrorBody = Schemas["ErrorBody"];
+export type ExportedKey = Schemas["ExportedKey"];
+export type NodeDescription = Schemas["NodeDescription"];
 
 export type NewChannel = Schemas["NewChannel"];
 export type ChannelPatch = Schemas["ChannelPatch"];
@@ -39,7 +41,7 @@ export type UpdateMeRequest = Schemas["UpdateMeRequest"];
 /** `online`, `away`, `dnd`, `invisible`; others see `offline` too. */
 export type Status = "online" | "away" | "dnd" | "invisible" | "offline";
 
-/** A VoiceState as READY carries it (the voice UI is not built yet). */
+/** A user's place in a voice channel (READY and VOICE_STATE_UPDATE; spec/voice.md). */
 export interface VoiceState {
   user_id: string;
   server_id: string;
@@ -49,6 +51,58 @@ export interface VoiceState {
   server_mute: boolean;
   server_deaf: boolean;
   joined_at: string;
+}
+
+/** VOICE_STATE_UPDATE when a user leaves voice. */
+export interface VoiceLeave {
+  user_id: string;
+  server_id: string;
+  channel_id: null;
+}
+
+/** An ICE server for the voice connection (`ice_servers` of VOICE_OFFER). */
+export interface IceServer {
+  urls: string[] | string;
+  username?: string | null;
+  credential?: string | null;
+}
+
+/** Which participant a media section of a VOICE_OFFER carries. */
+export interface VoiceTrack {
+  mid: string;
+  user_id: string;
+  session_id?: string;
+}
+
+/** VOICE_OFFER: the node's SDP offer for this session's voice connection. */
+export interface VoiceOffer {
+  voice_session: string;
+  negotiation: number;
+  channel_id: string;
+  sdp: string;
+  tracks: VoiceTrack[];
+  ice_servers?: IceServer[];
+}
+
+export interface VoiceSpeaking {
+  channel_id: string;
+  user_id: string;
+  speaking: boolean;
+}
+
+/** VOICE_SESSION_END: `connect_timeout`, `answer_timeout`, `connection_failed` or `closed`. */
+export interface VoiceSessionEnd {
+  voice_session: string;
+  reason: string;
+}
+
+/** VOICE_ERROR: the node refused a voice op (`code` as in the REST API's errors). */
+export interface VoiceError {
+  op: number;
+  code: string;
+  message: string;
+  voice_session?: string;
+  channel_id?: string;
 }
 
 export interface Presence {
@@ -112,6 +166,11 @@ export interface DispatchMap {
   SERVER_BAN_REMOVE: ServerUserEvent;
   PRESENCE_UPDATE: Presence;
   USER_UPDATE: CurrentUser | User;
+  VOICE_STATE_UPDATE: VoiceState | VoiceLeave;
+  VOICE_OFFER: VoiceOffer;
+  VOICE_SPEAKING: VoiceSpeaking;
+  VOICE_SESSION_END: VoiceSessionEnd;
+  VOICE_ERROR: VoiceError;
 }
 
 export type DispatchName = keyof DispatchMap;

@@ -73,8 +73,13 @@ function freshDatabase() {
   };
 }
 
-/** Starts a node serving clients/web/dist; resolves when /health answers. */
-export async function startNode() {
+/**
+ * Starts a node serving clients/web/dist; resolves when /health answers.
+ * Its libp2p side listens on loopback only (QUIC), so two test nodes can
+ * federate without touching any other address. `options.env` adds
+ * environment variables.
+ */
+export async function startNode(options = {}) {
   const dist = join(webDir, "dist");
   if (!existsSync(join(dist, "index.html"))) throw new Error("clients/web/dist is missing: run `npm run build` first");
   const bin = nodeBinary();
@@ -85,7 +90,13 @@ export async function startNode() {
   if (db.url) args.push("--database-url", db.url);
   const logs = [];
   const child = spawn(bin, args, {
-    env: { ...process.env, TOGETHER_RATE_LIMIT_PER_MINUTE: "0", TOGETHER_LOG: process.env.TOGETHER_LOG ?? "warn" },
+    env: {
+      ...process.env,
+      TOGETHER_RATE_LIMIT_PER_MINUTE: "0",
+      TOGETHER_LOG: process.env.TOGETHER_LOG ?? "warn",
+      TOGETHER_P2P_LISTEN: "/ip4/127.0.0.1/udp/0/quic-v1",
+      ...(options.env ?? {}),
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   child.stdout.on("data", (d) => logs.push(String(d)));
@@ -130,6 +141,26 @@ export async function launchBrowser() {
   const executablePath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
   if (!existsSync(executablePath)) throw new Error(`${executablePath} is missing: apt-get install chromium`);
   return chromium.launch({ executablePath, args: CHROMIUM_ARGS, headless: true });
+}
+
+/**
+ * Chromium for voice tests: a fake microphone (a beeping tone), no
+ * permission prompts, autoplay allowed, and loopback ICE candidates that
+ * are not hidden behind mDNS names (shared/design/BUILD-NOTES.md).
+ */
+export async function launchMediaBrowser() {
+  const { chromium } = await import("playwright-core");
+  const executablePath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+  return chromium.launch({
+    executablePath,
+    headless: false,
+    ignoreDefaultArgs: ["--headless"],
+    args: [
+      "--headless=new", ...CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+      "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+      "--disable-features=WebRtcHideLocalIpsWithMdns",
+    ],
+  });
 }
 
 export function ensureScreenshotDir() {

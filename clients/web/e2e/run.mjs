@@ -2,12 +2,20 @@
 // browser: two people in two browser contexts register, create a server,
 // invite and join, chat live both ways, react, edit, reply, delete, upload
 // a picture, search, and lose sight of a channel when its permissions
-// change. Prints `N passed, M failed` last and exits non-zero on failure.
+// change; export their key and sign in with it. Then the specs beside this
+// file: cross-node invites (federation.spec.mjs, a second node) and voice
+// (voice.spec.mjs, skipped with its reason while the node has no voice
+// signaling). Prints `N passed, M failed, K skipped` last and exits
+// non-zero on failure.
 //
 //   npm run build && node e2e/run.mjs
 //   TOGETHER_NODE_BIN=path/to/together-node  skips `cargo build`
-import { ensureScreenshotDir, launchBrowser, log, makePng, screenshotDir, startNode } from "./harness.mjs";
+import { ensureScreenshotDir, launchBrowser, launchMediaBrowser, log, makePng, screenshotDir, startNode } from "./harness.mjs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import * as federationSpec from "./federation.spec.mjs";
+import * as voiceSpec from "./voice.spec.mjs";
 
 const T = 15_000; // how long a person would wait for something to appear
 const results = [];
@@ -52,8 +60,8 @@ function messageRow(page, text) {
   return page.locator("article.message", { hasText: text });
 }
 
-async function register(page, user) {
-  await page.goto(`${node.base}/register`);
+async function register(page, user, base = node.base) {
+  await page.goto(`${base}/register`);
   await page.getByLabel("Username").fill(user.name);
   await page.getByLabel("Password").fill(user.password);
   await page.getByRole("button", { name: "Create account" }).click();
@@ -307,6 +315,59 @@ const tests = [
     await gone(b.getByRole("link", { name: "E2E Club" }));
     await visible(b.getByRole("heading", { name: "No servers yet" }));
     await gone(dialog.locator("li.member-row", { hasText: bob.name }));
+    await dialog.getByRole("button", { name: "Close" }).click();
+  }],
+
+  ["alice exports her key; a wrong password is refused in words", async () => {
+    const { a } = ctx;
+    await a.getByRole("button", { name: "Identity key" }).click();
+    const dialog = a.getByRole("dialog", { name: "Your identity key" });
+    await dialog.getByLabel("Password").fill("not my password");
+    await dialog.getByRole("button", { name: "Export key" }).click();
+    await visible(dialog.getByRole("alert").filter({ hasText: /wrong password/i }));
+    await dialog.getByLabel("Password").fill(alice.password);
+    await dialog.getByRole("button", { name: "Export key" }).click();
+    await visible(dialog.getByText("User id"));
+    const id = await dialog.locator("code").first().textContent();
+    const meId = await a.evaluate(() => fetch("/api/users/@me", {
+      headers: { authorization: `Bearer ${JSON.parse(localStorage.getItem("together.tokens")).access_token}` },
+    }).then((r) => r.json()).then((u) => u.id));
+    assert(id === meId, `the exported key's user id ${id} is not alice's id ${meId}`);
+    await shot(a, "14-identity-key");
+    const [download] = await Promise.all([a.waitForEvent("download"), dialog.getByRole("button", { name: "Download key file" }).click()]);
+    ctx.keyDir = mkdtempSync(join(tmpdir(), "together-key-"));
+    ctx.keyFile = join(ctx.keyDir, download.suggestedFilename());
+    await download.saveAs(ctx.keyFile);
+    const text = readFileSync(ctx.keyFile, "utf8");
+    assert(/^together-user-key-v1\n[A-Za-z0-9_-]{43}\n$/.test(text), `the key file does not look like spec/identity.md §8: ${JSON.stringify(text.slice(0, 30))}`);
+    await dialog.getByRole("button", { name: "Close" }).click();
+  }],
+
+  ["alice signs out, signs in with the key file and sees the same servers", async () => {
+    const { a } = ctx;
+    await a.getByRole("button", { name: "Sign out" }).click();
+    await visible(a.getByRole("heading", { name: "Welcome back" }));
+    await a.getByRole("link", { name: "Sign in with a key file" }).click();
+    await visible(a.getByRole("heading", { name: "Sign in with your key" }));
+    await a.getByLabel("Key file", { exact: true }).setInputFiles(ctx.keyFile);
+    await visible(a.getByText(/^Read .*together-key\.$/));
+    await a.getByLabel("Keep this key in this browser").check();
+    await visible(a.getByRole("note").filter({ hasText: /unencrypted in this browser's storage/ }));
+    await shot(a, "15-key-sign-in");
+    await a.getByRole("button", { name: "Sign in with key" }).click();
+    await visible(a.getByRole("link", { name: "E2E Club" }));
+    await channelLink(a, "general").click();
+    await visible(messageRow(a, "look at this picture"));
+  }],
+
+  ["the key kept in the browser signs alice in with one click", async () => {
+    const { a } = ctx;
+    await a.getByRole("button", { name: "Sign out" }).click();
+    await visible(a.getByRole("heading", { name: "Welcome back" }));
+    await a.getByRole("link", { name: "Sign in with a key file" }).click();
+    await a.getByRole("button", { name: "Sign in with the saved key" }).click();
+    await visible(a.getByRole("link", { name: "E2E Club" }));
+    rmSync(ctx.keyDir, { recursive: true, force: true });
   }],
 ];
 
@@ -340,9 +401,60 @@ async function main() {
       for (const [key, page] of Object.entries(ctx)) await shot(page, `failure-${key}`).catch(() => undefined);
     }
   }
+  const env = {
+    node, browser, ctx, alice, bob, run, T, startNode, launchMediaBrowser,
+    assert, shot, poll, visible, gone, register, send, messageRow, channelLink,
+  };
+  for (const spec of [federationSpec, voiceSpec]) await runSpec(spec, env, failedBefore);
   if (pageErrors.length) {
     results.push({ name: "no uncaught errors in the pages", ok: false, error: pageErrors.join("; ") });
     console.log(`  FAIL no uncaught errors in the pages: ${pageErrors.join("; ")}`);
+  }
+}
+
+/** Runs one spec file's tests; a spec may skip itself with a reason (e.g. a feature the node lacks). */
+async function runSpec(spec, env, failedBefore) {
+  if (failedBefore) {
+    results.push({ name: spec.name, ok: false, error: "not run: an earlier step failed" });
+    console.log(`  SKIP ${spec.name}: an earlier step failed`);
+    return;
+  }
+  let prepared;
+  try {
+    prepared = await spec.prepare(env);
+  } catch (e) {
+    results.push({ name: `${spec.name}: set-up`, ok: false, error: e.message });
+    console.log(`  FAIL ${spec.name}: set-up: ${e.message.split("\n")[0]}`);
+    return;
+  }
+  try {
+    if (prepared.skip) {
+      for (const [name] of prepared.tests) results.push({ name, skipped: true });
+      console.log(`  SKIP ${spec.name} (${prepared.tests.length} tests): ${prepared.skip}`);
+      return;
+    }
+    let failed = false;
+    for (const [name, fn] of prepared.tests) {
+      if (failed) {
+        results.push({ name, ok: false, error: "not run: an earlier step failed" });
+        console.log(`  SKIP ${name}`);
+        continue;
+      }
+      const started = Date.now();
+      try {
+        await fn();
+        results.push({ name, ok: true });
+        console.log(`  ok   ${name} (${Date.now() - started} ms)`);
+      } catch (e) {
+        failed = true;
+        results.push({ name, ok: false, error: e.message });
+        console.log(`  FAIL ${name}: ${e.message.split("\n")[0]}`);
+        for (const [key, page] of Object.entries(prepared.pages ?? {})) await shot(page, `failure-${spec.name.replace(/\W+/g, "-")}-${key}`).catch(() => undefined);
+        if (prepared.logs) console.log(`[e2e] ${spec.name} log tail:\n${prepared.logs().split("\n").slice(-30).join("\n")}`);
+      }
+    }
+  } finally {
+    await prepared.cleanup?.().catch(() => undefined);
   }
 }
 
@@ -354,11 +466,12 @@ try {
   console.error("[e2e] could not run:", e.message);
 } finally {
   await browser?.close().catch(() => undefined);
-  if (results.some((r) => !r.ok) && node) console.log("[e2e] node log tail:\n" + node.logs.join("").split("\n").slice(-30).join("\n"));
+  if (results.some((r) => !r.ok && !r.skipped) && node) console.log("[e2e] node log tail:\n" + node.logs.join("").split("\n").slice(-30).join("\n"));
   await node?.stop().catch(() => undefined);
 }
 const passed = results.filter((r) => r.ok).length;
-const failed = results.length - passed + (crashed ? Math.max(1, tests.length - results.length) : 0);
+const skipped = results.filter((r) => r.skipped).length;
+const failed = results.length - passed - skipped + (crashed ? Math.max(1, tests.length - results.length) : 0);
 log(`screenshots in ${screenshotDir}`);
-console.log(`${passed} passed, ${failed} failed`);
+console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 || crashed ? 1 : 0);

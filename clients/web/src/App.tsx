@@ -2,6 +2,7 @@
 import { useEffect } from "react";
 import { AuthPage } from "./components/AuthPage.tsx";
 import { InvitePage } from "./components/InvitePage.tsx";
+import { KeySignIn } from "./components/KeySignIn.tsx";
 import { Shell } from "./components/Shell.tsx";
 import { navigate, parseRoute, usePath } from "./router.ts";
 import { together, useTokens } from "./sdk.ts";
@@ -24,13 +25,14 @@ export function App() {
       const next = path === "/" || path === "/channels" ? "" : `?next=${encodeURIComponent(path)}`;
       navigate(`/login${next}`, true);
     }
-    if (signedIn && (route.name === "login" || route.name === "register")) {
+    if (signedIn && (route.name === "login" || route.name === "key-login" || route.name === "register")) {
       const next = new URLSearchParams(location.search).get("next");
       navigate(next && next.startsWith("/") && !next.startsWith("//") ? next : "/channels", true);
     }
   }, [signedIn, route.name, path]);
 
   if (route.name === "invite") return <InvitePage code={route.code} signedIn={signedIn} />;
+  if (!signedIn && route.name === "key-login") return <KeySignIn />;
   if (!signedIn) return <AuthPage mode={route.name === "register" ? "register" : "login"} />;
   if (route.name !== "channels") return null;
   return <Shell serverId={route.serverId} channelId={route.channelId} />;

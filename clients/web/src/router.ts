@@ -26,12 +26,14 @@ export function usePath(): string {
 
 export type Route =
   | { name: "login" }
+  | { name: "key-login" }
   | { name: "register" }
   | { name: "invite"; code: string }
   | { name: "channels"; serverId: string | null; channelId: string | null };
 
 export function parseRoute(path: string): Route {
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === "login" && parts[1] === "key") return { name: "key-login" };
   if (parts[0] === "login") return { name: "login" };
   if (parts[0] === "register") return { name: "register" };
   if (parts[0] === "invite" && parts[1]) return { name: "invite", code: parts[1] };

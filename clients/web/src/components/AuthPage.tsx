@@ -72,7 +72,11 @@ export function AuthPage({ mode }: { mode: "login" | "register" }) {
           {register ? (
             <>Already have an account? <a href={`/login${search}`} onClick={linkHandler(`/login${search}`)}>Sign in</a></>
           ) : (
-            <>New here? <a href={`/register${search}`} onClick={linkHandler(`/register${search}`)}>Create an account</a></>
+            <>
+              New here? <a href={`/register${search}`} onClick={linkHandler(`/register${search}`)}>Create an account</a>
+              {" · "}
+              <a href={`/login/key${search}`} onClick={linkHandler(`/login/key${search}`)}>Sign in with a key file</a>
+            </>
           )}
         </p>
       </form>

@@ -1,11 +1,13 @@
 /** The server's name and menu, its channels grouped by category, and the user panel. */
 import { useEffect, useRef, useState } from "react";
-import { channelTree, describeError, isUnread, type Channel, type ServerEntry, type State, type Status } from "@together/core";
+import { channelTree, describeError, isSpeaking, isUnread, voiceMembers, type Channel, type ServerEntry, type State, type Status } from "@together/core";
 import { channelPath, linkHandler, navigate } from "../router.ts";
 import { together } from "../sdk.ts";
 import type { Perms } from "../perms.ts";
 import type { Modal } from "./Shell.tsx";
 import { Confirm } from "./Dialog.tsx";
+import { VoicePanel } from "./VoicePanel.tsx";
+import { VoiceFlags, voiceLabel } from "./VoiceChannelView.tsx";
 
 export function ChannelSidebar({ state, entry, activeChannelId, perms, openModal }: {
   state: State;
@@ -87,7 +89,8 @@ export function ChannelSidebar({ state, entry, activeChannelId, perms, openModal
                 <ul className="channel-list">
                   {group.channels.map((c) => (
                     <ChannelLink key={c.id} channel={c} active={c.id === activeChannelId} unread={isUnread(state, c.id)}
-                      onSettings={canManageChannels ? () => openModal({ kind: "channel-settings", channelId: c.id }) : undefined} />
+                      onSettings={canManageChannels ? () => openModal({ kind: "channel-settings", channelId: c.id }) : undefined}
+                      voice={c.kind === "voice" ? <VoiceMembers state={state} entry={entry} channel={c} /> : null} />
                   ))}
                 </ul>
               </section>
@@ -98,7 +101,8 @@ export function ChannelSidebar({ state, entry, activeChannelId, perms, openModal
         <div className="server-header"><span className="server-name static">Together</span></div>
       )}
       {error && <p className="error small" role="alert">{error}</p>}
-      <UserPanel state={state} />
+      <VoicePanel state={state} />
+      <UserPanel state={state} onKey={() => openModal({ kind: "identity-key" })} />
       {leaving && entry && (
         <Confirm
           title={`Leave ${entry.server.name}?`}
@@ -119,7 +123,27 @@ export function ChannelSidebar({ state, entry, activeChannelId, perms, openModal
   );
 }
 
-function ChannelLink({ channel, active, unread, onSettings }: { channel: Channel; active: boolean; unread: boolean; onSettings?: () => void }) {
+/** Who is in a voice channel, under its name in the list, with speaking rings. */
+function VoiceMembers({ state, entry, channel }: { state: State; entry: ServerEntry; channel: Channel }) {
+  const members = voiceMembers(state, channel.id);
+  if (!members.length) return null;
+  return (
+    <ul className="voice-members" aria-label={`In voice channel ${channel.name}`}>
+      {members.map((v) => {
+        const label = voiceLabel(state, entry, v);
+        return (
+          <li key={v.user_id} className={isSpeaking(state, v.user_id, channel.id) ? "speaking" : undefined} aria-label={label}>
+            <span className="avatar" aria-hidden="true">{[...label][0]?.toUpperCase()}</span>
+            <span className="name" aria-hidden="true">{label.split(",")[0]}</span>
+            <VoiceFlags v={v} />
+          </li>
+        );
+      })}
+    </ul>
+  );
+}
+
+function ChannelLink({ channel, active, unread, onSettings, voice }: { channel: Channel; active: boolean; unread: boolean; onSettings?: () => void; voice?: React.ReactNode }) {
   const href = channelPath(channel.server_id, channel.id);
   return (
     <li className={`channel${active ? " active" : ""}${unread && !active ? " unread" : ""}`}>
@@ -131,6 +155,7 @@ function ChannelLink({ channel, active, unread, onSettings }: { channel: Channel
       {onSettings && (
         <button className="icon small gear" aria-label={`Edit channel ${channel.name}`} title="Edit channel" onClick={onSettings}>⚙</button>
       )}
+      {voice}
     </li>
   );
 }
@@ -142,7 +167,7 @@ const STATUSES: { value: Status; label: string }[] = [
   { value: "invisible", label: "Invisible" },
 ];
 
-function UserPanel({ state }: { state: State }) {
+function UserPanel({ state, onKey }: { state: State; onKey: () => void }) {
   const me = state.me;
   if (!me) return null;
   return (
@@ -157,6 +182,7 @@ function UserPanel({ state }: { state: State }) {
         onChange={(e) => together.rest.updateMe({ status: e.target.value }).catch(() => undefined)}>
         {STATUSES.map((s) => <option key={s.value} value={s.value}>{s.label}</option>)}
       </select>
+      <button className="icon" aria-label="Identity key" title="Your identity key" onClick={onKey}>🔑</button>
       <button className="icon" aria-label="Sign out" title="Sign out" onClick={() => together.logout().then(() => navigate("/login"))}>⎋</button>
     </div>
   );

@@ -1,10 +1,30 @@
 import { useEffect, useState } from "react";
-import { describeError, type Invite } from "@together/core";
-import { together } from "../sdk.ts";
+import { describeError, formatInviteLink, invitePeers, type Invite } from "@together/core";
+import { nodeUrl, together } from "../sdk.ts";
 import { Dialog } from "./Dialog.tsx";
 
-export function inviteLink(code: string): string {
-  return `${location.origin}/invite/${code}`;
+/**
+ * The link to share: this node's invite page, plus this node's peer
+ * addresses when it federates, so people on other nodes can join through
+ * theirs. Peers listed on the invite itself (newer nodes) come first.
+ */
+export function inviteLink(invite: Invite, nodePeers: string[]): string {
+  const own = (invite as Invite & { peers?: unknown }).peers;
+  const listed = Array.isArray(own) ? own.filter((p): p is string => typeof p === "string") : [];
+  return formatInviteLink(nodeUrl(), invite.code, invitePeers([...listed, ...nodePeers]));
+}
+
+/** This node's peer addresses (empty when it does not federate). */
+export function useNodePeers(): string[] {
+  const [peers, setPeers] = useState<string[]>([]);
+  useEffect(() => {
+    let live = true;
+    together.rest.nodeInfo().then((n) => live && setPeers(n.listen_addrs), () => undefined);
+    return () => {
+      live = false;
+    };
+  }, []);
+  return peers;
 }
 
 export function InviteDialog({ serverId, channelId, onClose }: { serverId: string; channelId: string | null; onClose: () => void }) {
@@ -12,6 +32,7 @@ export function InviteDialog({ serverId, channelId, onClose }: { serverId: strin
   const [error, setError] = useState<string | null>(null);
   const [copied, setCopied] = useState(false);
   const [maxAge, setMaxAge] = useState(86400);
+  const peers = useNodePeers();
 
   useEffect(() => {
     setInvite(null);
@@ -21,7 +42,7 @@ export function InviteDialog({ serverId, channelId, onClose }: { serverId: strin
   async function copy() {
     if (!invite) return;
     try {
-      await navigator.clipboard.writeText(inviteLink(invite.code));
+      await navigator.clipboard.writeText(inviteLink(invite, peers));
       setCopied(true);
     } catch {
       setCopied(false);
@@ -34,7 +55,7 @@ export function InviteDialog({ serverId, channelId, onClose }: { serverId: strin
         <label>
           Invite link
           <span className="row">
-            <input readOnly value={invite ? inviteLink(invite.code) : "Creating…"} onFocus={(e) => e.target.select()} aria-describedby="invite-expiry" data-testid="invite-link" />
+            <input readOnly value={invite ? inviteLink(invite, peers) : "Creating…"} onFocus={(e) => e.target.select()} aria-describedby="invite-expiry" data-testid="invite-link" />
             <button className="primary" onClick={copy} disabled={!invite}>{copied ? "Copied" : "Copy"}</button>
           </span>
         </label>

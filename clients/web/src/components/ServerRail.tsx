@@ -4,7 +4,7 @@ import { channelPath, linkHandler } from "../router.ts";
 import { useTheme } from "../theme.ts";
 import { initials } from "./InvitePage.tsx";
 
-export function ServerRail({ state, activeServerId, onCreate }: { state: State; activeServerId: string | null; onCreate: () => void }) {
+export function ServerRail({ state, activeServerId, onCreate, onJoin }: { state: State; activeServerId: string | null; onCreate: () => void; onJoin: () => void }) {
   const [theme, cycleTheme] = useTheme();
   const servers = Object.values(state.servers).sort((a, b) => (a.server.created_at < b.server.created_at ? -1 : 1));
   return (
@@ -31,6 +31,9 @@ export function ServerRail({ state, activeServerId, onCreate }: { state: State; 
         })}
         <li>
           <button className="server-icon add" onClick={onCreate} aria-label="Create a server" title="Create a server">+</button>
+        </li>
+        <li>
+          <button className="server-icon add" onClick={onJoin} aria-label="Join a server" title="Join a server with an invite link">⇥</button>
         </li>
       </ul>
       <button

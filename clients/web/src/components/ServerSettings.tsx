@@ -8,7 +8,7 @@ import { navigate } from "../router.ts";
 import { together } from "../sdk.ts";
 import type { Perms } from "../perms.ts";
 import { Confirm, Dialog } from "./Dialog.tsx";
-import { inviteLink } from "./InviteDialog.tsx";
+import { inviteLink, useNodePeers } from "./InviteDialog.tsx";
 
 type Tab = "overview" | "roles" | "members" | "bans" | "invites";
 
@@ -315,6 +315,7 @@ function Bans({ entry }: { entry: ServerEntry }) {
 function Invites({ entry }: { entry: ServerEntry }) {
   const [invites, setInvites] = useState<Invite[] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const peers = useNodePeers();
   const load = () => together.rest.listInvites(entry.server.id).then(setInvites, (e) => setError(describeError(e)));
   useEffect(() => {
     void load();
@@ -329,7 +330,7 @@ function Invites({ entry }: { entry: ServerEntry }) {
         {invites?.map((i) => (
           <li key={i.code} className="member-row">
             <div>
-              <code>{inviteLink(i.code)}</code>
+              <code className="invite-code">{inviteLink(i, peers)}</code>
               <p className="muted small">{i.uses} {i.uses === 1 ? "use" : "uses"}{i.max_uses ? ` of ${i.max_uses}` : ""} · {i.expires_at ? `expires ${new Date(i.expires_at).toLocaleString()}` : "never expires"}</p>
             </div>
             <button className="small danger" onClick={() => together.rest.deleteInvite(i.code).then(load, (e) => setError(describeError(e)))}>Revoke</button>

@@ -18,7 +18,10 @@ import { CreateChannelDialog } from "./CreateChannelDialog.tsx";
 import { InviteDialog } from "./InviteDialog.tsx";
 import { ServerSettings } from "./ServerSettings.tsx";
 import { ChannelSettings } from "./ChannelSettings.tsx";
-import { VoicePlaceholder } from "./VoicePlaceholder.tsx";
+import { VoiceChannelView } from "./VoiceChannelView.tsx";
+import { VoiceAudio } from "./VoiceAudio.tsx";
+import { IdentityKeyDialog } from "./IdentityKeyDialog.tsx";
+import { JoinServerDialog } from "./JoinServerDialog.tsx";
 
 export type Modal =
   | { kind: "create-server" }
@@ -26,6 +29,8 @@ export type Modal =
   | { kind: "invite" }
   | { kind: "server-settings" }
   | { kind: "channel-settings"; channelId: string }
+  | { kind: "identity-key" }
+  | { kind: "join-server" }
   | null;
 
 export function Shell({ serverId, channelId }: { serverId: string | null; channelId: string | null }) {
@@ -114,7 +119,7 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
     <div className={`shell${drawer ? " drawer-open" : ""}${showMembers && entry ? " with-members" : ""}`}>
       <a className="skip-link" href="#composer-input">Skip to message box</a>
       <nav className="rail-and-sidebar" aria-label="Servers and channels">
-        <ServerRail state={state} activeServerId={serverId} onCreate={() => setModal({ kind: "create-server" })} />
+        <ServerRail state={state} activeServerId={serverId} onCreate={() => setModal({ kind: "create-server" })} onJoin={() => setModal({ kind: "join-server" })} />
         <ChannelSidebar
           state={state}
           entry={entry}
@@ -135,10 +140,13 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
             <button className="icon menu-button" aria-label="Open menu" onClick={() => setDrawer(true)}>☰</button>
             <h1>{serverId ? "Opening server…" : "No servers yet"}</h1>
             <p className="muted">Create a server for your friends or community, or open an invite link to join one.</p>
-            <button className="primary" onClick={() => setModal({ kind: "create-server" })}>Create a server</button>
+            <div className="row">
+              <button className="primary" onClick={() => setModal({ kind: "create-server" })}>Create a server</button>
+              <button onClick={() => setModal({ kind: "join-server" })}>Join a server</button>
+            </div>
           </div>
         ) : channel && channel.kind === "voice" ? (
-          <VoicePlaceholder channel={channel} onMenu={() => setDrawer(true)} />
+          <VoiceChannelView state={state} entry={entry} channel={channel} perms={perms} onMenu={() => setDrawer(true)} />
         ) : channel && channel.kind === "text" ? (
           <MessagePane
             key={channel.id}
@@ -164,7 +172,10 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
       )}
       {entry && showMembers && search === null && <MemberList state={state} entry={entry} />}
 
+      <VoiceAudio />
       {modal?.kind === "create-server" && <CreateServerDialog onClose={() => setModal(null)} />}
+      {modal?.kind === "identity-key" && <IdentityKeyDialog onClose={() => setModal(null)} />}
+      {modal?.kind === "join-server" && <JoinServerDialog onClose={() => setModal(null)} />}
       {modal?.kind === "create-channel" && entry && (
         <CreateChannelDialog state={state} serverId={entry.server.id} category={modal.category} parentId={modal.parentId ?? null} onClose={() => setModal(null)} />
       )}
