@@ -21,7 +21,7 @@
 //! accepts, so a pair never holds two connections.
 
 pub(crate) mod manager;
-pub(crate) mod tls;
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashSet;

@@ -62,8 +62,10 @@ impl Engine {
 }
 
 enum LinkEvent {
-    Up { node: NodeKey, connection: quinn::Connection },
+    Up { node: NodeKey, connection: quinn::Connection, dialed: bool },
     DialFailed { node: NodeKey },
+    /// The peer's HELLO arrived: the connection is usable.
+    Ready { link: u64 },
     Control { link: u64, message: Control },
     Down { link: u64, protocol_error: bool },
 }
@@ -96,6 +98,11 @@ struct Link {
     subscribers: HashSet<u32>,
     remote: HashMap<u32, RemoteFlow>,
     stop: CancellationToken,
+    /// This side dialed.
+    dialed: bool,
+    /// The peer's HELLO arrived (a dialer learns that the peer accepted its key only
+    /// then).
+    ready: bool,
 }
 
 struct Node {
@@ -276,7 +283,7 @@ impl Manager {
                     Err(error) => Err(error.to_string()),
                 };
                 let event = match result {
-                    Ok(connection) => LinkEvent::Up { node: peer, connection },
+                    Ok(connection) => LinkEvent::Up { node: peer, connection, dialed: true },
                     Err(error) => {
                         tracing::debug!(node = %peer, %addr, %error, "relay dial failed");
                         counters.dials_failed.fetch_add(1, Ordering::Relaxed);
@@ -295,20 +302,29 @@ impl Manager {
                     node.dialing = false;
                 }
             }
-            LinkEvent::Up { node, connection } => self.link_up(state, node, connection, link_tx),
+            LinkEvent::Up { node, connection, dialed } => self.link_up(state, node, connection, dialed, link_tx),
             LinkEvent::Down { link, protocol_error } => {
                 if protocol_error {
                     self.relay_counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 self.link_down(state, link);
             }
+            LinkEvent::Ready { link } => self.link_ready(state, link),
             LinkEvent::Control { link, message } => self.control(state, link, message),
         }
     }
 
-    fn link_up(&self, state: &mut State, key: NodeKey, connection: quinn::Connection, link_tx: &mpsc::Sender<LinkEvent>) {
-        // The handshake proved the key; still refuse a node forgotten meanwhile, and
-        // keep the first connection of a pair.
+    fn link_up(
+        &self,
+        state: &mut State,
+        key: NodeKey,
+        connection: quinn::Connection,
+        dialed: bool,
+        link_tx: &mpsc::Sender<LinkEvent>,
+    ) {
+        // The handshake proved the key; still refuse a node forgotten meanwhile. A
+        // new connection from a node replaces the old one: only one side of a pair
+        // dials, so the peer has given up on the old connection (e.g. it restarted).
         if tls::peer_key(&connection) != Some(key) {
             connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"unexpected key");
             return;
@@ -318,16 +334,16 @@ impl Manager {
             return;
         };
         node.dialing = false;
-        if node.link.is_some() {
-            connection.close(VarInt::from_u32(CLOSE_DUPLICATE), b"already connected");
-            return;
+        if let Some(old) = node.link.as_ref().map(|l| (l.id, l.connection.clone())) {
+            old.1.close(VarInt::from_u32(CLOSE_DUPLICATE), b"replaced");
+            self.link_down(state, old.0);
         }
+        let Some(node) = state.nodes.get_mut(&key) else { return };
         let id = state.next_link;
         state.next_link += 1;
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let routes: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
         let stop = self.cancel.child_token();
-        let dialed = self.identity.key < key;
         let _ = control.try_send(Control::Hello { version: wire::VERSION }.encode());
         self.tasks.spawn(run_link(LinkTask {
             id,
@@ -350,13 +366,21 @@ impl Manager {
             subscribers: HashSet::new(),
             remote: HashMap::new(),
             stop,
+            dialed,
+            ready: false,
         });
         state.link_nodes.insert(id, key);
+    }
+
+    fn link_ready(&self, state: &mut State, id: u64) {
+        let Some(key) = state.link_nodes.get(&id).copied() else { return };
+        let Some(link) = state.nodes.get_mut(&key).and_then(|n| n.link.as_mut()) else { return };
+        link.ready = true;
         self.links_view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, connection);
-        tracing::info!(node = %key, link = id, dialed, "relay connection up");
+            .insert(key, link.connection.clone());
+        tracing::info!(node = %key, link = id, dialed = link.dialed, "relay connection up");
         self.announce(state, RelayEvent::NodeConnected { node: key });
         self.reconcile(state, key);
     }
@@ -366,6 +390,13 @@ impl Manager {
         let Some(node) = state.nodes.get_mut(&key) else { return };
         let Some(link) = node.link.take_if(|l| l.id == id) else { return };
         link.stop.cancel();
+        if !link.ready {
+            if link.dialed {
+                self.relay_counters.dials_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(node = %key, link = id, reason = ?link.connection.close_reason(), "relay connection failed before HELLO");
+            return;
+        }
         {
             let mut view = self.links_view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if view.get(&key).is_some_and(|c| c.stable_id() == link.connection.stable_id()) {
@@ -496,7 +527,7 @@ impl Manager {
     /// Brings one link in line with who is in the shared rooms (see the module doc).
     fn reconcile(&self, state: &mut State, key: NodeKey) {
         let Some(node) = state.nodes.get_mut(&key) else { return };
-        let Some(link) = node.link.as_mut() else { return };
+        let Some(link) = node.link.as_mut().filter(|l| l.ready) else { return };
         let locals: HashMap<PeerId, Route> = self
             .engine
             .directory
@@ -646,7 +677,7 @@ async fn accept_loop(
             match result {
                 Ok(Ok(connection)) => match tls::peer_key(&connection) {
                     Some(node) => {
-                        let _ = events.send(LinkEvent::Up { node, connection }).await;
+                        let _ = events.send(LinkEvent::Up { node, connection, dialed: false }).await;
                     }
                     None => connection.close(VarInt::from_u32(CLOSE_PROTOCOL), b"no key"),
                 },
@@ -727,7 +758,12 @@ async fn run_link(task: LinkTask) {
                     if first {
                         first = false;
                         match message {
-                            Control::Hello { version: wire::VERSION } => continue,
+                            Control::Hello { version: wire::VERSION } => {
+                                if events.send(LinkEvent::Ready { link: id }).await.is_err() {
+                                    return End::Closed;
+                                }
+                                continue;
+                            }
                             _ => return End::Protocol("no hello"),
                         }
                     }
