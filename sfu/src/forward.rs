@@ -163,6 +163,16 @@ impl LatencyHistogram {
         None
     }
 
+    /// This histogram plus `other`'s samples (e.g. several nodes' together).
+    pub fn merged(&self, other: &LatencyHistogram) -> LatencyHistogram {
+        let len = self.counts.len().max(other.counts.len());
+        LatencyHistogram {
+            counts: (0..len)
+                .map(|i| self.counts.get(i).copied().unwrap_or(0) + other.counts.get(i).copied().unwrap_or(0))
+                .collect(),
+        }
+    }
+
     /// The samples recorded since `earlier`.
     pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
         LatencyHistogram {

@@ -232,6 +232,7 @@ impl ClientCertVerifier for AllowedKeys {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -233,6 +233,7 @@ pub fn parse_datagram(data: &[u8]) -> Result<(u32, &[u8]), WireError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
