@@ -310,7 +310,8 @@ impl Relay {
     }
 
     /// `node` also has participants in `room`: this node announces its own
-    /// participants of `room` to it, and takes in the ones it announces.
+    /// participants of `room` to it, and takes in the ones it announces. Takes
+    /// effect once `node` is connected ([`Relay::connect`]); may come first.
     pub async fn share_room(&self, room: Uuid, node: NodeKey) -> Result<(), RelayError> {
         self.command(RelayCommand::Share { room, node, on: true }).await
     }

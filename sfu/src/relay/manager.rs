@@ -106,11 +106,19 @@ struct Link {
 }
 
 struct Node {
-    addr: SocketAddr,
+    /// Where to dial it; `None` until [`RelayCommand::Connect`] (a room may be shared
+    /// first).
+    addr: Option<SocketAddr>,
     rooms: HashSet<Uuid>,
     link: Option<Link>,
     dialing: bool,
     last_dial: Option<Instant>,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self { addr: None, rooms: HashSet::new(), link: None, dialing: false, last_dial: None }
+    }
 }
 
 pub(crate) struct Manager {
@@ -203,14 +211,8 @@ impl Manager {
     fn command(&self, state: &mut State, command: RelayCommand) {
         match command {
             RelayCommand::Connect { node, addr } => {
-                let entry = state.nodes.entry(node).or_insert_with(|| Node {
-                    addr,
-                    rooms: HashSet::new(),
-                    link: None,
-                    dialing: false,
-                    last_dial: None,
-                });
-                entry.addr = addr;
+                let entry = state.nodes.entry(node).or_insert_with(Node::new);
+                entry.addr = Some(addr);
                 entry.last_dial = None;
             }
             RelayCommand::Disconnect { node } => {
@@ -222,14 +224,13 @@ impl Manager {
                 state.nodes.remove(&node);
             }
             RelayCommand::Share { room, node, on } => {
-                if let Some(entry) = state.nodes.get_mut(&node) {
-                    if on {
-                        entry.rooms.insert(room);
-                    } else {
-                        entry.rooms.remove(&room);
-                    }
-                    self.reconcile(state, node);
+                let entry = state.nodes.entry(node).or_insert_with(Node::new);
+                if on {
+                    entry.rooms.insert(room);
+                } else {
+                    entry.rooms.remove(&room);
                 }
+                self.reconcile(state, node);
             }
             RelayCommand::Members { room, reply } => {
                 let mut members = Vec::new();
@@ -251,6 +252,7 @@ impl Manager {
     fn dial_due(&self, state: &mut State, link_tx: &mpsc::Sender<LinkEvent>) {
         let now = Instant::now();
         for (key, node) in &mut state.nodes {
+            let Some(addr) = node.addr else { continue };
             if node.link.is_some()
                 || node.dialing
                 || self.identity.key >= *key
@@ -269,8 +271,8 @@ impl Manager {
             client.transport_config(Arc::clone(&self.transport));
             node.dialing = true;
             node.last_dial = Some(now);
-            let connecting = self.endpoint.connect_with(client, node.addr, "together-relay");
-            let (tx, peer, addr) = (link_tx.clone(), *key, node.addr);
+            let connecting = self.endpoint.connect_with(client, addr, "together-relay");
+            let (tx, peer) = (link_tx.clone(), *key);
             let counters = Arc::clone(&self.relay_counters);
             let cancel = self.cancel.clone();
             self.tasks.spawn(async move {
