@@ -155,9 +155,17 @@ impl Node {
 
 /// Two connected nodes; `a` has the smaller key and dials.
 async fn pair() -> (Node, Node) {
+    pair_sharing(None).await
+}
+
+/// Two nodes that share `room` (if any) before they connect.
+async fn pair_sharing(room: Option<Uuid>) -> (Node, Node) {
     let secrets = ordered_secrets(2);
     let mut a = Node::start(secrets[0].0, |_| {}).await;
     let mut b = Node::start(secrets[1].0, |_| {}).await;
+    if let Some(room) = room {
+        share(&a, &b, room).await;
+    }
     a.relay.connect(b.key(), b.relay.local_addr()).await.expect("connect");
     b.relay.connect(a.key(), a.relay.local_addr()).await.expect("connect");
     let (ka, kb) = (a.key(), b.key());
@@ -259,9 +267,9 @@ async fn participants_on_two_nodes_hear_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_track_crosses_the_link_once() {
-    let (a, b) = pair().await;
+    // The room is shared before the nodes connect, as a node may learn of it first.
     let room = Uuid::now_v7();
-    share(&a, &b, room).await;
+    let (a, b) = pair_sharing(Some(room)).await;
     let (_, a1) = a.join(room).await;
     let (_, a2) = a.join(room).await;
     let (_, b1) = b.join(room).await;
