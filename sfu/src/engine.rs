@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -49,6 +49,7 @@ use rtc::rtp::Packet;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::{Marshal, Unmarshal};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +61,7 @@ use crate::error::{JoinError, SignalError};
 use crate::event::{GoneReason, SfuEvent};
 use crate::forward::{self, Counters, Line, Speaking};
 use crate::media::{self, CoreSettings, OPUS_PAYLOAD_TYPE};
+use crate::relay::wire;
 use crate::sdp;
 use crate::signal::{IceCandidate, Offer, TrackInfo};
 use crate::state::{PeerId, PeerShared};
@@ -77,6 +79,8 @@ const MAX_DATAGRAM: usize = 4096;
 /// Events that must not be lost (offers, departures) kept while the node is not
 /// draining its queue; beyond this the oldest are dropped, loudly.
 const MAX_OUTBOX: usize = 65_536;
+/// Remote nodes one local publisher's track may be relayed to at once.
+const MAX_RELAY_OUTS: usize = 64;
 
 /// A request from the [`crate::Sfu`] handle.
 pub(crate) enum Command {
@@ -113,6 +117,50 @@ pub(crate) enum Command {
         room: Uuid,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// A remote node published a participant's track in `room` (relay flow `flow`
+    /// on link `link`): it joins the room as one more publisher.
+    RemoteJoin {
+        room: Uuid,
+        link: u64,
+        flow: u32,
+        peer: PeerId,
+        shared: Arc<PeerShared>,
+    },
+    /// The remote track is gone.
+    RemoteLeave { link: u64, flow: u32 },
+    /// Start (`Some`) or stop (`None`) sending `peer`'s packets to a remote node as
+    /// datagrams of `flow`.
+    RelayOut {
+        peer: PeerId,
+        session: Uuid,
+        link: u64,
+        flow: u32,
+        connection: Option<quinn::Connection>,
+    },
+}
+
+/// A media datagram from a remote node, on its way to the worker that owns the room.
+pub(crate) struct RemoteMedia {
+    pub link: u64,
+    pub flow: u32,
+    /// The RTP packet.
+    pub data: Bytes,
+    /// When the relay read it off the connection.
+    pub at: Instant,
+}
+
+/// A remote node's participant: a publisher in the room without a connection here.
+struct Remote {
+    id: PeerId,
+    room: Uuid,
+    shared: Arc<PeerShared>,
+}
+
+/// Where a local publisher's packets also go: a remote node that subscribed.
+struct RelayOut {
+    link: u64,
+    flow: u32,
+    connection: quinn::Connection,
 }
 
 /// Where the handle finds a participant: its worker, room and voice session, and
@@ -130,6 +178,9 @@ pub(crate) struct Route {
 pub(crate) struct Directory {
     pub routes: Mutex<HashMap<PeerId, Route>>,
     pub rooms: AtomicUsize,
+    /// Woken when participants come, go or change their switches (the relay
+    /// re-announces its tracks).
+    pub changed: tokio::sync::Notify,
 }
 
 impl Directory {
@@ -188,6 +239,8 @@ struct Peer {
     queued: bool,
     addrs: Vec<SocketAddr>,
     ufrags: Vec<String>,
+    /// Remote nodes subscribed to this participant's track.
+    relay_out: Vec<RelayOut>,
 }
 
 /// A worker's state. Its inputs (commands, sockets, timers) live in [`run`].
@@ -212,6 +265,12 @@ pub(crate) struct Worker {
     counters: Arc<Counters>,
     packets: Vec<Packet>,
     members: Vec<u64>,
+    /// Remote participants, by worker key.
+    remotes: HashMap<u64, Remote>,
+    /// (link, flow) → worker key of the remote participant.
+    remote_keys: HashMap<(u64, u32), u64>,
+    /// Room → remote participants in it.
+    remote_rooms: HashMap<Uuid, Vec<u64>>,
 }
 
 /// Binds a worker's sockets.
@@ -280,11 +339,19 @@ impl Worker {
             counters,
             packets: Vec::new(),
             members: Vec::new(),
+            remotes: HashMap::new(),
+            remote_keys: HashMap::new(),
+            remote_rooms: HashMap::new(),
         }
     }
 
     /// Runs until cancelled or the handle is gone, then closes every connection.
-    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>, cancel: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut media: mpsc::Receiver<RemoteMedia>,
+        cancel: CancellationToken,
+    ) {
         let sockets: Vec<Arc<UdpSocket>> = self.sockets.iter().map(|(_, s)| Arc::clone(s)).collect();
         let events = self.events.clone();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -326,6 +393,15 @@ impl Worker {
                     Err(_) => self.outbox.clear(),
                 },
                 _ = housekeeping.tick() => self.housekeeping(Instant::now()),
+                Some(first) = media.recv() => {
+                    self.remote_media(first);
+                    for _ in 1..RECV_BATCH {
+                        match media.try_recv() {
+                            Ok(next) => self.remote_media(next),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 ready = readable => self.receive(ready, &mut buf),
             }
         }
@@ -372,10 +448,10 @@ impl Worker {
                     // Forward (and send) each datagram at once, and record how long the
                     // SFU held it.
                     let now = Instant::now();
-                    let forwarded_before = self.counters.forwarded.load(Ordering::Relaxed);
+                    let forwarded_before = self.copies();
                     self.datagram(local_addr, from, &buf[..n], now);
                     self.settle();
-                    let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - forwarded_before;
+                    let forwarded = self.copies() - forwarded_before;
                     if forwarded > 0 {
                         self.counters.latency.record(now.elapsed(), forwarded);
                     }
@@ -384,6 +460,45 @@ impl Worker {
                 // ICMP errors surface as ConnectionRefused/Reset on some systems: keep going.
                 Err(_) => continue,
             }
+        }
+    }
+
+    /// Copies handed on so far: to local subscribers and to remote nodes.
+    fn copies(&self) -> u64 {
+        self.counters.forwarded.load(Ordering::Relaxed) + self.counters.relay_sent.load(Ordering::Relaxed)
+    }
+
+    /// Forwards a packet a remote node relayed to the local participants of its room.
+    fn remote_media(&mut self, media: RemoteMedia) {
+        let Some(&key) = self.remote_keys.get(&(media.link, media.flow)) else {
+            Counters::bump(&self.counters.relay_dropped);
+            return;
+        };
+        let Some(remote) = self.remotes.get(&key) else { return };
+        Counters::bump(&self.counters.relay_received);
+        let Ok(mut packet) = Packet::unmarshal(&mut &media.data[..]) else {
+            Counters::bump(&self.counters.relay_dropped);
+            return;
+        };
+        if packet.header.payload_type != OPUS_PAYLOAD_TYPE {
+            Counters::bump(&self.counters.dropped_other);
+            return;
+        }
+        // The publishing node already drops a muted participant's packets; this holds
+        // when the two disagree for a moment.
+        if remote.shared.muted() {
+            Counters::bump(&self.counters.dropped_muted);
+            return;
+        }
+        let room = remote.room;
+        forward::strip_extensions(&mut packet);
+        let now = Instant::now();
+        let before = self.counters.forwarded.load(Ordering::Relaxed);
+        self.distribute(key, room, std::slice::from_ref(&packet), now);
+        self.settle();
+        let forwarded = self.counters.forwarded.load(Ordering::Relaxed) - before;
+        if forwarded > 0 {
+            self.counters.relay_latency.record(media.at.elapsed(), forwarded);
         }
     }
 
@@ -522,13 +637,39 @@ impl Worker {
             forward.push(std::mem::take(packet));
         }
         let source_id = source.id;
+        if !forward.is_empty() && !source.relay_out.is_empty() {
+            let mut lost = false;
+            for packet in &forward {
+                let Ok(rtp) = packet.marshal() else { continue };
+                for out in &source.relay_out {
+                    // Never waits: when the connection's datagram buffer is full, quinn
+                    // drops the oldest queued datagrams.
+                    match out.connection.send_datagram(wire::datagram(out.flow, &rtp)) {
+                        Ok(()) => Counters::bump(&self.counters.relay_sent),
+                        Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                            lost = true;
+                            Counters::bump(&self.counters.relay_dropped);
+                        }
+                        Err(_) => Counters::bump(&self.counters.relay_dropped),
+                    }
+                }
+            }
+            if lost {
+                source.relay_out.retain(|out| out.connection.close_reason().is_none());
+            }
+        }
         if let Some(speaking) = speaking_changed {
             self.speaking(room, source_id, speaking);
         }
         if forward.is_empty() {
             return;
         }
+        self.distribute(publisher, room, &forward, now);
+    }
 
+    /// Hands a publisher's (already filtered) packets to every other local participant
+    /// of the room, each rewritten onto the line of the slot that carries it.
+    fn distribute(&mut self, publisher: u64, room: Uuid, forward: &[Packet], now: Instant) {
         let mut members = std::mem::take(&mut self.members);
         members.clear();
         if let Some(list) = self.rooms.get(&room) {
@@ -548,7 +689,7 @@ impl Worker {
                 continue;
             }
             let Some(mut sender) = core.rtp_sender(slot.sender) else { continue };
-            for packet in &forward {
+            for packet in forward {
                 let mut copy = packet.clone();
                 slot.line.rewrite(&mut copy, slot.epoch, now);
                 copy.header.ssrc = slot.ssrc;
@@ -636,7 +777,79 @@ impl Worker {
                     .unwrap_or_default();
                 let _ = reply.send(members);
             }
+            Command::RemoteJoin { room, link, flow, peer, shared } => self.remote_join(room, link, flow, peer, shared),
+            Command::RemoteLeave { link, flow } => self.remote_leave(link, flow),
+            Command::RelayOut { peer, session, link, flow, connection } => {
+                let Some(key) = self.by_peer.get(&peer).copied() else { return };
+                let Some(p) = self.peers.get_mut(&key) else { return };
+                if p.session != session {
+                    return;
+                }
+                p.relay_out.retain(|out| out.link != link || out.flow != flow);
+                if let Some(connection) = connection
+                    && p.relay_out.len() < MAX_RELAY_OUTS
+                {
+                    p.relay_out.push(RelayOut { link, flow, connection });
+                }
+            }
         }
+    }
+
+    /// Size of a room: local and remote participants.
+    fn room_size(&self, room: Uuid) -> usize {
+        self.rooms.get(&room).map_or(0, Vec::len) + self.remote_rooms.get(&room).map_or(0, Vec::len)
+    }
+
+    /// A remote node's participant joins `room`: every local participant gets a slot
+    /// for it (and a new offer).
+    fn remote_join(&mut self, room: Uuid, link: u64, flow: u32, id: PeerId, shared: Arc<PeerShared>) {
+        if self.remote_keys.contains_key(&(link, flow)) {
+            return;
+        }
+        if self.room_size(room) >= self.config.max_room_size {
+            tracing::warn!(%room, peer = %id, "room full; a remote participant is not heard here");
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.remotes.insert(key, Remote { id, room, shared });
+        self.remote_keys.insert((link, flow), key);
+        self.remote_rooms.entry(room).or_default().push(key);
+        let members = self.rooms.get(&room).cloned().unwrap_or_default();
+        for member in members {
+            match self.assign_slot(member, key) {
+                Ok(()) => match self.renegotiate(member) {
+                    Ok(Some(offer)) => self.announce(SfuEvent::Offer(offer)),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%room, %error, "could not renegotiate after a remote join"),
+                },
+                Err(error) => tracing::warn!(%room, %error, "could not add a remote participant's audio"),
+            }
+        }
+        tracing::info!(%room, peer = %id, link, flow, "remote participant joined voice room");
+    }
+
+    /// A remote node's participant leaves: its slots go idle.
+    fn remote_leave(&mut self, link: u64, flow: u32) {
+        let Some(key) = self.remote_keys.remove(&(link, flow)) else { return };
+        let Some(remote) = self.remotes.remove(&key) else { return };
+        if let Some(list) = self.remote_rooms.get_mut(&remote.room) {
+            list.retain(|k| *k != key);
+            if list.is_empty() {
+                self.remote_rooms.remove(&remote.room);
+            }
+        }
+        let members = self.rooms.get(&remote.room).cloned().unwrap_or_default();
+        for member in members {
+            if self.release_slot(member, key) {
+                match self.renegotiate(member) {
+                    Ok(Some(offer)) => self.announce(SfuEvent::Offer(offer)),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(room = %remote.room, %error, "could not renegotiate after a remote leave"),
+                }
+            }
+        }
+        tracing::info!(room = %remote.room, peer = %remote.id, link, flow, "remote participant left voice room");
     }
 
     fn current(&self, peer: PeerId, session: Uuid) -> Result<u64, SignalError> {
@@ -652,7 +865,7 @@ impl Worker {
         if let Some(old) = self.by_peer.get(&id).copied() {
             self.remove(old, None);
         }
-        let size = self.rooms.get(&room).map_or(0, Vec::len);
+        let size = self.room_size(room);
         if size >= self.config.max_room_size {
             return Err(JoinError::RoomFull {
                 room,
@@ -700,6 +913,7 @@ impl Worker {
                 queued: false,
                 addrs: Vec::new(),
                 ufrags: Vec::new(),
+                relay_out: Vec::new(),
             },
         );
 
@@ -716,6 +930,13 @@ impl Worker {
                     Err(error) => tracing::warn!(%room, %error, "could not renegotiate after a join"),
                 },
                 Err(error) => tracing::warn!(%room, %error, "could not add a participant's audio"),
+            }
+        }
+        // The newcomer hears the remote nodes' participants too.
+        let remotes = self.remote_rooms.get(&room).cloned().unwrap_or_default();
+        for remote in remotes {
+            if let Err(error) = self.assign_slot(key, remote) {
+                tracing::warn!(%room, %error, "could not add a remote participant's audio");
             }
         }
         let rooms = &mut self.rooms;
@@ -742,6 +963,7 @@ impl Worker {
                 shared,
             },
         );
+        self.directory.changed.notify_one();
         self.mark(key);
         tracing::info!(%room, peer = %id, %session, worker = self.index, "joined voice room");
         Ok(offer)
@@ -842,7 +1064,10 @@ impl Worker {
             .slots
             .iter()
             .filter_map(|slot| slot.publisher)
-            .filter_map(|p| self.peers.get(&p).map(|peer| (p, peer.id)))
+            .filter_map(|p| {
+                let id = self.peers.get(&p).map(|peer| peer.id);
+                id.or_else(|| self.remotes.get(&p).map(|remote| remote.id)).map(|id| (p, id))
+            })
             .collect();
         let peer = self.peers.get_mut(&key).ok_or("participant is gone")?;
         let now = Instant::now();
@@ -1005,6 +1230,7 @@ impl Worker {
                 routes.remove(&peer.id);
             }
         }
+        self.directory.changed.notify_one();
         for addr in &peer.addrs {
             if self.by_addr.get(addr) == Some(&key) {
                 self.by_addr.remove(addr);

@@ -35,6 +35,15 @@ pub(crate) struct Counters {
     pub dropped_other: AtomicU64,
     pub write_errors: AtomicU64,
     pub latency: LatencyBuckets,
+    /// Datagrams handed to relay connections (one per packet per remote node).
+    pub relay_sent: AtomicU64,
+    /// Relay datagrams of known flows that reached a worker.
+    pub relay_received: AtomicU64,
+    /// Relay datagrams dropped: unknown flow, bad RTP, connection gone or full.
+    pub relay_dropped: AtomicU64,
+    /// From reading a relay datagram off the connection to handing the copies to the
+    /// local subscribers' socket.
+    pub relay_latency: LatencyBuckets,
 }
 
 impl Counters {
@@ -152,6 +161,16 @@ impl LatencyHistogram {
             }
         }
         None
+    }
+
+    /// This histogram plus `other`'s samples (e.g. several nodes' together).
+    pub fn merged(&self, other: &LatencyHistogram) -> LatencyHistogram {
+        let len = self.counts.len().max(other.counts.len());
+        LatencyHistogram {
+            counts: (0..len)
+                .map(|i| self.counts.get(i).copied().unwrap_or(0) + other.counts.get(i).copied().unwrap_or(0))
+                .collect(),
+        }
     }
 
     /// The samples recorded since `earlier`.

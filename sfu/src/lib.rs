@@ -43,7 +43,10 @@
 //! - [`client`]: a headless voice client on the async `webrtc` crate (the other end
 //!   of the SFU) used by the tests, the `sfu-bench` benchmark and load tools.
 //!
-//! Not here yet: the node-to-node relay over quinn (see `spec/voice.md`).
+//! - [`relay`]: the node-to-node media relay over QUIC (quinn) — one mutually
+//!   authenticated connection per pair of nodes sharing a room, a control stream
+//!   that publishes and subscribes tracks, and audio as datagrams. Remote tracks
+//!   join the room like participants (`Sfu::start_relay`).
 
 pub mod client;
 pub mod config;
@@ -55,6 +58,7 @@ pub mod media;
 mod sdp;
 mod sfu;
 mod signal;
+pub mod relay;
 mod state;
 pub mod turn;
 
@@ -62,6 +66,7 @@ pub use config::{IceServerConfig, SfuConfig, Timeouts};
 pub use error::{ConfigError, JoinError, NotJoined, SignalError};
 pub use event::{GoneReason, SfuEvent, SfuEvents};
 pub use forward::{LatencyHistogram, PacketStats};
+pub use relay::{LinkStats, NodeKey, Relay, RelayConfig, RelayError, RelayEvent, RelayEvents, RelayStats};
 pub use sfu::{Sfu, SfuStats};
 pub use signal::{IceCandidate, Offer, TrackInfo};
 pub use state::{PeerId, VoiceFlags};

@@ -3,7 +3,8 @@
 //! the worker that owns the room (`engine.rs`); mute and deafen are shared switches
 //! the worker reads for every packet, so they take effect without a round trip.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
@@ -16,12 +17,16 @@ use crate::engine::{self, Command, Directory, Worker};
 use crate::error::{ConfigError, JoinError, NotJoined, SignalError};
 use crate::event::SfuEvents;
 use crate::forward::{Counters, LatencyHistogram, PacketStats};
+use crate::relay::manager::{Engine, Manager};
+use crate::relay::{Relay, RelayConfig, RelayError, RelayEvents, RelayInner, tls};
 use crate::signal::{IceCandidate, Offer};
 use crate::state::{PeerId, PeerShared, VoiceFlags};
 use crate::turn::{self, IceServer};
 
 /// Commands queued per worker before callers wait.
 const COMMAND_QUEUE: usize = 1024;
+/// Relayed packets queued per worker; more are dropped (old audio is worthless).
+const MEDIA_QUEUE: usize = 1024;
 
 /// A cheap, clonable handle to the SFU. Dropping the last handle stops the workers;
 /// [`Sfu::shutdown`] also closes the connections and waits for the workers to end.
@@ -39,6 +44,8 @@ impl std::fmt::Debug for Sfu {
 struct Inner {
     config: Arc<SfuConfig>,
     workers: Vec<mpsc::Sender<Command>>,
+    media: Vec<mpsc::Sender<engine::RemoteMedia>>,
+    relay: OnceLock<Relay>,
     local_addrs: Vec<Vec<std::net::SocketAddr>>,
     directory: Arc<Directory>,
     counters: Arc<Counters>,
@@ -80,6 +87,7 @@ impl Sfu {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut workers = Vec::new();
+        let mut media = Vec::new();
         let mut local_addrs = Vec::new();
         let mut bound = Vec::new();
         for index in 0..config.worker_count() {
@@ -88,6 +96,7 @@ impl Sfu {
         for (index, sockets) in bound.into_iter().enumerate() {
             local_addrs.push(sockets.iter().map(|(addr, _)| *addr).collect());
             let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
+            let (media_tx, media_rx) = mpsc::channel(MEDIA_QUEUE);
             let worker = Worker::new(
                 index,
                 Arc::clone(&config),
@@ -96,13 +105,16 @@ impl Sfu {
                 events.clone(),
                 Arc::clone(&counters),
             );
-            tasks.spawn(worker.run(commands, cancel.child_token()));
+            tasks.spawn(worker.run(commands, media_rx, cancel.child_token()));
             workers.push(tx);
+            media.push(media_tx);
         }
         tracing::info!(workers = workers.len(), addrs = ?local_addrs, "voice SFU started");
         let inner = Inner {
             config,
             workers,
+            media,
+            relay: OnceLock::new(),
             local_addrs,
             directory,
             counters,
@@ -200,6 +212,7 @@ impl Sfu {
     /// Replaces all four switches of `peer` at once; takes effect on the next packet.
     pub fn set_flags(&self, peer: PeerId, flags: VoiceFlags) -> Result<(), NotJoined> {
         self.route(peer).ok_or(NotJoined(peer))?.shared.set_flags(flags);
+        self.inner.directory.changed.notify_one();
         Ok(())
     }
 
@@ -228,6 +241,7 @@ impl Sfu {
         let mut flags = shared.flags();
         change(&mut flags);
         shared.set_flags(flags);
+        self.inner.directory.changed.notify_one();
         Ok(())
     }
 
@@ -258,6 +272,82 @@ impl Sfu {
     /// How long the SFU held the packets it forwarded (see [`LatencyHistogram`]).
     pub fn forwarding_latency(&self) -> LatencyHistogram {
         self.inner.counters.latency.snapshot()
+    }
+
+    /// Starts the node-to-node relay (`spec/voice.md`): binds its QUIC endpoint on
+    /// `config.bind` and returns its handle (also available from [`Sfu::relay`]) and
+    /// the events the node must drain. At most once per SFU; it stops with the SFU.
+    pub fn start_relay(&self, config: RelayConfig) -> Result<(Relay, RelayEvents), RelayError> {
+        if self.inner.cancel.is_cancelled() {
+            return Err(RelayError::ShuttingDown);
+        }
+        if self.inner.relay.get().is_some() {
+            return Err(RelayError::AlreadyRunning);
+        }
+        let identity = Arc::new(tls::Identity::from_seed(&config.secret_key).map_err(|e| RelayError::Key(e.to_string()))?);
+        let allowed: Arc<RwLock<HashSet<crate::relay::NodeKey>>> = Arc::default();
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .datagram_send_buffer_size(config.datagram_send_buffer)
+            .datagram_receive_buffer_size(Some(64 * 1024))
+            .max_concurrent_bidi_streams(1u8.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .keep_alive_interval(Some(config.idle_timeout / 3))
+            .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+        let transport = Arc::new(transport);
+        let server = identity
+            .server_config(Arc::clone(&allowed))
+            .map_err(|e| RelayError::Key(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(Arc::clone(&transport));
+        let endpoint = quinn::Endpoint::server(server, config.bind).map_err(|error| RelayError::Bind {
+            addr: config.bind,
+            error,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|error| RelayError::Bind { addr: config.bind, error })?;
+        let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (events, events_rx) = mpsc::channel(config.event_queue.max(1));
+        let links = Arc::new(Mutex::default());
+        let relay_counters = Arc::default();
+        let relay = Relay {
+            inner: Arc::new(RelayInner {
+                key: identity.key,
+                local_addr,
+                commands,
+                allowed,
+                links: Arc::clone(&links),
+                counters: Arc::clone(&self.inner.counters),
+                relay_counters: Arc::clone(&relay_counters),
+            }),
+        };
+        if self.inner.relay.set(relay.clone()).is_err() {
+            return Err(RelayError::AlreadyRunning);
+        }
+        let manager = Manager {
+            identity,
+            config,
+            endpoint,
+            engine: Engine {
+                workers: self.inner.workers.clone(),
+                media: self.inner.media.clone(),
+                directory: Arc::clone(&self.inner.directory),
+                counters: Arc::clone(&self.inner.counters),
+            },
+            links_view: links,
+            relay_counters,
+            events,
+            tasks: self.inner.tasks.clone(),
+            cancel: self.inner.cancel.child_token(),
+            transport,
+        };
+        self.inner.tasks.spawn(manager.run(commands_rx));
+        tracing::info!(addr = %local_addr, key = %relay.node_key(), "voice relay started");
+        Ok((relay, RelayEvents { rx: events_rx }))
+    }
+
+    /// The relay, once [`Sfu::start_relay`] started it.
+    pub fn relay(&self) -> Option<Relay> {
+        self.inner.relay.get().cloned()
     }
 
     /// Refuses new joins, closes every connection and waits for the workers to end.

@@ -20,8 +20,16 @@
 //!   the SFU's threads were runnable but waited for a CPU (`schedstat`) shows whether
 //!   the machine was busy with something else.
 //!
+//! With `--relay`, two SFUs ("nodes" A and B) run side by side, each with its own
+//! QUIC relay endpoint on 127.0.0.1, and each room's participants alternate between
+//! them, so streams between participants on different nodes cross the relay (with
+//! `--room-size 2`, every stream does). The table then also shows how long the
+//! receiving node held relayed packets, from reading the datagram off the connection
+//! to handing the copies to its socket (`Relay::latency`).
+//!
 //! ```text
 //! cargo run --release -p together-sfu --bin sfu-bench -- --rooms 10,20,30 --room-size 5
+//! cargo run --release -p together-sfu --bin sfu-bench -- --relay --rooms 1,10,30 --room-size 2
 //! ```
 
 use std::collections::HashMap;
@@ -31,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use together_sfu::client::{ClientOptions, Latency, VoiceClient};
-use together_sfu::{LatencyHistogram, Offer, PeerId, Sfu, SfuConfig, SfuEvent, VoiceFlags};
+use together_sfu::{LatencyHistogram, Offer, PeerId, RelayConfig, Sfu, SfuConfig, SfuEvent, VoiceFlags};
 use tokio::runtime::{Handle, Runtime};
 use uuid::Uuid;
 
@@ -70,6 +78,10 @@ struct Args {
     /// Keep going after a step loses more than 0.1 %.
     #[arg(long)]
     keep_going: bool,
+    /// Run two SFUs joined by the node-to-node relay, with each room's participants
+    /// alternating between them.
+    #[arg(long)]
+    relay: bool,
 }
 
 /// One measured step.
@@ -82,6 +94,7 @@ struct Step {
     lost: u64,
     latency: Latency,
     held: LatencyHistogram,
+    relay_held: LatencyHistogram,
     sfu_cpu: f64,
     sfu_wait: f64,
     client_cpu: f64,
@@ -215,7 +228,7 @@ async fn run_baseline(args: &Args, pairs: usize, client_rt: &Handle) -> Result<S
         participants.push(Participant { tag: tag + 2, client: b });
     }
     let room_size = 2;
-    measure(args, pairs, room_size, participants, client_rt, None).await
+    measure(args, pairs, room_size, participants, client_rt, &[]).await
 }
 
 async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle) -> Result<Step> {
@@ -223,36 +236,67 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
     config.max_room_size = args.room_size;
     config.event_queue = 64 * 1024;
     config.rtcp_reports = !args.no_rtcp_reports;
-    // The workers start on the runtime that creates the SFU.
-    let (sfu, mut events) = {
-        let _runtime = sfu_rt.enter();
-        Sfu::new(config)?
-    };
     let clients: Arc<Mutex<HashMap<PeerId, Arc<VoiceClient>>>> = Arc::default();
-
-    // Relay renegotiation offers (on the clients' runtime, to keep the SFU's clean).
-    let pump = {
-        let sfu = sfu.clone();
-        let clients = Arc::clone(&clients);
-        client_rt.spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let SfuEvent::Offer(offer) = event {
-                    let client = clients.lock().ok().and_then(|c| c.get(&offer.peer).cloned());
-                    if let Some(client) = client
-                        && let Err(error) = relay(&sfu, &client, offer).await
-                    {
-                        eprintln!("renegotiation failed: {error:#}");
+    let mut sfus = Vec::new();
+    let mut pumps = Vec::new();
+    for _ in 0..if args.relay { 2 } else { 1 } {
+        // The workers (and the relay) start on the runtime that creates the SFU.
+        let (sfu, mut events) = {
+            let _runtime = sfu_rt.enter();
+            Sfu::new(config.clone())?
+        };
+        // Relay renegotiation offers (on the clients' runtime, to keep the SFU's clean).
+        let pump = {
+            let sfu = sfu.clone();
+            let clients = Arc::clone(&clients);
+            client_rt.spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if let SfuEvent::Offer(offer) = event {
+                        let client = clients.lock().ok().and_then(|c| c.get(&offer.peer).cloned());
+                        if let Some(client) = client
+                            && let Err(error) = relay(&sfu, &client, offer).await
+                        {
+                            eprintln!("renegotiation failed: {error:#}");
+                        }
                     }
                 }
+            })
+        };
+        sfus.push(sfu);
+        pumps.push(pump);
+    }
+    let mut relays = Vec::new();
+    if args.relay {
+        for sfu in &sfus {
+            let _runtime = sfu_rt.enter();
+            let config = RelayConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), rand::random());
+            let (relay, mut events) = sfu.start_relay(config)?;
+            pumps.push(client_rt.spawn(async move { while events.recv().await.is_some() {} }));
+            relays.push(relay);
+        }
+        if let [a, b] = &relays[..] {
+            a.connect(b.node_key(), b.local_addr()).await?;
+            b.connect(a.node_key(), a.local_addr()).await?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while a.connected_nodes().is_empty() || b.connected_nodes().is_empty() {
+                if Instant::now() > deadline {
+                    bail!("the relay did not connect the two SFUs");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
-    };
+        }
+    }
 
     let mut participants = Vec::new();
     let mut tag = 0u32;
     for _ in 0..rooms {
         let room = Uuid::now_v7();
-        for _ in 0..args.room_size {
+        if let [a, b] = &relays[..] {
+            a.share_room(room, b.node_key()).await?;
+            b.share_room(room, a.node_key()).await?;
+        }
+        for index in 0..args.room_size {
+            let sfu = &sfus[index % sfus.len()];
             tag += 1;
             let client = Arc::new(client_rt.spawn(VoiceClient::new(ClientOptions::default())).await??);
             let peer = PeerId::new(Uuid::now_v7(), Uuid::now_v7());
@@ -260,14 +304,35 @@ async fn run_step(args: &Args, rooms: usize, sfu_rt: &Handle, client_rt: &Handle
             if let Ok(mut c) = clients.lock() {
                 c.insert(peer, Arc::clone(&client));
             }
-            relay(&sfu, &client, offer).await?;
+            relay(sfu, &client, offer).await?;
             participants.push(Participant { tag, client });
         }
     }
-    let step = measure(args, rooms, args.room_size, participants, client_rt, Some(&sfu)).await;
-    sfu.shutdown().await;
-    pump.abort();
+    let step = measure(args, rooms, args.room_size, participants, client_rt, &sfus).await;
+    for sfu in &sfus {
+        sfu.shutdown().await;
+    }
+    for pump in pumps {
+        pump.abort();
+    }
     step
+}
+
+/// Datagrams the SFUs could not send (send buffer full), added up.
+fn dropped_send(sfus: &[Sfu]) -> u64 {
+    sfus.iter().map(|sfu| sfu.stats().packets.dropped_send).sum()
+}
+
+/// The SFUs' forwarding histograms (`relayed`: the relays' receiving side), merged.
+fn histogram(sfus: &[Sfu], relayed: bool) -> LatencyHistogram {
+    sfus.iter().fold(LatencyHistogram::default(), |acc, sfu| {
+        let h = if relayed {
+            sfu.relay().map(|r| r.latency()).unwrap_or_default()
+        } else {
+            sfu.forwarding_latency()
+        };
+        acc.merged(&h)
+    })
 }
 
 /// Starts everyone sending, waits until everyone hears their room, warms up and
@@ -278,7 +343,7 @@ async fn measure(
     room_size: usize,
     participants: Vec<Participant>,
     client_rt: &Handle,
-    sfu: Option<&Sfu>,
+    sfus: &[Sfu],
 ) -> Result<Step> {
     for p in &participants {
         p.client.connected(Duration::from_secs(20)).await?;
@@ -304,23 +369,23 @@ async fn measure(
     for p in &participants {
         p.client.reset_received();
     }
-    let before = sfu.map(|s| s.stats().packets).unwrap_or_default();
-    let held_before = sfu.map(Sfu::forwarding_latency).unwrap_or_default();
-    let sfu_addrs: Vec<std::net::SocketAddr> = sfu
-        .map(|s| s.local_addrs().iter().flatten().copied().collect())
-        .unwrap_or_default();
+    let before = dropped_send(sfus);
+    let held_before = histogram(sfus, false);
+    let relay_held_before = histogram(sfus, true);
+    let sfu_addrs: Vec<std::net::SocketAddr> = sfus
+        .iter()
+        .flat_map(|s| s.local_addrs().iter().flatten().copied())
+        .collect();
     let rx_drops_before = socket_drops(&sfu_addrs);
     let (sfu_cpu0, client_cpu0, wait0, t0) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), Instant::now());
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let (sfu_cpu1, client_cpu1, wait1, wall) =
         (thread_cpu("sfu-"), thread_cpu("cli-"), thread_wait("sfu-"), t0.elapsed().as_secs_f64());
-    let after = sfu.map(|s| s.stats().packets).unwrap_or_default();
+    let after = dropped_send(sfus);
     let rx_drops = socket_drops(&sfu_addrs).saturating_sub(rx_drops_before);
-    let held = sfu
-        .map(Sfu::forwarding_latency)
-        .unwrap_or_default()
-        .since(&held_before);
+    let held = histogram(sfus, false).since(&held_before);
+    let relay_held = histogram(sfus, true).since(&relay_held_before);
 
     let streams = rooms * room_size * (room_size - 1);
     let mut expected = 0;
@@ -356,10 +421,11 @@ async fn measure(
         lost,
         latency,
         held,
+        relay_held,
         sfu_cpu: (sfu_cpu1 - sfu_cpu0) / wall,
         sfu_wait: (wait1 - wait0) / wall,
         client_cpu: (client_cpu1 - client_cpu0) / wall,
-        dropped_send: after.dropped_send - before.dropped_send,
+        dropped_send: after - before,
         rx_drops,
     })
 }
@@ -392,8 +458,11 @@ fn main() -> Result<()> {
         "room size {}, payload {} B, {} s per step, SFU threads {}, client threads {}",
         args.room_size, args.payload, args.seconds, args.sfu_threads, args.client_threads
     );
-    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | held in SFU p50/p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU socket drops (in/out) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if args.relay {
+        println!("two SFUs joined by the relay; each room's participants alternate between them");
+    }
+    println!("| rooms | peer connections | forwarded streams | loss % | p50 ms | p99 ms | held in SFU p50/p99 ms | held by receiving relay p50/p99 ms | SFU CPU (cores) | SFU waiting for a CPU | client CPU (cores) | streams per SFU core | SFU socket drops (in/out) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut best: Option<Step> = None;
     for &rooms in &args.rooms {
         let step = if args.baseline {
@@ -402,7 +471,7 @@ fn main() -> Result<()> {
             control.block_on(run_step(&args, rooms, sfu_rt.handle(), client_rt.handle()))?
         };
         println!(
-            "| {} | {} | {} | {:.3} | {} | {} | {}/{} | {:.2} | {:.2} | {:.2} | {:.0} | {}/{} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {}/{} | {}/{} | {:.2} | {:.2} | {:.2} | {:.0} | {}/{} |",
             step.rooms,
             step.rooms * step.room_size,
             step.streams,
@@ -411,6 +480,8 @@ fn main() -> Result<()> {
             ms(step.latency.quantile(0.99)),
             held(&step.held, 0.5),
             held(&step.held, 0.99),
+            held(&step.relay_held, 0.5),
+            held(&step.relay_held, 0.99),
             step.sfu_cpu,
             step.sfu_wait,
             step.client_cpu,
