@@ -5,7 +5,8 @@
 //! Everything after the bus is the real path (dispatcher, session queues,
 //! connection tasks, socket writes), so `together-load` can measure how
 //! many deliveries per second the gateway sustains without PostgreSQL and
-//! the REST handler competing for the same core. The route exists only
+//! the REST handler competing for the same core. The events are marked as
+//! coming from a peer, so the federation outbox skips them. The route exists only
 //! when the node runs with `--gateway-bench`; never enable it in
 //! production: its messages are not stored and skip permission checks
 //! beyond being signed in.
@@ -72,7 +73,9 @@ async fn publish_messages(
             edited_at: None,
             created_at: chrono::Utc::now(),
         };
-        state.bus.publish("MESSAGE_CREATE", audience.clone(), &message);
+        // As from a peer: the gateway delivers it, the federation outbox
+        // leaves it alone (it would look up the server per message).
+        state.bus.publish_remote("MESSAGE_CREATE", audience.clone(), &message);
     }
     Ok(StatusCode::ACCEPTED)
 }

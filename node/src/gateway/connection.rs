@@ -87,7 +87,20 @@ async fn send_close(socket: &mut GatewaySocket, close: Close) {
         code: close.code(),
         reason: close.reason().into(),
     };
-    let _ = timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    // Then read until the client answers the close (or goes): closing a
+    // socket with unread input resets it, and the client could lose the
+    // close code with it. Client frames are read in small chunks, so some
+    // may still be waiting in the kernel.
+    let _ = timeout(Duration::from_secs(2), async {
+        socket.send(Message::Close(Some(frame))).await?;
+        while let Some(message) = socket.recv().await {
+            if matches!(message?, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    })
+    .await;
 }
 
 /// Reads one text frame, enforcing the size limit.
@@ -349,28 +362,5 @@ async fn flush(socket: &mut GatewaySocket, session: &Session, generation: u64) -
             Err(WriteError::Gone) => Some(End::Gone),
             Err(WriteError::Stalled) => Some(End::Close(Close::TooSlow)),
         },
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    fn size2<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    fn size5<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    fn size3<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    #[test]
-    fn print_sizes() {
-        eprintln!("serve {}", size2(serve));
-        eprintln!("run {}", size5(run));
-        eprintln!("handshake {}", size3(handshake));
-        eprintln!("identify {}", size2(identify_session));
-        eprintln!("websocket {}", std::mem::size_of::<GatewaySocket>());
-        eprintln!("session {}", std::mem::size_of::<Session>());
     }
 }

@@ -127,6 +127,32 @@ impl Session {
         self.notify.notify_one();
     }
 
+    /// Queues several dispatches in order: one lock and one wake-up for
+    /// the lot (the dispatcher's fan-out of a run of messages).
+    pub fn push_many(&self, events: &[Arc<Event>]) {
+        {
+            let mut b = self.lock();
+            for event in events {
+                if b.invalid {
+                    return;
+                }
+                if !b.ready {
+                    if b.pending.len() >= MAX_FRAMES {
+                        b.invalid = true;
+                    } else {
+                        b.pending.push(event.clone());
+                    }
+                    continue;
+                }
+                b.append(event.clone());
+            }
+            if !b.ready {
+                return;
+            }
+        }
+        self.notify.notify_one();
+    }
+
     /// Queues READY as dispatch 1, then whatever arrived while it was built.
     pub fn activate(&self, ready: Arc<Event>) {
         {
@@ -352,5 +378,16 @@ mod tests {
         assert_eq!(sent.first(), Some(&2));
         s.ack(101);
         assert_eq!(s.lock().frames.capacity(), 0, "an idle session holds no queue memory");
+    }
+
+    #[test]
+    fn push_many_queues_in_order_like_single_pushes() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        let run: Vec<_> = (0..5).map(event).collect();
+        s.push_many(&run[..2]);
+        s.activate(event(9));
+        let g = s.attach(None).unwrap_or_default();
+        s.push_many(&run[2..]);
+        assert_eq!(frames(s.take(g)), vec![1, 2, 3, 4, 5, 6]);
     }
 }
