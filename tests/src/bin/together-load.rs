@@ -347,10 +347,16 @@ const SUSTAINED_BASE: usize = 100_000;
 const RESUME_BASE: usize = 1_900_000;
 const MAX_MESSAGES: usize = 2_000_000;
 
+/// The number after `key` (no allocation: this runs for every frame).
 fn field_u64(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits: String = text[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    let mut value: u64 = 0;
+    let mut any = false;
+    for b in text.as_bytes()[start..].iter().take_while(|b| b.is_ascii_digit()) {
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
 }
 
 fn rss_kib(pid: u32) -> u64 {
