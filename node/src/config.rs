@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// connected are remembered and redialed anyway.
     #[arg(long = "peer", env = "TOGETHER_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+
+    /// Benchmarks only: serve `POST /bench/gateway/messages`, which
+    /// publishes unsaved messages to gateway sessions (docs/benchmarks.md).
+    /// Never enable in production.
+    #[arg(long, env = "TOGETHER_GATEWAY_BENCH", hide_short_help = true)]
+    pub gateway_bench: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -101,6 +107,8 @@ pub struct Config {
     pub p2p_listen: Vec<String>,
     /// Bootstrap peers (multiaddrs).
     pub peers: Vec<String>,
+    /// Serve the gateway benchmark route (`--gateway-bench`).
+    pub gateway_bench: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -162,6 +170,7 @@ impl Config {
             } else {
                 run.peers.clone()
             },
+            gateway_bench: run.gateway_bench,
         })
     }
 
@@ -177,6 +186,7 @@ impl Config {
             rate_limit_per_minute: 0,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             peers: Vec::new(),
+            gateway_bench: false,
         }
     }
 }

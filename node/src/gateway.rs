@@ -4,26 +4,33 @@
 //! - [`protocol`]: frames, opcodes and close codes.
 //! - [`session`]: the resumable, bounded stream of one device.
 //! - [`connection`]: one WebSocket: handshake, heartbeats, limits, writes.
+//! - [`socket`]: the upgrade and the WebSocket itself (batched dispatch
+//!   writes, small buffers).
 //! - [`dispatcher`]: the task that routes bus events to sessions and keeps
 //!   presence.
 //! - [`views`]: which channels each connected user may view.
 //! - [`ready`]: the READY payload.
+//! - [`bench`]: a benchmark-only route that publishes unsaved messages
+//!   (off unless the node runs with `--gateway-bench`).
 
+pub mod bench;
 pub mod connection;
 pub mod dispatcher;
 pub mod protocol;
 pub mod ready;
 pub mod session;
+pub mod socket;
 pub mod views;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -195,12 +202,19 @@ impl Gateway {
     }
 }
 
+/// The WebSocket limits of a gateway connection. Dispatches bypass
+/// tungstenite's write buffer ([`socket`]); it only carries control frames,
+/// which are written at once.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(socket::READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(MAX_INBOUND_FRAME))
+        .max_frame_size(Some(MAX_INBOUND_FRAME))
+}
+
 /// `GET /gateway`: upgrade to a gateway WebSocket.
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.read_buffer_size(MAX_INBOUND_FRAME)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(8 * 1024 * 1024)
-        .max_message_size(MAX_INBOUND_FRAME)
-        .max_frame_size(MAX_INBOUND_FRAME)
-        .on_upgrade(move |socket| connection::serve(socket, state))
+pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
+    socket::upgrade(request, websocket_config(), move |socket| connection::serve(socket, state))
 }

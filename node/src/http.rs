@@ -111,6 +111,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/openapi.json", axum::routing::get(openapi_json))
         .route("/gateway", axum::routing::get(crate::gateway::upgrade))
         .fallback(not_found);
+    if state.config.gateway_bench {
+        router = router.merge(crate::gateway::bench::router());
+    }
     if let Some(dir) = &state.config.web_dir {
         router = router.fallback(web_client(dir));
     }

@@ -13,7 +13,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use sqlx::PgPool;
 use support::TestUser;
-use support::ws::{Client, Node, WAIT, start};
+use support::ws::{Client, Node, WAIT, start, start_with};
 use together_node::bus::Audience;
 use together_protocol::permissions::Permissions;
 use tokio_tungstenite::tungstenite::Message;
@@ -419,4 +419,35 @@ async fn a_client_that_stops_reading_is_closed_as_too_slow(pool: PgPool) {
         }
     }
     assert_eq!(saw_close, Some(4010));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn the_benchmark_route_exists_only_when_enabled(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (_, general, _) = fixture(&pool, &alice).await;
+    let body = json!({"channel_id": general, "first": 7, "count": 3});
+    node.app
+        .call(axum::http::Method::POST, "/bench/gateway/messages", Some(&alice.token), Some(body.clone()))
+        .await
+        .expect(StatusCode::NOT_FOUND);
+
+    // Enabled (`--gateway-bench`): unsaved messages reach the channel's
+    // viewers in order, as MESSAGE_CREATE of the REST shape.
+    let node = start_with(pool.clone(), |c| c.gateway_bench = true).await;
+    let (mut ws, _) = Client::identified(node.addr, &alice).await;
+    node.app
+        .call(axum::http::Method::POST, "/bench/gateway/messages", None, Some(body.clone()))
+        .await
+        .expect(StatusCode::UNAUTHORIZED);
+    node.app
+        .call(axum::http::Method::POST, "/bench/gateway/messages", Some(&alice.token), Some(body))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    for n in 7..10 {
+        let message = ws.dispatch("MESSAGE_CREATE").await;
+        assert_eq!(message["content"], format!("m{n}"));
+        assert_eq!(message["channel_id"], general.to_string());
+        assert_eq!(message["author"]["id"], alice.id);
+    }
 }

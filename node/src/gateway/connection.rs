@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::SinkExt;
+use axum::extract::ws::{CloseFrame, Message};
 use serde_json::json;
 use tokio::time::{Instant, sleep_until, timeout};
 use uuid::Uuid;
@@ -15,6 +14,7 @@ use uuid::Uuid;
 use super::dispatcher::{Command, make_ready_event};
 use super::protocol::{self as p, Close, Identify, Inbound, PresenceUpdate, Resume};
 use super::session::{Outbound, Session};
+use super::socket::{GatewaySocket, WriteError};
 use super::{Gateway, INBOUND_PER_MINUTE, MAX_INBOUND_FRAME, views};
 use crate::auth::authenticate;
 use crate::bus::Audience;
@@ -27,14 +27,17 @@ enum End {
     Gone,
 }
 
-pub async fn serve(mut socket: WebSocket, state: AppState) {
+pub async fn serve(mut socket: GatewaySocket, state: AppState) {
     let gateway = state.gateway.clone();
     let interval = gateway.settings().heartbeat_interval;
     let hello = p::op_frame(p::OP_HELLO, &json!({"heartbeat_interval": interval.as_millis() as u64}));
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
-    let (session, generation) = match handshake(&mut socket, &state, interval).await {
+    // Boxed: the handshake's database futures are large, and an unboxed
+    // handshake would size every connection's task for them for as long
+    // as the connection lives.
+    let (session, generation) = match Box::pin(handshake(&mut socket, &state, interval)).await {
         Ok(pair) => pair,
         Err(End::Close(close)) => return send_close(&mut socket, close).await,
         Err(End::Gone) => return,
@@ -42,6 +45,14 @@ pub async fn serve(mut socket: WebSocket, state: AppState) {
     let user_id = session.user_id;
     gateway.command(Command::Connection { user_id, connected: true }).await;
     let end = run(&mut socket, &state, &session, generation, interval).await;
+    // Closing and parking are rare; boxed so they do not size the task.
+    Box::pin(finish(socket, gateway, session, generation, end)).await;
+}
+
+/// After the main loop: close the socket, then keep the session for a
+/// resume or let it go.
+async fn finish(mut socket: GatewaySocket, gateway: Gateway, session: Arc<Session>, generation: u64, end: End) {
+    let user_id = session.user_id;
     session.detach(generation);
     gateway.command(Command::Connection { user_id, connected: false }).await;
     if let End::Close(close) = end {
@@ -52,7 +63,6 @@ pub async fn serve(mut socket: WebSocket, state: AppState) {
         }
     }
     // Keep the session for a resume, then let it go.
-    let gateway = gateway.clone();
     let window = gateway.settings().resume_window;
     let parked = session.generation();
     tokio::spawn(async move {
@@ -72,16 +82,29 @@ async fn expire(gateway: &Gateway, session: &Arc<Session>) {
     }
 }
 
-async fn send_close(socket: &mut WebSocket, close: Close) {
+async fn send_close(socket: &mut GatewaySocket, close: Close) {
     let frame = CloseFrame {
         code: close.code(),
         reason: close.reason().into(),
     };
-    let _ = timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    // Then read until the client answers the close (or goes): closing a
+    // socket with unread input resets it, and the client could lose the
+    // close code with it. Client frames are read in small chunks, so some
+    // may still be waiting in the kernel.
+    let _ = timeout(Duration::from_secs(2), async {
+        socket.send(Message::Close(Some(frame))).await?;
+        while let Some(message) = socket.recv().await {
+            if matches!(message?, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    })
+    .await;
 }
 
 /// Reads one text frame, enforcing the size limit.
-async fn next_text(socket: &mut WebSocket) -> Result<String, End> {
+async fn next_text(socket: &mut GatewaySocket) -> Result<String, End> {
     loop {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => {
@@ -111,7 +134,7 @@ fn classify(err: axum::Error) -> End {
 
 /// Waits for IDENTIFY or RESUME. After a failed RESUME the client gets
 /// INVALID_SESSION and may IDENTIFY on the same connection.
-async fn handshake(socket: &mut WebSocket, state: &AppState, interval: Duration) -> Result<(Arc<Session>, u64), End> {
+async fn handshake(socket: &mut GatewaySocket, state: &AppState, interval: Duration) -> Result<(Arc<Session>, u64), End> {
     for _attempt in 0..3 {
         let text = match timeout(interval, next_text(socket)).await {
             Ok(result) => result?,
@@ -238,32 +261,46 @@ fn validate_presence(presence: &PresenceUpdate) -> Option<(String, Option<String
 }
 
 async fn store_presence(state: &AppState, user_id: Uuid, status: &str, custom: Option<&str>) {
-    let stored = sqlx::query("UPDATE users SET status = $2, custom_status = $3 WHERE id = $1")
-        .bind(user_id)
-        .bind(status)
-        .bind(custom)
-        .execute(&state.db)
-        .await;
+    // Boxed: the main loop awaits this, and an inline query future would
+    // make every idle connection's task as large as the query's state.
+    let stored = Box::pin(
+        sqlx::query("UPDATE users SET status = $2, custom_status = $3 WHERE id = $1")
+            .bind(user_id)
+            .bind(status)
+            .bind(custom)
+            .execute(&state.db),
+    )
+    .await;
     if let Err(err) = stored {
         tracing::warn!(error = %err, "cannot store presence");
     }
 }
 
 /// The connection's main loop.
-async fn run(socket: &mut WebSocket, state: &AppState, session: &Session, generation: u64, interval: Duration) -> End {
+async fn run(socket: &mut GatewaySocket, state: &AppState, session: &Session, generation: u64, interval: Duration) -> End {
     let deadline_after = interval + interval / 2;
     let mut deadline = Instant::now() + deadline_after;
     let mut window_start = Instant::now();
     let mut inbound = 0u32;
     let shutdown = state.gateway.shutdown().clone();
+    // Made once, not per wake-up: a fan-out wakes every connection, and
+    // registering a timer and a cancellation waiter each time is work
+    // multiplied by the number of sessions.
+    let timer = sleep_until(deadline);
+    tokio::pin!(timer);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if let Some(end) = flush(socket, session, generation).await {
             return end;
         }
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             _ = session.wait() => {}
-            _ = sleep_until(deadline) => return End::Close(Close::SessionTimedOut),
-            _ = shutdown.cancelled() => return End::Close(Close::ShuttingDown),
+            _ = &mut timer => return End::Close(Close::SessionTimedOut),
+            _ = &mut cancelled => return End::Close(Close::ShuttingDown),
             text = next_text(socket) => {
                 let text = match text {
                     Ok(text) => text,
@@ -315,22 +352,15 @@ async fn run(socket: &mut WebSocket, state: &AppState, session: &Session, genera
     }
 }
 
-/// Writes every pending dispatch in one batch (one flush).
-async fn flush(socket: &mut WebSocket, session: &Session, generation: u64) -> Option<End> {
+/// Writes every pending dispatch in one batch (one write).
+async fn flush(socket: &mut GatewaySocket, session: &Session, generation: u64) -> Option<End> {
     match session.take(generation) {
         Outbound::Close(close) => Some(End::Close(close)),
         Outbound::Frames(frames) if frames.is_empty() => None,
-        Outbound::Frames(frames) => {
-            for (seq, event) in frames {
-                let frame = p::dispatch_frame(seq, event.kind, &event.data);
-                if socket.feed(Message::Text(frame.into())).await.is_err() {
-                    return Some(End::Gone);
-                }
-            }
-            if socket.flush().await.is_err() {
-                return Some(End::Gone);
-            }
-            None
-        }
+        Outbound::Frames(frames) => match socket.write_dispatches(&frames).await {
+            Ok(()) => None,
+            Err(WriteError::Gone) => Some(End::Gone),
+            Err(WriteError::Stalled) => Some(End::Close(Close::TooSlow)),
+        },
     }
 }

@@ -137,15 +137,24 @@ impl Dispatcher {
                     None => break,
                 },
                 event = events.recv() => match event {
-                    Ok(event) => self.event(event).await,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "gateway dispatcher lagged; invalidating all sessions");
-                        for entry in self.users.values() {
-                            for s in &entry.sessions {
-                                s.close(Close::UnknownError, true);
+                    Ok(event) => {
+                        // Take what else is waiting (bounded), so runs of
+                        // messages to one channel reach each session with
+                        // one lock and one wake-up.
+                        let mut batch = vec![event];
+                        while batch.len() < MAX_BATCH {
+                            match events.try_recv() {
+                                Ok(event) => batch.push(event),
+                                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                                    self.lagged(missed);
+                                    break;
+                                }
+                                Err(_) => break,
                             }
                         }
+                        self.events(batch).await;
                     }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => self.lagged(missed),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
             }
@@ -153,6 +162,60 @@ impl Dispatcher {
         for entry in self.users.values() {
             for s in &entry.sessions {
                 s.close(Close::ShuttingDown, false);
+            }
+        }
+    }
+
+    fn lagged(&self, missed: u64) {
+        tracing::error!(missed, "gateway dispatcher lagged; invalidating all sessions");
+        for entry in self.users.values() {
+            for s in &entry.sessions {
+                s.close(Close::UnknownError, true);
+            }
+        }
+    }
+
+    /// Handles bus events in order. Consecutive events of a kind that only
+    /// needs delivering ([`routes_plainly`]) to the same channel go out as
+    /// one run.
+    async fn events(&mut self, batch: Vec<Arc<Event>>) {
+        let mut run: Vec<Arc<Event>> = Vec::new();
+        for event in batch {
+            if routes_plainly(&event) {
+                if run.first().is_some_and(|first| first.audience != event.audience) {
+                    self.deliver_run(&run);
+                    run.clear();
+                }
+                run.push(event);
+            } else {
+                if !run.is_empty() {
+                    self.deliver_run(&run);
+                    run.clear();
+                }
+                self.event(event).await;
+            }
+        }
+        if !run.is_empty() {
+            self.deliver_run(&run);
+        }
+    }
+
+    /// Delivers events that share one channel audience.
+    fn deliver_run(&self, run: &[Arc<Event>]) {
+        let (Some(first), true) = (run.first(), run.len() > 1) else {
+            run.iter().for_each(|event| self.deliver(event));
+            return;
+        };
+        let Audience::Channel { server_id, channel_id } = &first.audience else {
+            run.iter().for_each(|event| self.deliver(event));
+            return;
+        };
+        for user in self.servers.get(server_id).into_iter().flatten() {
+            let Some(entry) = self.users.get(user) else { continue };
+            if entry.views.get(server_id).is_some_and(|v| v.contains(channel_id)) {
+                for s in &entry.sessions {
+                    s.push_many(run);
+                }
             }
         }
     }
@@ -577,6 +640,25 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Bus events taken at once by the dispatcher.
+const MAX_BATCH: usize = 256;
+
+/// Events that change no routing state and go to a channel's viewers: the
+/// dispatcher may deliver runs of them together. Anything [`Dispatcher::event`]
+/// treats specially must not be listed.
+fn routes_plainly(event: &Event) -> bool {
+    matches!(event.audience, Audience::Channel { .. })
+        && matches!(
+            event.kind,
+            "MESSAGE_CREATE"
+                | "MESSAGE_UPDATE"
+                | "MESSAGE_DELETE"
+                | "MESSAGE_REACTION_ADD"
+                | "MESSAGE_REACTION_REMOVE"
+                | "TYPING_START"
+        )
 }
 
 fn make_event(kind: &'static str, audience: Audience, payload: &impl Serialize) -> Arc<Event> {

@@ -52,6 +52,15 @@ struct Buffer {
 }
 
 impl Buffer {
+    /// An idle session keeps no queue memory: a burst may have grown the
+    /// queue to thousands of slots, which would otherwise stay allocated
+    /// for the life of the session.
+    fn release_if_empty(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+    }
+
     fn append(&mut self, event: Arc<Event>) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -114,6 +123,32 @@ impl Session {
                 return;
             }
             b.append(event);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Queues several dispatches in order: one lock and one wake-up for
+    /// the lot (the dispatcher's fan-out of a run of messages).
+    pub fn push_many(&self, events: &[Arc<Event>]) {
+        {
+            let mut b = self.lock();
+            for event in events {
+                if b.invalid {
+                    return;
+                }
+                if !b.ready {
+                    if b.pending.len() >= MAX_FRAMES {
+                        b.invalid = true;
+                    } else {
+                        b.pending.push(event.clone());
+                    }
+                    continue;
+                }
+                b.append(event.clone());
+            }
+            if !b.ready {
+                return;
+            }
         }
         self.notify.notify_one();
     }
@@ -198,9 +233,21 @@ impl Session {
         }
         let sent = b.sent;
         let start = b.frames.partition_point(|f| f.0 <= sent);
+        if start == b.frames.len() {
+            return Outbound::Frames(Vec::new());
+        }
         let batch: Vec<_> = b.frames.range(start..).cloned().collect();
         if let Some(last) = batch.last() {
             b.sent = last.0;
+        }
+        // READY is never replayed: a client that did not get it cannot know
+        // the session id to resume with. Dropping it as soon as it is handed
+        // out keeps the largest dispatch out of every idle session.
+        if b.frames.front().is_some_and(|f| f.1.kind == "READY" && f.0 <= b.sent)
+            && let Some((_, ready)) = b.frames.pop_front()
+        {
+            b.bytes -= ready.data.len();
+            b.release_if_empty();
         }
         Outbound::Frames(batch)
     }
@@ -214,6 +261,7 @@ impl Session {
                 b.bytes -= old.data.len();
             }
         }
+        b.release_if_empty();
     }
 
     /// Asks the current connection to close with `close`.
@@ -240,8 +288,12 @@ mod tests {
     use crate::bus::Audience;
 
     fn event(n: usize) -> Arc<Event> {
+        event_of("TEST", n)
+    }
+
+    fn event_of(kind: &'static str, n: usize) -> Arc<Event> {
         Arc::new(Event {
-            kind: "TEST",
+            kind,
             audience: Audience::User(Uuid::nil()),
             data: format!("{n}").into(),
             actor: None,
@@ -305,5 +357,37 @@ mod tests {
             s.push(event(n));
         }
         assert!(s.attach(Some(1)).is_none());
+    }
+
+    #[test]
+    fn ready_is_not_kept_once_sent_and_acked_queues_are_released() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        s.activate(event_of("READY", 4000));
+        let g = s.attach(None).unwrap_or_default();
+        assert_eq!(frames(s.take(g)), vec![1]);
+        assert_eq!(s.lock().frames.len(), 0, "READY is not kept for replay");
+        assert_eq!(s.lock().bytes, 0);
+        for n in 0..100 {
+            s.push(event(n));
+        }
+        s.detach(g);
+        // The client saw READY (1); resuming replays everything after it.
+        let g = s.attach(Some(1)).unwrap_or_default();
+        let sent = frames(s.take(g));
+        assert_eq!(sent.len(), 100);
+        assert_eq!(sent.first(), Some(&2));
+        s.ack(101);
+        assert_eq!(s.lock().frames.capacity(), 0, "an idle session holds no queue memory");
+    }
+
+    #[test]
+    fn push_many_queues_in_order_like_single_pushes() {
+        let s = Session::new(Uuid::nil(), Uuid::nil());
+        let run: Vec<_> = (0..5).map(event).collect();
+        s.push_many(&run[..2]);
+        s.activate(event(9));
+        let g = s.attach(None).unwrap_or_default();
+        s.push_many(&run[2..]);
+        assert_eq!(frames(s.take(g)), vec![1, 2, 3, 4, 5, 6]);
     }
 }

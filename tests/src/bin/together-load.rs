@@ -29,6 +29,7 @@ use together_protocol::permissions::Permissions;
 use tokio::net::TcpSocket;
 use tokio::sync::{Mutex, mpsc};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,24 @@ struct Args {
     /// Concurrent posters in the sustained measurement.
     #[arg(long, default_value_t = 8)]
     posters: usize,
+    /// How messages enter the node: `rest` (POST /api/channels/{id}/messages,
+    /// stored in PostgreSQL) or `bench` (the node's benchmark route, which
+    /// publishes unsaved messages straight to the event bus; started with
+    /// --gateway-bench). Applies to fanout and sustained.
+    #[arg(long, default_value = "rest")]
+    via: Via,
+    /// bench: messages published per request in the sustained measurement.
+    #[arg(long, default_value_t = 20)]
+    burst: u32,
+    /// bench: most messages not yet delivered to every session before the
+    /// sustained measurement waits (keeps sessions under the 1,024-dispatch
+    /// slow-client limit).
+    #[arg(long, default_value_t = 200)]
+    window: u64,
+    /// Seconds to wait before the second idle measurement, so every session
+    /// has sent a heartbeat that acknowledges what it received.
+    #[arg(long, default_value_t = 25)]
+    idle_settle_seconds: u64,
     /// Scenarios to run, comma-separated: idle, fanout, sustained, resume.
     #[arg(long, default_value = "idle,fanout,sustained,resume")]
     scenarios: String,
@@ -61,6 +80,12 @@ struct Args {
     /// Port for the node.
     #[arg(long, default_value_t = 18_900)]
     port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    Rest,
+    Bench,
 }
 
 /// Sessions a user may open per minute (IDENTIFY limit).
@@ -76,6 +101,8 @@ struct Shared {
     deliveries: AtomicU64,
     /// INVALID_SESSION answers (a RESUME that could not continue).
     invalid_sessions: AtomicU64,
+    /// Connections the node closed (or that failed) while in use.
+    closed: AtomicU64,
     start: Instant,
     latencies: Mutex<Vec<u64>>,
 }
@@ -130,6 +157,7 @@ async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> an
         .arg(db_url)
         .arg("--rate-limit-per-minute")
         .arg("0")
+        .args(if args.via == Via::Bench { &["--gateway-bench"][..] } else { &[][..] })
         .env("TOGETHER_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true);
@@ -227,7 +255,12 @@ async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>,
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/gateway"), stream).await?;
+    // A modest read buffer: tungstenite's default (128 KiB, zero-filled on
+    // first read) would cost the client gigabytes at 19,000 connections.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://127.0.0.1:{port}/gateway"), stream, Some(config))
+            .await?;
     let hello = ws.next().await.context("no HELLO")??;
     let interval = serde_json::from_str::<serde_json::Value>(hello.to_text()?)?["d"]["heartbeat_interval"]
         .as_u64()
@@ -266,11 +299,15 @@ async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>,
                 _ = &mut stop_rx => return,
                 _ = beat.tick() => {
                     let hb = format!("{{\"op\":1,\"d\":{}}}", task_seq.load(Ordering::Relaxed));
-                    if ws.send(Message::Text(hb.into())).await.is_err() { return; }
+                    if ws.send(Message::Text(hb.into())).await.is_err() {
+                        shared.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
                 }
                 msg = ws.next() => {
                     let Some(Ok(Message::Text(text))) = msg else {
                         if matches!(msg, Some(Ok(_))) { continue; }
+                        shared.closed.fetch_add(1, Ordering::Relaxed);
                         return;
                     };
                     let now = shared.start.elapsed().as_nanos() as u64;
@@ -310,10 +347,16 @@ const SUSTAINED_BASE: usize = 100_000;
 const RESUME_BASE: usize = 1_900_000;
 const MAX_MESSAGES: usize = 2_000_000;
 
+/// The number after `key` (no allocation: this runs for every frame).
 fn field_u64(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
-    let digits: String = text[start..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    let mut value: u64 = 0;
+    let mut any = false;
+    for b in text.as_bytes()[start..].iter().take_while(|b| b.is_ascii_digit()) {
+        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -325,6 +368,43 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces).
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds used by the node and by this tool since `from`.
+struct CpuMeter {
+    node: String,
+    from: (f64, f64),
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> CpuMeter {
+        let node = pid.to_string();
+        let from = (cpu_seconds(&node), cpu_seconds("self"));
+        CpuMeter { node, from }
+    }
+
+    fn report(&self, deliveries: u64) -> String {
+        let node = cpu_seconds(&self.node) - self.from.0;
+        let client = cpu_seconds("self") - self.from.1;
+        format!(
+            "node CPU {node:.2} s ({:.2} µs per delivery), load tool CPU {client:.2} s",
+            node * 1e6 / deliveries.max(1) as f64
+        )
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -348,6 +428,21 @@ async fn post(client: &reqwest::Client, port: u16, channel: Uuid, token: &str, n
     Ok(())
 }
 
+/// Publishes messages `first..first+count` through the node's benchmark
+/// route (no storage; the real bus, dispatcher and sessions).
+async fn bench_publish(client: &reqwest::Client, port: u16, channel: Uuid, token: &str, first: usize, count: u32) -> anyhow::Result<()> {
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/bench/gateway/messages"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"channel_id": channel, "first": first, "count": count}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("bench publish failed: {} {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
 async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path::Path, pid: u32) -> anyhow::Result<()> {
     let db = PgPool::connect(db_url).await?;
     let users = args.sessions.div_ceil(SESSIONS_PER_USER);
@@ -357,6 +452,7 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         posted: (0..MAX_MESSAGES).map(|_| AtomicU64::new(0)).collect(),
         deliveries: AtomicU64::new(0),
         invalid_sessions: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
         start: Instant::now(),
         latencies: Mutex::new(Vec::new()),
     });
@@ -387,18 +483,31 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         let rss_after = rss_kib(pid);
         let per = (rss_after.saturating_sub(rss_before)) as f64 / args.sessions as f64;
         println!(
-            "idle: node RSS {rss_before} KiB before, {rss_after} KiB with {} sessions: {per:.2} KiB per idle session",
+            "idle: node RSS {rss_before} KiB before, {rss_after} KiB with {} sessions 5 s after the last READY: {per:.2} KiB per session",
             args.sessions
+        );
+        // Every session heartbeats every 2/3 interval with the last `s` it
+        // received, which lets the node drop what it kept for a resume.
+        tokio::time::sleep(Duration::from_secs(args.idle_settle_seconds)).await;
+        let rss_settled = rss_kib(pid);
+        let per = (rss_settled.saturating_sub(rss_before)) as f64 / args.sessions as f64;
+        println!(
+            "idle: node RSS {rss_settled} KiB after {} s more (heartbeats acknowledged): {per:.2} KiB per idle session",
+            args.idle_settle_seconds
         );
     }
 
     if scenarios.contains(&"fanout") {
+        let cpu = CpuMeter::start(pid);
         let mut lasts = Vec::new();
         for k in 0..args.fanout_messages {
             let n = FANOUT_BASE + k;
             let t0 = shared.start.elapsed().as_nanos() as u64;
             shared.posted[n].store(t0.max(1), Ordering::Relaxed);
-            post(&http, args.port, fixture.channel, &fixture.poster, n).await?;
+            match args.via {
+                Via::Rest => post(&http, args.port, fixture.channel, &fixture.poster, n).await?,
+                Via::Bench => bench_publish(&http, args.port, fixture.channel, &fixture.poster, n, 1).await?,
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while shared.arrivals[n].0.load(Ordering::Relaxed) < args.sessions && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -414,7 +523,8 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         let mut all = std::mem::take(&mut *shared.latencies.lock().await);
         all.sort_unstable();
         println!(
-            "fanout: {} messages to {} sessions; until the last session: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; per delivery: p50 {:.1} ms, p99 {:.1} ms",
+            "fanout ({:?}): {} messages to {} sessions; until the last session: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; per delivery: p50 {:.1} ms, p99 {:.1} ms",
+            args.via,
             args.fanout_messages,
             args.sessions,
             percentile(&lasts, 0.5),
@@ -423,15 +533,39 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
             percentile(&all, 0.5),
             percentile(&all, 0.99),
         );
+        println!("fanout: {}", cpu.report((args.fanout_messages * args.sessions) as u64));
     }
 
     if scenarios.contains(&"sustained") {
         let before = shared.deliveries.load(Ordering::Relaxed);
+        let cpu = CpuMeter::start(pid);
         let t0 = Instant::now();
         let next = Arc::new(AtomicUsize::new(SUSTAINED_BASE));
         let stop_at = t0 + Duration::from_secs(args.sustained_seconds);
         let mut posters = Vec::new();
-        for _ in 0..args.posters {
+        if args.via == Via::Bench {
+            // One closed-loop publisher: bursts while fewer than `window`
+            // messages are still on their way to some session.
+            let (http, next, token, channel, port) = (http.clone(), next.clone(), fixture.poster.clone(), fixture.channel, args.port);
+            let (shared, sessions, burst, window) = (shared.clone(), args.sessions as u64, args.burst, args.window);
+            posters.push(tokio::spawn(async move {
+                let mut sent = 0usize;
+                while Instant::now() < stop_at {
+                    let delivered = (shared.deliveries.load(Ordering::Relaxed) - before) / sessions;
+                    if sent as u64 >= delivered + window {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                        continue;
+                    }
+                    let n = next.fetch_add(burst as usize, Ordering::Relaxed);
+                    if n + burst as usize >= RESUME_BASE || bench_publish(&http, port, channel, &token, n, burst).await.is_err() {
+                        break;
+                    }
+                    sent += burst as usize;
+                }
+                sent
+            }));
+        }
+        for _ in 0..if args.via == Via::Rest { args.posters } else { 0 } {
             let (http, next, token, channel, port) = (http.clone(), next.clone(), fixture.poster.clone(), fixture.channel, args.port);
             posters.push(tokio::spawn(async move {
                 let mut sent = 0usize;
@@ -463,12 +597,15 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         let secs = t0.elapsed().as_secs_f64() - 0.5;
         let expected = posted as u64 * args.sessions as u64;
         println!(
-            "sustained: {posted} messages posted in {}s ({:.0}/s) by {} posters; {delivered} of {expected} deliveries in {secs:.1} s: {:.0} deliveries/s",
+            "sustained ({:?}): {posted} messages posted in {}s ({:.0}/s) by {} posters; {delivered} of {expected} deliveries in {secs:.1} s: {:.0} deliveries/s; {} connections closed",
+            args.via,
             args.sustained_seconds,
             posted as f64 / args.sustained_seconds as f64,
-            args.posters,
-            delivered as f64 / secs
+            if args.via == Via::Rest { args.posters } else { 1 },
+            delivered as f64 / secs,
+            shared.closed.load(Ordering::Relaxed),
         );
+        println!("sustained: {}", cpu.report(delivered));
     }
 
     if scenarios.contains(&"resume") {
