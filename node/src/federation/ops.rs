@@ -119,6 +119,11 @@ impl Book {
         Ok(loaded)
     }
 
+    /// A community's resolver, rebuilt from the op log if needed.
+    pub async fn resolver(&mut self, state: &AppState, server_id: Uuid) -> Result<&mut Resolver, sqlx::Error> {
+        Ok(&mut self.get(state, server_id).await?.resolver)
+    }
+
     /// The canonical projection JSON of a community, from its resolver.
     pub async fn projection_json(&mut self, state: &AppState, server_id: Uuid) -> Result<Vec<u8>, sqlx::Error> {
         Ok(self.get(state, server_id).await?.resolver.projection().to_json())
@@ -666,7 +671,11 @@ pub async fn answer_push(
     }
     save_profiles(state, users).await?;
     let ops = decode_ops(ops, state.federation.counters());
-    let received = receive(state, server_id, ops).await?;
+    let received = receive(state, server_id, ops.clone()).await?;
+    if received.stored > 0 {
+        // Pass them on: the pusher may not be in the topic's mesh yet.
+        publish(state, &ops).await;
+    }
     Ok(SyncResponse::Pushed {
         stored: received.stored as u64,
     })
@@ -685,14 +694,15 @@ pub enum SyncError {
 }
 
 /// Pulls a community's ops from `peer` (by invite code when this node has
-/// none yet), then pushes what the peer lacks. Returns the community id.
+/// none yet), then pushes what the peer lacks. Returns the community id
+/// and the peer's heads.
 pub async fn pull(
     state: &AppState,
     client: &NetClient,
     peer: PeerId,
     server_id: Option<Uuid>,
     invite: Option<String>,
-) -> Result<Uuid, SyncError> {
+) -> Result<(Uuid, Vec<OpId>), SyncError> {
     let mut server = server_id;
     let mut peer_heads: Vec<OpId> = Vec::new();
     for _ in 0..MAX_SYNC_ROUNDS {
@@ -736,7 +746,7 @@ pub async fn pull(
         return Err(SyncError::Unexpected);
     };
     push(state, client, peer, server_id, &peer_heads).await?;
-    Ok(server_id)
+    Ok((server_id, peer_heads))
 }
 
 /// Sends `peer` the ops of a community it lacks, given its heads.
@@ -822,8 +832,3 @@ pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
 
 /// How often [`spawn_anti_entropy`] runs.
 pub const ANTI_ENTROPY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A rejection as the API shows it, for ops refused locally.
-pub fn rejection_error(r: &Rejection) -> ApiError {
-    build_error(BuildError::Rejected(r.clone()))
-}

@@ -120,8 +120,8 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         .dial(peer_addr)
         .await
         .map_err(|err| JoinError::Unreachable(err.to_string()))?;
-    let server_id = match ops::pull(state, &client, peer, None, Some(code.to_string())).await {
-        Ok(id) => id,
+    let (server_id, peer_heads) = match ops::pull(state, &client, peer, None, Some(code.to_string())).await {
+        Ok(found) => found,
         Err(ops::SyncError::Refused { code, message }) => return Err(JoinError::Refused { code, message }),
         Err(ops::SyncError::Net(err)) => return Err(JoinError::Unreachable(err)),
         Err(ops::SyncError::Db(err)) => return Err(JoinError::Db(err)),
@@ -155,7 +155,7 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         joined.server
     };
     // The join op reaches the peer directly (gossip may not have a mesh yet).
-    if let Err(err) = ops::pull(state, &client, peer, Some(server_id), None).await {
+    if let Err(err) = ops::push(state, &client, peer, server_id, &peer_heads).await {
         tracing::warn!(%server_id, %peer, error = %err, "cannot send the join to the peer");
     }
     let (state, client) = (state.clone(), client.clone());
