@@ -29,7 +29,7 @@ use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
 use together_crdt::{
     Actor, Added, BuildError, Command as StateCommand, DEFAULT_MAX_PENDING, MAX_OP_BYTES, OP_KIND, Op, OpId,
-    OpStatus, Rejection, Resolver, genesis_op,
+    OpStatus, Resolver, genesis_op,
 };
 use together_protocol::federation::state_topic;
 use together_protocol::identity::{SignedDelegation, UserPublicKey};
