@@ -711,6 +711,20 @@ async fn structure_changes_on_any_node_are_enforced_on_every_node() {
     // Carol joins through bob's node, a replica.
     let carol = register(http, &net[2].url, "carol").await.unwrap();
     let invite = ok(s.alice.post(http, &format!("/api/servers/{sid}/invites"), json!({})).await.unwrap());
+    // The invite is part of the community's state: node 1 gets it too.
+    let (db1, code) = (net[1].db().clone(), invite["code"].as_str().unwrap().to_string());
+    wait_until(WAIT, || {
+        let (db1, code) = (db1.clone(), code.clone());
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM invites WHERE code = $1)")
+                .bind(code)
+                .fetch_one(&db1)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("the invite reached node 1");
     join_through(http, &carol, &invite["code"], &net[1]).await;
     let (alice_id, bob_id, carol_id) = (
         uuid(&json!(s.alice.user_id)),
