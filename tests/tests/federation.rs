@@ -935,6 +935,13 @@ async fn the_home_node_returns_and_catches_up() {
     net.restart_node(0).await.unwrap();
     wait_exists(net[0].db(), HAS_CHANNEL, sid, made, true, "the home node caught up with the channel").await;
     wait_exists(net[0].db(), IS_MEMBER, sid, carol_id, false, "the home node caught up with the leave").await;
+    // And it makes changes again, on top of what it learned.
+    let alice = Session {
+        base: net[0].url.clone(),
+        ..s.alice.clone()
+    };
+    let after = channel_named(&net, 0, &s, &alice, "home-is-back").await;
+    wait_exists(net[1].db(), HAS_CHANNEL, sid, after, true, "the home node's new channel reached node 1").await;
     wait_converged(&net, sid).await;
     net.stop().await;
 }
@@ -1110,5 +1117,54 @@ async fn forged_ops_are_rejected_and_counted() {
             .await
             .unwrap();
     assert_eq!(statuses, vec!["missing_permission".to_string()]);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn communities_from_before_community_ops_still_work_locally() {
+    let net = TestNet::start(1).await.unwrap();
+    let http = reqwest::Client::new();
+    let alice = register(&http, &net[0].url, "alice").await.unwrap();
+    let alice_id = uuid(&json!(alice.user_id));
+    // A community as older versions made it: rows only, no ops.
+    let sid = Uuid::now_v7();
+    let db = net[0].db();
+    sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'old', $2)")
+        .bind(sid)
+        .bind(alice_id)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)")
+        .bind(sid)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+        .bind(sid)
+        .bind(alice_id)
+        .execute(db)
+        .await
+        .unwrap();
+    let channel = ok(alice
+        .post(&http, &format!("/api/servers/{sid}/channels"), json!({"name": "still works", "kind": "text"}))
+        .await
+        .unwrap());
+    assert_eq!(channel["name"], "still-works");
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1")
+        .bind(sid)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(ops, 0);
+    // New communities are made of ops from the start.
+    let fresh = ok(alice.post(&http, "/api/servers", json!({"name": "new"})).await.unwrap());
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1 AND status = 'valid'")
+        .bind(uuid(&fresh["id"]))
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(ops, 5, "genesis and the four default channels");
     net.stop().await;
 }

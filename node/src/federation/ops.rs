@@ -247,6 +247,12 @@ async fn commit_inner(
     let now = Utc::now().timestamp();
     let mut made = Vec::new();
     for (server_id, command) in commands {
+        if !matches!(command, StateCommand::Genesis(_)) && book.get(state, server_id).await?.resolver.is_empty() {
+            // A community made before community ops existed (its id does
+            // not derive from a genesis op): it stays local to this node,
+            // its tables written by the command alone.
+            continue;
+        }
         if !touched.contains(&server_id) {
             touched.push(server_id);
         }
@@ -338,6 +344,9 @@ pub struct Received {
 pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<Received, sqlx::Error> {
     let counters = state.federation.counters();
     let mut received = Received::default();
+    if ops.is_empty() {
+        return Ok(received);
+    }
     let mut book = state.federation.ops().lock().await;
     let changes = {
         let loaded = book.get(state, server_id).await?;
