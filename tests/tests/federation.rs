@@ -1168,3 +1168,59 @@ async fn communities_from_before_community_ops_still_work_locally() {
     assert_eq!(ops, 5, "genesis and the four default channels");
     net.stop().await;
 }
+
+/// Not a check: numbers for docs/benchmarks.md ("Community ops"). Run with
+/// `cargo nextest run -p together-tests -E 'test(structure_op_timings)' --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn structure_op_timings() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let sid = s.server;
+    const N: usize = 100;
+    let started = std::time::Instant::now();
+    let mut latencies = Vec::with_capacity(N);
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        channel_named(&net, 0, &s, &s.alice, &format!("bench-{i}")).await;
+        latencies.push(t.elapsed());
+    }
+    let made = started.elapsed();
+    let db1 = net[1].db().clone();
+    wait_until(Duration::from_secs(60), || {
+        let db1 = db1.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM channels WHERE server_id = $1 AND name LIKE 'bench-%'")
+                .bind(sid)
+                .fetch_one(&db1)
+                .await
+                .is_ok_and(|n| n == N as i64)
+        }
+    })
+    .await
+    .unwrap();
+    let replicated = started.elapsed();
+    latencies.sort();
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1")
+        .bind(sid)
+        .fetch_one(net[0].db())
+        .await
+        .unwrap();
+    // A fresh node rebuilds the resolver from the log.
+    let t = std::time::Instant::now();
+    let mut book = net[1].state.federation.ops().lock().await;
+    book.forget(sid);
+    book.projection_json(&net[1].state, sid).await.unwrap();
+    let reload = t.elapsed();
+    drop(book);
+    println!(
+        "{N} channel creates: {:?} total, p50 {:?}, p95 {:?}, max {:?}; all on node 1 after {:?}; {ops} ops in the log; resolver rebuilt from the log in {:?}",
+        made,
+        latencies[N / 2],
+        latencies[N * 95 / 100],
+        latencies[N - 1],
+        replicated,
+        reload
+    );
+    net.stop().await;
+}
