@@ -11,8 +11,16 @@
 //! 4. publishes the events the command recorded to the bus.
 //!
 //! REST handlers build commands and call [`execute`]; they never write
-//! these tables themselves. That keeps one place where a change is judged,
-//! so federation can later turn the same commands into signed ops.
+//! these tables themselves. That keeps one place where a change is judged.
+//!
+//! Each command also records the community state commands
+//! ([`together_crdt::Command`]) it stands for ([`Effects::op`]). Before
+//! the commit, [`execute`] turns them into signed ops, adds them to the
+//! community's resolver and rewrites the community's tables from the
+//! resolver's projection, in the same transaction
+//! ([`crate::federation::ops::commit_local`]); after it, the ops are
+//! gossiped to the community's other nodes. So the tables always equal the
+//! projection of the valid ops, whichever node a change was made on.
 //!
 //! Locking: a command takes `FOR NO KEY UPDATE` on its server's row before
 //! it reads anything it checks, so changes to one server apply one at a
@@ -73,6 +81,8 @@ pub trait Command: Send {
 #[derive(Debug, Default)]
 pub struct Effects {
     events: Vec<(&'static str, Audience, serde_json::Value)>,
+    ops: Vec<(Uuid, together_crdt::Command)>,
+    forget: Vec<Uuid>,
 }
 
 impl Effects {
@@ -83,17 +93,45 @@ impl Effects {
             Err(err) => tracing::error!(kind, error = %err, "event payload failed to serialize"),
         }
     }
+
+    /// Records the state command this change makes to community
+    /// `server_id`; it becomes a signed op in the same transaction.
+    pub fn op(&mut self, server_id: Uuid, command: together_crdt::Command) {
+        self.ops.push((server_id, command));
+    }
+
+    /// Drops a deleted community's resolver once the transaction commits.
+    pub fn forget(&mut self, server_id: Uuid) {
+        self.forget.push(server_id);
+    }
 }
 
 /// Runs `command` for `actor`: one transaction, then the events.
+///
+/// Structural changes of the node (these and ops from peers) run one at a
+/// time under the op book's lock, taken before any database lock.
 pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> ApiResult<C::Output> {
+    let mut book = state.federation.ops().lock().await;
     let mut tx = state.db.begin().await?;
     let mut effects = Effects::default();
     let output = command.apply(&mut tx, actor, &mut effects).await?;
-    tx.commit().await?;
+    let touched: Vec<Uuid> = effects.ops.iter().map(|(id, _)| *id).collect();
+    let ops =
+        crate::federation::ops::commit_local(state, &mut book, &mut tx, actor, std::mem::take(&mut effects.ops)).await?;
+    if let Err(err) = tx.commit().await {
+        for id in touched {
+            book.forget(id);
+        }
+        return Err(err.into());
+    }
+    for id in &effects.forget {
+        book.forget(*id);
+    }
+    drop(book);
     for (kind, audience, payload) in effects.events {
         state.bus.publish(kind, audience, &payload);
     }
+    crate::federation::ops::publish(state, &ops).await;
     Ok(output)
 }
 

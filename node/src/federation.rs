@@ -10,13 +10,16 @@
 //! - [`outbox`]: committed local changes → signed events → gossip.
 //! - [`inbox`]: validating and applying signed message events from peers,
 //!   the same way for gossip and backfill.
-//! - [`structure`]: the seam where community structure is synchronised
-//!   (interim: snapshots from the community's home node; signed CRDT ops
-//!   from `together-crdt` plug in here).
+//! - [`ops`]: signed community ops (`together-crdt`): the op log, one
+//!   resolver per community, local commands to ops, ops from peers,
+//!   heads/ops sync.
+//! - [`structure`]: a community's projection written into the tables, and
+//!   the gateway events for changes from peers.
 //! - [`sync`]: answering peers' requests, cross-node joins, and backfill.
 
 pub mod delegations;
 pub mod inbox;
+pub mod ops;
 pub mod outbox;
 pub mod store;
 pub mod structure;
@@ -49,6 +52,7 @@ pub struct Federation {
 struct Inner {
     net: OnceLock<NetClient>,
     counters: Counters,
+    ops: ops::OpBook,
 }
 
 /// What the federation layer has done, for `GET /api/node`.
@@ -86,6 +90,11 @@ impl Federation {
 
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// The communities' resolvers and the structural-write lock.
+    pub fn ops(&self) -> &ops::OpBook {
+        &self.inner.ops
     }
 }
 
@@ -146,6 +155,7 @@ pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient
     }
     tokio::spawn(handle_events(state.clone(), client.clone(), events));
     outbox::spawn(state.clone(), client.clone());
+    ops::spawn_anti_entropy(state.clone(), client.clone());
     match store::federated_servers(&state.db).await {
         Ok(servers) => {
             for server_id in servers {
@@ -234,8 +244,16 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     }
                 }
                 NetEvent::Subscribed { peer, topic } => {
-                    // Events published before the peer joined the topic reach
-                    // it now, by backfill.
+                    // Ops and events published before the peer joined the
+                    // topic reach it now, by sync and backfill.
+                    if let Some(server_id) = topic
+                        .strip_prefix("together/v1/community/")
+                        .and_then(|rest| rest.strip_suffix("/state"))
+                        .and_then(|id| id.parse::<Uuid>().ok())
+                        && matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_)))
+                    {
+                        ops::sync_with(&state, &client, peer, server_id).await;
+                    }
                     if let Some(server_id) = topic
                         .strip_prefix("together/v1/community/")
                         .and_then(|rest| rest.strip_suffix("/messages"))

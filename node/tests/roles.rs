@@ -366,6 +366,12 @@ async fn administrator_does_everything_but_owner_only_things(pool: PgPool) {
     app.post(&format!("/api/servers/{sid}/channels"), &admin.token, json!({"name": "ops", "kind": "text"}))
         .await
         .expect(StatusCode::CREATED);
+    // A role below the admin's own: the owner's new role moves the admin's
+    // role up, so there is room under it (a role is only ever made below
+    // its maker's highest role).
+    app.post(&format!("/api/servers/{sid}/roles"), &alice.token, json!({"name": "filler"}))
+        .await
+        .expect(StatusCode::CREATED);
     let role = app
         .post(
             &format!("/api/servers/{sid}/roles"),

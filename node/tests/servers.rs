@@ -28,7 +28,8 @@ async fn creating_a_server_sets_up_roles_channels_and_membership(pool: PgPool) {
         .await
         .expect(StatusCode::CREATED);
     let id = server["id"].as_str().unwrap();
-    assert_eq!(Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    // Derived from the owner's key and a nonce (the genesis op's community id).
+    assert_eq!(Uuid::parse_str(id).unwrap().get_version_num(), 8);
     assert_eq!(server["name"], "Rustaceans");
     assert_eq!(server["owner_id"], alice.id.as_str());
     assert_eq!(server["description"], "crabs");

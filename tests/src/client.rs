@@ -74,6 +74,10 @@ impl Session {
         request(http, reqwest::Method::PATCH, &self.base, path, Some(&self.token), Some(body)).await
     }
 
+    pub async fn put(&self, http: &reqwest::Client, path: &str, body: Value) -> anyhow::Result<Reply> {
+        request(http, reqwest::Method::PUT, &self.base, path, Some(&self.token), Some(body)).await
+    }
+
     pub async fn delete(&self, http: &reqwest::Client, path: &str) -> anyhow::Result<Reply> {
         request(http, reqwest::Method::DELETE, &self.base, path, Some(&self.token), None).await
     }

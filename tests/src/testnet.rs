@@ -6,7 +6,9 @@
 //! Nodes do not find each other: [`TestNet::start`] dials every pair
 //! explicitly. [`TestNet::partition`] cuts two nodes apart (each blocks the
 //! other, which also closes their connections), [`TestNet::heal`] undoes
-//! every partition and redials, and [`wait_until`] polls a condition.
+//! every partition and redials, [`TestNet::stop_node`] and
+//! [`TestNet::restart_node`] take one node down and bring it back on the
+//! same database and keys, and [`wait_until`] polls a condition.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -176,6 +178,27 @@ impl TestNet {
         Ok(())
     }
 
+    /// Stops one node (its database and keys stay for a restart).
+    pub async fn stop_node(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.shutdown.cancel();
+        if let Some(serving) = node.serving.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+        }
+        if let Some(db) = node.database.take() {
+            db.close().await;
+        }
+    }
+
+    /// Starts a stopped node again on its database and keys (new ports);
+    /// it redials the peers it remembers.
+    pub async fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let (db_name, data_dir) = (self.nodes[index].db_name.clone(), self.nodes[index].data_dir.clone());
+        let node = boot(&self.admin_url, index, db_name, data_dir).await?;
+        self.nodes[index] = node;
+        Ok(())
+    }
+
     /// Stops every node and drops their databases.
     pub async fn stop(mut self) {
         for node in &mut self.nodes {
@@ -207,6 +230,10 @@ async fn start_node(admin_url: &str, index: usize) -> anyhow::Result<TestNode> {
     admin.close().await.ok();
     let data_dir = std::env::temp_dir().join(format!("together-net-{db_name}"));
     std::fs::create_dir_all(&data_dir)?;
+    boot(admin_url, index, db_name, data_dir).await
+}
+
+async fn boot(admin_url: &str, index: usize, db_name: String, data_dir: PathBuf) -> anyhow::Result<TestNode> {
     let mut config = Config::for_tests(&data_dir);
     config.database_url = Some(with_database(admin_url, &db_name)?);
     config.p2p_listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];

@@ -614,3 +614,613 @@ async fn the_cli_makes_a_key_and_signs_in_with_it() {
     std::fs::remove_dir_all(&dir).ok();
     net.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Community structure as signed ops.
+// ---------------------------------------------------------------------------
+
+use together_crdt::{Actor, Command as StateCommand, Op};
+use together_node::federation::structure;
+use together_protocol::federation::state_topic;
+use together_protocol::permissions::Permissions;
+use together_tests::testnet::TestNode;
+
+fn bits(p: Permissions) -> String {
+    p.bits().to_string()
+}
+
+fn ok(reply: together_tests::client::Reply) -> Value {
+    assert!(reply.status < 300, "unexpected status {}: {}", reply.status, reply.body);
+    reply.body
+}
+
+/// The community's projection on a node: canonical JSON from its
+/// resolver, and the same form read back from its tables.
+async fn projections(node: &TestNode, server: Uuid) -> (String, String) {
+    let from_ops = node
+        .state
+        .federation
+        .ops()
+        .lock()
+        .await
+        .projection_json(&node.state, server)
+        .await
+        .unwrap();
+    let mut conn = node.db().acquire().await.unwrap();
+    let from_tables = structure::read_projection(&mut conn, server).await.unwrap().to_json();
+    (String::from_utf8(from_ops).unwrap(), String::from_utf8(from_tables).unwrap())
+}
+
+/// Waits until every node's tables and resolver hold the same projection.
+async fn wait_converged(net: &TestNet, server: Uuid) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = Vec::new();
+        for node in &net.nodes {
+            all.push(projections(node, server).await);
+        }
+        let first = all[0].0.clone();
+        if all.iter().all(|(ops, tables)| *ops == first && *tables == first) {
+            return first;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("projections never converged: {all:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid) -> bool {
+    sqlx::query_scalar::<_, bool>(sql)
+        .bind(a)
+        .bind(b)
+        .fetch_one(db)
+        .await
+        .unwrap_or(false)
+}
+
+async fn wait_exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid, want: bool, what: &str) {
+    let db = db.clone();
+    wait_until(WAIT, || {
+        let db = db.clone();
+        async move { exists(&db, sql, a, b).await == want }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+const HAS_CHANNEL: &str = "SELECT EXISTS (SELECT 1 FROM channels WHERE server_id = $1 AND id = $2)";
+const IS_MEMBER: &str = "SELECT EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)";
+const IS_BANNED: &str = "SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2)";
+const HOLDS_ROLE: &str = "SELECT EXISTS (SELECT 1 FROM member_roles WHERE user_id = $1 AND role_id = $2)";
+
+/// Joins `who` (of node `via`'s network) through node `peer`.
+async fn join_through(http: &reqwest::Client, who: &Session, code: &Value, peer: &TestNode) {
+    who.post(http, "/api/federation/join", json!({"code": code, "peer": peer.addr()}))
+        .await
+        .unwrap()
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structure_changes_on_any_node_are_enforced_on_every_node() {
+    let net = TestNet::start(3).await.unwrap();
+    let s = shared_community(&net).await;
+    let http = &s.http;
+    let sid = s.server;
+    // Carol joins through bob's node, a replica.
+    let carol = register(http, &net[2].url, "carol").await.unwrap();
+    let invite = ok(s.alice.post(http, &format!("/api/servers/{sid}/invites"), json!({})).await.unwrap());
+    // The invite is part of the community's state: node 1 gets it too.
+    let (db1, code) = (net[1].db().clone(), invite["code"].as_str().unwrap().to_string());
+    wait_until(WAIT, || {
+        let (db1, code) = (db1.clone(), code.clone());
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM invites WHERE code = $1)")
+                .bind(code)
+                .fetch_one(&db1)
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("the invite reached node 1");
+    join_through(http, &carol, &invite["code"], &net[1]).await;
+    let (alice_id, bob_id, carol_id) = (
+        uuid(&json!(s.alice.user_id)),
+        uuid(&json!(s.bob.user_id)),
+        uuid(&json!(carol.user_id)),
+    );
+    wait_exists(net[0].db(), IS_MEMBER, sid, carol_id, true, "carol's join reached the home node").await;
+
+    // On the home node: only members with the "voice" role may talk; bob
+    // moderates (and ranks above "voice").
+    ok(s.alice
+        .patch(http, &format!("/api/roles/{sid}"), json!({"permissions": bits(Permissions::DEFAULT_EVERYONE - Permissions::SEND_MESSAGES)}))
+        .await
+        .unwrap());
+    let mod_perms = Permissions::MANAGE_ROLES
+        | Permissions::MANAGE_CHANNELS
+        | Permissions::BAN_MEMBERS
+        | Permissions::SEND_MESSAGES;
+    let moderator = ok(s.alice
+        .post(http, &format!("/api/servers/{sid}/roles"), json!({"name": "mod", "permissions": bits(mod_perms)}))
+        .await
+        .unwrap());
+    let voice = ok(s.alice
+        .post(http, &format!("/api/servers/{sid}/roles"), json!({"name": "voice", "permissions": bits(Permissions::SEND_MESSAGES)}))
+        .await
+        .unwrap());
+    let (mod_id, voice_id) = (uuid(&moderator["id"]), uuid(&voice["id"]));
+    ok(s.alice
+        .put(http, &format!("/api/servers/{sid}/members/{bob_id}/roles/{mod_id}"), json!({}))
+        .await
+        .unwrap());
+    ok(s.alice
+        .put(http, &format!("/api/servers/{sid}/members/{carol_id}/roles/{voice_id}"), json!({}))
+        .await
+        .unwrap());
+    wait_exists(net[1].db(), HOLDS_ROLE, bob_id, mod_id, true, "bob's role reached node 1").await;
+    wait_exists(net[2].db(), HOLDS_ROLE, carol_id, voice_id, true, "carol's role reached node 2").await;
+    let said = post(http, &carol, s.channel, "carol may talk").await;
+    wait_content(net[0].db(), said, Some(("carol may talk", false))).await;
+
+    // A moderator on a replica makes a channel: the home node and the
+    // third node get it, and alice's gateway on the home node is told.
+    let mut alice_gw = Gateway::connect(&s.alice).await.unwrap();
+    let channel = ok(s.bob
+        .post(http, &format!("/api/servers/{sid}/channels"), json!({"name": "from-replica", "kind": "text"}))
+        .await
+        .unwrap());
+    let new_channel = uuid(&channel["id"]);
+    alice_gw
+        .wait_for("CHANNEL_CREATE", WAIT, |d| d["id"] == json!(new_channel))
+        .await
+        .unwrap();
+    wait_exists(net[2].db(), HAS_CHANNEL, sid, new_channel, true, "the channel reached node 2").await;
+
+    // A role change on node 1 is enforced on nodes 0 and 2.
+    ok(s.bob
+        .delete(http, &format!("/api/servers/{sid}/members/{carol_id}/roles/{voice_id}"))
+        .await
+        .unwrap());
+    wait_exists(net[2].db(), HOLDS_ROLE, carol_id, voice_id, false, "the role removal reached node 2").await;
+    wait_exists(net[0].db(), HOLDS_ROLE, carol_id, voice_id, false, "the role removal reached node 0").await;
+    let refused = carol
+        .post(http, &format!("/api/channels/{}/messages", s.channel), json!({"content": "still here?"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // Carol's node signs one anyway: the other nodes refuse it.
+    let sneaky = MessageEvent::Create {
+        scope: Scope {
+            server: sid,
+            channel: s.channel,
+            message: Uuid::now_v7(),
+            at: chrono::Utc::now().timestamp_millis(),
+        },
+        reply_to: None,
+        content: "signed without the right".into(),
+    };
+    let delegation = delegations::for_user(&net[2].state, carol_id).await.unwrap();
+    let signed = SignedEvent::sign(
+        EventKind::new(sneaky.kind()).unwrap(),
+        &net[2].state.keys.node_key,
+        &delegation,
+        sneaky.encode(),
+    )
+    .unwrap();
+    let envelope = Envelope {
+        event: signed,
+        delegation: Some(delegation),
+    };
+    net[2].net().publish(&messages_topic(sid), envelope.to_bytes()).await.unwrap();
+    let (http0, url0) = (http.clone(), net[0].url.clone());
+    wait_until(WAIT, || {
+        let (http0, url0) = (http0.clone(), url0.clone());
+        async move { node_counters(&http0, &url0).await["rejected"]["not_permitted"].as_u64().unwrap_or(0) >= 1 }
+    })
+    .await
+    .expect("node 0 refused carol's message");
+    assert_eq!(message_content(net[0].db(), sneaky.scope().message).await, None);
+
+    // A ban made on node 1 holds everywhere; carol's own node tells her.
+    let mut carol_gw = Gateway::connect(&carol).await.unwrap();
+    ok(s.bob
+        .put(http, &format!("/api/servers/{sid}/bans/{carol_id}"), json!({"reason": "spam"}))
+        .await
+        .unwrap());
+    carol_gw
+        .wait_for("SERVER_DELETE", WAIT, |d| d["id"] == json!(sid))
+        .await
+        .unwrap();
+    for node in &net.nodes {
+        wait_exists(node.db(), IS_BANNED, sid, carol_id, true, "the ban reached every node").await;
+        wait_exists(node.db(), IS_MEMBER, sid, carol_id, false, "carol is out everywhere").await;
+    }
+    let gone = carol.get(http, &format!("/api/servers/{sid}/channels")).await.unwrap();
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert!(exists(net[2].db(), IS_MEMBER, sid, alice_id).await);
+
+    let projection = wait_converged(&net, sid).await;
+    assert!(projection.contains("from-replica"));
+    net.stop().await;
+}
+
+/// Makes bob a moderator (channels, roles) from the home node and waits
+/// until node 1 knows.
+async fn make_bob_moderator(net: &TestNet, s: &Shared) -> Uuid {
+    let sid = s.server;
+    let perms = Permissions::MANAGE_CHANNELS | Permissions::MANAGE_ROLES | Permissions::SEND_MESSAGES;
+    let role = ok(s.alice
+        .post(&s.http, &format!("/api/servers/{sid}/roles"), json!({"name": "mod", "permissions": bits(perms)}))
+        .await
+        .unwrap());
+    let role_id = uuid(&role["id"]);
+    let bob_id = uuid(&json!(s.bob.user_id));
+    ok(s.alice
+        .put(&s.http, &format!("/api/servers/{sid}/members/{bob_id}/roles/{role_id}"), json!({}))
+        .await
+        .unwrap());
+    wait_exists(net[1].db(), HOLDS_ROLE, bob_id, role_id, true, "bob's role reached node 1").await;
+    role_id
+}
+
+async fn channel_named(net: &TestNet, node: usize, s: &Shared, who: &Session, name: &str) -> Uuid {
+    let _ = (net, node);
+    let reply = ok(who
+        .post(&s.http, &format!("/api/servers/{}/channels", s.server), json!({"name": name, "kind": "text"}))
+        .await
+        .unwrap());
+    uuid(&reply["id"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structural_writes_on_both_sides_of_a_partition_converge() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let sid = s.server;
+    make_bob_moderator(&net, &s).await;
+    wait_converged(&net, sid).await;
+
+    net.partition(0, 1).await.unwrap();
+    let a = channel_named(&net, 0, &s, &s.alice, "made-on-a").await;
+    ok(s.alice
+        .patch(&s.http, &format!("/api/servers/{sid}"), json!({"name": "Renamed on A"}))
+        .await
+        .unwrap());
+    let b = channel_named(&net, 1, &s, &s.bob, "made-on-b").await;
+    ok(s.bob
+        .patch(&s.http, &format!("/api/channels/{}", s.channel), json!({"topic": "set on B"}))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!exists(net[1].db(), HAS_CHANNEL, sid, a).await, "nothing crosses a partition");
+    assert!(!exists(net[0].db(), HAS_CHANNEL, sid, b).await);
+
+    net.heal().await.unwrap();
+    let projection = wait_converged(&net, sid).await;
+    for want in ["made-on-a", "made-on-b", "Renamed on A", "set on B"] {
+        assert!(projection.contains(want), "{want} missing from {projection}");
+    }
+    for node in &net.nodes {
+        assert!(exists(node.db(), HAS_CHANNEL, sid, a).await);
+        assert!(exists(node.db(), HAS_CHANNEL, sid, b).await);
+    }
+    let counters = node_counters(&s.http, &net[0].url).await;
+    assert_eq!(counters["rejected_total"], 0, "{counters}");
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_node_returns_and_catches_up() {
+    let mut net = TestNet::start(3).await.unwrap();
+    let s = shared_community(&net).await;
+    let sid = s.server;
+    let carol = register(&s.http, &net[2].url, "carol").await.unwrap();
+    let invite = ok(s.alice.post(&s.http, &format!("/api/servers/{sid}/invites"), json!({})).await.unwrap());
+    join_through(&s.http, &carol, &invite["code"], &net[0]).await;
+    make_bob_moderator(&net, &s).await;
+    wait_converged(&net, sid).await;
+
+    // The home node goes away; the others keep changing the structure.
+    net.stop_node(0).await;
+    let made = channel_named(&net, 1, &s, &s.bob, "while-home-was-away").await;
+    wait_exists(net[2].db(), HAS_CHANNEL, sid, made, true, "the channel reached node 2 without the home").await;
+    ok(carol.delete(&s.http, &format!("/api/servers/{sid}/members/@me")).await.unwrap());
+    let carol_id = uuid(&json!(carol.user_id));
+    wait_exists(net[1].db(), IS_MEMBER, sid, carol_id, false, "carol's leave reached node 1").await;
+
+    // It comes back on its own database and catches up from its peers.
+    net.restart_node(0).await.unwrap();
+    wait_exists(net[0].db(), HAS_CHANNEL, sid, made, true, "the home node caught up with the channel").await;
+    wait_exists(net[0].db(), IS_MEMBER, sid, carol_id, false, "the home node caught up with the leave").await;
+    // And it makes changes again, on top of what it learned.
+    let alice = Session {
+        base: net[0].url.clone(),
+        ..s.alice.clone()
+    };
+    let after = channel_named(&net, 0, &s, &alice, "home-is-back").await;
+    wait_exists(net[1].db(), HAS_CHANNEL, sid, after, true, "the home node's new channel reached node 1").await;
+    wait_converged(&net, sid).await;
+    net.stop().await;
+}
+
+/// Signs `command` on node `at` for `user` on top of that node's current
+/// state, without the authority check (so receivers must judge it).
+async fn forge(node: &TestNode, server: Uuid, user: Uuid, command: StateCommand) -> Op {
+    let delegation = delegations::for_user(&node.state, user).await.unwrap();
+    let node_key = together_protocol::identity::NodePublicKey::from(&node.state.keys.node_key);
+    let mut book = node.state.federation.ops().lock().await;
+    let resolver = book.resolver(&node.state, server).await.unwrap();
+    let unsigned = resolver
+        .prepare_unchecked(
+            &node_key,
+            &Actor::generate(&node_key, server),
+            &delegation.delegation.user,
+            command,
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    unsigned.sign(&node.state.keys.node_key, &delegation, true).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ops_are_rejected_and_counted() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let sid = s.server;
+    let bob_id = uuid(&json!(s.bob.user_id));
+    let before = wait_converged(&net, sid).await;
+    let topic = state_topic(sid);
+    // Node 1 publishes; node 0 judges.
+    let publish = |bytes: Vec<u8>| {
+        let net1 = net[1].net().clone();
+        let topic = topic.clone();
+        async move { net1.publish(&topic, bytes).await.unwrap() }
+    };
+    let rejected = |reason: &'static str| {
+        let http = s.http.clone();
+        let url = net[0].url.clone();
+        async move {
+            wait_until(WAIT, || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { node_counters(&http, &url).await["rejected"][reason].as_u64().unwrap_or(0) >= 1 }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {reason} rejection counted"));
+        }
+    };
+
+    // Self-promotion: bob (no permissions) makes himself a role with every
+    // permission and gives it to himself.
+    let role = Uuid::now_v7();
+    let grant = forge(
+        &net[1],
+        sid,
+        bob_id,
+        StateCommand::CreateRole {
+            id: role,
+            name: "root".into(),
+            permissions: Permissions::all(),
+            color: None,
+            hoist: false,
+            mentionable: false,
+            position: 1,
+        },
+    )
+    .await;
+    publish(grant.to_wire()).await;
+    rejected("missing_permission").await;
+
+    // Bad signature: the same kind of op with one signature byte flipped.
+    let channel = forge(
+        &net[1],
+        sid,
+        bob_id,
+        StateCommand::CreateChannel {
+            id: Uuid::now_v7(),
+            name: "sneaky".into(),
+            kind: together_crdt::ChannelKind::Text,
+            parent: None,
+            topic: None,
+            position: 9,
+        },
+    )
+    .await;
+    let mut wire = channel.to_wire();
+    let at = 1 + 32 + 32 + 8 + channel.event().payload.len() + 10;
+    wire[at] ^= 1;
+    publish(wire).await;
+    rejected("bad_signature").await;
+
+    // Unknown delegation: signed under a delegation node 0 never saw, not
+    // carried along.
+    let mallory = together_protocol::identity::generate_signing_key();
+    let node1_key = together_protocol::identity::NodePublicKey::from(&net[1].state.keys.node_key);
+    let t = chrono::Utc::now().timestamp();
+    let strange = together_protocol::identity::Delegation {
+        user: (&mallory).into(),
+        node: node1_key,
+        issued: t - 60,
+        expires: t + 3600,
+    }
+    .sign(&mallory)
+    .unwrap();
+    let unsigned = {
+        let mut book = net[1].state.federation.ops().lock().await;
+        let resolver = book.resolver(&net[1].state, sid).await.unwrap();
+        resolver
+            .prepare_unchecked(
+                &node1_key,
+                &Actor::generate(&node1_key, sid),
+                &strange.delegation.user,
+                StateCommand::Join { invite: None },
+                t,
+            )
+            .unwrap()
+    };
+    let stranger = unsigned.sign(&net[1].state.keys.node_key, &strange, false).unwrap();
+    publish(stranger.to_wire()).await;
+    rejected("unknown_delegation").await;
+
+    // Oversized: more than an op may be, sent by request.
+    let big = hex::encode(vec![1u8; together_crdt::MAX_OP_BYTES + 1]);
+    let reply = net[1]
+        .net()
+        .request(
+            net[0].peer_id,
+            together_node::federation::wire::SyncRequest::PushOps {
+                server_id: sid,
+                ops: vec![big],
+                users: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(reply, together_node::federation::wire::SyncResponse::Pushed { stored: 0 }));
+    rejected("oversized").await;
+
+    // Replay: a valid op node 0 already has, in another wire form (its
+    // delegation left out), changes nothing and is counted as a duplicate.
+    let dups = node_counters(&s.http, &net[0].url).await["duplicates"].as_u64().unwrap();
+    let genesis_wire: Vec<u8> = sqlx::query_scalar("SELECT wire FROM community_ops WHERE server_id = $1 ORDER BY seq LIMIT 1")
+        .bind(sid)
+        .fetch_one(net[1].db())
+        .await
+        .unwrap();
+    let genesis = Op::from_wire(&genesis_wire).unwrap();
+    let mut replay = genesis.to_wire();
+    // Drop the inline delegation: flag byte 0 instead of 1 and what follows.
+    let cut = replay.len() - (32 + 32 + 8 + 8 + 64) - 1;
+    replay.truncate(cut);
+    replay.push(0);
+    assert_eq!(Op::from_wire(&replay).unwrap().id(), genesis.id());
+    publish(replay).await;
+    let (http, url) = (s.http.clone(), net[0].url.clone());
+    wait_until(WAIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { node_counters(&http, &url).await["duplicates"].as_u64().unwrap_or(0) > dups }
+    })
+    .await
+    .expect("the replay was noticed");
+
+    // Nothing changed on node 0; every forged op is in its log, judged.
+    let (ops_json, tables_json) = projections(&net[0], sid).await;
+    assert_eq!(ops_json, before);
+    assert_eq!(tables_json, before);
+    assert!(!exists(net[0].db(), HOLDS_ROLE, bob_id, role).await);
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM community_ops WHERE id = $1")
+            .bind(grant.id().as_bytes().as_slice())
+            .fetch_all(net[0].db())
+            .await
+            .unwrap();
+    assert_eq!(statuses, vec!["missing_permission".to_string()]);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn communities_from_before_community_ops_still_work_locally() {
+    let net = TestNet::start(1).await.unwrap();
+    let http = reqwest::Client::new();
+    let alice = register(&http, &net[0].url, "alice").await.unwrap();
+    let alice_id = uuid(&json!(alice.user_id));
+    // A community as older versions made it: rows only, no ops.
+    let sid = Uuid::now_v7();
+    let db = net[0].db();
+    sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'old', $2)")
+        .bind(sid)
+        .bind(alice_id)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)")
+        .bind(sid)
+        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
+        .bind(sid)
+        .bind(alice_id)
+        .execute(db)
+        .await
+        .unwrap();
+    let channel = ok(alice
+        .post(&http, &format!("/api/servers/{sid}/channels"), json!({"name": "still works", "kind": "text"}))
+        .await
+        .unwrap());
+    assert_eq!(channel["name"], "still-works");
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1")
+        .bind(sid)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(ops, 0);
+    // New communities are made of ops from the start.
+    let fresh = ok(alice.post(&http, "/api/servers", json!({"name": "new"})).await.unwrap());
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1 AND status = 'valid'")
+        .bind(uuid(&fresh["id"]))
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(ops, 5, "genesis and the four default channels");
+    net.stop().await;
+}
+
+/// Not a check: numbers for docs/benchmarks.md ("Community ops"). Run with
+/// `cargo nextest run -p together-tests -E 'test(structure_op_timings)' --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn structure_op_timings() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let sid = s.server;
+    const N: usize = 100;
+    let started = std::time::Instant::now();
+    let mut latencies = Vec::with_capacity(N);
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        channel_named(&net, 0, &s, &s.alice, &format!("bench-{i}")).await;
+        latencies.push(t.elapsed());
+    }
+    let made = started.elapsed();
+    let db1 = net[1].db().clone();
+    wait_until(Duration::from_secs(60), || {
+        let db1 = db1.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM channels WHERE server_id = $1 AND name LIKE 'bench-%'")
+                .bind(sid)
+                .fetch_one(&db1)
+                .await
+                .is_ok_and(|n| n == N as i64)
+        }
+    })
+    .await
+    .unwrap();
+    let replicated = started.elapsed();
+    latencies.sort();
+    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1")
+        .bind(sid)
+        .fetch_one(net[0].db())
+        .await
+        .unwrap();
+    // A fresh node rebuilds the resolver from the log.
+    let t = std::time::Instant::now();
+    let mut book = net[1].state.federation.ops().lock().await;
+    book.forget(sid);
+    book.projection_json(&net[1].state, sid).await.unwrap();
+    let reload = t.elapsed();
+    drop(book);
+    println!(
+        "{N} channel creates: {:?} total, p50 {:?}, p95 {:?}, max {:?}; all on node 1 after {:?}; {ops} ops in the log; resolver rebuilt from the log in {:?}",
+        made,
+        latencies[N / 2],
+        latencies[N * 95 / 100],
+        latencies[N - 1],
+        replicated,
+        reload
+    );
+    net.stop().await;
+}

@@ -1,6 +1,7 @@
 //! Bans: banning (which also removes the member), unbanning, listing.
 //! A banned user cannot join again, with any invite, until unbanned.
 
+use together_crdt::Command as StateCommand;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -58,6 +59,16 @@ impl Command for BanMember {
             Err(err) if err.code == "unknown_member" => false,
             Err(err) => return Err(err),
         };
+        let banned_before: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2)")
+                .bind(self.server_id)
+                .bind(self.user_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        if banned_before {
+            // A new reason: lift the old ban and ban again.
+            effects.op(self.server_id, StateCommand::Unban { user: self.user_id });
+        }
         sqlx::query(
             "INSERT INTO bans (server_id, user_id, reason, banned_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (server_id, user_id) DO UPDATE SET reason = EXCLUDED.reason, banned_by = EXCLUDED.banned_by",
@@ -68,6 +79,13 @@ impl Command for BanMember {
         .bind(actor)
         .execute(&mut *conn)
         .await?;
+        effects.op(
+            self.server_id,
+            StateCommand::Ban {
+                user: self.user_id,
+                reason: reason.clone(),
+            },
+        );
         if is_member {
             remove_member(conn, effects, self.server_id, self.user_id).await?;
         }
@@ -106,6 +124,7 @@ impl Command for UnbanUser {
         if deleted == 0 {
             return Err(ApiError::not_found("unknown_ban", "that user is not banned here"));
         }
+        effects.op(self.server_id, StateCommand::Unban { user: self.user_id });
         let user = fetch_user(&mut *conn, self.user_id).await?;
         effects.publish(
             "SERVER_BAN_REMOVE",

@@ -18,6 +18,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::model::{Channel, ChannelDeleted, ChannelKind, OverrideKind, PermissionOverride};
 use crate::perms::{OverrideRow, ServerAccess};
+use super::servers::state_kind;
+use together_crdt::{Command as StateCommand, OverrideTarget};
 
 /// Largest `position` a channel may be given.
 pub const MAX_POSITION: i32 = 1_000_000;
@@ -71,6 +73,7 @@ impl Command for CreateChannel {
             ));
         }
         let id = Uuid::now_v7();
+        let position = c.position.unwrap_or(next_position.min(MAX_POSITION));
         sqlx::query(
             "INSERT INTO channels (id, server_id, name, kind, parent_id, topic, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -81,9 +84,20 @@ impl Command for CreateChannel {
         .bind(c.kind)
         .bind(c.parent_id)
         .bind(&topic)
-        .bind(c.position.unwrap_or(next_position.min(MAX_POSITION)))
+        .bind(position)
         .execute(&mut *conn)
         .await?;
+        effects.op(
+            self.server_id,
+            StateCommand::CreateChannel {
+                id,
+                name: name.clone(),
+                kind: state_kind(c.kind),
+                parent: c.parent_id,
+                topic: topic.clone(),
+                position,
+            },
+        );
         let channel = load_channel(conn, id).await?;
         effects.publish("CHANNEL_CREATE", channel_audience(&channel), &channel);
         Ok(channel)
@@ -144,12 +158,22 @@ impl Command for UpdateChannel {
         .bind(self.channel_id)
         .bind(&name)
         .bind(topic.is_some())
-        .bind(topic.flatten())
+        .bind(topic.clone().flatten())
         .bind(c.parent_id.is_some())
         .bind(c.parent_id.flatten())
         .bind(c.position)
         .execute(&mut *conn)
         .await?;
+        effects.op(
+            access.server.server_id,
+            StateCommand::UpdateChannel {
+                id: self.channel_id,
+                name,
+                parent: c.parent_id,
+                topic,
+                position: c.position,
+            },
+        );
         let channel = load_channel(conn, self.channel_id).await?;
         effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
         Ok(channel)
@@ -234,6 +258,16 @@ impl Command for ReorderChannels {
             .rows_affected();
             if updated > 0 {
                 changed.push(m.id);
+                effects.op(
+                    self.server_id,
+                    StateCommand::UpdateChannel {
+                        id: m.id,
+                        name: None,
+                        parent: m.parent_id,
+                        topic: None,
+                        position: Some(m.position),
+                    },
+                );
             }
         }
         let all = list_visible_channels(conn, &access).await?;
@@ -267,6 +301,7 @@ impl Command for DeleteChannel {
             .execute(&mut *conn)
             .await?;
         let server_id = access.server.server_id;
+        effects.op(server_id, StateCommand::DeleteChannel { id: self.channel_id });
         effects.publish(
             "CHANNEL_DELETE",
             Audience::Server(server_id),
@@ -349,12 +384,25 @@ impl Command for SetOverride {
                 OverrideKind::Member => unknown_member(),
             });
         }
+        let target = match kind {
+            OverrideKind::Role => OverrideTarget::Role(self.target_id),
+            OverrideKind::Member => OverrideTarget::Member(self.target_id),
+        };
         let existing = find_override(conn, self.channel_id, self.target_id).await?;
         let (old_allow, old_deny) = existing
             .as_ref()
             .map(|o| (Permissions::from_stored(o.allow), Permissions::from_stored(o.deny)))
             .unwrap_or_default();
         require_bits(access.permissions, (old_allow ^ allow) | (old_deny ^ deny))?;
+        effects.op(
+            server_id,
+            StateCommand::SetOverride {
+                channel: self.channel_id,
+                target,
+                allow,
+                deny,
+            },
+        );
         match existing {
             Some(row) => {
                 sqlx::query("UPDATE channel_permission_overrides SET allow = $2, deny = $3 WHERE id = $1")
@@ -373,7 +421,7 @@ impl Command for SetOverride {
                     "INSERT INTO channel_permission_overrides (id, channel_id, role_id, user_id, allow, deny)
                      VALUES ($1, $2, $3, $4, $5, $6)",
                 )
-                .bind(Uuid::now_v7())
+                .bind(together_crdt::projection::override_id(&self.channel_id, &target))
                 .bind(self.channel_id)
                 .bind(role_id)
                 .bind(user_id)
@@ -410,6 +458,17 @@ impl Command for DeleteOverride {
             .bind(row.id)
             .execute(&mut *conn)
             .await?;
+        let target = match row.role_id {
+            Some(role) => OverrideTarget::Role(role),
+            None => OverrideTarget::Member(self.target_id),
+        };
+        effects.op(
+            access.server.server_id,
+            StateCommand::DeleteOverride {
+                channel: self.channel_id,
+                target,
+            },
+        );
         let channel = load_channel(conn, self.channel_id).await?;
         effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
         Ok(channel)

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Invite, InviteServer, Server};
+use together_crdt::Command as StateCommand;
 
 /// Lifetime of an invite when none is given: one day.
 pub const DEFAULT_MAX_AGE_SECONDS: i64 = 86_400;
@@ -54,7 +55,7 @@ pub struct CreateInvite {
 impl Command for CreateInvite {
     type Output = Invite;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, _effects: &mut Effects) -> ApiResult<Invite> {
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Invite> {
         let access = actor_access(conn, actor, self.server_id).await?;
         access.require(Permissions::CREATE_INVITE)?;
         let input = self.invite;
@@ -91,6 +92,15 @@ impl Command for CreateInvite {
             .await?
             .rows_affected();
             if inserted == 1 {
+                effects.op(
+                    self.server_id,
+                    StateCommand::CreateInvite {
+                        code: code.clone(),
+                        channel: input.channel_id,
+                        max_uses,
+                        expires_at: expires_at.map(|t| t.timestamp()),
+                    },
+                );
                 return fetch_invite(&mut *conn, &code, false).await;
             }
         }
@@ -107,7 +117,7 @@ pub struct DeleteInvite {
 impl Command for DeleteInvite {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, _effects: &mut Effects) -> ApiResult<()> {
+    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
         check_code(&self.code)?;
         let found: Option<(Uuid, Option<Uuid>)> =
             sqlx::query_as("SELECT server_id, inviter_id FROM invites WHERE code = $1")
@@ -123,6 +133,7 @@ impl Command for DeleteInvite {
             .bind(&self.code)
             .execute(&mut *conn)
             .await?;
+        effects.op(server_id, StateCommand::RevokeInvite { code: self.code });
         Ok(())
     }
 }
@@ -188,6 +199,12 @@ impl Command for JoinServer {
         if used == 0 {
             return Err(unknown_invite());
         }
+        effects.op(
+            server_id,
+            StateCommand::Join {
+                invite: Some(self.code.clone()),
+            },
+        );
         add_member(conn, effects, server_id, actor).await?;
         tracing::info!(server = %server_id, user = %actor, "member joined by invite");
         Ok(Joined {

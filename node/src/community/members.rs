@@ -1,6 +1,7 @@
 //! Members: nicknames, role assignments, leaving, kicks, and reading
 //! members back. Joining is in [`super::invites`].
 
+use together_crdt::Command as StateCommand;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -86,6 +87,13 @@ impl Command for UpdateMember {
                 }
             }
             let nickname = optional_text("nickname", Some(nickname), NICKNAME_MAX)?;
+            effects.op(
+                self.server_id,
+                StateCommand::SetNickname {
+                    user: self.user_id,
+                    nickname: nickname.clone(),
+                },
+            );
             sqlx::query("UPDATE server_members SET nickname = $3 WHERE server_id = $1 AND user_id = $2")
                 .bind(self.server_id)
                 .bind(self.user_id)
@@ -95,7 +103,7 @@ impl Command for UpdateMember {
             changed = true;
         }
         if let Some(roles) = self.changes.roles {
-            changed |= change_roles(conn, &access, &target, RoleChange::Set(roles)).await?;
+            changed |= change_roles(conn, effects, &access, &target, RoleChange::Set(roles)).await?;
         }
         let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
         if changed {
@@ -130,7 +138,7 @@ impl Command for ChangeMemberRoles {
         let access = actor_access(conn, actor, self.server_id).await?;
         access.require(Permissions::MANAGE_ROLES)?;
         let target = member_access(conn, self.server_id, self.user_id).await?;
-        let changed = change_roles(conn, &access, &target, self.change).await?;
+        let changed = change_roles(conn, effects, &access, &target, self.change).await?;
         let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
         if changed {
             effects.publish("SERVER_MEMBER_UPDATE", Audience::Server(self.server_id), &member);
@@ -142,6 +150,7 @@ impl Command for ChangeMemberRoles {
 /// Applies a role change after the checks; whether anything changed.
 async fn change_roles(
     conn: &mut PgConnection,
+    effects: &mut Effects,
     access: &ServerAccess,
     target: &ServerAccess,
     change: RoleChange,
@@ -215,6 +224,15 @@ async fn change_roles(
             .execute(&mut *conn)
             .await?;
     }
+    if !added.is_empty() || !removed.is_empty() {
+        effects.op(
+            server_id,
+            StateCommand::SetMemberRoles {
+                user: target.user_id,
+                roles: wanted.iter().copied().collect(),
+            },
+        );
+    }
     Ok(!added.is_empty() || !removed.is_empty())
 }
 
@@ -235,6 +253,7 @@ impl Command for LeaveServer {
                 "the owner cannot leave their server; delete it instead",
             ));
         }
+        effects.op(self.server_id, StateCommand::Leave);
         remove_member(conn, effects, self.server_id, actor).await
     }
 }
@@ -262,6 +281,7 @@ impl Command for KickMember {
         if target.is_owner() || !access.outranks(target.top_position) {
             return Err(hierarchy("you can only kick members below you"));
         }
+        effects.op(self.server_id, StateCommand::Kick { user: self.user_id });
         remove_member(conn, effects, self.server_id, self.user_id).await
     }
 }

@@ -5,7 +5,7 @@
 //! here keeps it that way. A member acts only on roles strictly below
 //! their own highest role; the owner acts on all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -20,6 +20,7 @@ use crate::bus::Audience;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ROLE_COLUMNS, Role, RoleDeleted, RoleEvent, RoleRow};
 use crate::perms::ServerAccess;
+use together_crdt::Command as StateCommand;
 
 /// Body of `POST /api/servers/{server_id}/roles`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -74,10 +75,13 @@ impl Command for CreateRole {
                 format!("a server can have at most {MAX_ROLES} roles"),
             ));
         }
+        let before = positions(conn, self.server_id).await?;
         sqlx::query("UPDATE roles SET position = position + 1 WHERE server_id = $1 AND position >= 1")
             .bind(self.server_id)
             .execute(&mut *conn)
             .await?;
+        let after = positions(conn, self.server_id).await?;
+        position_ops(effects, &access, &before, &after);
         let id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO roles (id, server_id, name, permissions, color, hoist, mentionable, position)
@@ -92,6 +96,18 @@ impl Command for CreateRole {
         .bind(r.mentionable)
         .execute(&mut *conn)
         .await?;
+        effects.op(
+            self.server_id,
+            StateCommand::CreateRole {
+                id,
+                name: name.clone(),
+                permissions,
+                color: r.color,
+                hoist: r.hoist,
+                mentionable: r.mentionable,
+                position: 1,
+            },
+        );
         let role = fetch_role(&mut *conn, id).await?;
         effects.publish(
             "SERVER_ROLE_CREATE",
@@ -158,7 +174,7 @@ impl Command for UpdateRole {
              WHERE id = $1",
         )
         .bind(role.id)
-        .bind(&name)
+        .bind(name.clone())
         .bind(c.permissions.map(Permissions::to_stored))
         .bind(c.color.is_some())
         .bind(c.color.flatten())
@@ -166,6 +182,21 @@ impl Command for UpdateRole {
         .bind(c.mentionable)
         .execute(&mut *conn)
         .await?;
+        if name.is_some() || c.permissions.is_some() || c.color.is_some() || c.hoist.is_some() || c.mentionable.is_some()
+        {
+            effects.op(
+                role.server_id,
+                StateCommand::UpdateRole {
+                    id: role.id,
+                    name,
+                    permissions: c.permissions,
+                    color: c.color,
+                    hoist: c.hoist,
+                    mentionable: c.mentionable,
+                    position: None,
+                },
+            );
+        }
         let updated = fetch_role(&mut *conn, role.id).await?;
         effects.publish(
             "SERVER_ROLE_UPDATE",
@@ -190,10 +221,12 @@ impl Command for DeleteRole {
     type Output = ();
 
     async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let (_, role) = role_access(conn, actor, self.role_id).await?;
+        let (access, role) = role_access(conn, actor, self.role_id).await?;
         if role.id == role.server_id {
             return Err(ApiError::bad_request("everyone_role", "the @everyone role cannot be deleted"));
         }
+        effects.op(role.server_id, StateCommand::DeleteRole { id: role.id });
+        let before = positions(conn, role.server_id).await?;
         // member_roles and channel overrides go with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM roles WHERE id = $1")
             .bind(role.id)
@@ -204,6 +237,8 @@ impl Command for DeleteRole {
             .bind(role.position)
             .execute(&mut *conn)
             .await?;
+        let after = positions(conn, role.server_id).await?;
+        position_ops(effects, &access, &before, &after);
         effects.publish(
             "SERVER_ROLE_DELETE",
             Audience::Server(role.server_id),
@@ -293,6 +328,18 @@ impl Command for ReorderRoles {
                 .bind(new_position)
                 .execute(&mut *conn)
                 .await?;
+            effects.op(
+                self.server_id,
+                StateCommand::UpdateRole {
+                    id: *id,
+                    name: None,
+                    permissions: None,
+                    color: None,
+                    hoist: None,
+                    mentionable: None,
+                    position: Some(new_position),
+                },
+            );
             changed.push(*id);
         }
         let roles = list_roles(&mut *conn, self.server_id).await?;
@@ -307,6 +354,44 @@ impl Command for ReorderRoles {
             );
         }
         Ok(roles)
+    }
+}
+
+/// Every role's position in a server (`@everyone` left out).
+async fn positions(conn: &mut PgConnection, server_id: Uuid) -> ApiResult<HashMap<Uuid, i32>> {
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as("SELECT id, position FROM roles WHERE server_id = $1 AND id <> $1")
+        .bind(server_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// State commands for roles that a shift moved. Only moves the actor's
+/// standing allows are recorded (a role at or above their own stays where
+/// it was in the community state); the projection then decides.
+fn position_ops(effects: &mut Effects, access: &ServerAccess, before: &HashMap<Uuid, i32>, after: &HashMap<Uuid, i32>) {
+    let mut moved: Vec<(Uuid, i32)> = after
+        .iter()
+        .filter(|(id, position)| before.get(id).is_some_and(|old| old != *position))
+        .filter(|(id, position)| {
+            access.outranks(**position) && before.get(id).is_some_and(|old| access.outranks(*old))
+        })
+        .map(|(id, position)| (*id, *position))
+        .collect();
+    moved.sort();
+    for (id, position) in moved {
+        effects.op(
+            access.server_id,
+            StateCommand::UpdateRole {
+                id,
+                name: None,
+                permissions: None,
+                color: None,
+                hoist: None,
+                mentionable: None,
+                position: Some(position),
+            },
+        );
     }
 }
 

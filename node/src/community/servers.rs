@@ -13,6 +13,17 @@ use crate::extract::optional_text;
 use crate::http::users::validate_url;
 use crate::model::{ChannelKind, EffectivePermissions, Server, ServerDeleted};
 use crate::perms;
+use together_crdt::{Command as StateCommand, Genesis};
+use together_protocol::identity::UserPublicKey;
+
+/// The state-command form of a channel kind.
+pub(crate) fn state_kind(kind: ChannelKind) -> together_crdt::ChannelKind {
+    match kind {
+        ChannelKind::Text => together_crdt::ChannelKind::Text,
+        ChannelKind::Voice => together_crdt::ChannelKind::Voice,
+        ChannelKind::Category => together_crdt::ChannelKind::Category,
+    }
+}
 
 /// `POST /api/servers`: a new server owned by the actor, with an
 /// `@everyone` role, a "Text Channels" category holding `#general` and a
@@ -38,7 +49,25 @@ impl Command for CreateServer {
             None => None,
         };
         let description = optional_text("description", self.description.as_deref(), TOPIC_MAX)?;
-        let server_id = Uuid::now_v7();
+        // The community id derives from the owner's key and a fresh nonce,
+        // so every node can check the genesis op that creates it.
+        let key: Vec<u8> = sqlx::query_scalar("SELECT public_key FROM users WHERE id = $1")
+            .bind(actor)
+            .fetch_one(&mut *conn)
+            .await?;
+        let owner = UserPublicKey::from_bytes(&key).map_err(ApiError::internal)?;
+        let nonce: [u8; 16] = rand::random();
+        let server_id = together_crdt::community_id(&owner, &nonce);
+        effects.op(
+            server_id,
+            StateCommand::Genesis(Genesis {
+                nonce,
+                name: name.clone(),
+                icon: icon_url.clone(),
+                description: description.clone(),
+                public: false,
+            }),
+        );
         sqlx::query("INSERT INTO servers (id, name, owner_id, icon_url, description) VALUES ($1, $2, $3, $4, $5)")
             .bind(server_id)
             .bind(&name)
@@ -68,6 +97,17 @@ impl Command for CreateServer {
             (Uuid::now_v7(), "General", ChannelKind::Voice, Some(voice_category)),
         ];
         for (position, (id, name, kind, parent)) in layout.into_iter().enumerate() {
+            effects.op(
+                server_id,
+                StateCommand::CreateChannel {
+                    id,
+                    name: name.to_string(),
+                    kind: state_kind(kind),
+                    parent,
+                    topic: None,
+                    position: position as i32,
+                },
+            );
             sqlx::query(
                 "INSERT INTO channels (id, server_id, name, kind, parent_id, position) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -128,11 +168,20 @@ impl Command for UpdateServer {
         .bind(self.server_id)
         .bind(&name)
         .bind(icon_url.is_some())
-        .bind(icon_url.flatten())
+        .bind(icon_url.clone().flatten())
         .bind(description.is_some())
-        .bind(description.flatten())
+        .bind(description.clone().flatten())
         .execute(&mut *conn)
         .await?;
+        effects.op(
+            self.server_id,
+            StateCommand::UpdateServer {
+                name,
+                icon: icon_url,
+                description,
+                public: None,
+            },
+        );
         let server = fetch_server(&mut *conn, self.server_id).await?;
         effects.publish("SERVER_UPDATE", Audience::Server(self.server_id), &server);
         Ok(server)
@@ -161,6 +210,13 @@ impl Command for DeleteServer {
             .bind(self.server_id)
             .execute(&mut *conn)
             .await?;
+        // Deleting is local: this node forgets the community's ops and stops
+        // taking new ones; other nodes keep their replicas.
+        sqlx::query("DELETE FROM community_ops WHERE server_id = $1")
+            .bind(self.server_id)
+            .execute(&mut *conn)
+            .await?;
+        effects.forget(self.server_id);
         effects.publish(
             "SERVER_DELETE",
             Audience::ServerAndUsers {

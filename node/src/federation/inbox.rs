@@ -86,7 +86,7 @@ pub async fn on_gossip(
             let Ok(server) = server.parse::<Uuid>() else {
                 return reject(state, "wrong_topic");
             };
-            return super::structure::on_notice(state, client, author, server, data).await;
+            return super::ops::on_gossip(state, client, author, server, data).await;
         }
     }
     reject(state, "unknown_topic")

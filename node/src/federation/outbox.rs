@@ -5,19 +5,18 @@
 //! there). A message change is encoded as a [`MessageEvent`], signed by the
 //! node key under the actor's delegation, stored in `federation_events`
 //! (so peers can backfill it even when publishing fails) and published.
-//! A structural change on a community's home node publishes a
-//! [`StateNotice`] so replicas fetch the new structure.
+//! Structural changes are not handled here: they travel as signed
+//! community ops ([`super::ops`]).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use together_protocol::federation::{Envelope, MessageEvent, Scope, messages_topic, state_topic};
+use together_protocol::federation::{Envelope, MessageEvent, Scope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::wire::StateNotice;
 use super::{delegations, store};
 use crate::bus::{Audience, Event};
 use crate::net::NetClient;
@@ -95,8 +94,7 @@ struct ReactionPayload {
     emoji: String,
 }
 
-/// Dispatch names of structural changes, which make a home node announce
-/// a new state version.
+/// Dispatch names of structural changes (replicated as ops instead).
 fn is_structural(kind: &str) -> bool {
     kind.starts_with("CHANNEL_")
         || kind.starts_with("ROLE_")
@@ -122,10 +120,8 @@ async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(
     let Some(home) = store::federation_of(&state.db, server_id).await? else {
         return Ok(());
     };
+    let _ = home;
     if is_structural(event.kind) {
-        if home.is_none() {
-            announce_state(state, client, server_id).await;
-        }
         return Ok(());
     }
     let now_ms = Utc::now().timestamp_millis();
@@ -276,19 +272,4 @@ async fn sign(state: &AppState, actor: Uuid, event: &MessageEvent) -> Result<Env
         event: signed,
         delegation: Some(delegation),
     })
-}
-
-/// Tells replicas that a community's structure changed.
-pub async fn announce_state(state: &AppState, client: &NetClient, server_id: Uuid) {
-    let version = Utc::now().timestamp_millis();
-    if let Err(err) = store::mark_federated(&state.db, server_id, None, version).await {
-        tracing::warn!(error = %err, "cannot record the state version");
-    }
-    let notice = StateNotice::Changed { server_id, version };
-    let Ok(bytes) = serde_json::to_vec(&notice) else {
-        return;
-    };
-    if let Err(err) = client.publish(&state_topic(server_id), bytes).await {
-        tracing::debug!(error = %err, "state notice not published");
-    }
 }

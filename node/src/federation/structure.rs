@@ -1,262 +1,387 @@
-//! Community structure between nodes: the seam where structure sync plugs
-//! in.
+//! Community structure in the node's tables: writing a community's
+//! [`Projection`] (from its signed ops, see [`super::ops`]) into `servers`,
+//! `channels`, `roles`, `server_members`, `member_roles`,
+//! `channel_permission_overrides`, `bans` and `invites`, and telling the
+//! local gateway what changed.
 //!
-//! Interim design, until signed community ops (`together-crdt`) are wired
-//! into the node: a community's **home node** (where it was created) is
-//! authoritative. Replicas hold a copy of its projection tables, taken as a
-//! [`Snapshot`] over request-response. When the structure changes on the
-//! home node it publishes a [`StateNotice`] on the community's state topic
-//! (gossipsub `Strict` mode authenticates the publishing peer); replicas
-//! accept notices only from the home peer and then fetch a snapshot.
+//! [`write_projection`] diffs the rows a community has in the tables
+//! against the projection and writes only the difference, inside the
+//! caller's transaction (the same one that stores the ops). Deletes go
+//! first, then inserts and updates, categories before the channels inside
+//! them, so foreign keys and unique indexes hold at every statement.
+//! [`announce`] turns the difference into gateway events for changes that
+//! came from peers (local commands publish their own).
 //!
-//! Replacing this with CRDT op sync means replacing [`take_snapshot`],
-//! [`apply_snapshot`] and [`on_notice`] (heads/ops exchange instead of
-//! snapshots, signed ops on the state topic); message replication
-//! ([`super::inbox`]) only reads the projection and does not change.
-//!
-//! Known limits of the interim design: structural changes made on a
-//! replica (a replica's member leaving, a moderator on a replica creating a
-//! channel) stay local; only the home node's changes propagate.
+//! Message replication ([`super::inbox`]) reads these tables to check an
+//! author's permission in a channel; it does not care where they came from.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
-use libp2p::PeerId;
-use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
+use together_crdt::Projection;
+use together_crdt::projection::{BanRow, ChannelRow, InviteRow, MemberRoleRow, MemberRow, OverrideRow, RoleRow, ServerRow};
 use together_protocol::identity::UserPublicKey;
 use uuid::Uuid;
 
-use super::store;
-use super::wire::{
-    ChannelRow, MemberRow, OverrideRow, RoleRow, ServerRow, Snapshot, StateNotice, SyncRequest, SyncResponse, UserRow,
-};
 use crate::bus::Audience;
-use crate::model::{ChannelDeleted, ServerUserEvent};
-use crate::net::NetClient;
+use crate::model::{ChannelDeleted, ServerDeleted, ServerUserEvent};
 use crate::state::AppState;
 
-/// Most members a snapshot may carry.
-pub const MAX_SNAPSHOT_MEMBERS: usize = 20_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    #[error("invalid snapshot: {0}")]
-    Invalid(&'static str),
+/// What a projection write changed, for the local gateway.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub server_id: Uuid,
+    pub server_changed: bool,
+    pub added_channels: Vec<Uuid>,
+    pub updated_channels: Vec<Uuid>,
+    pub removed_channels: Vec<Uuid>,
+    pub added_roles: Vec<Uuid>,
+    pub updated_roles: Vec<Uuid>,
+    pub removed_roles: Vec<Uuid>,
+    pub added_members: Vec<Uuid>,
+    pub updated_members: Vec<Uuid>,
+    pub removed_members: Vec<Uuid>,
+    pub added_bans: Vec<Uuid>,
+    pub removed_bans: Vec<Uuid>,
 }
 
-/// The current structure of a community, from this node's tables.
-pub async fn take_snapshot(db: &sqlx::PgPool, server_id: Uuid) -> Result<Option<Snapshot>, sqlx::Error> {
-    let server: Option<ServerRow> =
-        sqlx::query_as("SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1")
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self
+            == Changes {
+                server_id: self.server_id,
+                ..Changes::default()
+            }
+    }
+}
+
+fn secs(column: &str) -> String {
+    format!("extract(epoch from {column})::bigint")
+}
+
+/// The rows this node's tables hold for one community, in projection form.
+pub async fn read_projection(conn: &mut PgConnection, server_id: Uuid) -> Result<Projection, sqlx::Error> {
+    let server: Option<(Uuid, String, Uuid, Option<String>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!(
+            "SELECT id, name, owner_id, icon_url, description, {} FROM servers WHERE id = $1",
+            secs("created_at")
+        ),
+    ))
+    .bind(server_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let server = server.map(|(id, name, owner_id, icon_url, description, created_at)| ServerRow {
+        id,
+        name,
+        owner_id,
+        icon_url,
+        description,
+        public: false,
+        created_at,
+    });
+    type Ch = (Uuid, String, String, Option<Uuid>, Option<String>, i32);
+    let channels: Vec<Ch> =
+        sqlx::query_as("SELECT id, name, kind, parent_id, topic, position FROM channels WHERE server_id = $1 ORDER BY id")
             .bind(server_id)
-            .fetch_optional(db)
+            .fetch_all(&mut *conn)
             .await?;
-    let Some(server) = server else {
-        return Ok(None);
-    };
-    let roles: Vec<RoleRow> = sqlx::query_as(
-        "SELECT id, name, permissions, color, hoist, mentionable, position FROM roles WHERE server_id = $1 ORDER BY position, id",
+    let channels = channels
+        .into_iter()
+        .filter_map(|(id, name, kind, parent_id, topic, position)| {
+            Some(ChannelRow {
+                id,
+                server_id,
+                name,
+                kind: together_crdt::ChannelKind::parse(&kind)?,
+                parent_id,
+                topic,
+                position,
+            })
+        })
+        .collect();
+    type Ro = (Uuid, String, i64, Option<i32>, bool, bool, i32);
+    let roles: Vec<Ro> = sqlx::query_as(
+        "SELECT id, name, permissions, color, hoist, mentionable, position FROM roles WHERE server_id = $1 ORDER BY id",
     )
     .bind(server_id)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
-    let channels: Vec<ChannelRow> = sqlx::query_as(
-        "SELECT id, name, kind, parent_id, topic, position FROM channels WHERE server_id = $1 ORDER BY position, id",
-    )
+    let roles = roles
+        .into_iter()
+        .map(|(id, name, permissions, color, hoist, mentionable, position)| RoleRow {
+            id,
+            server_id,
+            name,
+            permissions,
+            color,
+            hoist,
+            mentionable,
+            position,
+        })
+        .collect();
+    let members: Vec<(Uuid, Vec<u8>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT m.user_id, u.public_key, m.nickname, {} FROM server_members m JOIN users u ON u.id = m.user_id
+          WHERE m.server_id = $1 ORDER BY m.user_id",
+        secs("m.joined_at")
+    )))
     .bind(server_id)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
-    let overrides: Vec<OverrideRow> = sqlx::query_as(
+    let members = members
+        .into_iter()
+        .map(|(user_id, key, nickname, joined_at)| MemberRow {
+            server_id,
+            user_id,
+            public_key: UserPublicKey::from_bytes(&key).ok().map(|k| k.to_string()),
+            nickname,
+            joined_at,
+        })
+        .collect();
+    let member_roles: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT user_id, role_id FROM member_roles WHERE server_id = $1 ORDER BY user_id, role_id")
+            .bind(server_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let member_roles = member_roles
+        .into_iter()
+        .map(|(user_id, role_id)| MemberRoleRow {
+            server_id,
+            user_id,
+            role_id,
+        })
+        .collect();
+    let overrides: Vec<(Uuid, Uuid, Option<Uuid>, Option<Uuid>, i64, i64)> = sqlx::query_as(
         "SELECT o.id, o.channel_id, o.role_id, o.user_id, o.allow, o.deny
            FROM channel_permission_overrides o JOIN channels c ON c.id = o.channel_id
           WHERE c.server_id = $1 ORDER BY o.id",
     )
     .bind(server_id)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
-    let members: Vec<MemberRow> = sqlx::query_as(
-        "SELECT m.user_id, m.nickname, m.joined_at,
-                COALESCE(array_agg(mr.role_id) FILTER (WHERE mr.role_id IS NOT NULL), '{}') AS roles
-           FROM server_members m
-           LEFT JOIN member_roles mr ON mr.server_id = m.server_id AND mr.user_id = m.user_id
-          WHERE m.server_id = $1
-          GROUP BY m.user_id, m.nickname, m.joined_at
-          ORDER BY m.joined_at, m.user_id
-          LIMIT $2",
-    )
+    let overrides = overrides
+        .into_iter()
+        .map(|(id, channel_id, role_id, user_id, allow, deny)| OverrideRow {
+            id,
+            channel_id,
+            role_id,
+            user_id,
+            allow,
+            deny,
+        })
+        .collect();
+    let bans: Vec<(Uuid, Option<String>, Option<Uuid>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT user_id, reason, banned_by, {} FROM bans WHERE server_id = $1 ORDER BY user_id",
+        secs("created_at")
+    )))
     .bind(server_id)
-    .bind(MAX_SNAPSHOT_MEMBERS as i64)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
-    let bans: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM bans WHERE server_id = $1 ORDER BY user_id")
-        .bind(server_id)
-        .fetch_all(db)
-        .await?;
-    let mut user_ids: Vec<Uuid> = members.iter().map(|m| m.user_id).chain(bans.iter().copied()).collect();
-    user_ids.push(server.owner_id);
-    let users: Vec<UserRow> = sqlx::query_as(
-        "SELECT id, encode(public_key, 'hex') AS public_key, username, avatar_url FROM users WHERE id = ANY($1)",
-    )
-    .bind(&user_ids)
-    .fetch_all(db)
+    let bans = bans
+        .into_iter()
+        .map(|(user_id, reason, banned_by, created_at)| BanRow {
+            server_id,
+            user_id,
+            reason,
+            banned_by: banned_by.unwrap_or_default(),
+            created_at,
+        })
+        .collect();
+    type In = (String, Option<Uuid>, Option<Uuid>, Option<i32>, i32, Option<i64>, i64);
+    let invites: Vec<In> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT code, channel_id, inviter_id, max_uses, uses, {}, {} FROM invites WHERE server_id = $1 ORDER BY code",
+        secs("expires_at"),
+        secs("created_at")
+    )))
+    .bind(server_id)
+    .fetch_all(&mut *conn)
     .await?;
-    let version: i64 = sqlx::query_scalar("SELECT state_version FROM federated_servers WHERE server_id = $1")
-        .bind(server_id)
-        .fetch_optional(db)
-        .await?
-        .unwrap_or(0);
-    Ok(Some(Snapshot {
-        version: version.max(1),
+    let invites = invites
+        .into_iter()
+        .map(|(code, channel_id, inviter_id, max_uses, uses, expires_at, created_at)| InviteRow {
+            code,
+            server_id,
+            channel_id,
+            inviter_id: inviter_id.unwrap_or_default(),
+            max_uses,
+            uses,
+            expires_at,
+            created_at,
+        })
+        .collect();
+    Ok(Projection {
         server,
-        users,
-        roles,
         channels,
-        overrides,
+        roles,
         members,
+        member_roles,
+        overrides,
         bans,
-    }))
+        invites,
+    })
 }
 
-/// Checks what can be checked without the database: user ids derive from
-/// their keys, everyone referenced is listed, rows belong together.
-fn check(snapshot: &Snapshot) -> Result<(), SnapshotError> {
-    let mut users = HashSet::new();
-    for user in &snapshot.users {
-        let key = hex::decode(&user.public_key)
-            .ok()
-            .and_then(|bytes| UserPublicKey::from_bytes(&bytes).ok())
-            .ok_or(SnapshotError::Invalid("a user's public key"))?;
-        if key.user_id() != user.id {
-            return Err(SnapshotError::Invalid("a user id does not derive from its key"));
+/// Splits two row lists by key into (added, changed, removed).
+fn diff<'a, K: Ord + Clone, R: PartialEq>(
+    old: &'a [R],
+    new: &'a [R],
+    key: impl Fn(&R) -> K,
+) -> (Vec<&'a R>, Vec<&'a R>, Vec<K>) {
+    let old: BTreeMap<K, &R> = old.iter().map(|r| (key(r), r)).collect();
+    let new_keys: BTreeSet<K> = new.iter().map(&key).collect();
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    for row in new {
+        match old.get(&key(row)) {
+            None => added.push(row),
+            Some(before) if *before != row => changed.push(row),
+            Some(_) => {}
         }
-        if user.username.is_empty() || user.username.chars().count() > 32 {
-            return Err(SnapshotError::Invalid("a username"));
+    }
+    let removed = old.keys().filter(|k| !new_keys.contains(k)).cloned().collect();
+    (added, changed, removed)
+}
+
+/// Makes the tables of `new.server` hold exactly `new` (the projection of
+/// one community), in the caller's transaction. Rows that are already
+/// right are not touched.
+pub async fn write_projection(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    new: &Projection,
+) -> Result<Changes, sqlx::Error> {
+    let old = read_projection(conn, server_id).await?;
+    let mut changes = Changes {
+        server_id,
+        ..Changes::default()
+    };
+    let Some(server) = &new.server else {
+        return Ok(changes);
+    };
+    // Users the rows refer to: members carry their keys. Names of users
+    // first seen here are placeholders until a peer tells their profile.
+    for m in &new.members {
+        let Some(key) = m.public_key.as_deref().and_then(|k| k.parse::<UserPublicKey>().ok()) else {
+            continue;
+        };
+        if key.user_id() != m.user_id {
+            continue;
         }
-        users.insert(user.id);
+        sqlx::query("INSERT INTO users (id, public_key, username) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(m.user_id)
+            .bind(key.as_bytes().as_slice())
+            .bind(super::sync::sanitize_username("", m.user_id))
+            .execute(&mut *conn)
+            .await?;
     }
-    if !users.contains(&snapshot.server.owner_id) {
-        return Err(SnapshotError::Invalid("the owner is not listed"));
-    }
-    if snapshot.members.iter().any(|m| !users.contains(&m.user_id)) {
-        return Err(SnapshotError::Invalid("a member is not listed"));
-    }
-    if !snapshot.roles.iter().any(|r| r.id == snapshot.server.id) {
-        return Err(SnapshotError::Invalid("the @everyone role is missing"));
-    }
-    let roles: HashSet<Uuid> = snapshot.roles.iter().map(|r| r.id).collect();
-    let channels: HashSet<Uuid> = snapshot.channels.iter().map(|c| c.id).collect();
-    if snapshot.members.iter().flat_map(|m| &m.roles).any(|r| !roles.contains(r)) {
-        return Err(SnapshotError::Invalid("a member holds an unknown role"));
-    }
-    if snapshot
-        .channels
-        .iter()
-        .any(|c| c.parent_id.is_some_and(|p| !channels.contains(&p)))
-    {
-        return Err(SnapshotError::Invalid("a channel's category is missing"));
-    }
-    if snapshot.overrides.iter().any(|o| {
-        !channels.contains(&o.channel_id)
-            || o.role_id.is_some_and(|r| !roles.contains(&r))
-            || o.user_id.is_some_and(|u| !users.contains(&u))
-    }) {
-        return Err(SnapshotError::Invalid("an override refers to something unknown"));
-    }
-    Ok(())
-}
-
-/// What applying a snapshot changed, to tell the local gateway.
-#[derive(Debug, Default)]
-pub struct Changes {
-    added_members: Vec<Uuid>,
-    removed_members: Vec<Uuid>,
-    added_channels: Vec<Uuid>,
-    updated_channels: Vec<Uuid>,
-    removed_channels: Vec<Uuid>,
-}
-
-/// Writes a snapshot from `home` into this node's projection tables, in
-/// one transaction. Older or equal versions are skipped (`Ok(None)`).
-pub async fn apply_snapshot(
-    state: &AppState,
-    snapshot: &Snapshot,
-    home: &PeerId,
-) -> Result<Option<Changes>, SnapshotError> {
-    check(snapshot)?;
-    let server_id = snapshot.server.id;
-    let mut tx = state.db.begin().await?;
-    // The community must be new here, or already replicated from `home`.
-    let federation: Option<(Option<String>, i64)> = sqlx::query_as(
-        "SELECT home_peer, state_version FROM federated_servers WHERE server_id = $1 FOR UPDATE",
-    )
-    .bind(server_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM servers WHERE id = $1)")
-        .bind(server_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    match &federation {
-        Some((Some(peer), version)) if *peer == home.to_string() => {
-            if snapshot.version <= *version && exists {
-                return Ok(None);
-            }
-        }
-        None if !exists => {}
-        _ => return Err(SnapshotError::Invalid("this community has another home")),
-    }
-    let changes = write(&mut tx, snapshot).await?;
-    store::mark_federated(&mut *tx, server_id, Some(home), snapshot.version).await?;
-    sqlx::query("UPDATE federated_servers SET state_version = $2 WHERE server_id = $1")
-        .bind(server_id)
-        .bind(snapshot.version)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Some(changes))
-}
-
-async fn write(tx: &mut PgConnection, s: &Snapshot) -> Result<Changes, SnapshotError> {
-    let server_id = s.server.id;
-    for user in &s.users {
-        let key = hex::decode(&user.public_key).map_err(|_| SnapshotError::Invalid("a user's public key"))?;
-        sqlx::query(
-            "INSERT INTO users (id, public_key, username, avatar_url) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, avatar_url = EXCLUDED.avatar_url
-              WHERE users.password_hash IS NULL",
+    let known_users: BTreeSet<Uuid> = sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = ANY($1)")
+        .bind(
+            new.bans
+                .iter()
+                .flat_map(|b| [b.user_id, b.banned_by])
+                .chain(new.invites.iter().map(|i| i.inviter_id))
+                .chain([server.owner_id])
+                .collect::<Vec<_>>(),
         )
-        .bind(user.id)
-        .bind(&key)
-        .bind(&user.username)
-        .bind(&user.avatar_url)
-        .execute(&mut *tx)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    if !known_users.contains(&server.owner_id)
+        && !new.members.iter().any(|m| m.user_id == server.owner_id)
+    {
+        // The owner left no key here (never a member we heard of): the
+        // community cannot be shown until they are known.
+        tracing::warn!(%server_id, "the community's owner is unknown here; projection not written");
+        return Ok(changes);
+    }
+    let old_server = old.server.as_ref().map(|s| ServerRow { public: server.public, ..s.clone() });
+    if old_server.as_ref() != Some(server) {
+        changes.server_changed = true;
+        sqlx::query(
+            "INSERT INTO servers (id, name, owner_id, icon_url, description, created_at)
+             VALUES ($1, $2, $3, $4, $5, to_timestamp($6))
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, owner_id = EXCLUDED.owner_id,
+                 icon_url = EXCLUDED.icon_url, description = EXCLUDED.description, created_at = EXCLUDED.created_at",
+        )
+        .bind(server_id)
+        .bind(&server.name)
+        .bind(server.owner_id)
+        .bind(&server.icon_url)
+        .bind(&server.description)
+        .bind(server.created_at as f64)
+        .execute(&mut *conn)
         .await?;
     }
-    sqlx::query(
-        "INSERT INTO servers (id, name, owner_id, icon_url, description, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, owner_id = EXCLUDED.owner_id,
-             icon_url = EXCLUDED.icon_url, description = EXCLUDED.description",
-    )
-    .bind(server_id)
-    .bind(&s.server.name)
-    .bind(s.server.owner_id)
-    .bind(&s.server.icon_url)
-    .bind(&s.server.description)
-    .bind(s.server.created_at)
-    .execute(&mut *tx)
-    .await?;
 
-    // Roles: remove what is gone, upsert the rest (never another server's).
-    let role_ids: Vec<Uuid> = s.roles.iter().map(|r| r.id).collect();
-    sqlx::query("DELETE FROM roles WHERE server_id = $1 AND NOT (id = ANY($2))")
-        .bind(server_id)
-        .bind(&role_ids)
-        .execute(&mut *tx)
-        .await?;
-    for role in &s.roles {
-        let done = sqlx::query(
+    let (ov_added, ov_changed, ov_removed) = diff(&old.overrides, &new.overrides, |o| o.id);
+    let (mr_added, _, mr_removed) = diff(&old.member_roles, &new.member_roles, |m| (m.user_id, m.role_id));
+    let (m_added, m_changed, m_removed) = diff(&old.members, &new.members, |m| m.user_id);
+    let (b_added, b_changed, b_removed) = diff(&old.bans, &new.bans, |b| b.user_id);
+    let (i_added, i_changed, i_removed) = diff(&old.invites, &new.invites, |i| i.code.clone());
+    let (r_added, r_changed, r_removed) = diff(&old.roles, &new.roles, |r| r.id);
+    let (c_added, c_changed, c_removed) = diff(&old.channels, &new.channels, |c| c.id);
+
+    // Deletes, dependants first.
+    if !ov_removed.is_empty() {
+        sqlx::query("DELETE FROM channel_permission_overrides WHERE id = ANY($1)")
+            .bind(&ov_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (user, role) in &mr_removed {
+        sqlx::query("DELETE FROM member_roles WHERE server_id = $1 AND user_id = $2 AND role_id = $3")
+            .bind(server_id)
+            .bind(user)
+            .bind(role)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !m_removed.is_empty() {
+        sqlx::query("DELETE FROM server_members WHERE server_id = $1 AND user_id = ANY($2)")
+            .bind(server_id)
+            .bind(&m_removed)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM voice_states WHERE server_id = $1 AND user_id = ANY($2)")
+            .bind(server_id)
+            .bind(&m_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !b_removed.is_empty() {
+        sqlx::query("DELETE FROM bans WHERE server_id = $1 AND user_id = ANY($2)")
+            .bind(server_id)
+            .bind(&b_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let i_removed: Vec<String> = i_removed;
+    if !i_removed.is_empty() {
+        sqlx::query("DELETE FROM invites WHERE server_id = $1 AND code = ANY($2)")
+            .bind(server_id)
+            .bind(&i_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !r_removed.is_empty() {
+        sqlx::query("DELETE FROM roles WHERE server_id = $1 AND id = ANY($2)")
+            .bind(server_id)
+            .bind(&r_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !c_removed.is_empty() {
+        sqlx::query("DELETE FROM channels WHERE server_id = $1 AND id = ANY($2)")
+            .bind(server_id)
+            .bind(&c_removed)
+            .execute(&mut *conn)
+            .await?;
+    }
+
+    // Inserts and updates, referenced rows first.
+    for role in r_added.iter().chain(&r_changed) {
+        sqlx::query(
             "INSERT INTO roles (id, server_id, name, permissions, color, hoist, mentionable, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, permissions = EXCLUDED.permissions,
@@ -271,127 +396,60 @@ async fn write(tx: &mut PgConnection, s: &Snapshot) -> Result<Changes, SnapshotE
         .bind(role.color)
         .bind(role.hoist)
         .bind(role.mentionable)
-        .bind(role.position)
-        .execute(&mut *tx)
+        .bind(role.position.max(0))
+        .execute(&mut *conn)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(SnapshotError::Invalid("a role id belongs to another community"));
-        }
     }
-
-    // Channels.
-    type ChannelKey = (String, String, Option<Uuid>, Option<String>, i32);
-    let before: HashMap<Uuid, ChannelKey> = sqlx::query_as::<_, (Uuid, String, String, Option<Uuid>, Option<String>, i32)>(
-        "SELECT id, name, kind, parent_id, topic, position FROM channels WHERE server_id = $1",
-    )
-    .bind(server_id)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(id, name, kind, parent, topic, position)| (id, (name, kind, parent, topic, position)))
-    .collect();
-    let channel_ids: Vec<Uuid> = s.channels.iter().map(|c| c.id).collect();
-    sqlx::query("DELETE FROM channels WHERE server_id = $1 AND NOT (id = ANY($2))")
-        .bind(server_id)
-        .bind(&channel_ids)
-        .execute(&mut *tx)
-        .await?;
-    let mut changes = Changes {
-        removed_channels: before.keys().filter(|id| !channel_ids.contains(id)).copied().collect(),
-        ..Changes::default()
-    };
-    for channel in &s.channels {
-        let done = sqlx::query(
+    let mut channel_writes: Vec<&ChannelRow> = c_added.iter().chain(&c_changed).copied().collect();
+    channel_writes.sort_by_key(|c| c.kind != together_crdt::ChannelKind::Category);
+    for channel in channel_writes {
+        sqlx::query(
             "INSERT INTO channels (id, server_id, name, kind, parent_id, topic, position)
-             VALUES ($1, $2, $3, $4, NULL, $5, $6)
-             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, topic = EXCLUDED.topic, position = EXCLUDED.position
-              WHERE channels.server_id = EXCLUDED.server_id AND channels.kind = EXCLUDED.kind",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, parent_id = EXCLUDED.parent_id,
+                 topic = EXCLUDED.topic, position = EXCLUDED.position
+              WHERE channels.server_id = EXCLUDED.server_id",
         )
         .bind(channel.id)
         .bind(server_id)
         .bind(&channel.name)
-        .bind(&channel.kind)
+        .bind(channel.kind.as_str())
+        .bind(channel.parent_id)
         .bind(&channel.topic)
         .bind(channel.position)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(SnapshotError::Invalid("a channel id belongs to another community"));
-        }
-        let now = (
-            channel.name.clone(),
-            channel.kind.clone(),
-            channel.parent_id,
-            channel.topic.clone(),
-            channel.position,
-        );
-        match before.get(&channel.id) {
-            None => changes.added_channels.push(channel.id),
-            Some(old) if *old != now => changes.updated_channels.push(channel.id),
-            Some(_) => {}
-        }
     }
-    for channel in &s.channels {
-        sqlx::query("UPDATE channels SET parent_id = $2 WHERE id = $1 AND parent_id IS DISTINCT FROM $2")
-            .bind(channel.id)
-            .bind(channel.parent_id)
-            .execute(&mut *tx)
-            .await?;
-    }
-
-    // Members and their roles.
-    let before_members: HashSet<Uuid> =
-        sqlx::query_scalar::<_, Uuid>("SELECT user_id FROM server_members WHERE server_id = $1")
-            .bind(server_id)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-    let member_ids: Vec<Uuid> = s.members.iter().map(|m| m.user_id).collect();
-    sqlx::query("DELETE FROM server_members WHERE server_id = $1 AND NOT (user_id = ANY($2))")
-        .bind(server_id)
-        .bind(&member_ids)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM member_roles WHERE server_id = $1")
-        .bind(server_id)
-        .execute(&mut *tx)
-        .await?;
-    for member in &s.members {
+    for m in m_added.iter().chain(&m_changed) {
         sqlx::query(
-            "INSERT INTO server_members (server_id, user_id, nickname, joined_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (server_id, user_id) DO UPDATE SET nickname = EXCLUDED.nickname",
+            "INSERT INTO server_members (server_id, user_id, nickname, joined_at)
+             SELECT $1, $2, $3, to_timestamp($4) WHERE EXISTS (SELECT 1 FROM users WHERE id = $2)
+             ON CONFLICT (server_id, user_id) DO UPDATE SET nickname = EXCLUDED.nickname, joined_at = EXCLUDED.joined_at",
         )
         .bind(server_id)
-        .bind(member.user_id)
-        .bind(&member.nickname)
-        .bind(member.joined_at)
-        .execute(&mut *tx)
+        .bind(m.user_id)
+        .bind(&m.nickname)
+        .bind(m.joined_at as f64)
+        .execute(&mut *conn)
         .await?;
+    }
+    for mr in &mr_added {
         sqlx::query(
-            "INSERT INTO member_roles (server_id, user_id, role_id) SELECT $1, $2, unnest($3::uuid[])
+            "INSERT INTO member_roles (server_id, user_id, role_id)
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)
              ON CONFLICT DO NOTHING",
         )
         .bind(server_id)
-        .bind(member.user_id)
-        .bind(&member.roles)
-        .execute(&mut *tx)
+        .bind(mr.user_id)
+        .bind(mr.role_id)
+        .execute(&mut *conn)
         .await?;
     }
-    changes.added_members = member_ids.iter().filter(|id| !before_members.contains(id)).copied().collect();
-    changes.removed_members = before_members.iter().filter(|id| !member_ids.contains(id)).copied().collect();
-
-    // Overrides and bans: replaced whole.
-    sqlx::query(
-        "DELETE FROM channel_permission_overrides o USING channels c WHERE c.id = o.channel_id AND c.server_id = $1",
-    )
-    .bind(server_id)
-    .execute(&mut *tx)
-    .await?;
-    for o in &s.overrides {
+    for o in ov_added.iter().chain(&ov_changed) {
         sqlx::query(
             "INSERT INTO channel_permission_overrides (id, channel_id, role_id, user_id, allow, deny)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+             SELECT $1, $2, $3, $4, $5, $6 WHERE $4::uuid IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $4)
+             ON CONFLICT (id) DO UPDATE SET allow = EXCLUDED.allow, deny = EXCLUDED.deny",
         )
         .bind(o.id)
         .bind(o.channel_id)
@@ -399,32 +457,103 @@ async fn write(tx: &mut PgConnection, s: &Snapshot) -> Result<Changes, SnapshotE
         .bind(o.user_id)
         .bind(o.allow)
         .bind(o.deny)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    sqlx::query("DELETE FROM bans WHERE server_id = $1")
+    for b in b_added.iter().chain(&b_changed) {
+        if !known_users.contains(&b.user_id) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO bans (server_id, user_id, reason, banned_by, created_at) VALUES ($1, $2, $3, $4, to_timestamp($5))
+             ON CONFLICT (server_id, user_id) DO UPDATE SET reason = EXCLUDED.reason, banned_by = EXCLUDED.banned_by,
+                 created_at = EXCLUDED.created_at",
+        )
         .bind(server_id)
-        .execute(&mut *tx)
+        .bind(b.user_id)
+        .bind(&b.reason)
+        .bind(known_users.contains(&b.banned_by).then_some(b.banned_by))
+        .bind(b.created_at as f64)
+        .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "INSERT INTO bans (server_id, user_id) SELECT $1, u FROM unnest($2::uuid[]) AS u
-          WHERE EXISTS (SELECT 1 FROM users WHERE id = u) ON CONFLICT DO NOTHING",
-    )
-    .bind(server_id)
-    .bind(&s.bans)
-    .execute(&mut *tx)
-    .await?;
+    }
+    for i in i_added.iter().chain(&i_changed) {
+        sqlx::query(
+            "INSERT INTO invites (code, server_id, channel_id, inviter_id, max_uses, uses, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), to_timestamp($8))
+             ON CONFLICT (code) DO UPDATE SET channel_id = EXCLUDED.channel_id, inviter_id = EXCLUDED.inviter_id,
+                 max_uses = EXCLUDED.max_uses, uses = EXCLUDED.uses, expires_at = EXCLUDED.expires_at,
+                 created_at = EXCLUDED.created_at
+              WHERE invites.server_id = EXCLUDED.server_id",
+        )
+        .bind(&i.code)
+        .bind(server_id)
+        .bind(i.channel_id)
+        .bind(known_users.contains(&i.inviter_id).then_some(i.inviter_id))
+        .bind(i.max_uses)
+        .bind(i.uses)
+        .bind(i.expires_at.map(|t| t as f64))
+        .bind(i.created_at as f64)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    changes.added_channels = c_added.iter().map(|c| c.id).collect();
+    changes.updated_channels = c_changed.iter().map(|c| c.id).collect();
+    // A channel whose overrides changed is shown again too.
+    for o in ov_added.iter().chain(&ov_changed) {
+        if !changes.updated_channels.contains(&o.channel_id) && !changes.added_channels.contains(&o.channel_id) {
+            changes.updated_channels.push(o.channel_id);
+        }
+    }
+    for o in old.overrides.iter().filter(|o| ov_removed.contains(&o.id)) {
+        if !changes.updated_channels.contains(&o.channel_id)
+            && !c_removed.contains(&o.channel_id)
+            && !changes.added_channels.contains(&o.channel_id)
+        {
+            changes.updated_channels.push(o.channel_id);
+        }
+    }
+    changes.removed_channels = c_removed;
+    changes.added_roles = r_added.iter().map(|r| r.id).collect();
+    changes.updated_roles = r_changed.iter().map(|r| r.id).collect();
+    changes.removed_roles = r_removed;
+    changes.added_members = m_added.iter().map(|m| m.user_id).collect();
+    changes.updated_members = m_changed.iter().map(|m| m.user_id).collect();
+    for (user, _) in mr_added.iter().map(|m| (m.user_id, m.role_id)).chain(mr_removed.iter().copied()) {
+        if !changes.updated_members.contains(&user)
+            && !changes.added_members.contains(&user)
+            && !m_removed.contains(&user)
+        {
+            changes.updated_members.push(user);
+        }
+    }
+    changes.removed_members = m_removed;
+    changes.added_bans = b_added.iter().map(|b| b.user_id).collect();
+    changes.removed_bans = b_removed;
     Ok(changes)
 }
 
-/// Tells this node's gateway sessions what a snapshot changed.
-pub async fn announce(state: &AppState, server_id: Uuid, changes: &Changes) {
+/// Tells this node's gateway sessions what a change from a peer did.
+pub async fn announce(state: &AppState, changes: &Changes) {
+    use crate::model::{RoleDeleted, RoleEvent};
     let bus = &state.bus;
+    let server_id = changes.server_id;
     for id in &changes.removed_channels {
         bus.publish_remote(
             "CHANNEL_DELETE",
             Audience::Server(server_id),
             &ChannelDeleted { id: *id, server_id },
+        );
+    }
+    for id in &changes.removed_roles {
+        bus.publish_remote(
+            "SERVER_ROLE_DELETE",
+            Audience::Server(server_id),
+            &RoleDeleted {
+                server_id,
+                role_id: *id,
+            },
         );
     }
     for id in &changes.removed_members {
@@ -438,14 +567,38 @@ pub async fn announce(state: &AppState, server_id: Uuid, changes: &Changes) {
                 &ServerUserEvent { server_id, user },
             );
         }
+        // The removed user's own sessions drop the community.
+        bus.publish_remote("SERVER_DELETE", Audience::User(*id), &ServerDeleted { id: server_id });
     }
-    if let Ok(server) = crate::community::servers::fetch_server(&state.db, server_id).await {
-        bus.publish_remote("SERVER_UPDATE", Audience::Server(server_id), &server);
-        for id in &changes.added_members {
-            if let Ok(member) = crate::community::members::fetch_member(&state.db, server_id, *id).await {
-                bus.publish_remote("SERVER_MEMBER_ADD", Audience::Server(server_id), &member);
+    for (kind, ids) in [("SERVER_BAN_ADD", &changes.added_bans), ("SERVER_BAN_REMOVE", &changes.removed_bans)] {
+        for id in ids {
+            if let Ok(user) = crate::http::users::fetch_user(&state.db, *id).await {
+                bus.publish_remote(kind, Audience::Server(server_id), &ServerUserEvent { server_id, user });
             }
-            bus.publish_remote("SERVER_CREATE", Audience::User(*id), &server);
+        }
+    }
+    let Ok(server) = crate::community::servers::fetch_server(&state.db, server_id).await else {
+        return;
+    };
+    if changes.server_changed {
+        bus.publish_remote("SERVER_UPDATE", Audience::Server(server_id), &server);
+    }
+    for (kind, ids) in [("SERVER_ROLE_CREATE", &changes.added_roles), ("SERVER_ROLE_UPDATE", &changes.updated_roles)] {
+        for id in ids {
+            if let Ok(role) = crate::community::roles::fetch_role(&state.db, *id).await {
+                bus.publish_remote(kind, Audience::Server(server_id), &RoleEvent { server_id, role });
+            }
+        }
+    }
+    for id in &changes.added_members {
+        if let Ok(member) = crate::community::members::fetch_member(&state.db, server_id, *id).await {
+            bus.publish_remote("SERVER_MEMBER_ADD", Audience::Server(server_id), &member);
+        }
+        bus.publish_remote("SERVER_CREATE", Audience::User(*id), &server);
+    }
+    for id in &changes.updated_members {
+        if let Ok(member) = crate::community::members::fetch_member(&state.db, server_id, *id).await {
+            bus.publish_remote("SERVER_MEMBER_UPDATE", Audience::Server(server_id), &member);
         }
     }
     for (kind, ids) in [
@@ -468,80 +621,4 @@ pub async fn announce(state: &AppState, server_id: Uuid, changes: &Changes) {
             }
         }
     }
-}
-
-/// Fetches a community's snapshot from its home peer and applies it.
-pub async fn refresh(state: &AppState, client: &NetClient, home: PeerId, server_id: Uuid) -> Result<(), String> {
-    match client.request(home, SyncRequest::Snapshot { server_id }).await {
-        Ok(SyncResponse::Snapshot { snapshot }) => {
-            if snapshot.server.id != server_id {
-                return Err("the snapshot is of another community".into());
-            }
-            match apply_snapshot(state, &snapshot, &home).await {
-                Ok(Some(changes)) => {
-                    announce(state, server_id, &changes).await;
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(err) => Err(err.to_string()),
-            }
-        }
-        Ok(SyncResponse::Error { code, message }) => Err(format!("{code}: {message}")),
-        Ok(_) => Err("unexpected response".into()),
-        Err(err) => Err(err.to_string()),
-    }
-}
-
-/// A state notice on a community's state topic: accepted only from the
-/// community's home peer, then the new structure is fetched.
-pub async fn on_notice(
-    state: &AppState,
-    client: &NetClient,
-    author: Option<PeerId>,
-    server_id: Uuid,
-    data: &[u8],
-) -> MessageAcceptance {
-    let counters = state.federation.counters();
-    let Ok(StateNotice::Changed { server_id: named, version }) = serde_json::from_slice::<StateNotice>(data) else {
-        counters.reject("malformed");
-        return MessageAcceptance::Reject;
-    };
-    if named != server_id {
-        counters.reject("wrong_topic");
-        return MessageAcceptance::Reject;
-    }
-    let home = match sqlx::query_as::<_, (Option<String>, i64)>(
-        "SELECT home_peer, state_version FROM federated_servers WHERE server_id = $1",
-    )
-    .bind(server_id)
-    .fetch_optional(&state.db)
-    .await
-    {
-        Ok(Some((Some(home), known))) => {
-            if version <= known {
-                return MessageAcceptance::Ignore;
-            }
-            home
-        }
-        Ok(_) => return MessageAcceptance::Ignore,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot look up a community's home");
-            return MessageAcceptance::Ignore;
-        }
-    };
-    if author.map(|a| a.to_string()) != Some(home.clone()) {
-        counters.reject("not_home");
-        return MessageAcceptance::Reject;
-    }
-    let Ok(home) = home.parse::<PeerId>() else {
-        return MessageAcceptance::Ignore;
-    };
-    let state = state.clone();
-    let client = client.clone();
-    tokio::spawn(async move {
-        if let Err(err) = refresh(&state, &client, home, server_id).await {
-            tracing::warn!(%server_id, error = %err, "cannot refresh a community's structure");
-        }
-    });
-    MessageAcceptance::Accept
 }

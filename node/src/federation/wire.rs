@@ -1,13 +1,14 @@
-//! The request-response protocol between nodes (`/together/sync/1`, JSON)
-//! and what travels on a community's state topic.
+//! The request-response protocol between nodes (`/together/sync/1`, JSON).
 //!
-//! - `join`: a node asks a community's home node to admit one of its users
-//!   with an invite code; the answer is the community's structure.
-//! - `snapshot`: the current structure of a community (from its home node).
+//! - `ops`: heads/ops sync of a community's signed state ops
+//!   (`together-crdt`): the asker sends its heads, the answer holds the
+//!   ops it lacks (wire form, hex), the responder's heads and the
+//!   profiles of the ops' authors. A node that has none of the
+//!   community's ops yet asks with an invite code instead.
+//! - `push_ops`: ops the sender believes the receiver lacks.
 //! - `history`: a page of a channel's signed message events after a cursor
 //!   (the responder's own sequence numbers), for backfill.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use together_protocol::federation::Envelope;
 use uuid::Uuid;
@@ -20,11 +21,19 @@ pub const MAX_HISTORY_PAGE: u32 = 200;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncRequest {
-    /// Admit the user of `envelope` (a signed `member.join` event under a
-    /// delegation to the asking node) with an invite code.
-    Join { envelope: Box<Envelope>, username: String },
-    /// The structure of a community this node is the home of.
-    Snapshot { server_id: Uuid },
+    /// The ops of a community that a node with heads `have` lacks. Without
+    /// `server_id`, the community is the one `invite` belongs to.
+    Ops {
+        server_id: Option<Uuid>,
+        have: Vec<String>,
+        invite: Option<String>,
+    },
+    /// Ops (wire form, hex) for the receiver, with their authors' profiles.
+    PushOps {
+        server_id: Uuid,
+        ops: Vec<String>,
+        users: Vec<UserRow>,
+    },
     /// Message events of a channel after the responder's sequence `after`.
     History {
         server_id: Uuid,
@@ -37,7 +46,19 @@ pub enum SyncRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncResponse {
-    Snapshot { snapshot: Box<Snapshot> },
+    Ops {
+        server_id: Uuid,
+        /// Wire form of each op, hex, parents before children.
+        ops: Vec<String>,
+        /// Whether more ops remain (ask again with the new heads).
+        more: bool,
+        /// The responder's heads, hex.
+        heads: Vec<String>,
+        users: Vec<UserRow>,
+    },
+    Pushed {
+        stored: u64,
+    },
     History {
         /// `(sequence, envelope)` in ascending sequence order.
         events: Vec<(i64, Envelope)>,
@@ -56,40 +77,7 @@ impl SyncResponse {
     }
 }
 
-/// What a community's home node publishes on the community's state topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum StateNotice {
-    /// The structure changed; fetch a snapshot newer than `version`.
-    Changed { server_id: Uuid, version: i64 },
-}
-
-/// A community's structure as its home node sees it: the rows of the
-/// projection tables. This is the interim structure sync; signed CRDT ops
-/// (`together-crdt`) replace it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Milliseconds since the epoch at the home node when taken; newer wins.
-    pub version: i64,
-    pub server: ServerRow,
-    pub users: Vec<UserRow>,
-    pub roles: Vec<RoleRow>,
-    pub channels: Vec<ChannelRow>,
-    pub overrides: Vec<OverrideRow>,
-    pub members: Vec<MemberRow>,
-    pub bans: Vec<Uuid>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
-pub struct ServerRow {
-    pub id: Uuid,
-    pub name: String,
-    pub owner_id: Uuid,
-    pub icon_url: Option<String>,
-    pub description: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
+/// A user's profile as another node shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct UserRow {
     pub id: Uuid,
@@ -97,43 +85,4 @@ pub struct UserRow {
     pub public_key: String,
     pub username: String,
     pub avatar_url: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
-pub struct RoleRow {
-    pub id: Uuid,
-    pub name: String,
-    pub permissions: i64,
-    pub color: Option<i32>,
-    pub hoist: bool,
-    pub mentionable: bool,
-    pub position: i32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
-pub struct ChannelRow {
-    pub id: Uuid,
-    pub name: String,
-    pub kind: String,
-    pub parent_id: Option<Uuid>,
-    pub topic: Option<String>,
-    pub position: i32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
-pub struct OverrideRow {
-    pub id: Uuid,
-    pub channel_id: Uuid,
-    pub role_id: Option<Uuid>,
-    pub user_id: Option<Uuid>,
-    pub allow: i64,
-    pub deny: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
-pub struct MemberRow {
-    pub user_id: Uuid,
-    pub nickname: Option<String>,
-    pub joined_at: DateTime<Utc>,
-    pub roles: Vec<Uuid>,
 }

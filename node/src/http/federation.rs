@@ -79,6 +79,7 @@ async fn join_remote_server(
         .map_err(|_| ApiError::invalid("peer must be a multiaddr ending in /p2p/<peer id>"))?;
     match crate::federation::sync::join_remote(&state, auth.user_id, req.code.trim(), peer).await {
         Ok(server) => Ok(Json(server)),
+        Err(JoinError::Join(err)) => Err(err),
         Err(err) => Err(match &err {
             JoinError::NoNetwork => {
                 ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "federation_disabled", err.to_string())
