@@ -85,6 +85,9 @@ pub struct FileConfig {
     pub rate_limit_per_minute: Option<u32>,
     pub p2p_listen: Option<Vec<String>>,
     pub peers: Option<Vec<String>>,
+    /// The `[voice]` section: the SFU's UDP sockets, ICE servers and
+    /// timeouts (see docs/voice.md).
+    pub voice: Option<together_sfu::SfuConfig>,
 }
 
 /// The resolved configuration.
@@ -101,6 +104,10 @@ pub struct Config {
     pub p2p_listen: Vec<String>,
     /// Bootstrap peers (multiaddrs).
     pub peers: Vec<String>,
+    /// Voice: where the SFU binds, what clients are told about ICE servers,
+    /// how long it waits for clients. The default binds 127.0.0.1 on
+    /// ephemeral ports, which serves clients on the same machine.
+    pub voice: together_sfu::SfuConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -162,6 +169,7 @@ impl Config {
             } else {
                 run.peers.clone()
             },
+            voice: file.voice.unwrap_or_default(),
         })
     }
 
@@ -177,6 +185,7 @@ impl Config {
             rate_limit_per_minute: 0,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             peers: Vec::new(),
+            voice: together_sfu::SfuConfig::loopback(),
         }
     }
 }
@@ -217,6 +226,19 @@ mod tests {
             config.as_ref().map(|c| c.data_dir.clone()),
             Some(PathBuf::from(DEFAULT_DATA_DIR))
         );
+    }
+
+    #[test]
+    fn voice_section_is_read() {
+        let text = "[voice]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 50000\npublic_ips = [\"203.0.113.7\"]\n\
+                    [voice.timeouts]\nanswer_ms = 2000\n\
+                    [[voice.ice_servers]]\nurls = [\"turn:turn.example.org:3478\"]\nrest_secret = \"s\"\nrest_ttl_secs = 600\n";
+        let file = toml::from_str::<FileConfig>(text).ok();
+        let voice = file.and_then(|f| f.voice).unwrap_or_default();
+        assert_eq!(voice.udp_port, 50000);
+        assert_eq!(voice.timeouts.answer, std::time::Duration::from_millis(2000));
+        assert_eq!(voice.ice_servers.len(), 1);
+        assert!(voice.validate().is_ok());
     }
 
     #[test]
