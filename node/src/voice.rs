@@ -193,7 +193,8 @@ pub async fn shutdown(state: &AppState) {
     let users: Vec<Uuid> = state.voice.table().by_user.keys().copied().collect();
     for user in users {
         let _guard = state.voice.lock_user(user).await;
-        if let Some(participant) = state.voice.table().remove(user) {
+        let removed = state.voice.table().remove(user);
+        if let Some(participant) = removed {
             delete_row(state, participant).await;
         }
     }

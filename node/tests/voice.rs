@@ -76,7 +76,6 @@ enum Out {
 /// per voice session, as a browser would) and hands every frame to the test.
 struct Device {
     user: TestUser,
-    ready: Value,
     session_id: String,
     out: mpsc::UnboundedSender<Out>,
     frames: mpsc::UnboundedReceiver<Value>,
@@ -93,7 +92,7 @@ struct Mic {
 
 impl Device {
     async fn connect(addr: SocketAddr, user: &TestUser, mic: Mic) -> Device {
-        let (client, ready) = Client::identified(addr, user).await;
+        let (client, _) = Client::identified(addr, user).await;
         let session_id = client.session_id.clone();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
         let (frames_tx, frames) = mpsc::unbounded_channel();
@@ -155,7 +154,6 @@ impl Device {
         });
         Device {
             user: user.clone(),
-            ready,
             session_id,
             out,
             frames,
