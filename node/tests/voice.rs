@@ -88,6 +88,9 @@ struct Device {
 struct Mic {
     tag: u32,
     audio_level: Option<u8>,
+    /// Send real Opus: a sine tone of this frequency instead of tagged test
+    /// payloads.
+    tone_hz: Option<f32>,
 }
 
 impl Device {
@@ -258,7 +261,10 @@ async fn answer_offer(voice: &Mutex<Option<(String, Arc<VoiceClient>)>>, offer: 
                 ..ClientOptions::default()
             };
             let client = Arc::new(VoiceClient::new(options).await.unwrap());
-            client.start_sending(mic.tag, PAYLOAD);
+            match mic.tone_hz {
+                Some(hz) => client.start_sending_payloads(opus_tone(hz)),
+                None => client.start_sending(mic.tag, PAYLOAD),
+            }
             let old = voice.lock().unwrap().replace((session.clone(), Arc::clone(&client)));
             if let Some((_, old)) = old {
                 old.close().await;
@@ -271,7 +277,56 @@ async fn answer_offer(voice: &Mutex<Option<(String, Arc<VoiceClient>)>>, offer: 
 }
 
 fn mic(tag: u32) -> Mic {
-    Mic { tag, audio_level: None }
+    Mic {
+        tag,
+        audio_level: None,
+        tone_hz: None,
+    }
+}
+
+const RATE: usize = 48_000;
+const FRAME: usize = RATE / 50;
+
+/// One second of a sine tone at `hz`, encoded as 20 ms Opus frames.
+fn opus_tone(hz: f32) -> Vec<bytes::Bytes> {
+    let mut encoder = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Audio).unwrap();
+    let mut out = vec![0u8; 1500];
+    (0..50)
+        .map(|frame| {
+            let pcm: Vec<f32> = (0..FRAME)
+                .map(|i| {
+                    let t = (frame * FRAME + i) as f32 / RATE as f32;
+                    0.5 * (2.0 * std::f32::consts::PI * hz * t).sin()
+                })
+                .collect();
+            let n = encoder.encode(&pcm, FRAME, &mut out).unwrap();
+            bytes::Bytes::copy_from_slice(&out[..n])
+        })
+        .collect()
+}
+
+/// Decodes Opus packets to mono PCM.
+fn decode_opus(packets: &[bytes::Bytes]) -> Vec<f32> {
+    let mut decoder = opus_rs::OpusDecoder::new(48_000, 1).unwrap();
+    let mut pcm = Vec::new();
+    let mut frame = vec![0f32; FRAME * 6];
+    for packet in packets {
+        let n = decoder.decode(packet, FRAME, &mut frame).unwrap();
+        pcm.extend_from_slice(&frame[..n]);
+    }
+    pcm
+}
+
+/// Signal power at `hz` (Goertzel).
+fn power_at(samples: &[f32], hz: f32) -> f32 {
+    let coeff = 2.0 * (2.0 * std::f32::consts::PI * hz / RATE as f32).cos();
+    let (mut s1, mut s2) = (0f32, 0f32);
+    for x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
 }
 
 /// A server owned by `owner` and the id of its "General" voice channel.
@@ -344,6 +399,7 @@ async fn two_members_talk_and_viewers_see_who_is_there(pool: PgPool) {
         Mic {
             tag: 1,
             audio_level: Some(20),
+            tone_hz: None,
         },
     )
     .await;
@@ -709,4 +765,41 @@ async fn bad_voice_frames_are_refused(pool: PgPool) {
     let mut raw = Client::connect(node.addr).await;
     raw.send(json!({"op": 4, "d": {"server_id": server_id, "channel_id": voice}})).await;
     assert_eq!(raw.close_code().await, Some(4003));
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn real_opus_flows_both_ways(pool: PgPool) {
+    let node = start(pool).await;
+    let app = &node.app;
+    let alice = app.register("alice").await;
+    let (server_id, voice) = server_with_voice(app, &alice).await;
+    let bob = app.member(&alice, "bob", &server_id).await;
+    let tone = |hz| Mic {
+        tag: 0,
+        audio_level: None,
+        tone_hz: Some(hz),
+    };
+    let alice_dev = Device::connect(node.addr, &alice, tone(440.0)).await;
+    let bob_dev = Device::connect(node.addr, &bob, tone(660.0)).await;
+    alice_dev.join(&server_id, &voice);
+    bob_dev.join(&server_id, &voice);
+    let alice_rtc = alice_dev.connected().await;
+    let bob_rtc = bob_dev.connected().await;
+
+    // Each hears the other's tone: the packets arrive, decode, and carry the
+    // right frequency.
+    for (listener, hears_hz, not_hz) in [(&bob_rtc, 440.0, 660.0), (&alice_rtc, 660.0, 440.0)] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while listener.received_untagged() < 60 {
+            assert!(tokio::time::Instant::now() < deadline, "no Opus arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pcm = decode_opus(&listener.untagged_payloads());
+        let tail = &pcm[pcm.len().saturating_sub(RATE / 2)..];
+        let rms = (tail.iter().map(|x| x * x).sum::<f32>() / tail.len() as f32).sqrt();
+        assert!(rms > 0.1, "decoded audio is too quiet: rms {rms}");
+        let (wanted, other) = (power_at(tail, hears_hz), power_at(tail, not_hz));
+        assert!(wanted > 100.0 * other, "{hears_hz} Hz: {wanted}, {not_hz} Hz: {other}");
+    }
+    assert_eq!(alice_rtc.received().len(), 0, "nothing but Opus frames was sent");
 }
