@@ -68,6 +68,8 @@ struct Inner {
     table: Mutex<Table>,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     tasks: TaskTracker,
+    /// Cancelled by [`shutdown`] (or with the node); stops the tasks.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// One user in a voice channel, on one gateway session.
@@ -180,6 +182,14 @@ pub async fn start(state: &AppState, config: SfuConfig) -> anyhow::Result<()> {
     if state.voice.inner.sfu.set(sfu).is_err() {
         anyhow::bail!("voice is already started");
     }
+    let stop = state.voice.inner.stop.clone();
+    let node_shutdown = state.shutdown.clone();
+    state.voice.inner.tasks.spawn(async move {
+        tokio::select! {
+            () = node_shutdown.cancelled() => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    });
     let tasks = &state.voice.inner.tasks;
     tasks.spawn(events::run_sfu_events(state.clone(), sfu_events));
     tasks.spawn(events::watch_access(state.clone()));
@@ -199,12 +209,20 @@ pub async fn shutdown(state: &AppState) {
         }
     }
     sfu.shutdown().await;
+    state.voice.inner.stop.cancel();
     state.voice.inner.tasks.close();
     if tokio::time::timeout(std::time::Duration::from_secs(5), state.voice.inner.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("voice tasks did not stop within 5 s");
+    }
+}
+
+impl Voice {
+    /// Cancelled when voice stops.
+    pub(crate) fn stopping(&self) -> tokio_util::sync::CancellationToken {
+        self.inner.stop.clone()
     }
 }
 

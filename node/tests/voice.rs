@@ -803,3 +803,26 @@ async fn real_opus_flows_both_ways(pool: PgPool) {
     }
     assert_eq!(alice_rtc.received().len(), 0, "nothing but Opus frames was sent");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn shutdown_disconnects_everyone_first(pool: PgPool) {
+    let node = start(pool).await;
+    let app = &node.app;
+    let alice = app.register("alice").await;
+    let (server_id, voice) = server_with_voice(app, &alice).await;
+    let mut alice_dev = Device::connect(node.addr, &alice, mic(1)).await;
+    alice_dev.join(&server_id, &voice);
+    alice_dev.connected().await;
+
+    let started = std::time::Instant::now();
+    together_node::voice::shutdown(&app.state).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the voice tasks stopped");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM voice_states").fetch_one(&app.state.db).await.unwrap();
+    assert_eq!(rows, 0, "no voice state outlives the SFU");
+    let sfu = app.state.voice.sfu().unwrap().stats();
+    assert_eq!((sfu.participants, sfu.workers), (0, 0));
+
+    // The gateway stays up; joining now is refused.
+    alice_dev.join(&server_id, &voice);
+    assert_eq!(alice_dev.dispatch("VOICE_ERROR").await["code"], "voice_unavailable");
+}

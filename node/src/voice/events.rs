@@ -26,7 +26,7 @@ use crate::state::AppState;
 
 /// Drains the SFU's events until the node shuts down.
 pub async fn run_sfu_events(state: AppState, mut events: SfuEvents) {
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.voice.stopping();
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -109,7 +109,7 @@ fn server_of(event: &Event) -> Option<Uuid> {
 /// Follows the bus and re-checks voice access where it may have changed.
 pub async fn watch_access(state: AppState) {
     let mut events = state.bus.subscribe();
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.voice.stopping();
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
