@@ -91,6 +91,9 @@ pub struct FileConfig {
     pub rate_limit_per_minute: Option<u32>,
     pub p2p_listen: Option<Vec<String>>,
     pub peers: Option<Vec<String>>,
+    /// The `[voice]` section: the SFU's UDP sockets, ICE servers and
+    /// timeouts (see docs/voice.md).
+    pub voice: Option<together_sfu::SfuConfig>,
 }
 
 /// The resolved configuration.
@@ -109,6 +112,10 @@ pub struct Config {
     pub peers: Vec<String>,
     /// Serve the gateway benchmark route (`--gateway-bench`).
     pub gateway_bench: bool,
+    /// Voice: where the SFU binds, what clients are told about ICE servers,
+    /// how long it waits for clients. The default binds 127.0.0.1 on
+    /// ephemeral ports, which serves clients on the same machine.
+    pub voice: together_sfu::SfuConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -171,6 +178,7 @@ impl Config {
                 run.peers.clone()
             },
             gateway_bench: run.gateway_bench,
+            voice: file.voice.unwrap_or_default(),
         })
     }
 
@@ -187,6 +195,7 @@ impl Config {
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             peers: Vec::new(),
             gateway_bench: false,
+            voice: together_sfu::SfuConfig::loopback(),
         }
     }
 }
@@ -227,6 +236,19 @@ mod tests {
             config.as_ref().map(|c| c.data_dir.clone()),
             Some(PathBuf::from(DEFAULT_DATA_DIR))
         );
+    }
+
+    #[test]
+    fn voice_section_is_read() {
+        let text = "[voice]\nbind_ips = [\"127.0.0.1\"]\nudp_port = 50000\npublic_ips = [\"203.0.113.7\"]\n\
+                    [voice.timeouts]\nanswer_ms = 2000\n\
+                    [[voice.ice_servers]]\nurls = [\"turn:turn.example.org:3478\"]\nrest_secret = \"s\"\nrest_ttl_secs = 600\n";
+        let file = toml::from_str::<FileConfig>(text).ok();
+        let voice = file.and_then(|f| f.voice).unwrap_or_default();
+        assert_eq!(voice.udp_port, 50000);
+        assert_eq!(voice.timeouts.answer, std::time::Duration::from_millis(2000));
+        assert_eq!(voice.ice_servers.len(), 1);
+        assert!(voice.validate().is_ok());
     }
 
     #[test]

@@ -41,6 +41,12 @@ use session::Session;
 
 /// Largest inbound frame.
 pub const MAX_INBOUND_FRAME: usize = 4096;
+/// Largest VOICE_ANSWER frame (op 12 only): an SDP answer grows with the
+/// number of participants (spec/voice.md).
+pub const MAX_VOICE_ANSWER_FRAME: usize = 64 * 1024;
+/// Voice signaling frames (ops 12–14) allowed per connection per minute,
+/// counted apart from [`INBOUND_PER_MINUTE`].
+pub const VOICE_SIGNALING_PER_MINUTE: u32 = 120;
 /// Inbound frames allowed per connection per minute.
 pub const INBOUND_PER_MINUTE: u32 = 120;
 /// IDENTIFYs allowed per user per minute.
@@ -138,6 +144,19 @@ impl Gateway {
         self.inner.sessions.lock().ok()?.remove(&id)
     }
 
+    /// Queues a dispatch built outside the bus on one session (voice
+    /// signaling goes to the device that joined, not to every device of
+    /// the user). Returns false when the session is gone.
+    pub(crate) fn push_to_session(&self, id: Uuid, event: Arc<crate::bus::Event>) -> bool {
+        match self.find_session(id) {
+            Some(session) => {
+                session.push(event);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Number of live sessions (connected or waiting to be resumed).
     pub fn session_count(&self) -> usize {
         self.inner.sessions.lock().map(|m| m.len()).unwrap_or(0)
@@ -204,14 +223,16 @@ impl Gateway {
 
 /// The WebSocket limits of a gateway connection. Dispatches bypass
 /// tungstenite's write buffer ([`socket`]); it only carries control frames,
-/// which are written at once.
+/// which are written at once. Only VOICE_ANSWER may be as large as
+/// [`MAX_VOICE_ANSWER_FRAME`]; `connection` holds every other frame to
+/// [`MAX_INBOUND_FRAME`].
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(socket::READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(MAX_INBOUND_FRAME))
-        .max_frame_size(Some(MAX_INBOUND_FRAME))
+        .max_message_size(Some(MAX_VOICE_ANSWER_FRAME))
+        .max_frame_size(Some(MAX_VOICE_ANSWER_FRAME))
 }
 
 /// `GET /gateway`: upgrade to a gateway WebSocket.

@@ -21,6 +21,7 @@ pub mod roles;
 pub mod servers;
 pub mod typing;
 pub mod users;
+pub mod voice;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -51,6 +52,7 @@ pub const JSON_BODY_LIMIT: usize = 64 * 1024;
         (name = "roles", description = "Roles and permissions"),
         (name = "messages", description = "Messages, history, search and reactions"),
         (name = "attachments", description = "File uploads and downloads"),
+        (name = "voice", description = "Voice states: who is in a voice channel; moderating members in voice"),
         (name = "federation", description = "The node's network identity; joining communities on other nodes"),
         (name = "meta", description = "Health and API description"),
     )
@@ -88,6 +90,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(attachments::router())
         .merge(typing::router())
         .merge(presence::router())
+        .merge(voice::router())
 }
 
 /// The OpenAPI document, as served at `/api/openapi.json` and checked in

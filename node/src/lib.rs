@@ -21,6 +21,8 @@
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module.
 //! - [`gateway`]: the WebSocket gateway: sessions, dispatch, presence.
+//! - [`voice`]: voice channels: the SFU, signaling over the gateway,
+//!   moderators' mute/deafen/move, disconnecting who loses access.
 //! - [`messages`]: message storage: history pages, batched loading of
 //!   attachments and reactions, full-text search (recent walk or GIN).
 //! - [`uploads`]: uploaded files stored once per blake3 hash, safe
@@ -54,3 +56,4 @@ pub mod seed;
 pub mod server;
 pub mod state;
 pub mod uploads;
+pub mod voice;

@@ -1,6 +1,6 @@
 //! Running a node: open the database, migrate, serve, and shut down in
-//! order (stop accepting, drain requests, close the pool, stop the private
-//! PostgreSQL) on SIGINT or SIGTERM.
+//! order (stop accepting, drain requests, disconnect voice and stop the
+//! SFU, close the pool, stop the private PostgreSQL) on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 
@@ -23,8 +23,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
 async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node = start(database, config, keys, shutdown).await?;
-    node.serving.await??;
+    let served = node.serving.await;
     tracing::info!("node stopped accepting; shutting down");
+    // Voice before the database: leaving participants deletes their rows.
+    crate::voice::shutdown(&node.state).await;
+    served??;
     Ok(())
 }
 
@@ -65,6 +68,7 @@ pub async fn start(
         shutdown.clone(),
     );
     crate::federation::start(&state, &p2p).await?;
+    crate::voice::start(&state, state.config.voice.clone()).await?;
     tokio::spawn(crate::uploads::run_cleanup(
         state.db.clone(),
         crate::uploads::FileStore::new(&state.config.data_dir),

@@ -12,6 +12,7 @@ use crate::federation::Federation;
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::keys::NodeKeys;
 use crate::ratelimit::RateLimiter;
+use crate::voice::Voice;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -25,6 +26,9 @@ pub struct AppState {
     pub challenges: ChallengeStore,
     /// The federation layer (network client, counters); idle until started.
     pub federation: Federation,
+    /// Voice channels (the SFU and who is in which room); idle until
+    /// [`crate::voice::start`] ran.
+    pub voice: Voice,
     /// Cancelled when the node shuts down; every background task watches it.
     pub shutdown: CancellationToken,
 }
@@ -55,6 +59,7 @@ impl AppState {
             gateway,
             challenges: ChallengeStore::default(),
             federation: Federation::default(),
+            voice: Voice::default(),
             shutdown,
         }
     }

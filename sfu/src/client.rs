@@ -8,6 +8,11 @@
 //! Payload layout (big-endian): `0xFC` (an Opus TOC byte), tag `u32`, counter `u32`,
 //! send time `u64` (nanoseconds since the process's first client started), then filler
 //! up to the requested length.
+//!
+//! The client can also send given payloads, e.g. real Opus frames from an encoder
+//! ([`VoiceClient::start_sending_payloads`]); what it receives that is not a test
+//! payload is counted and the latest such payloads are kept
+//! ([`VoiceClient::untagged_payloads`]) so a test can decode what arrived.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -159,10 +164,17 @@ impl Latency {
     }
 }
 
+/// Untagged payloads kept for inspection.
+const KEPT_PAYLOADS: usize = 500;
+
 #[derive(Default)]
 struct Received {
     streams: HashMap<u32, StreamStats>,
     latency: Latency,
+    /// Packets whose payload is not a [`test_payload`].
+    untagged: u64,
+    /// The latest of those payloads, oldest first.
+    untagged_payloads: std::collections::VecDeque<Bytes>,
 }
 
 /// The process-wide clock that payload send times count from.
@@ -271,7 +283,16 @@ impl PeerConnectionEventHandler for ClientHandler {
 }
 
 fn record(received: &Mutex<Received>, packet: &Packet) {
-    let Some((tag, counter, age)) = parse_payload(&packet.payload) else { return };
+    let Some((tag, counter, age)) = parse_payload(&packet.payload) else {
+        if let Ok(mut received) = received.lock() {
+            received.untagged += 1;
+            if received.untagged_payloads.len() >= KEPT_PAYLOADS {
+                received.untagged_payloads.pop_front();
+            }
+            received.untagged_payloads.push_back(packet.payload.clone());
+        }
+        return;
+    };
     let Ok(mut received) = received.lock() else { return };
     received.latency.record(age);
     let stream = received.streams.entry(tag).or_default();
@@ -442,6 +463,22 @@ impl VoiceClient {
     /// Starts sending one `payload_len`-byte packet every 20 ms, tagged `tag`, from a
     /// random point of the period. Replaces a previous sender.
     pub fn start_sending(&self, tag: u32, payload_len: usize) {
+        self.spawn_sender(move |counter| test_payload(tag, counter, payload_len));
+    }
+
+    /// Starts sending `payloads` in a loop, one every 20 ms (e.g. 20 ms Opus frames
+    /// from an encoder). Replaces a previous sender; does nothing without payloads.
+    pub fn start_sending_payloads(&self, payloads: Vec<Bytes>) {
+        if payloads.is_empty() {
+            return;
+        }
+        self.spawn_sender(move |counter| {
+            let index = usize::try_from(counter).unwrap_or(0) % payloads.len();
+            payloads.get(index).cloned().unwrap_or_default()
+        });
+    }
+
+    fn spawn_sender(&self, mut payload: impl FnMut(u32) -> Bytes + Send + 'static) {
         let stop = self.cancel.child_token();
         if let Ok(mut sending) = self.sending.lock()
             && let Some(previous) = sending.replace(stop.clone())
@@ -475,7 +512,7 @@ impl VoiceClient {
                 packet.header.timestamp = ts;
                 packet.header.ssrc = ssrc;
                 packet.header.marker = counter == 0;
-                packet.payload = test_payload(tag, counter, payload_len);
+                packet.payload = payload(counter);
                 let result = match level {
                     Some(level) => {
                         let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
@@ -518,6 +555,19 @@ impl VoiceClient {
     /// Packets received from sender `tag`.
     pub fn received_from(&self, tag: u32) -> u64 {
         self.received().get(&tag).map_or(0, |s| s.packets)
+    }
+
+    /// Packets received whose payload was not a [`test_payload`] (e.g. real Opus).
+    pub fn received_untagged(&self) -> u64 {
+        self.received.lock().map(|r| r.untagged).unwrap_or(0)
+    }
+
+    /// The latest untagged payloads received (up to 500), oldest first.
+    pub fn untagged_payloads(&self) -> Vec<Bytes> {
+        self.received
+            .lock()
+            .map(|r| r.untagged_payloads.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Latency histogram of everything received.

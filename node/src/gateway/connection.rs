@@ -15,7 +15,7 @@ use super::dispatcher::{Command, make_ready_event};
 use super::protocol::{self as p, Close, Identify, Inbound, PresenceUpdate, Resume};
 use super::session::{Outbound, Session};
 use super::socket::{GatewaySocket, WriteError};
-use super::{Gateway, INBOUND_PER_MINUTE, MAX_INBOUND_FRAME, views};
+use super::{INBOUND_PER_MINUTE, MAX_INBOUND_FRAME, MAX_VOICE_ANSWER_FRAME, VOICE_SIGNALING_PER_MINUTE, views};
 use crate::auth::authenticate;
 use crate::bus::Audience;
 use crate::state::AppState;
@@ -46,19 +46,20 @@ pub async fn serve(mut socket: GatewaySocket, state: AppState) {
     gateway.command(Command::Connection { user_id, connected: true }).await;
     let end = run(&mut socket, &state, &session, generation, interval).await;
     // Closing and parking are rare; boxed so they do not size the task.
-    Box::pin(finish(socket, gateway, session, generation, end)).await;
+    Box::pin(finish(socket, state, session, generation, end)).await;
 }
 
 /// After the main loop: close the socket, then keep the session for a
 /// resume or let it go.
-async fn finish(mut socket: GatewaySocket, gateway: Gateway, session: Arc<Session>, generation: u64, end: End) {
+async fn finish(mut socket: GatewaySocket, state: AppState, session: Arc<Session>, generation: u64, end: End) {
+    let gateway = state.gateway.clone();
     let user_id = session.user_id;
     session.detach(generation);
     gateway.command(Command::Connection { user_id, connected: false }).await;
     if let End::Close(close) = end {
         send_close(&mut socket, close).await;
         if !close.resumable() {
-            expire(&gateway, &session).await;
+            expire(&state, &session).await;
             return;
         }
     }
@@ -71,14 +72,17 @@ async fn finish(mut socket: GatewaySocket, gateway: Gateway, session: Arc<Sessio
             _ = gateway.shutdown().cancelled() => {}
         }
         if session.generation() == parked && !session.is_connected() {
-            expire(&gateway, &session).await;
+            expire(&state, &session).await;
         }
     });
 }
 
-async fn expire(gateway: &Gateway, session: &Arc<Session>) {
+async fn expire(state: &AppState, session: &Arc<Session>) {
+    let gateway = &state.gateway;
     if gateway.forget_session(session.id).is_some() {
         gateway.command(Command::Unregister { session: session.clone() }).await;
+        // A session that is gone for good takes its voice connection along.
+        crate::voice::session_closed(state, session.user_id, session.id).await;
     }
 }
 
@@ -108,7 +112,7 @@ async fn next_text(socket: &mut GatewaySocket) -> Result<String, End> {
     loop {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => {
-                if text.len() > MAX_INBOUND_FRAME {
+                if text.len() > MAX_INBOUND_FRAME && !is_voice_answer(&text) {
                     return Err(End::Close(Close::FrameTooLarge));
                 }
                 return Ok(text.to_string());
@@ -119,6 +123,12 @@ async fn next_text(socket: &mut GatewaySocket) -> Result<String, End> {
             Some(Err(err)) => return Err(classify(err)),
         }
     }
+}
+
+/// Whether an oversized frame is a VOICE_ANSWER within its own limit.
+fn is_voice_answer(text: &str) -> bool {
+    text.len() <= MAX_VOICE_ANSWER_FRAME
+        && serde_json::from_str::<Inbound<'_>>(text).is_ok_and(|frame| frame.op == p::OP_VOICE_ANSWER)
 }
 
 fn classify(err: axum::Error) -> End {
@@ -161,7 +171,10 @@ async fn handshake(socket: &mut GatewaySocket, state: &AppState, interval: Durat
                 let ack = p::op_frame(p::OP_HEARTBEAT_ACK, &serde_json::Value::Null);
                 socket.send(Message::Text(ack.into())).await.map_err(|_| End::Gone)?;
             }
-            p::OP_DISPATCH | p::OP_PRESENCE_UPDATE => return Err(End::Close(Close::NotAuthenticated)),
+            p::OP_DISPATCH | p::OP_PRESENCE_UPDATE | p::OP_VOICE_STATE_UPDATE => {
+                return Err(End::Close(Close::NotAuthenticated));
+            }
+            op if p::is_voice_signaling(op) => return Err(End::Close(Close::NotAuthenticated)),
             _ => return Err(End::Close(Close::UnknownOpcode)),
         }
     }
@@ -241,7 +254,7 @@ async fn resume_session(state: &AppState, resume: Resume) -> Result<Option<(Arc<
         return Ok(None);
     }
     let Some(generation) = session.attach(Some(resume.seq)) else {
-        expire(&state.gateway, &session).await;
+        expire(state, &session).await;
         return Ok(None);
     };
     session.push(make_ready_event("RESUMED", Audience::User(auth.user_id), &json!({})));
@@ -282,6 +295,7 @@ async fn run(socket: &mut GatewaySocket, state: &AppState, session: &Session, ge
     let mut deadline = Instant::now() + deadline_after;
     let mut window_start = Instant::now();
     let mut inbound = 0u32;
+    let mut voice_signaling = 0u32;
     let shutdown = state.gateway.shutdown().clone();
     // Made once, not per wake-up: a fan-out wakes every connection, and
     // registering a timer and a cancellation waiter each time is work
@@ -310,14 +324,22 @@ async fn run(socket: &mut GatewaySocket, state: &AppState, session: &Session, ge
                 if now.duration_since(window_start) >= Duration::from_secs(60) {
                     window_start = now;
                     inbound = 0;
-                }
-                inbound += 1;
-                if inbound > INBOUND_PER_MINUTE {
-                    return End::Close(Close::RateLimited);
+                    voice_signaling = 0;
                 }
                 let Ok(frame) = serde_json::from_str::<Inbound<'_>>(&text) else {
                     return End::Close(Close::DecodeError);
                 };
+                // Voice signaling has its own budget (spec/voice.md): a room
+                // with churn makes offers the client must answer.
+                let (count, budget) = if p::is_voice_signaling(frame.op) {
+                    (&mut voice_signaling, VOICE_SIGNALING_PER_MINUTE)
+                } else {
+                    (&mut inbound, INBOUND_PER_MINUTE)
+                };
+                *count += 1;
+                if *count > budget {
+                    return End::Close(Close::RateLimited);
+                }
                 let data = frame.d.map(|d| d.get()).unwrap_or("null");
                 match frame.op {
                     p::OP_HEARTBEAT => {
@@ -343,6 +365,11 @@ async fn run(socket: &mut GatewaySocket, state: &AppState, session: &Session, ge
                         };
                         store_presence(state, session.user_id, &status, custom.as_deref()).await;
                         state.gateway.set_presence(session.user_id, status, custom).await;
+                    }
+                    p::OP_VOICE_STATE_UPDATE | p::OP_VOICE_ANSWER | p::OP_VOICE_ICE_CANDIDATE | p::OP_VOICE_RESTART => {
+                        if let Err(close) = crate::voice::gateway_op(state, session, frame.op, data).await {
+                            return End::Close(close);
+                        }
                     }
                     p::OP_IDENTIFY | p::OP_RESUME => return End::Close(Close::AlreadyAuthenticated),
                     _ => return End::Close(Close::UnknownOpcode),

@@ -7,11 +7,21 @@ pub const OP_DISPATCH: u8 = 0;
 pub const OP_HEARTBEAT: u8 = 1;
 pub const OP_IDENTIFY: u8 = 2;
 pub const OP_PRESENCE_UPDATE: u8 = 3;
+pub const OP_VOICE_STATE_UPDATE: u8 = 4;
 pub const OP_RESUME: u8 = 6;
 pub const OP_RECONNECT: u8 = 7;
 pub const OP_INVALID_SESSION: u8 = 9;
 pub const OP_HELLO: u8 = 10;
 pub const OP_HEARTBEAT_ACK: u8 = 11;
+pub const OP_VOICE_ANSWER: u8 = 12;
+pub const OP_VOICE_ICE_CANDIDATE: u8 = 13;
+pub const OP_VOICE_RESTART: u8 = 14;
+
+/// Whether `op` is voice signaling (ops 12–14), which has its own frame
+/// budget.
+pub fn is_voice_signaling(op: u8) -> bool {
+    matches!(op, OP_VOICE_ANSWER | OP_VOICE_ICE_CANDIDATE | OP_VOICE_RESTART)
+}
 
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -283,6 +283,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/channels/{channel_id}/voice-states": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/channels/{channel_id}/voice-states`: who is connected to a
+         *     voice channel, in joining order.
+         */
+        get: operations["list_voice_states"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/federation/join": {
         parameters: {
             query?: never;
@@ -692,6 +712,28 @@ export interface paths {
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/api/servers/{server_id}/members/{user_id}/voice": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * `PATCH /api/servers/{server_id}/members/{user_id}/voice`: a moderator
+         *     mutes, deafens, moves or disconnects a member who is in voice. 200 with
+         *     the new voice state, 204 when disconnected. A moved member gets a new
+         *     VOICE_OFFER on the device they are connected from.
+         */
+        patch: operations["update_member_voice"];
         trace?: never;
     };
     "/api/servers/{server_id}/messages/search": {
@@ -1153,6 +1195,19 @@ export interface components {
             /** @description The member's roles afterwards (not `@everyone`). */
             role_ids: string[];
         };
+        /** @description Body of `PATCH /api/servers/{server_id}/members/{user_id}/voice`. */
+        MemberVoicePatch: {
+            /**
+             * Format: uuid
+             * @description Move to this voice channel, or `null` to disconnect (MOVE_MEMBERS in
+             *     the member's channel and in the target).
+             */
+            channel_id?: string | null;
+            /** @description Server-deafen (DEAFEN_MEMBERS in the member's channel). */
+            deaf?: boolean | null;
+            /** @description Server-mute (MUTE_MEMBERS in the member's channel). */
+            mute?: boolean | null;
+        };
         /** @description A message. */
         Message: {
             attachments: components["schemas"]["Attachment"][];
@@ -1445,6 +1500,21 @@ export interface components {
              *     (default `user-<first hex digits of the id>`).
              */
             username?: string | null;
+        };
+        /** @description A user's place in a voice channel. */
+        VoiceState: {
+            /** Format: uuid */
+            channel_id: string;
+            /** Format: date-time */
+            joined_at: string;
+            self_deaf: boolean;
+            self_mute: boolean;
+            server_deaf: boolean;
+            /** Format: uuid */
+            server_id: string;
+            server_mute: boolean;
+            /** Format: uuid */
+            user_id: string;
         };
     };
     responses: never;
@@ -2147,6 +2217,35 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_voice_states: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                channel_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VoiceState"][];
                 };
             };
             404: {
@@ -3586,6 +3685,79 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_member_voice: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                server_id: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MemberVoicePatch"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VoiceState"];
+                };
+            };
+            /** @description Disconnected */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
