@@ -227,7 +227,8 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     let response = sync::answer(&state, &client, peer, request).await;
                     let _ = client.respond(request_id, response).await;
                 }
-                NetEvent::Connected { peer, dialed } => {
+                NetEvent::Connected { peer, dialed, remote } => {
+                    crate::voice::federation::on_connected(&state, &client, peer, &remote).await;
                     if let Some(addr) = dialed
                         && let Err(err) = store::remember_peer(&state.db, &peer, &[addr]).await
                     {
