@@ -159,7 +159,7 @@ async fn wanted_shares(state: &AppState) -> HashSet<(Uuid, NodeKey)> {
     let mut servers: Vec<Uuid> = rooms.iter().map(|(server, _)| *server).collect();
     servers.dedup();
     for server_id in servers {
-        let topic = format!("together/v1/community/{server_id}/state");
+        let topic = together_protocol::federation::state_topic(server_id);
         let Ok(peers) = client.topic_peers(&topic).await else { continue };
         let nodes: Vec<NodeKey> = {
             let remote = remote(state);
