@@ -263,6 +263,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_with_its_relay_address() {
+        let text = include_str!("../../deploy/node.example.toml");
+        let file = toml::from_str::<FileConfig>(text).ok();
+        assert_eq!(
+            file.and_then(|f| f.voice_relay),
+            Some(DEFAULT_VOICE_RELAY),
+            "deploy/node.example.toml sets voice_relay to the default"
+        );
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_an_error() {
         let err = toml::from_str::<FileConfig>("lisen = \"x\"").err();
         assert!(err.is_some());
