@@ -215,14 +215,14 @@ async fn users_on_two_nodes_hear_each_other_through_the_relay() {
     let mut b = Device::connect("bob", &bob, 2).await;
     a.dispatch_where("READY", |_| true).await;
     b.dispatch_where("READY", |_| true).await;
-    a.voice_state(server_id, Some(voice));
-    b.voice_state(server_id, Some(voice));
 
-    // Each sees the other's voice state, dispatched by their own node.
+    // Bob joins first: alice, not in voice, sees him through her own node.
+    b.voice_state(server_id, Some(voice));
     let on_a = a
         .dispatch_where("VOICE_STATE_UPDATE", |d| d["user_id"] == json!(bob_id) && d["channel_id"] == json!(voice))
         .await;
     assert_eq!(on_a["server_id"], json!(server_id));
+    a.voice_state(server_id, Some(voice));
     b.dispatch_where("VOICE_STATE_UPDATE", |d| d["user_id"] == json!(alice_id) && d["channel_id"] == json!(voice))
         .await;
 

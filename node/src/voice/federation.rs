@@ -6,11 +6,13 @@
 //!   relay address is the IP of that connection and the port; the relay key
 //!   is the peer id's ed25519 key (libp2p authenticated it), so a node can
 //!   only announce a relay for itself.
-//! - Sharing: [`share_rooms`] shares each voice channel that has
-//!   participants here with every known relay node subscribed to that
-//!   community's state topic (the nodes with members of it), and unshares
-//!   when the channel empties. The relay then exchanges who is in the room
-//!   (both sides must share it) and carries the audio.
+//! - Sharing: [`share_rooms`] shares each voice channel of a federated
+//!   community with every known relay node subscribed to that community's
+//!   state topic (the nodes with members of it), and unshares when the
+//!   channel is deleted or the node leaves the topic. The relay then
+//!   exchanges who is in the room (both sides share it), so viewers see
+//!   remote participants even with no one in voice here; audio flows only
+//!   while this node has a listener in the room (the relay subscribes then).
 //! - Voice states: [`run_relay_events`] turns the relay's `RemoteJoined`,
 //!   `RemoteFlags` and `RemoteLeft` into VOICE_STATE_UPDATE dispatches and an
 //!   in-memory table of remote voice states (never the `voice_states`
@@ -37,6 +39,8 @@ use crate::state::AppState;
 
 /// Most relay nodes remembered; more are ignored.
 const MAX_NODES: usize = 1024;
+/// Most federated voice channels shared with other nodes.
+const MAX_SHARED_CHANNELS: i64 = 10_000;
 /// Most remote voice states kept.
 const MAX_REMOTE_STATES: usize = 100_000;
 /// How often the shared rooms are checked even without a join or leave here
@@ -155,7 +159,16 @@ pub async fn share_rooms(state: AppState, relay: Relay, changed: Arc<tokio::sync
 async fn wanted_shares(state: &AppState) -> HashSet<(Uuid, NodeKey)> {
     let mut wanted = HashSet::new();
     let Some(client) = state.federation.net() else { return wanted };
-    let rooms = state.voice.local_rooms();
+    if remote(state).nodes.is_empty() {
+        return wanted;
+    }
+    let mut rooms = state.voice.local_rooms();
+    match federated_voice_channels(state).await {
+        Ok(channels) => rooms.extend(channels),
+        Err(err) => tracing::warn!(error = %err, "cannot list federated voice channels"),
+    }
+    rooms.sort_unstable();
+    rooms.dedup();
     let mut servers: Vec<Uuid> = rooms.iter().map(|(server, _)| *server).collect();
     servers.dedup();
     for server_id in servers {
@@ -172,6 +185,17 @@ async fn wanted_shares(state: &AppState) -> HashSet<(Uuid, NodeKey)> {
         }
     }
     wanted
+}
+
+/// `(server, channel)` of every voice channel of a federated community.
+async fn federated_voice_channels(state: &AppState) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.server_id, c.id FROM channels c JOIN federated_servers f ON f.server_id = c.server_id
+          WHERE c.kind = 'voice' ORDER BY c.server_id, c.id LIMIT $1",
+    )
+    .bind(MAX_SHARED_CHANNELS)
+    .fetch_all(&state.db)
+    .await
 }
 
 /// Drains the relay's events until voice stops.
