@@ -228,7 +228,11 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     let _ = client.respond(request_id, response).await;
                 }
                 NetEvent::Connected { peer, dialed, remote } => {
-                    crate::voice::federation::on_connected(&state, &client, peer, &remote).await;
+                    // The voice relay's exchange must not hold up sync.
+                    tokio::spawn({
+                        let (state, client) = (state.clone(), client.clone());
+                        async move { crate::voice::federation::on_connected(&state, &client, peer, &remote).await }
+                    });
                     if let Some(addr) = dialed
                         && let Err(err) = store::remember_peer(&state.db, &peer, &[addr]).await
                     {

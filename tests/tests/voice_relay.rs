@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use together_protocol::federation::state_topic;
 use together_sfu::client::{ClientOptions, VoiceClient};
-use together_tests::client::{Session, register};
+use together_tests::client::{Gateway, Session, register};
 use together_tests::testnet::{TestNet, wait_until};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -232,6 +232,21 @@ async fn users_on_two_nodes_hear_each_other_through_the_relay() {
     let relay_a = net[0].state.voice.sfu().and_then(together_sfu::Sfu::relay).unwrap();
     let stats = relay_a.stats();
     assert!(stats.datagrams_sent > 0 && stats.datagrams_received > 0, "{stats:?}");
+
+    // A new gateway connection to node A gets bob in READY.
+    let ready = Gateway::connect(&alice).await.unwrap();
+    let ready = ready.seen.iter().find(|f| f["t"] == "READY").expect("READY");
+    let states = ready["d"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"]["id"] == json!(server_id) || s["id"] == json!(server_id))
+        .map(|s| s["voice_states"].clone())
+        .expect("the community in READY");
+    assert!(
+        states.as_array().unwrap().iter().any(|s| s["user_id"] == json!(bob_id)),
+        "{states}"
+    );
 
     // The REST API of node A lists both.
     let states = alice
