@@ -14,8 +14,13 @@
 //!   (interim: snapshots from the community's home node; signed CRDT ops
 //!   from `together-crdt` plug in here).
 //! - [`sync`]: answering peers' requests, cross-node joins, and backfill.
+//! - [`ephemeral`]: typing and presence between nodes (gossiped, never
+//!   stored).
+//! - [`blobs`]: attachment files fetched from peers by content hash.
 
+pub mod blobs;
 pub mod delegations;
+pub mod ephemeral;
 pub mod inbox;
 pub mod outbox;
 pub mod store;
@@ -49,6 +54,7 @@ pub struct Federation {
 struct Inner {
     net: OnceLock<NetClient>,
     counters: Counters,
+    ephemeral: ephemeral::Limits,
 }
 
 /// What the federation layer has done, for `GET /api/node`.
@@ -86,6 +92,10 @@ impl Federation {
 
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    pub fn ephemeral_limits(&self) -> &ephemeral::Limits {
+        &self.inner.ephemeral
     }
 }
 
@@ -244,6 +254,14 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     {
                         sync::backfill_server(&state, &client, peer, server_id).await;
                     }
+                }
+                NetEvent::BlobRequest {
+                    peer,
+                    request_id,
+                    request,
+                } => {
+                    let response = blobs::answer(&state, peer, request).await;
+                    let _ = client.respond_blob(request_id, response).await;
                 }
                 NetEvent::Disconnected { .. } => {}
             }
