@@ -17,11 +17,13 @@
 //! - [`ephemeral`]: typing and presence between nodes (gossiped, never
 //!   stored).
 //! - [`blobs`]: attachment files fetched from peers by content hash.
+//! - [`links`]: invite links naming a community, a code and peer addresses.
 
 pub mod blobs;
 pub mod delegations;
 pub mod ephemeral;
 pub mod inbox;
+pub mod links;
 pub mod outbox;
 pub mod store;
 pub mod structure;
