@@ -397,6 +397,7 @@ async fn forged_input_is_rejected_and_counted() {
         },
         reply_to: None,
         content: content.into(),
+        attachments: Vec::new(),
     };
     let publish = |bytes: Vec<u8>| {
         let net0 = net[0].net().clone();
