@@ -157,7 +157,9 @@ mod tests {
         let server = Uuid::now_v7();
         let link = build("aBc123", server, &[ADDR.to_string()]);
         assert!(link.starts_with("together://invite/aBc123?server="));
-        let parsed = parse(&link).expect("a valid link");
+        let Ok(parsed) = parse(&link) else {
+            panic!("a valid link: {link}");
+        };
         assert_eq!(parsed.code, "aBc123");
         assert_eq!(parsed.server, Some(server));
         assert_eq!(parsed.peers.len(), 1);
