@@ -261,7 +261,7 @@ async fn join_time(args: &Args) -> anyhow::Result<()> {
         .await?;
         remaining -= n;
     }
-    let newest: Uuid = sqlx::query_scalar("SELECT max(id) FROM messages WHERE channel_id = $1")
+    let newest: Uuid = sqlx::query_scalar("SELECT id FROM messages WHERE channel_id = $1 ORDER BY id DESC LIMIT 1")
         .bind(channel)
         .fetch_one(db)
         .await?;
