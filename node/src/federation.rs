@@ -16,10 +16,17 @@
 //! - [`structure`]: a community's projection written into the tables, and
 //!   the gateway events for changes from peers.
 //! - [`sync`]: answering peers' requests, cross-node joins, and backfill.
+//! - [`ephemeral`]: typing and presence between nodes (gossiped, never
+//!   stored).
+//! - [`blobs`]: attachment files fetched from peers by content hash.
+//! - [`links`]: invite links naming a community, a code and peer addresses.
 
+pub mod blobs;
 pub mod delegations;
+pub mod ephemeral;
 pub mod inbox;
 pub mod ops;
+pub mod links;
 pub mod outbox;
 pub mod store;
 pub mod structure;
@@ -53,6 +60,7 @@ struct Inner {
     net: OnceLock<NetClient>,
     counters: Counters,
     ops: ops::OpBook,
+    ephemeral: ephemeral::Limits,
 }
 
 /// What the federation layer has done, for `GET /api/node`.
@@ -95,6 +103,10 @@ impl Federation {
     /// The communities' resolvers and the structural-write lock.
     pub fn ops(&self) -> &ops::OpBook {
         &self.inner.ops
+    }
+
+    pub fn ephemeral_limits(&self) -> &ephemeral::Limits {
+        &self.inner.ephemeral
     }
 }
 
@@ -267,6 +279,14 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     {
                         sync::backfill_server(&state, &client, peer, server_id).await;
                     }
+                }
+                NetEvent::BlobRequest {
+                    peer,
+                    request_id,
+                    request,
+                } => {
+                    let response = blobs::answer(&state, peer, request).await;
+                    let _ = client.respond_blob(request_id, response).await;
                 }
                 NetEvent::Disconnected { .. } => {}
             }

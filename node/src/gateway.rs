@@ -123,6 +123,12 @@ impl Gateway {
         self.command(Command::SetPresence { user_id, status, custom_status }).await;
     }
 
+    /// The presence of a user of another node, for the connected members
+    /// of the servers it shares with them here.
+    pub async fn remote_presence(&self, presence: dispatcher::Presence, servers: Vec<Uuid>) {
+        self.command(Command::RemotePresence { presence, servers }).await;
+    }
+
     /// Presences of the online members of a server.
     pub async fn presences(&self, server_id: Uuid) -> Vec<dispatcher::Presence> {
         let (reply, rx) = tokio::sync::oneshot::channel();

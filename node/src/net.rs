@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::federation::blobs::{BlobRequest, BlobResponse};
 use crate::federation::wire::{SyncRequest, SyncResponse};
 
 /// Capacity of the command queue into the swarm task.
@@ -99,6 +100,16 @@ pub enum Command {
         topic: String,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Asks a peer for a chunk of a file (`/together/blob/1`).
+    RequestBlob {
+        peer: PeerId,
+        request: BlobRequest,
+        reply: oneshot::Sender<Result<BlobResponse, NetError>>,
+    },
+    RespondBlob {
+        request_id: libp2p::request_response::InboundRequestId,
+        response: BlobResponse,
+    },
     /// Disconnects the peer and refuses it until [`Command::Unblock`].
     Block {
         peer: PeerId,
@@ -127,6 +138,13 @@ pub enum NetEvent {
         peer: PeerId,
         request_id: libp2p::request_response::InboundRequestId,
         request: SyncRequest,
+    },
+    /// A peer asks for a chunk of a file: answer with
+    /// [`NetClient::respond_blob`].
+    BlobRequest {
+        peer: PeerId,
+        request_id: libp2p::request_response::InboundRequestId,
+        request: BlobRequest,
     },
     /// A connection to a peer was established; `dialed` is the address when
     /// this node dialed it; `remote` the peer's address on the connection.
@@ -212,6 +230,19 @@ impl NetClient {
         response: SyncResponse,
     ) -> Result<(), NetError> {
         self.send(Command::Respond { request_id, response }).await
+    }
+
+    /// Asks a peer for a chunk of a file.
+    pub async fn request_blob(&self, peer: PeerId, request: BlobRequest) -> Result<BlobResponse, NetError> {
+        self.ask(|reply| Command::RequestBlob { peer, request, reply }).await?
+    }
+
+    pub async fn respond_blob(
+        &self,
+        request_id: libp2p::request_response::InboundRequestId,
+        response: BlobResponse,
+    ) -> Result<(), NetError> {
+        self.send(Command::RespondBlob { request_id, response }).await
     }
 
     pub async fn report_validation(

@@ -18,6 +18,9 @@
 //! where `body` is, per kind:
 //!
 //! - `message.create`: `reply flag (u8: 0 or 1) [|| reply_to (16)] || content (bytes)`
+//!   `[|| count (u8, 1..=10) || count × file]`, where a file is
+//!   `id (16) || blake3 hash (32) || size (u64) || filename (bytes) || content type (bytes)`;
+//!   a message without files ends after its content.
 //! - `message.edit`: `content (bytes)`
 //! - `message.delete`: nothing
 //! - `reaction.add`: `emoji (bytes)`
@@ -40,6 +43,23 @@ pub const MAX_ENVELOPE_BYTES: usize = 32 * 1024;
 pub const MAX_CONTENT_BYTES: usize = 16_000;
 /// Longest emoji, in bytes.
 pub const MAX_EMOJI_BYTES: usize = 256;
+/// Most files on one message.
+pub const MAX_FILES: usize = 10;
+/// Longest file name, in bytes (255 characters of up to 4 bytes).
+pub const MAX_FILENAME_BYTES: usize = 1020;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 255;
+
+/// A file attached to a message: named by the blake3 hash of its bytes,
+/// which peers fetch and check (spec/federation.md §9).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileRef {
+    pub id: Uuid,
+    pub hash: [u8; 32],
+    pub size: u64,
+    pub filename: String,
+    pub content_type: String,
+}
 
 /// Event kinds of [`MessageEvent`].
 pub const KIND_MESSAGE_CREATE: &str = "message.create";
@@ -75,6 +95,8 @@ pub enum MessageEvent {
         scope: Scope,
         reply_to: Option<Uuid>,
         content: String,
+        /// Files attached when the message was sent (may be empty).
+        attachments: Vec<FileRef>,
     },
     Edit {
         scope: Scope,
@@ -113,6 +135,8 @@ pub enum PayloadError {
     NotUtf8(&'static str),
     #[error("invalid reply flag")]
     ReplyFlag,
+    #[error("invalid number of files")]
+    FileCount,
 }
 
 impl MessageEvent {
@@ -155,12 +179,29 @@ impl MessageEvent {
             .fixed(scope.message.as_bytes())
             .i64(scope.at);
         match self {
-            MessageEvent::Create { reply_to, content, .. } => {
+            MessageEvent::Create {
+                reply_to,
+                content,
+                attachments,
+                ..
+            } => {
                 let w = match reply_to {
                     Some(id) => w.u8(1).fixed(id.as_bytes()),
                     None => w.u8(0),
                 };
-                w.str(content).finish()
+                let mut w = w.str(content);
+                if !attachments.is_empty() {
+                    w = w.u8(u8::try_from(attachments.len()).unwrap_or(u8::MAX));
+                    for file in attachments {
+                        w = w
+                            .fixed(file.id.as_bytes())
+                            .fixed(&file.hash)
+                            .u64(file.size)
+                            .str(&file.filename)
+                            .str(&file.content_type);
+                    }
+                }
+                w.finish()
             }
             MessageEvent::Edit { content, .. } => w.str(content).finish(),
             MessageEvent::Delete { .. } => w.finish(),
@@ -193,7 +234,30 @@ impl MessageEvent {
                     _ => return Err(PayloadError::ReplyFlag),
                 };
                 let content = r.text("content", MAX_CONTENT_BYTES)?;
-                MessageEvent::Create { scope, reply_to, content }
+                let mut attachments = Vec::new();
+                if !r.rest.is_empty() {
+                    let count = usize::from(r.u8()?);
+                    if count == 0 || count > MAX_FILES {
+                        return Err(PayloadError::FileCount);
+                    }
+                    for _ in 0..count {
+                        let id = r.uuid()?;
+                        let hash: [u8; 32] = r.take(32)?.try_into().map_err(|_| PayloadError::Truncated)?;
+                        attachments.push(FileRef {
+                            id,
+                            hash,
+                            size: r.u64()?,
+                            filename: r.text("filename", MAX_FILENAME_BYTES)?,
+                            content_type: r.text("content type", MAX_CONTENT_TYPE_BYTES)?,
+                        });
+                    }
+                }
+                MessageEvent::Create {
+                    scope,
+                    reply_to,
+                    content,
+                    attachments,
+                }
             }
             KIND_MESSAGE_EDIT => MessageEvent::Edit {
                 scope,
@@ -311,8 +375,25 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let events = [
-            MessageEvent::Create { scope: scope(), reply_to: None, content: "hi".into() },
-            MessageEvent::Create { scope: scope(), reply_to: Some(Uuid::from_bytes([4; 16])), content: "é".into() },
+            MessageEvent::Create { scope: scope(), reply_to: None, content: "hi".into(), attachments: vec![] },
+            MessageEvent::Create {
+                scope: scope(),
+                reply_to: Some(Uuid::from_bytes([4; 16])),
+                content: "é".into(),
+                attachments: vec![],
+            },
+            MessageEvent::Create {
+                scope: scope(),
+                reply_to: None,
+                content: String::new(),
+                attachments: vec![FileRef {
+                    id: Uuid::from_bytes([6; 16]),
+                    hash: [7; 32],
+                    size: 1234,
+                    filename: "cat.png".into(),
+                    content_type: "image/png".into(),
+                }],
+            },
             MessageEvent::Edit { scope: scope(), content: String::new() },
             MessageEvent::Delete { scope: scope() },
             MessageEvent::ReactionAdd { scope: scope(), emoji: "👍".into() },
@@ -323,14 +404,19 @@ mod tests {
             assert_eq!(MessageEvent::decode(event.kind(), &bytes), Ok(event.clone()));
             let mut longer = bytes.clone();
             longer.push(0);
-            assert_eq!(MessageEvent::decode(event.kind(), &longer), Err(PayloadError::Trailing));
+            // A create reads a trailing byte as a file count (zero is invalid).
+            assert!(matches!(
+                MessageEvent::decode(event.kind(), &longer),
+                Err(PayloadError::Trailing | PayloadError::FileCount)
+            ));
             assert!(MessageEvent::decode(event.kind(), &bytes[..bytes.len() - 1]).is_err());
         }
     }
 
     #[test]
     fn layout_of_a_create() {
-        let bytes = MessageEvent::Create { scope: scope(), reply_to: None, content: "hi".into() }.encode();
+        let bytes = MessageEvent::Create { scope: scope(), reply_to: None, content: "hi".into(), attachments: vec![] }
+            .encode();
         let expected = [
             "01",
             &"01".repeat(16),

@@ -6,9 +6,11 @@
 //!   delegations, canonical bytes and domain-separated signatures.
 //! - [`federation`]: message events nodes sign and replicate, and the
 //!   envelope they travel in.
+//! - [`ephemeral`]: typing and presence events, gossiped and never stored.
 //! - [`permissions`]: the permission bit flags and the effective-permission
 //!   computation (owner, administrator, roles, channel overrides).
 
+pub mod ephemeral;
 pub mod federation;
 pub mod identity;
 pub mod permissions;

@@ -188,6 +188,13 @@ impl Gateway {
         }
     }
 
+    /// Sends a frame `{"op": op, "d": d}` (e.g. a presence update, op 3).
+    pub async fn send(&mut self, op: u8, d: Value) -> anyhow::Result<()> {
+        let frame = json!({"op": op, "d": d});
+        self.ws.send(WsMessage::Text(frame.to_string().into())).await?;
+        Ok(())
+    }
+
     /// Waits for a dispatch named `kind` whose data satisfies `pred`.
     pub async fn wait_for(
         &mut self,

@@ -397,6 +397,7 @@ async fn forged_input_is_rejected_and_counted() {
         },
         reply_to: None,
         content: content.into(),
+        attachments: Vec::new(),
     };
     let publish = |bytes: Vec<u8>| {
         let net0 = net[0].net().clone();
@@ -801,6 +802,7 @@ async fn structure_changes_on_any_node_are_enforced_on_every_node() {
         },
         reply_to: None,
         content: "signed without the right".into(),
+        attachments: Vec::new(),
     };
     let delegation = delegations::for_user(&net[2].state, carol_id).await.unwrap();
     let signed = SignedEvent::sign(

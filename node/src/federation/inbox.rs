@@ -75,6 +75,9 @@ pub async fn on_gossip(
             let Ok(server) = server.parse::<Uuid>() else {
                 return reject(state, "wrong_topic");
             };
+            if let Some(acceptance) = super::ephemeral::on_gossip(state, author, server, data).await {
+                return acceptance;
+            }
             return match receive(state, server, data, Source::Gossip).await {
                 Outcome::Applied => MessageAcceptance::Accept,
                 Outcome::Known => MessageAcceptance::Ignore,
@@ -175,7 +178,7 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
         // A concurrent delivery stored it first.
         return Ok(Outcome::Known);
     };
-    let applied = match apply(&mut tx, actor, &event).await? {
+    let applied = match apply(&mut tx, actor, &event, state.config.max_upload_bytes).await? {
         Ok(applied) => applied,
         Err(outcome) => return Ok(outcome),
     };
@@ -232,6 +235,7 @@ async fn apply(
     tx: &mut PgConnection,
     actor: Uuid,
     event: &MessageEvent,
+    max_file_bytes: u64,
 ) -> Result<Result<Applied, Outcome>, sqlx::Error> {
     use Outcome::{Deferred, Rejected};
     let scope = *event.scope();
@@ -255,8 +259,15 @@ async fn apply(
         Some((author, _, false)) => Ok(author),
     };
     let applied = match event {
-        MessageEvent::Create { reply_to, content, .. } => {
-            if !perms.contains(Permissions::SEND_MESSAGES) {
+        MessageEvent::Create {
+            reply_to,
+            content,
+            attachments,
+            ..
+        } => {
+            if !perms.contains(Permissions::SEND_MESSAGES)
+                || (!attachments.is_empty() && !perms.contains(Permissions::ATTACH_FILES))
+            {
                 return Ok(Err(Rejected("not_permitted")));
             }
             // Empty text is allowed: the message may have carried
@@ -284,6 +295,11 @@ async fn apply(
             .await?;
             if inserted.rows_affected() == 0 {
                 return Ok(Err(Rejected("message_exists")));
+            }
+            if let Err(reason) =
+                super::blobs::record_remote_files(tx, actor, &scope, attachments, max_file_bytes).await?
+            {
+                return Ok(Err(Rejected(reason)));
             }
             Applied::Created(scope.message)
         }
@@ -507,7 +523,7 @@ pub async fn load_message(state: &AppState, id: Uuid) -> Result<Option<Message>,
         },
         content: row.content,
         reply_to: row.reply_to,
-        attachments: Vec::new(),
+        attachments: super::blobs::message_attachments(&state.db, id).await?,
         reactions: reactions
             .into_iter()
             .map(|(emoji, count)| ReactionSummary { emoji, count, me: false })

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use together_protocol::federation::{Envelope, MessageEvent, Scope, messages_topic};
+use together_protocol::federation::{Envelope, FileRef, MessageEvent, Scope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -59,6 +59,8 @@ enum OutboxError {
     Delegation(#[from] delegations::DelegationError),
     #[error("cannot sign: {0}")]
     Sign(#[from] together_protocol::identity::IdentityError),
+    #[error("ephemeral event: {0}")]
+    Ephemeral(String),
 }
 
 #[derive(Deserialize)]
@@ -71,6 +73,30 @@ struct MessagePayload {
     reply_to: Option<Uuid>,
     edited_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    #[serde(default)]
+    attachments: Vec<serde::de::IgnoredAny>,
+}
+
+/// The files of a message as a create event names them.
+async fn file_refs(db: &sqlx::PgPool, message: Uuid) -> Result<Vec<FileRef>, sqlx::Error> {
+    let rows: Vec<(Uuid, Vec<u8>, i64, String, String)> = sqlx::query_as(
+        "SELECT id, content_hash, file_size, filename, mime_type FROM attachments WHERE message_id = $1 ORDER BY id",
+    )
+    .bind(message)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, hash, size, filename, content_type)| {
+            Some(FileRef {
+                id,
+                hash: hash.try_into().ok()?,
+                size: u64::try_from(size).ok()?,
+                filename,
+                content_type,
+            })
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -97,7 +123,7 @@ struct ReactionPayload {
 /// Dispatch names of structural changes (replicated as ops instead).
 fn is_structural(kind: &str) -> bool {
     kind.starts_with("CHANNEL_")
-        || kind.starts_with("ROLE_")
+        || kind.starts_with("SERVER_ROLE_")
         || kind.starts_with("SERVER_MEMBER_")
         || kind.starts_with("SERVER_BAN_")
         || kind == "SERVER_UPDATE"
@@ -114,6 +140,11 @@ fn server_of(audience: &Audience) -> Option<Uuid> {
 }
 
 async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(), OutboxError> {
+    if super::ephemeral::is_ephemeral(event.kind) {
+        return super::ephemeral::outgoing(state, client, event)
+            .await
+            .map_err(|err| OutboxError::Ephemeral(err.to_string()));
+    }
     let Some(server_id) = server_of(&event.audience) else {
         return Ok(());
     };
@@ -134,12 +165,18 @@ async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(
                 message: m.id,
                 at: m.created_at.timestamp_millis(),
             };
+            let attachments = if m.attachments.is_empty() {
+                Vec::new()
+            } else {
+                file_refs(&state.db, m.id).await?
+            };
             (
                 m.author.id,
                 MessageEvent::Create {
                     scope,
                     reply_to: m.reply_to,
                     content: m.content,
+                    attachments,
                 },
             )
         }
@@ -236,7 +273,16 @@ pub async fn seal_history(state: &AppState, server_id: Uuid) -> Result<u64, sqlx
             message: id,
             at: created_at.timestamp_millis(),
         };
-        let mut events = vec![(author, MessageEvent::Create { scope, reply_to, content })];
+        let attachments = file_refs(&state.db, id).await?;
+        let mut events = vec![(
+            author,
+            MessageEvent::Create {
+                scope,
+                reply_to,
+                content,
+                attachments,
+            },
+        )];
         let reactions: Vec<(Uuid, String, DateTime<Utc>)> =
             sqlx::query_as("SELECT user_id, emoji, created_at FROM reactions WHERE message_id = $1 ORDER BY created_at")
                 .bind(id)

@@ -34,6 +34,15 @@ pub const LARGE_THRESHOLD: usize = 250;
 /// Grace period before a user whose last connection closed goes offline.
 pub const OFFLINE_GRACE: Duration = Duration::from_secs(5);
 
+/// How often the presences of this node's online users are published
+/// again for other nodes (federation), which forget a remote presence
+/// not heard of for [`REMOTE_PRESENCE_TTL`].
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(240);
+/// How long a presence from another node counts without a refresh.
+pub const REMOTE_PRESENCE_TTL: Duration = Duration::from_secs(600);
+/// Most users of other nodes whose presence is kept.
+pub const MAX_REMOTE_PRESENCES: usize = 20_000;
+
 /// A user's presence as others see it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Presence {
@@ -71,6 +80,17 @@ pub enum Command {
         server_id: Uuid,
         reply: oneshot::Sender<Vec<Presence>>,
     },
+    /// The presence of a user of another node (federation), for the
+    /// members of `servers` connected here.
+    RemotePresence { presence: Presence, servers: Vec<Uuid> },
+}
+
+/// A user of another node whose presence was gossiped here.
+#[derive(Debug)]
+struct RemoteEntry {
+    presence: Presence,
+    servers: Vec<Uuid>,
+    heard: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +122,9 @@ impl UserEntry {
 
 pub struct Dispatcher {
     db: PgPool,
+    /// Local presence changes go out here too, for the federation outbox.
+    bus: Bus,
+    remote: HashMap<Uuid, RemoteEntry>,
     commands: mpsc::Sender<Command>,
     users: HashMap<Uuid, UserEntry>,
     /// Connected users per server.
@@ -114,6 +137,8 @@ impl Dispatcher {
         let events = bus.subscribe();
         let dispatcher = Dispatcher {
             db,
+            bus: bus.clone(),
+            remote: HashMap::new(),
             commands: tx.clone(),
             users: HashMap::new(),
             servers: HashMap::new(),
@@ -128,10 +153,13 @@ impl Dispatcher {
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
+        let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = refresh.tick() => self.refresh_presences(),
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => break,
@@ -316,6 +344,66 @@ impl Dispatcher {
             Command::Presences { server_id, reply } => {
                 let _ = reply.send(self.all_online_in(server_id));
             }
+            Command::RemotePresence { presence, servers } => self.remote_presence(presence, servers),
+        }
+    }
+
+    /// A presence gossiped by another node: kept (online ones) and told to
+    /// the connected members of the servers the user shares, once each,
+    /// when it changed.
+    fn remote_presence(&mut self, presence: Presence, servers: Vec<Uuid>) {
+        let user_id = presence.user_id;
+        if self.users.contains_key(&user_id) {
+            // The user is also connected here; this node's own view wins.
+            return;
+        }
+        let now = std::time::Instant::now();
+        let changed = self.remote.get(&user_id).is_none_or(|e| {
+            e.presence != presence || now.duration_since(e.heard) >= REMOTE_PRESENCE_TTL
+        });
+        if presence.status == "offline" {
+            self.remote.remove(&user_id);
+        } else {
+            if self.remote.len() >= MAX_REMOTE_PRESENCES && !self.remote.contains_key(&user_id) {
+                self.remote.retain(|_, e| now.duration_since(e.heard) < REMOTE_PRESENCE_TTL);
+                if self.remote.len() >= MAX_REMOTE_PRESENCES {
+                    return;
+                }
+            }
+            self.remote.insert(
+                user_id,
+                RemoteEntry {
+                    presence: presence.clone(),
+                    servers: servers.clone(),
+                    heard: now,
+                },
+            );
+        }
+        if !changed {
+            return;
+        }
+        let event = make_event("PRESENCE_UPDATE", Audience::Peers(user_id), &presence);
+        let mut seen = HashSet::new();
+        for server_id in servers.iter().filter(|s| !self.is_large(**s)) {
+            for peer in self.servers.get(server_id).into_iter().flatten() {
+                if seen.insert(*peer)
+                    && let Some(peer_entry) = self.users.get(peer)
+                {
+                    for s in &peer_entry.sessions {
+                        s.push(event.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes the presences of connected users again, so other nodes
+    /// keep them (see [`REMOTE_PRESENCE_TTL`]).
+    fn refresh_presences(&self) {
+        for entry in self.users.values() {
+            if let Some(shown) = entry.shown.as_ref().filter(|p| p.status != "offline") {
+                self.bus.publish("PRESENCE_UPDATE", Audience::Peers(shown.user_id), shown);
+            }
         }
     }
 
@@ -332,12 +420,19 @@ impl Dispatcher {
     }
 
     fn all_online_in(&self, server_id: Uuid) -> Vec<Presence> {
+        let now = std::time::Instant::now();
+        let remote = self
+            .remote
+            .values()
+            .filter(|e| e.servers.contains(&server_id) && now.duration_since(e.heard) < REMOTE_PRESENCE_TTL)
+            .map(|e| e.presence.clone());
         self.servers
             .get(&server_id)
             .into_iter()
             .flatten()
             .filter_map(|u| self.users.get(u).map(|e| e.presence(*u)))
             .filter(|p| p.status != "offline")
+            .chain(remote)
             .collect()
     }
 
@@ -355,8 +450,10 @@ impl Dispatcher {
     }
 
     /// Presence is ephemeral and derived here, so it is delivered at once
-    /// rather than through the bus.
+    /// rather than through the bus; the bus carries it on to the
+    /// federation outbox (and this dispatcher skips it there).
     fn broadcast_presence(&self, user_id: Uuid, presence: &Presence) {
+        self.bus.publish("PRESENCE_UPDATE", Audience::Peers(user_id), presence);
         let event = make_event("PRESENCE_UPDATE", Audience::Peers(user_id), presence);
         let Some(entry) = self.users.get(&user_id) else {
             return;
@@ -382,6 +479,8 @@ impl Dispatcher {
     async fn event(&mut self, event: Arc<Event>) {
         match event.kind {
             "SESSION_REVOKED" => return self.revoke(&event),
+            // Delivered when it was published (see `broadcast_presence`).
+            "PRESENCE_UPDATE" => return,
             "CHANNEL_CREATE" | "CHANNEL_UPDATE" => {
                 let Some(server_id) = server_of(&event) else { return };
                 let channel_id = id_field(&event, "id");

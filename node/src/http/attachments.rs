@@ -176,6 +176,12 @@ async fn download_attachment(
         }
     }
 
+    if row.message_id.is_some() {
+        // A file of a message from another node is fetched on first download.
+        crate::federation::blobs::ensure_local(&state, &row).await.map_err(|err| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "file_unavailable", format!("the file could not be fetched: {err}"))
+        })?;
+    }
     let path = FileStore::new(&state.config.data_dir).path_for(&row.content_hash);
     let file = tokio::fs::File::open(&path).await.map_err(|err| {
         ApiError::internal(format!("attachment {} file {}: {err}", row.id, path.display()))

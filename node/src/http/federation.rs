@@ -50,15 +50,19 @@ async fn get_node(State(state): State<AppState>) -> ApiResult<Json<NodeDescripti
     }))
 }
 
-/// Body of `POST /api/federation/join`.
+/// Body of `POST /api/federation/join`: either `link`, or `code` and `peer`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteJoinRequest {
     /// The invite code, made on the community's home node.
-    pub code: String,
+    pub code: Option<String>,
     /// A multiaddr of the home node ending in `/p2p/<peer id>` (see its
     /// `GET /api/node`).
-    pub peer: String,
+    pub peer: Option<String>,
+    /// An invite link (`together://invite/<code>?server=…&peer=…`) as
+    /// `POST /api/servers/{id}/invites` or `GET /api/invites/{code}`
+    /// answer it; its peer addresses are tried in order.
+    pub link: Option<String>,
 }
 
 /// `POST /api/federation/join`: join a community hosted on another node.
@@ -73,11 +77,28 @@ async fn join_remote_server(
     auth: AuthUser,
     Json(req): Json<RemoteJoinRequest>,
 ) -> ApiResult<Json<Server>> {
-    let peer = req
-        .peer
-        .parse()
-        .map_err(|_| ApiError::invalid("peer must be a multiaddr ending in /p2p/<peer id>"))?;
-    match crate::federation::sync::join_remote(&state, auth.user_id, req.code.trim(), peer).await {
+    let (code, peers) = match (req.link, req.code, req.peer) {
+        (Some(link), None, None) => {
+            let link = crate::federation::links::parse(&link).map_err(|err| ApiError::invalid(err.to_string()))?;
+            (link.code, link.peers)
+        }
+        (None, Some(code), Some(peer)) => {
+            let peer = peer
+                .parse()
+                .map_err(|_| ApiError::invalid("peer must be a multiaddr ending in /p2p/<peer id>"))?;
+            (code.trim().to_string(), vec![peer])
+        }
+        _ => return Err(ApiError::invalid("send either `link`, or `code` and `peer`")),
+    };
+    let mut result = Err(JoinError::NoPeerId);
+    for peer in peers {
+        result = crate::federation::sync::join_remote(&state, auth.user_id, &code, peer).await;
+        // Another address of the same node may work where this one did not.
+        if !matches!(result, Err(JoinError::Unreachable(_))) {
+            break;
+        }
+    }
+    match result {
         Ok(server) => Ok(Json(server)),
         Err(JoinError::Join(err)) => Err(err),
         Err(err) => Err(match &err {

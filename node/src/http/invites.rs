@@ -1,8 +1,15 @@
 //! Invites: create and list per server; preview (signed out too), accept
 //! and revoke by code. Changes go through [`crate::community`].
+//!
+//! Creating and previewing an invite also answer the node's peer id, its
+//! public multiaddrs and an invite link (`together://invite/…`, see
+//! [`crate::federation::links`]) that a user of another node pastes into
+//! their own node to join.
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
 use together_protocol::permissions::Permissions;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -24,20 +31,54 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_invite, accept_invite, delete_invite))
 }
 
+/// An invite with where to redeem it from another node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InviteWithLink {
+    #[serde(flatten)]
+    pub invite: Invite,
+    /// The libp2p peer id of this node (absent when federation is off).
+    pub peer_id: Option<String>,
+    /// Multiaddrs other nodes can dial, each ending in `/p2p/<peer id>`.
+    pub peer_addrs: Vec<String>,
+    /// `together://invite/<code>?server=<id>&peer=<multiaddr>…`, for
+    /// `POST /api/federation/join` on another node (absent when
+    /// federation is off).
+    pub link: Option<String>,
+}
+
+async fn with_link(state: &AppState, invite: Invite) -> InviteWithLink {
+    let info = match state.federation.net() {
+        Some(net) => net.info().await.ok(),
+        None => None,
+    };
+    let peer_addrs = info
+        .as_ref()
+        .map(|i| crate::federation::links::invite_addrs(&i.listen_addrs))
+        .unwrap_or_default();
+    let link = (!peer_addrs.is_empty())
+        .then(|| crate::federation::links::build(&invite.code, invite.server.id, &peer_addrs));
+    InviteWithLink {
+        invite,
+        peer_id: info.map(|i| i.peer_id),
+        peer_addrs,
+        link,
+    }
+}
+
 /// `POST /api/servers/{server_id}/invites`: a new invite code
 /// (CREATE_INVITE). The body is optional.
 #[utoipa::path(post, path = "/api/servers/{server_id}/invites", tag = "invites", security(("bearer" = [])),
     params(("server_id" = Uuid, Path)), request_body(content = NewInvite),
-    responses((status = 201, body = Invite), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 201, body = InviteWithLink), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn create_invite(
     State(state): State<AppState>,
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
     OptionalJson(invite): OptionalJson<NewInvite>,
-) -> ApiResult<(StatusCode, Json<Invite>)> {
+) -> ApiResult<(StatusCode, Json<InviteWithLink>)> {
     let invite = execute(&state, auth.user_id, CreateInvite { server_id, invite }).await?;
-    Ok((StatusCode::CREATED, Json(invite)))
+    Ok((StatusCode::CREATED, Json(with_link(&state, invite).await)))
 }
 
 /// `GET /api/servers/{server_id}/invites`: every invite of the server,
@@ -57,16 +98,17 @@ async fn list_invites(
 }
 
 /// `GET /api/invites/{code}`: preview a live invite (name, icon, member
-/// count); works signed out.
+/// count, and the link other nodes join with); works signed out.
 #[utoipa::path(get, path = "/api/invites/{code}", tag = "invites", security((), ("bearer" = [])),
     params(("code" = String, Path)),
-    responses((status = 200, body = Invite), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = InviteWithLink), (status = 404, body = ErrorBody)))]
 async fn get_invite(
     State(state): State<AppState>,
     _auth: MaybeAuthUser,
     Path(code): Path<String>,
-) -> ApiResult<Json<Invite>> {
-    Ok(Json(fetch_invite(&state.db, &code, true).await?))
+) -> ApiResult<Json<InviteWithLink>> {
+    let invite = fetch_invite(&state.db, &code, true).await?;
+    Ok(Json(with_link(&state, invite).await))
 }
 
 /// `POST /api/invites/{code}`: join the invite's server. 201 when joined,

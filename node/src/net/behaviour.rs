@@ -5,7 +5,8 @@
 //! - gossipsub in `Strict` mode with application validation, message id =
 //!   blake3 of the payload (the same event published twice is one message),
 //!   and mesh sizes that work with two or three peers;
-//! - request-response with a JSON codec for sync and backfill.
+//! - request-response with a JSON codec for sync and backfill;
+//! - request-response `/together/blob/1` for attachment files.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, allow_block_list, identify, noise, request_response, tcp, yamux};
 
 use super::NetError;
+use crate::federation::blobs::{BLOB_PROTOCOL, BlobRequest, BlobResponse, MAX_BLOB_REQUEST_BYTES, MAX_BLOB_RESPONSE_BYTES};
 use crate::federation::wire::{SYNC_PROTOCOL, SyncRequest, SyncResponse};
 
 /// Largest gossip message; the application refuses envelopes above its own,
@@ -31,6 +33,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub sync: request_response::json::Behaviour<SyncRequest, SyncResponse>,
+    pub blobs: request_response::json::Behaviour<BlobRequest, BlobResponse>,
 }
 
 /// The gossipsub configuration (see the module documentation).
@@ -67,11 +70,20 @@ fn behaviour(key: &libp2p::identity::Keypair) -> Result<Behaviour, NetError> {
         [(StreamProtocol::new(SYNC_PROTOCOL), request_response::ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(super::REQUEST_TIMEOUT),
     );
+    let blob_codec = request_response::json::codec::Codec::default()
+        .set_request_size_maximum(MAX_BLOB_REQUEST_BYTES)
+        .set_response_size_maximum(MAX_BLOB_RESPONSE_BYTES);
+    let blobs = request_response::Behaviour::with_codec(
+        blob_codec,
+        [(StreamProtocol::new(BLOB_PROTOCOL), request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(super::REQUEST_TIMEOUT),
+    );
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         identify,
         gossipsub,
         sync,
+        blobs,
     })
 }
 

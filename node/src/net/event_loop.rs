@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{Command, NetError, NetEvent, NodeInfo};
+use crate::federation::blobs::{BlobRequest, BlobResponse};
 use crate::federation::wire::{SyncRequest, SyncResponse};
 
 /// Most inbound requests waiting for an answer at once; beyond this, new
@@ -29,6 +30,8 @@ pub struct EventLoop {
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
     pending_responses: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
+    pending_blob_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
+    pending_blob_responses: HashMap<InboundRequestId, ResponseChannel<BlobResponse>>,
     dropped_events: u64,
 }
 
@@ -41,6 +44,8 @@ impl EventLoop {
             pending_dials: HashMap::new(),
             pending_requests: HashMap::new(),
             pending_responses: HashMap::new(),
+            pending_blob_requests: HashMap::new(),
+            pending_blob_responses: HashMap::new(),
             dropped_events: 0,
         }
     }
@@ -130,6 +135,17 @@ impl EventLoop {
                     && self.swarm.behaviour_mut().sync.send_response(channel, response).is_err()
                 {
                     tracing::debug!("response not sent: the requester went away");
+                }
+            }
+            Command::RequestBlob { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().blobs.send_request(&peer, request);
+                self.pending_blob_requests.insert(id, reply);
+            }
+            Command::RespondBlob { request_id, response } => {
+                if let Some(channel) = self.pending_blob_responses.remove(&request_id)
+                    && self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err()
+                {
+                    tracing::debug!("blob response not sent: the requester went away");
                 }
             }
             Command::ReportValidation {
@@ -229,6 +245,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.gossip_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.sync_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.blob_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 self.emit(NetEvent::Identified {
                     peer: peer_id,
@@ -292,6 +309,45 @@ impl EventLoop {
             }
             request_response::Event::InboundFailure { request_id, .. } => {
                 self.pending_responses.remove(&request_id);
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+impl EventLoop {
+    fn blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    if self.pending_blob_responses.len() >= MAX_PENDING_INBOUND {
+                        tracing::warn!(%peer, "too many pending blob requests; dropping one");
+                        return;
+                    }
+                    self.pending_blob_responses.insert(request_id, channel);
+                    self.emit(NetEvent::BlobRequest {
+                        peer,
+                        request_id,
+                        request,
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_blob_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(reply) = self.pending_blob_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. } => {
+                self.pending_blob_responses.remove(&request_id);
             }
             request_response::Event::ResponseSent { .. } => {}
         }

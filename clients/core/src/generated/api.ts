@@ -333,7 +333,7 @@ export interface paths {
         };
         /**
          * `GET /api/invites/{code}`: preview a live invite (name, icon, member
-         *     count); works signed out.
+         *     count, and the link other nodes join with); works signed out.
          */
         get: operations["get_invite"];
         put?: never;
@@ -1159,6 +1159,19 @@ export interface components {
             member_count: number;
             name: string;
         };
+        /** @description An invite with where to redeem it from another node. */
+        InviteWithLink: components["schemas"]["Invite"] & {
+            /**
+             * @description `together://invite/<code>?server=<id>&peer=<multiaddr>…`, for
+             *     `POST /api/federation/join` on another node (absent when
+             *     federation is off).
+             */
+            link?: string | null;
+            /** @description Multiaddrs other nodes can dial, each ending in `/p2p/<peer id>`. */
+            peer_addrs: string[];
+            /** @description The libp2p peer id of this node (absent when federation is off). */
+            peer_id?: string | null;
+        };
         /** @description Body of `POST /api/servers/{server_id}/members`. */
         JoinRequest: {
             /** @description A live invite code for this server. */
@@ -1342,15 +1355,21 @@ export interface components {
             /** @description 2–32 characters: letters, digits, `_`, `.` and `-`. */
             username: string;
         };
-        /** @description Body of `POST /api/federation/join`. */
+        /** @description Body of `POST /api/federation/join`: either `link`, or `code` and `peer`. */
         RemoteJoinRequest: {
             /** @description The invite code, made on the community's home node. */
-            code: string;
+            code?: string | null;
+            /**
+             * @description An invite link (`together://invite/<code>?server=…&peer=…`) as
+             *     `POST /api/servers/{id}/invites` or `GET /api/invites/{code}`
+             *     answer it; its peer addresses are tried in order.
+             */
+            link?: string | null;
             /**
              * @description A multiaddr of the home node ending in `/p2p/<peer id>` (see its
              *     `GET /api/node`).
              */
-            peer: string;
+            peer?: string | null;
         };
         /** @description A role. The role whose id equals the server id is `@everyone`. */
         Role: {
@@ -2329,7 +2348,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Invite"];
+                    "application/json": components["schemas"]["InviteWithLink"];
                 };
             };
             404: {
@@ -3301,7 +3320,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Invite"];
+                    "application/json": components["schemas"]["InviteWithLink"];
                 };
             };
             400: {
