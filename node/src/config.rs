@@ -94,6 +94,8 @@ pub struct FileConfig {
     /// The `[voice]` section: the SFU's UDP sockets, ICE servers and
     /// timeouts (see docs/voice.md).
     pub voice: Option<together_sfu::SfuConfig>,
+    /// UDP address of the node-to-node voice relay (QUIC; see docs/voice.md).
+    pub voice_relay: Option<SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -116,7 +118,14 @@ pub struct Config {
     /// how long it waits for clients. The default binds 127.0.0.1 on
     /// ephemeral ports, which serves clients on the same machine.
     pub voice: together_sfu::SfuConfig,
+    /// UDP address the node-to-node voice relay binds (QUIC). Other nodes
+    /// reach it at the IP they see this node's libp2p connection from and
+    /// this port, so an unspecified IP with a fixed port suits a server.
+    pub voice_relay: SocketAddr,
 }
+
+/// The relay's default bind address: every IPv4 interface, UDP 7881.
+pub const DEFAULT_VOICE_RELAY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7881);
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "together-data";
@@ -179,6 +188,7 @@ impl Config {
             },
             gateway_bench: run.gateway_bench,
             voice: file.voice.unwrap_or_default(),
+            voice_relay: file.voice_relay.unwrap_or(DEFAULT_VOICE_RELAY),
         })
     }
 
@@ -196,6 +206,7 @@ impl Config {
             peers: Vec::new(),
             gateway_bench: false,
             voice: together_sfu::SfuConfig::loopback(),
+            voice_relay: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -249,6 +260,17 @@ mod tests {
         assert_eq!(voice.timeouts.answer, std::time::Duration::from_millis(2000));
         assert_eq!(voice.ice_servers.len(), 1);
         assert!(voice.validate().is_ok());
+    }
+
+    #[test]
+    fn the_example_file_parses_with_its_relay_address() {
+        let text = include_str!("../../deploy/node.example.toml");
+        let file = toml::from_str::<FileConfig>(text).ok();
+        assert_eq!(
+            file.and_then(|f| f.voice_relay),
+            Some(DEFAULT_VOICE_RELAY),
+            "deploy/node.example.toml sets voice_relay to the default"
+        );
     }
 
     #[test]

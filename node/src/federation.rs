@@ -239,7 +239,12 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     let response = sync::answer(&state, &client, peer, request).await;
                     let _ = client.respond(request_id, response).await;
                 }
-                NetEvent::Connected { peer, dialed } => {
+                NetEvent::Connected { peer, dialed, remote } => {
+                    // The voice relay's exchange must not hold up sync.
+                    tokio::spawn({
+                        let (state, client) = (state.clone(), client.clone());
+                        async move { crate::voice::federation::on_connected(&state, &client, peer, &remote).await }
+                    });
                     if let Some(addr) = dialed
                         && let Err(err) = store::remember_peer(&state.db, &peer, &[addr]).await
                     {

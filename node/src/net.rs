@@ -147,8 +147,12 @@ pub enum NetEvent {
         request: BlobRequest,
     },
     /// A connection to a peer was established; `dialed` is the address when
-    /// this node dialed it.
-    Connected { peer: PeerId, dialed: Option<Multiaddr> },
+    /// this node dialed it; `remote` the peer's address on the connection.
+    Connected {
+        peer: PeerId,
+        dialed: Option<Multiaddr>,
+        remote: Multiaddr,
+    },
     /// The peer told us where it listens (identify).
     Identified { peer: PeerId, listen_addrs: Vec<Multiaddr> },
     /// The last connection to a peer closed.

@@ -17,6 +17,7 @@
 //! dispatches.
 
 pub mod events;
+pub mod federation;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -66,6 +67,8 @@ impl std::fmt::Debug for Voice {
 struct Inner {
     sfu: OnceLock<together_sfu::Sfu>,
     table: Mutex<Table>,
+    /// Other nodes' relays and voice states (see [`federation`]).
+    remote: Mutex<federation::Remote>,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     tasks: TaskTracker,
     /// Cancelled by [`shutdown`] (or with the node); stops the tasks.
@@ -88,6 +91,8 @@ struct Table {
     by_user: HashMap<Uuid, Participant>,
     /// Users per voice channel.
     rooms: HashMap<Uuid, HashSet<Uuid>>,
+    /// Woken whenever someone joins or leaves (the relay shares rooms).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Table {
@@ -96,11 +101,13 @@ impl Table {
             self.unlink(old);
         }
         self.rooms.entry(participant.channel_id).or_default().insert(participant.peer.user);
+        self.changed.notify_one();
     }
 
     fn remove(&mut self, user: Uuid) -> Option<Participant> {
         let old = self.by_user.remove(&user)?;
         self.unlink(old);
+        self.changed.notify_one();
         Some(old)
     }
 
@@ -151,6 +158,19 @@ impl Voice {
         self.table().by_user.len()
     }
 
+    /// The voice channels with participants here, with their servers.
+    pub fn local_rooms(&self) -> Vec<(Uuid, Uuid)> {
+        let table = self.table();
+        let mut rooms: Vec<(Uuid, Uuid)> = table.by_user.values().map(|p| (p.server_id, p.channel_id)).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms
+    }
+
+    fn rooms_changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.table().changed)
+    }
+
     /// Whether any participant is in `server_id`.
     fn has_server(&self, server_id: Uuid) -> bool {
         self.table().by_user.values().any(|p| p.server_id == server_id)
@@ -192,6 +212,17 @@ pub async fn start(state: &AppState, config: SfuConfig) -> anyhow::Result<()> {
     });
     let tasks = &state.voice.inner.tasks;
     tasks.spawn(events::run_sfu_events(state.clone(), sfu_events));
+    if let Some(sfu) = state.voice.sfu() {
+        let relay = together_sfu::RelayConfig::new(state.config.voice_relay, state.keys.node_key.to_bytes());
+        match sfu.start_relay(relay) {
+            Ok((relay, relay_events)) => {
+                tracing::info!(addr = %relay.local_addr(), "voice relay listening");
+                tasks.spawn(federation::run_relay_events(state.clone(), relay_events));
+                tasks.spawn(federation::share_rooms(state.clone(), relay, state.voice.rooms_changed()));
+            }
+            Err(err) => tracing::warn!(error = %err, "voice relay not started: voice stays local to this node"),
+        }
+    }
     tasks.spawn(events::watch_access(state.clone()));
     Ok(())
 }
@@ -669,12 +700,15 @@ pub async fn moderate(
 
 /// Who is connected to `channel_id`, in joining order.
 pub async fn channel_states(state: &AppState, channel_id: Uuid) -> ApiResult<Vec<VoiceState>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut states: Vec<VoiceState> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VOICE_STATE_COLUMNS} FROM voice_states WHERE channel_id = $1 ORDER BY joined_at, user_id"
     )))
     .bind(channel_id)
     .fetch_all(&state.db)
-    .await?)
+    .await?;
+    states.extend(federation::remote_states(state, |v| v.channel_id == channel_id));
+    states.sort_by_key(|v| (v.joined_at, v.user_id));
+    Ok(states)
 }
 
 // ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
             after,
             limit,
         } => answer_history(state, &peer, &peer_node, server_id, channel_id, after, limit).await,
+        SyncRequest::VoiceRelay { .. } => Ok(crate::voice::federation::answer_relay(state)),
     };
     result.unwrap_or_else(|err| {
         tracing::error!(error = %err, "database error answering a peer");

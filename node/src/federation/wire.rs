@@ -41,6 +41,9 @@ pub enum SyncRequest {
         after: i64,
         limit: u32,
     },
+    /// The sender's voice relay listens on this UDP port (at the IP of the
+    /// libp2p connection); the answer is `voice_relay` with the receiver's.
+    VoiceRelay { port: u16 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +68,8 @@ pub enum SyncResponse {
         /// Whether the page reached the end.
         done: bool,
     },
+    /// The responder's voice relay port (`0`: it runs none).
+    VoiceRelay { port: u16 },
     Error { code: String, message: String },
 }
 

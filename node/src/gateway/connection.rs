@@ -226,7 +226,13 @@ async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<S
     for (server_id, view) in &views_by_server {
         let presences = presences.remove(server_id).flatten();
         match super::ready::server_object(&state.db, *server_id, auth.user_id, view, presences).await {
-            Ok(object) => servers.push(object),
+            Ok(mut object) => {
+                // Participants on other nodes, heard through the voice relay.
+                object.voice_states.extend(crate::voice::federation::remote_states(state, |v| {
+                    v.server_id == *server_id && object.channels.iter().any(|c| c.id == v.channel_id)
+                }));
+                servers.push(object);
+            }
             Err(err) => tracing::warn!(error = ?err, server = %server_id, "server left out of READY"),
         }
     }

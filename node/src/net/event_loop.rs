@@ -211,12 +211,17 @@ impl EventLoop {
                     }
                 }
                 if num_established.get() == 1 {
+                    let remote = endpoint.get_remote_address().clone();
                     let dialed = match endpoint {
                         ConnectedPoint::Dialer { address, .. } => Some(address),
                         ConnectedPoint::Listener { .. } => None,
                     };
                     tracing::info!(peer = %peer_id, "peer connected");
-                    self.emit(NetEvent::Connected { peer: peer_id, dialed });
+                    self.emit(NetEvent::Connected {
+                        peer: peer_id,
+                        dialed,
+                        remote,
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {

@@ -1,0 +1,302 @@
+//! Voice across nodes: the node-to-node relay (`together_sfu::Relay`, see
+//! the "Node-to-node relay" section of `spec/voice.md`) wired into the node.
+//!
+//! - Discovery: when a libp2p connection to a node comes up, this node asks
+//!   it for its relay port (`voice_relay` over `/together/sync/1`). The
+//!   relay address is the IP of that connection and the port; the relay key
+//!   is the peer id's ed25519 key (libp2p authenticated it), so a node can
+//!   only announce a relay for itself.
+//! - Sharing: [`share_rooms`] shares each voice channel of a federated
+//!   community with every known relay node subscribed to that community's
+//!   state topic (the nodes with members of it), and unshares when the
+//!   channel is deleted or the node leaves the topic. The relay then
+//!   exchanges who is in the room (both sides share it), so viewers see
+//!   remote participants even with no one in voice here; audio flows only
+//!   while this node has a listener in the room (the relay subscribes then).
+//! - Voice states: [`run_relay_events`] turns the relay's `RemoteJoined`,
+//!   `RemoteFlags` and `RemoteLeft` into VOICE_STATE_UPDATE dispatches and an
+//!   in-memory table of remote voice states (never the `voice_states`
+//!   table), shown by `GET /api/channels/{id}/voice-states` and READY. A
+//!   lost relay connection makes its participants leave.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use together_sfu::{NodeKey, Relay, RelayEvent, RelayEvents, VoiceFlags};
+use uuid::Uuid;
+
+use super::channel_audience;
+use super::wire::VoiceLeft;
+use crate::federation::wire::{SyncRequest, SyncResponse};
+use crate::model::VoiceState;
+use crate::net::{self, NetClient};
+use crate::state::AppState;
+
+/// Most relay nodes remembered; more are ignored.
+const MAX_NODES: usize = 1024;
+/// Most federated voice channels shared with other nodes.
+const MAX_SHARED_CHANNELS: i64 = 10_000;
+/// Most remote voice states kept.
+const MAX_REMOTE_STATES: usize = 100_000;
+/// How often the shared rooms are checked even without a join or leave here
+/// (a node may have subscribed to a community since).
+const RESHARE_EVERY: Duration = Duration::from_secs(2);
+
+/// What this node knows of other nodes' voice.
+#[derive(Debug, Default)]
+pub(super) struct Remote {
+    /// Relay nodes by libp2p peer: their key and relay address.
+    nodes: HashMap<PeerId, (NodeKey, SocketAddr)>,
+    /// Remote participants heard here.
+    states: HashMap<(NodeKey, together_sfu::PeerId), VoiceState>,
+}
+
+fn remote(state: &AppState) -> std::sync::MutexGuard<'_, Remote> {
+    state.voice.inner.remote.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Remote voice states matching `keep`.
+pub fn remote_states(state: &AppState, keep: impl Fn(&VoiceState) -> bool) -> Vec<VoiceState> {
+    remote(state).states.values().filter(|v| keep(v)).cloned().collect()
+}
+
+/// The relay key of a libp2p peer (its ed25519 identity).
+fn relay_key(peer: &PeerId) -> Option<NodeKey> {
+    net::node_key_of(peer).map(|key| NodeKey(key.to_bytes()))
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// This node's relay port, `0` without a relay.
+fn own_port(state: &AppState) -> u16 {
+    state
+        .voice
+        .sfu()
+        .and_then(together_sfu::Sfu::relay)
+        .map_or(0, |relay| relay.local_addr().port())
+}
+
+/// Answers a peer's `voice_relay` request with this node's port.
+pub fn answer_relay(state: &AppState) -> SyncResponse {
+    SyncResponse::VoiceRelay { port: own_port(state) }
+}
+
+/// A libp2p connection to `peer` came up at `remote_addr`: learn its relay.
+pub async fn on_connected(state: &AppState, client: &NetClient, peer: PeerId, remote_addr: &Multiaddr) {
+    let Some(relay) = state.voice.sfu().and_then(together_sfu::Sfu::relay) else { return };
+    let (Some(key), Some(ip)) = (relay_key(&peer), ip_of(remote_addr)) else { return };
+    let request = SyncRequest::VoiceRelay { port: own_port(state) };
+    let port = match client.request(peer, request).await {
+        Ok(SyncResponse::VoiceRelay { port }) if port != 0 => port,
+        Ok(SyncResponse::VoiceRelay { .. }) => return,
+        Ok(_) => {
+            tracing::debug!(%peer, "peer answered voice_relay with something else");
+            return;
+        }
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "peer runs no voice relay");
+            return;
+        }
+    };
+    let addr = SocketAddr::new(ip, port);
+    {
+        let mut remote = remote(state);
+        if remote.nodes.len() >= MAX_NODES && !remote.nodes.contains_key(&peer) {
+            tracing::warn!(%peer, "too many relay nodes; ignoring one");
+            return;
+        }
+        remote.nodes.insert(peer, (key, addr));
+    }
+    if let Err(err) = relay.connect(key, addr).await {
+        tracing::warn!(%peer, error = %err, "cannot declare a relay node");
+        return;
+    }
+    tracing::info!(node = %key, %addr, "voice relay node known");
+    state.voice.rooms_changed().notify_one();
+}
+
+/// Keeps the rooms shared with other nodes in step with who is in voice
+/// here and which nodes have members of each community.
+pub async fn share_rooms(state: AppState, relay: Relay, changed: Arc<tokio::sync::Notify>) {
+    let stop = state.voice.stopping();
+    let mut shared: HashSet<(Uuid, NodeKey)> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = changed.notified() => {}
+            () = tokio::time::sleep(RESHARE_EVERY) => {}
+        }
+        let wanted = wanted_shares(&state).await;
+        for &(room, node) in wanted.difference(&shared) {
+            if relay.share_room(room, node).await.is_err() {
+                return;
+            }
+            tracing::debug!(%room, %node, "voice room shared");
+        }
+        for &(room, node) in shared.difference(&wanted) {
+            if relay.unshare_room(room, node).await.is_err() {
+                return;
+            }
+            tracing::debug!(%room, %node, "voice room unshared");
+        }
+        shared = wanted;
+    }
+}
+
+/// `(channel, node)` for each channel with participants here and each relay
+/// node subscribed to its community.
+async fn wanted_shares(state: &AppState) -> HashSet<(Uuid, NodeKey)> {
+    let mut wanted = HashSet::new();
+    let Some(client) = state.federation.net() else { return wanted };
+    if remote(state).nodes.is_empty() {
+        return wanted;
+    }
+    let mut rooms = state.voice.local_rooms();
+    match federated_voice_channels(state).await {
+        Ok(channels) => rooms.extend(channels),
+        Err(err) => tracing::warn!(error = %err, "cannot list federated voice channels"),
+    }
+    rooms.sort_unstable();
+    rooms.dedup();
+    let mut servers: Vec<Uuid> = rooms.iter().map(|(server, _)| *server).collect();
+    servers.dedup();
+    for server_id in servers {
+        let topic = together_protocol::federation::state_topic(server_id);
+        let Ok(peers) = client.topic_peers(&topic).await else { continue };
+        let nodes: Vec<NodeKey> = {
+            let remote = remote(state);
+            peers.iter().filter_map(|p| remote.nodes.get(p).map(|(key, _)| *key)).collect()
+        };
+        for (_, channel) in rooms.iter().filter(|(server, _)| *server == server_id) {
+            for node in &nodes {
+                wanted.insert((*channel, *node));
+            }
+        }
+    }
+    wanted
+}
+
+/// `(server, channel)` of every voice channel of a federated community.
+async fn federated_voice_channels(state: &AppState) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.server_id, c.id FROM channels c JOIN federated_servers f ON f.server_id = c.server_id
+          WHERE c.kind = 'voice' ORDER BY c.server_id, c.id LIMIT $1",
+    )
+    .bind(MAX_SHARED_CHANNELS)
+    .fetch_all(&state.db)
+    .await
+}
+
+/// Drains the relay's events until voice stops.
+pub async fn run_relay_events(state: AppState, mut events: RelayEvents) {
+    let stop = state.voice.stopping();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match event {
+            RelayEvent::NodeConnected { node } => tracing::info!(%node, "voice relay connected"),
+            RelayEvent::NodeDisconnected { node } => {
+                tracing::info!(%node, "voice relay disconnected");
+                let gone: Vec<VoiceState> = {
+                    let mut remote = remote(&state);
+                    let keys: Vec<_> = remote.states.keys().filter(|(n, _)| *n == node).copied().collect();
+                    keys.iter().filter_map(|k| remote.states.remove(k)).collect()
+                };
+                for old in gone {
+                    announce_left(&state, &old);
+                }
+            }
+            RelayEvent::RemoteJoined { node, room, peer, flags } => {
+                let server_id = match server_of_channel(&state, room).await {
+                    Ok(Some(server_id)) => server_id,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot look up a voice channel");
+                        continue;
+                    }
+                };
+                let row = VoiceState {
+                    user_id: peer.user,
+                    server_id,
+                    channel_id: room,
+                    self_mute: flags.self_mute,
+                    self_deaf: flags.self_deaf,
+                    server_mute: flags.server_mute,
+                    server_deaf: flags.server_deaf,
+                    joined_at: Utc::now(),
+                };
+                {
+                    let mut remote = remote(&state);
+                    if remote.states.len() >= MAX_REMOTE_STATES {
+                        tracing::warn!("too many remote voice states; ignoring one");
+                        continue;
+                    }
+                    remote.states.insert((node, peer), row.clone());
+                }
+                announce(&state, &row);
+            }
+            RelayEvent::RemoteFlags { node, room: _, peer, flags } => {
+                let row = {
+                    let mut remote = remote(&state);
+                    let Some(row) = remote.states.get_mut(&(node, peer)) else { continue };
+                    set_flags(row, flags);
+                    row.clone()
+                };
+                announce(&state, &row);
+            }
+            RelayEvent::RemoteLeft { node, room: _, peer } => {
+                let old = remote(&state).states.remove(&(node, peer));
+                if let Some(old) = old {
+                    announce_left(&state, &old);
+                }
+            }
+        }
+    }
+}
+
+fn set_flags(row: &mut VoiceState, flags: VoiceFlags) {
+    row.self_mute = flags.self_mute;
+    row.self_deaf = flags.self_deaf;
+    row.server_mute = flags.server_mute;
+    row.server_deaf = flags.server_deaf;
+}
+
+async fn server_of_channel(state: &AppState, channel_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT server_id FROM channels WHERE id = $1")
+        .bind(channel_id)
+        .fetch_optional(&state.db)
+        .await
+}
+
+fn announce(state: &AppState, row: &VoiceState) {
+    state
+        .bus
+        .publish("VOICE_STATE_UPDATE", channel_audience(row.server_id, row.channel_id), row);
+}
+
+fn announce_left(state: &AppState, old: &VoiceState) {
+    let payload = VoiceLeft {
+        user_id: old.user_id,
+        server_id: old.server_id,
+        channel_id: None,
+    };
+    state
+        .bus
+        .publish("VOICE_STATE_UPDATE", channel_audience(old.server_id, old.channel_id), &payload);
+}
