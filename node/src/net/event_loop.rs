@@ -28,10 +28,8 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), NetError>>>>,
-    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetError>>>,
-    pending_responses: HashMap<InboundRequestId, ResponseChannel<SyncResponse>>,
-    pending_blob_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<BlobResponse, NetError>>>,
-    pending_blob_responses: HashMap<InboundRequestId, ResponseChannel<BlobResponse>>,
+    sync: Exchanges<SyncResponse>,
+    blobs: Exchanges<BlobResponse>,
     dropped_events: u64,
 }
 
@@ -42,10 +40,8 @@ impl EventLoop {
             commands,
             events,
             pending_dials: HashMap::new(),
-            pending_requests: HashMap::new(),
-            pending_responses: HashMap::new(),
-            pending_blob_requests: HashMap::new(),
-            pending_blob_responses: HashMap::new(),
+            sync: Exchanges::default(),
+            blobs: Exchanges::default(),
             dropped_events: 0,
         }
     }
@@ -128,10 +124,10 @@ impl EventLoop {
             }
             Command::Request { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-                self.pending_requests.insert(id, reply);
+                self.sync.outbound.insert(id, reply);
             }
             Command::Respond { request_id, response } => {
-                if let Some(channel) = self.pending_responses.remove(&request_id)
+                if let Some(channel) = self.sync.inbound.remove(&request_id)
                     && self.swarm.behaviour_mut().sync.send_response(channel, response).is_err()
                 {
                     tracing::debug!("response not sent: the requester went away");
@@ -139,10 +135,10 @@ impl EventLoop {
             }
             Command::RequestBlob { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().blobs.send_request(&peer, request);
-                self.pending_blob_requests.insert(id, reply);
+                self.blobs.outbound.insert(id, reply);
             }
             Command::RespondBlob { request_id, response } => {
-                if let Some(channel) = self.pending_blob_responses.remove(&request_id)
+                if let Some(channel) = self.blobs.inbound.remove(&request_id)
                     && self.swarm.behaviour_mut().blobs.send_response(channel, response).is_err()
                 {
                     tracing::debug!("blob response not sent: the requester went away");
@@ -278,45 +274,50 @@ impl EventLoop {
     }
 
     fn sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request_id,
-                    request,
-                    channel,
-                } => {
-                    if self.pending_responses.len() >= MAX_PENDING_INBOUND {
-                        tracing::warn!(%peer, "too many pending sync requests; dropping one");
-                        return;
-                    }
-                    self.pending_responses.insert(request_id, channel);
-                    self.emit(NetEvent::Request {
-                        peer,
-                        request_id,
-                        request,
-                    });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request(error.to_string())));
-                }
-            }
-            request_response::Event::InboundFailure { request_id, .. } => {
-                self.pending_responses.remove(&request_id);
-            }
-            request_response::Event::ResponseSent { .. } => {}
+        if let Some((peer, request_id, request)) = self.sync.route(event, "sync") {
+            self.emit(NetEvent::Request {
+                peer,
+                request_id,
+                request,
+            });
+        }
+    }
+
+    fn blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+        if let Some((peer, request_id, request)) = self.blobs.route(event, "blob") {
+            self.emit(NetEvent::BlobRequest {
+                peer,
+                request_id,
+                request,
+            });
         }
     }
 }
 
-impl EventLoop {
-    fn blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+/// The open exchanges of one request-response protocol: our requests
+/// waiting for answers, and peers' requests waiting for ours.
+struct Exchanges<Resp> {
+    outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
+    inbound: HashMap<InboundRequestId, ResponseChannel<Resp>>,
+}
+
+impl<Resp> Default for Exchanges<Resp> {
+    fn default() -> Self {
+        Exchanges {
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+        }
+    }
+}
+
+impl<Resp> Exchanges<Resp> {
+    /// Settles answers and failures; returns a peer's request for the
+    /// application (or drops it when too many wait already).
+    fn route<Req>(
+        &mut self,
+        event: request_response::Event<Req, Resp>,
+        protocol: &'static str,
+    ) -> Option<(PeerId, InboundRequestId, Req)> {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -324,32 +325,31 @@ impl EventLoop {
                     request,
                     channel,
                 } => {
-                    if self.pending_blob_responses.len() >= MAX_PENDING_INBOUND {
-                        tracing::warn!(%peer, "too many pending blob requests; dropping one");
-                        return;
+                    if self.inbound.len() >= MAX_PENDING_INBOUND {
+                        tracing::warn!(%peer, protocol, "too many pending requests; dropping one");
+                        return None;
                     }
-                    self.pending_blob_responses.insert(request_id, channel);
-                    self.emit(NetEvent::BlobRequest {
-                        peer,
-                        request_id,
-                        request,
-                    });
+                    self.inbound.insert(request_id, channel);
+                    Some((peer, request_id, request))
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_blob_requests.remove(&request_id) {
+                    if let Some(reply) = self.outbound.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
+                    None
                 }
             },
             request_response::Event::OutboundFailure { request_id, error, .. } => {
-                if let Some(reply) = self.pending_blob_requests.remove(&request_id) {
+                if let Some(reply) = self.outbound.remove(&request_id) {
                     let _ = reply.send(Err(NetError::Request(error.to_string())));
                 }
+                None
             }
             request_response::Event::InboundFailure { request_id, .. } => {
-                self.pending_blob_responses.remove(&request_id);
+                self.inbound.remove(&request_id);
+                None
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { .. } => None,
         }
     }
 }
