@@ -62,6 +62,16 @@ pub struct Session {
 }
 
 impl Session {
+    /// The id of the first channel of `kind` (`text`, `voice`) in a server.
+    pub async fn channel_of_kind(&self, http: &reqwest::Client, server: uuid::Uuid, kind: &str) -> anyhow::Result<uuid::Uuid> {
+        let channels = self.get(http, &format!("/api/servers/{server}/channels")).await?.expect(200);
+        channels
+            .as_array()
+            .and_then(|list| list.iter().find(|c| c["kind"] == kind))
+            .map(|c| uuid_of(&c["id"]))
+            .with_context(|| format!("no {kind} channel in {channels}"))
+    }
+
     pub async fn get(&self, http: &reqwest::Client, path: &str) -> anyhow::Result<Reply> {
         request(http, reqwest::Method::GET, &self.base, path, Some(&self.token), None).await
     }
@@ -220,4 +230,10 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A UUID from a JSON string; panics (a test failure) on anything else.
+#[allow(clippy::expect_used)]
+pub fn uuid_of(v: &Value) -> uuid::Uuid {
+    v.as_str().and_then(|s| s.parse().ok()).expect("a uuid")
 }

@@ -11,15 +11,12 @@ use together_node::federation::delegations;
 use together_protocol::ephemeral::EphemeralEvent;
 use together_protocol::federation::{Envelope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent};
-use together_tests::client::{Gateway, Session, register};
+use together_tests::client::{uuid_of as uuid, Gateway, Session, register};
 use together_tests::testnet::{TestNet, wait_until};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn uuid(v: &Value) -> Uuid {
-    v.as_str().and_then(|s| s.parse().ok()).expect("a uuid")
-}
 
 /// A community made by alice on node 0 that bob (of node 1) joined by
 /// pasting the invite link into node 1.
@@ -37,18 +34,7 @@ async fn shared_community(net: &TestNet) -> Shared {
     let bob = register(&http, &net[1].url, "bob").await.unwrap();
     let server = alice.post(&http, "/api/servers", json!({"name": "Federated"})).await.unwrap().expect(201);
     let server_id = uuid(&server["id"]);
-    let channels = alice
-        .get(&http, &format!("/api/servers/{server_id}/channels"))
-        .await
-        .unwrap()
-        .expect(200);
-    let channel = channels
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "text")
-        .map(|c| uuid(&c["id"]))
-        .unwrap();
+    let channel = alice.channel_of_kind(&http, server_id, "text").await.unwrap();
 
     // The invite names the node: its peer id, dialable addresses and a link.
     let invite = alice

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use together_protocol::federation::state_topic;
 use together_sfu::client::{ClientOptions, VoiceClient};
-use together_tests::client::{Gateway, Session, register};
+use together_tests::client::{uuid_of as uuid, Gateway, Session, register};
 use together_tests::testnet::{TestNet, wait_until};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,9 +20,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn uuid(v: &Value) -> Uuid {
-    v.as_str().and_then(|s| s.parse().ok()).expect("a uuid")
-}
 
 /// A signed-in device whose gateway connection is pumped by a task that
 /// heartbeats and answers VOICE_OFFERs with one WebRTC client sending
@@ -162,18 +159,7 @@ async fn users_on_two_nodes_hear_each_other_through_the_relay() {
     let bob = register(&http, &net[1].url, "bob").await.unwrap();
     let server = alice.post(&http, "/api/servers", json!({"name": "Federated"})).await.unwrap().expect(201);
     let server_id = uuid(&server["id"]);
-    let channels = alice
-        .get(&http, &format!("/api/servers/{server_id}/channels"))
-        .await
-        .unwrap()
-        .expect(200);
-    let voice = channels
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["kind"] == "voice")
-        .map(|c| uuid(&c["id"]))
-        .unwrap();
+    let voice = alice.channel_of_kind(&http, server_id, "voice").await.unwrap();
     let invite = alice
         .post(&http, &format!("/api/servers/{server_id}/invites"), json!({}))
         .await
