@@ -56,8 +56,11 @@ impl Changes {
     }
 }
 
+/// Whole seconds, as the projection keeps them: truncated, because a cast
+/// to bigint would round a time in the second half of a second up and make
+/// an unchanged row look changed.
 fn secs(column: &str) -> String {
-    format!("extract(epoch from {column})::bigint")
+    format!("floor(extract(epoch from {column}))::bigint")
 }
 
 /// The rows this node's tables hold for one community, in projection form.
