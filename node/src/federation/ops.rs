@@ -244,7 +244,12 @@ async fn commit_inner(
     })?;
     let author_key: UserPublicKey = delegation.delegation.user;
     let node = delegations::node_public_key(state);
-    let now = Utc::now().timestamp();
+    // The transaction's own clock, in whole seconds: the rows the command
+    // wrote carry `now()`, so the projection of these ops equals them and
+    // is not rewritten a second later than the answer the client got.
+    let now: i64 = sqlx::query_scalar("SELECT floor(extract(epoch FROM now()))::bigint")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut made = Vec::new();
     for (server_id, command) in commands {
         if !matches!(command, StateCommand::Genesis(_)) && book.get(state, server_id).await?.resolver.is_empty() {
