@@ -111,7 +111,8 @@ pub struct Resolver {
     waiting_parent: BTreeMap<OpId, BTreeSet<OpId>>,
     waiting_delegation: BTreeMap<DelegationHash, BTreeSet<OpId>>,
     delegations: HashMap<DelegationHash, SignedDelegation>,
-    revocations: HashMap<DelegationHash, i64>,
+    /// Earliest revocation time per (delegation, user who signed it).
+    revocations: HashMap<(DelegationHash, UserPublicKey), i64>,
     master: Automerge,
     work: Option<Work>,
     attacks: HashMap<(usize, usize), bool>,
@@ -243,17 +244,33 @@ impl Resolver {
     }
 
     /// Records a revocation: ops under that delegation with a time at or
-    /// after the revocation's become invalid.
+    /// after the revocation's become invalid. A revocation counts only
+    /// against ops whose author signed it (the delegation's user), so no
+    /// one can revoke another user's delegation. Re-resolves only when it
+    /// is news (a first or an earlier revocation of that delegation).
     pub fn add_revocation(&mut self, revocation: SignedRevocation) -> Result<(), Rejection> {
         revocation.verify().map_err(|_| Rejection::BadSignature)?;
         let r = revocation.revocation;
-        let entry = self
-            .revocations
-            .entry(r.delegation_hash)
-            .or_insert(r.issued);
-        *entry = (*entry).min(r.issued);
+        let key = (r.delegation_hash, r.user);
+        match self.revocations.get(&key) {
+            Some(at) if *at <= r.issued => return Ok(()),
+            _ => {}
+        }
+        self.revocations.insert(key, r.issued);
         self.resolve();
         Ok(())
+    }
+
+    /// Whether an op of this community is signed under `hash` (the
+    /// delegation came inline or was added).
+    pub fn knows_delegation(&self, hash: &DelegationHash) -> bool {
+        self.delegations.contains_key(hash)
+    }
+
+    /// The hashes of every delegation this community's ops were signed
+    /// under (as far as known).
+    pub fn delegation_hashes(&self) -> Vec<DelegationHash> {
+        self.delegations.keys().copied().collect()
     }
 
     fn insert(&mut self, op: Op) -> Added {
@@ -487,7 +504,7 @@ impl Resolver {
                         Some(Rejection::Equivocation)
                     } else if self
                         .revocations
-                        .get(&e.op.delegation_hash())
+                        .get(&(e.op.delegation_hash(), e.op.body().author))
                         .is_some_and(|at| *at <= e.op.body().time)
                     {
                         Some(Rejection::Revoked)
