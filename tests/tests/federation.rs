@@ -1608,3 +1608,52 @@ async fn revocations_are_checked_strictly() {
 fn dave_id_of(session: &Session) -> Uuid {
     uuid(&json!(session.user_id))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_gossip_to_nodes_that_share_no_community() {
+    let net = TestNet::start(2).await.unwrap();
+    let http = reqwest::Client::new();
+    // Dave signs in on both nodes with his key; no community links them,
+    // so only the revocations topic can carry the news.
+    let dave_key = generate_signing_key();
+    let on_0 = key_session(&http, &net[0].url, &dave_key, Some("dave")).await.unwrap();
+    key_session(&http, &net[1].url, &dave_key, Some("dave")).await.unwrap();
+    let dave_id = dave_id_of(&on_0);
+    let hash = own_delegation(&http, &on_0).await;
+    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
+    wait_topic_peer(&net[0], &net[1], topic).await;
+    wait_topic_peer(&net[1], &net[0], topic).await;
+    let accepted = node_counters(&http, &net[1].url).await["accepted"].as_u64().unwrap();
+    submit_revocation(&http, &net[0].url, &dave_key, hash, None).await.unwrap().expect(201);
+    // Node 1 never saw that delegation, but knows dave: it keeps it.
+    wait_knows_revocation(&net[1], dave_id, &hash).await;
+    assert!(node_counters(&http, &net[1].url).await["accepted"].as_u64().unwrap() > accepted);
+
+    // A revocation of someone node 1 has never heard of is not kept or
+    // passed on; one that does not verify is rejected.
+    let stranger = generate_signing_key();
+    let unknown = together_protocol::identity::Revocation {
+        user: (&stranger).into(),
+        delegation_hash: DelegationHash::from_array([9; 32]),
+        issued: chrono::Utc::now().timestamp(),
+    }
+    .sign(&stranger)
+    .unwrap();
+    let unknown_before = rejected_count(&http, &net[1], "unknown_delegation").await;
+    net[0].net().publish(topic, serde_json::to_vec(&unknown).unwrap()).await.unwrap();
+    wait_rejected(&http, &net[1], "unknown_delegation", unknown_before).await;
+    let mut bad = unknown;
+    bad.revocation.issued += 1;
+    let bad_before = rejected_count(&http, &net[1], "bad_signature").await;
+    net[0].net().publish(topic, serde_json::to_vec(&bad).unwrap()).await.unwrap();
+    wait_rejected(&http, &net[1], "bad_signature", bad_before).await;
+    let malformed_before = rejected_count(&http, &net[1], "malformed").await;
+    net[0].net().publish(topic, b"{\"revocation\":1}".to_vec()).await.unwrap();
+    wait_rejected(&http, &net[1], "malformed", malformed_before).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(net[1].db())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    net.stop().await;
+}
