@@ -1657,3 +1657,54 @@ async fn revocations_gossip_to_nodes_that_share_no_community() {
     assert_eq!(stored, 1);
     net.stop().await;
 }
+
+/// Not a check: numbers for docs/benchmarks.md ("Revocations"). Run with
+/// `cargo nextest run -p together-tests -E 'test(revocation_timings)' --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn revocation_timings() {
+    let net = TestNet::start(3).await.unwrap();
+    let http = reqwest::Client::new();
+    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
+    for (a, b) in [(1, 0), (1, 2)] {
+        wait_topic_peer(&net[a], &net[b], topic).await;
+    }
+    const N: usize = 30;
+    let mut users = Vec::with_capacity(N);
+    for i in 0..N {
+        let key = generate_signing_key();
+        // Known on every node; the delegation to node 1 only there.
+        let on_1 = key_session(&http, &net[1].url, &key, Some(&format!("user{i}"))).await.unwrap();
+        for node in [0, 2] {
+            key_session(&http, &net[node].url, &key, None).await.unwrap();
+        }
+        let hash = own_delegation(&http, &on_1).await;
+        users.push((key, dave_id_of(&on_1), hash));
+    }
+    let mut posted = Vec::with_capacity(N);
+    let mut everywhere = Vec::with_capacity(N);
+    for (key, user, hash) in &users {
+        let t = std::time::Instant::now();
+        submit_revocation(&http, &net[1].url, key, *hash, None).await.unwrap().expect(201);
+        posted.push(t.elapsed());
+        loop {
+            if knows_revocation(net[0].db(), *user, hash).await && knows_revocation(net[2].db(), *user, hash).await {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "revocation never spread");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        everywhere.push(t.elapsed());
+    }
+    posted.sort();
+    everywhere.sort();
+    println!(
+        "{N} revocations: POST p50 {:?}, max {:?}; stored on both other nodes p50 {:?}, p95 {:?}, max {:?}",
+        posted[N / 2],
+        posted[N - 1],
+        everywhere[N / 2],
+        everywhere[N * 95 / 100],
+        everywhere[N - 1]
+    );
+    net.stop().await;
+}
