@@ -13,7 +13,8 @@
 //! Validity over the whole set is then decided by [`Resolver::resolve`]:
 //!
 //! - an op is out if statically invalid, revoked (its delegation revoked at
-//!   or before its time), an equivocation (its actor used the same sequence
+//!   or before its time, and no op signed under another delegation built
+//!   on it), an equivocation (its actor used the same sequence
 //!   number for another change), a second genesis, or if a parent is out;
 //! - **strong removal**: op `R` *attacks* a concurrent op `X` when `R`
 //!   lowers the standing of `X`'s author (see [`crate::Standing::is_reduced_from`])
@@ -244,7 +245,9 @@ impl Resolver {
     }
 
     /// Records a revocation: ops under that delegation with a time at or
-    /// after the revocation's become invalid. A revocation counts only
+    /// after the revocation's become invalid, unless an op signed under
+    /// another delegation descends from them (a revocation, even one dated
+    /// in the past, never takes other users' history with it). It counts only
     /// against ops whose author signed it (the delegation's user), so no
     /// one can revoke another user's delegation. Re-resolves only when it
     /// is news (a first or an earlier revocation of that delegation).
@@ -506,6 +509,7 @@ impl Resolver {
                         .revocations
                         .get(&(e.op.delegation_hash(), e.op.body().author))
                         .is_some_and(|at| *at <= e.op.body().time)
+                        && !self.built_on_by_others(i)
                     {
                         Some(Rejection::Revoked)
                     } else if geneses.len() > 1 && geneses.contains(&i) {
@@ -611,6 +615,25 @@ impl Resolver {
             };
         }
         self.materialize();
+    }
+
+    /// Whether an op signed under another delegation descends from op
+    /// `i`: then `i` is shared history, which a revocation of `i`'s
+    /// delegation does not undo (its descendants would fall with it).
+    fn built_on_by_others(&self, i: usize) -> bool {
+        let own = self.entries[i].op.delegation_hash();
+        let mut seen = vec![false; self.entries.len()];
+        let mut stack: Vec<usize> = self.entries[i].children.clone();
+        while let Some(c) = stack.pop() {
+            if std::mem::replace(&mut seen[c], true) {
+                continue;
+            }
+            if self.entries[c].op.delegation_hash() != own {
+                return true;
+            }
+            stack.extend_from_slice(&self.entries[c].children);
+        }
+        false
     }
 
     /// Ancestors of `r` with `r` itself, and descendants of `r`: the ops

@@ -6,7 +6,7 @@
 use together_crdt::{Command, OpStatus, Rejection};
 use together_protocol::identity::Revocation;
 
-use super::support::{cast, community, delegation};
+use super::support::{T0, cast, community, create_channel, delegation};
 
 fn nickname(user: uuid::Uuid, name: &str) -> Command {
     Command::SetNickname {
@@ -62,4 +62,28 @@ fn a_revocation_voids_later_ops_of_that_delegation_only() {
     let mut bad = Revocation::of(&signed_under, cut).sign(&c.member.key).unwrap();
     bad.revocation.issued += 1;
     assert_eq!(n.resolver.add_revocation(bad), Err(Rejection::BadSignature));
+}
+
+#[test]
+fn a_backdated_revocation_never_takes_others_history_with_it() {
+    let c = cast();
+    let mut n = community(&c);
+    let mine = n.must(&c.member, nickname(c.member.id, "mine"));
+    // The admin builds on it (local ops sit on the valid heads).
+    let theirs = n.must(&c.admin, create_channel(77, "built-on"));
+    assert!(theirs.body().parents.contains(&mine.id()));
+    let tip = n.must(&c.member, nickname(c.member.id, "tip"));
+
+    // The member revokes their delegation as of the community's founding,
+    // before they even joined: only what nobody else built on falls.
+    let backdated = Revocation::of(&delegation(&c.member, &n.public), T0)
+        .sign(&c.member.key)
+        .unwrap();
+    n.resolver.add_revocation(backdated).unwrap();
+    assert!(n.is_valid(&mine));
+    assert!(n.is_valid(&theirs));
+    assert_eq!(n.status(&tip), Some(OpStatus::Invalid(Rejection::Revoked)));
+    let json = String::from_utf8(n.json()).unwrap();
+    assert!(json.contains("built-on") && json.contains("\"mine\"") && !json.contains("\"tip\""), "{json}");
+    assert!(json.contains(&c.member.id.to_string()), "the member's join stays: {json}");
 }
