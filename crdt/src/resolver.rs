@@ -13,7 +13,8 @@
 //! Validity over the whole set is then decided by [`Resolver::resolve`]:
 //!
 //! - an op is out if statically invalid, revoked (its delegation revoked at
-//!   or before its time), an equivocation (its actor used the same sequence
+//!   or before its time, and no op signed under another delegation built
+//!   on it), an equivocation (its actor used the same sequence
 //!   number for another change), a second genesis, or if a parent is out;
 //! - **strong removal**: op `R` *attacks* a concurrent op `X` when `R`
 //!   lowers the standing of `X`'s author (see [`crate::Standing::is_reduced_from`])
@@ -111,7 +112,8 @@ pub struct Resolver {
     waiting_parent: BTreeMap<OpId, BTreeSet<OpId>>,
     waiting_delegation: BTreeMap<DelegationHash, BTreeSet<OpId>>,
     delegations: HashMap<DelegationHash, SignedDelegation>,
-    revocations: HashMap<DelegationHash, i64>,
+    /// Earliest revocation time per (delegation, user who signed it).
+    revocations: HashMap<(DelegationHash, UserPublicKey), i64>,
     master: Automerge,
     work: Option<Work>,
     attacks: HashMap<(usize, usize), bool>,
@@ -243,17 +245,35 @@ impl Resolver {
     }
 
     /// Records a revocation: ops under that delegation with a time at or
-    /// after the revocation's become invalid.
+    /// after the revocation's become invalid, unless an op signed under
+    /// another delegation descends from them (a revocation, even one dated
+    /// in the past, never takes other users' history with it). It counts only
+    /// against ops whose author signed it (the delegation's user), so no
+    /// one can revoke another user's delegation. Re-resolves only when it
+    /// is news (a first or an earlier revocation of that delegation).
     pub fn add_revocation(&mut self, revocation: SignedRevocation) -> Result<(), Rejection> {
         revocation.verify().map_err(|_| Rejection::BadSignature)?;
         let r = revocation.revocation;
-        let entry = self
-            .revocations
-            .entry(r.delegation_hash)
-            .or_insert(r.issued);
-        *entry = (*entry).min(r.issued);
+        let key = (r.delegation_hash, r.user);
+        match self.revocations.get(&key) {
+            Some(at) if *at <= r.issued => return Ok(()),
+            _ => {}
+        }
+        self.revocations.insert(key, r.issued);
         self.resolve();
         Ok(())
+    }
+
+    /// Whether an op of this community is signed under `hash` (the
+    /// delegation came inline or was added).
+    pub fn knows_delegation(&self, hash: &DelegationHash) -> bool {
+        self.delegations.contains_key(hash)
+    }
+
+    /// The hashes of every delegation this community's ops were signed
+    /// under (as far as known).
+    pub fn delegation_hashes(&self) -> Vec<DelegationHash> {
+        self.delegations.keys().copied().collect()
     }
 
     fn insert(&mut self, op: Op) -> Added {
@@ -487,8 +507,9 @@ impl Resolver {
                         Some(Rejection::Equivocation)
                     } else if self
                         .revocations
-                        .get(&e.op.delegation_hash())
+                        .get(&(e.op.delegation_hash(), e.op.body().author))
                         .is_some_and(|at| *at <= e.op.body().time)
+                        && !self.built_on_by_others(i)
                     {
                         Some(Rejection::Revoked)
                     } else if geneses.len() > 1 && geneses.contains(&i) {
@@ -594,6 +615,25 @@ impl Resolver {
             };
         }
         self.materialize();
+    }
+
+    /// Whether an op signed under another delegation descends from op
+    /// `i`: then `i` is shared history, which a revocation of `i`'s
+    /// delegation does not undo (its descendants would fall with it).
+    fn built_on_by_others(&self, i: usize) -> bool {
+        let own = self.entries[i].op.delegation_hash();
+        let mut seen = vec![false; self.entries.len()];
+        let mut stack: Vec<usize> = self.entries[i].children.clone();
+        while let Some(c) = stack.pop() {
+            if std::mem::replace(&mut seen[c], true) {
+                continue;
+            }
+            if self.entries[c].op.delegation_hash() != own {
+                return true;
+            }
+            stack.extend_from_slice(&self.entries[c].children);
+        }
+        false
     }
 
     /// Ancestors of `r` with `r` itself, and descendants of `r`: the ops

@@ -3,6 +3,7 @@
 
 mod community {
     pub mod convergence;
+    pub mod revocation;
     pub mod rules;
     pub mod strong_removal;
     pub mod support;

@@ -20,6 +20,8 @@
 //!   stored).
 //! - [`blobs`]: attachment files fetched from peers by content hash.
 //! - [`links`]: invite links naming a community, a code and peer addresses.
+//! - [`revocations`]: users' revocations of delegations, from clients,
+//!   gossip and sync.
 
 pub mod blobs;
 pub mod delegations;
@@ -28,6 +30,7 @@ pub mod inbox;
 pub mod ops;
 pub mod links;
 pub mod outbox;
+pub mod revocations;
 pub mod store;
 pub mod structure;
 pub mod sync;
@@ -168,6 +171,10 @@ pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient
     tokio::spawn(handle_events(state.clone(), client.clone(), events));
     outbox::spawn(state.clone(), client.clone());
     ops::spawn_anti_entropy(state.clone(), client.clone());
+    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
+    if let Err(err) = client.subscribe(topic).await {
+        tracing::warn!(%topic, error = %err, "cannot subscribe");
+    }
     match store::federated_servers(&state.db).await {
         Ok(servers) => {
             for server_id in servers {

@@ -9,6 +9,7 @@ pub mod attachments;
 pub mod auth;
 pub mod bans;
 pub mod channels;
+pub mod delegations;
 pub mod federation;
 pub mod health;
 pub mod invites;
@@ -77,6 +78,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(auth::router())
         .merge(key_auth::router())
+        .merge(delegations::router())
         .merge(federation::router())
         .merge(users::router())
         .merge(servers::router())

@@ -78,6 +78,14 @@ pub fn state_topic(server: Uuid) -> String {
     format!("together/v1/community/{server}/state")
 }
 
+/// The gossipsub topic every node subscribes to: users' signed
+/// revocations of delegations (spec/federation.md §10), as their JSON.
+pub const REVOCATIONS_TOPIC: &str = "together/v1/revocations";
+
+/// Largest signed revocation (JSON bytes) a node accepts, on the topic or
+/// from a client. The spec's JSON form is about 250 bytes.
+pub const MAX_REVOCATION_BYTES: usize = 1024;
+
 /// Where an event applies: the community, channel and message, and when
 /// (unix milliseconds) the origin node made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

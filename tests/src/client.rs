@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use together_protocol::identity::{NodePublicKey, SignInChallenge, SignInProof, UserPublicKey, base64url};
+use together_protocol::identity::{
+    DelegationHash, NodePublicKey, Revocation, SignInChallenge, SignInProof, UserPublicKey, base64url,
+};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Lifetime of the delegation a key sign-in gives the node.
@@ -148,6 +150,26 @@ pub async fn sign_in_with_key(
         bail!("key sign-in failed: {} {}", reply.status, reply.body);
     }
     Ok(reply.body)
+}
+
+/// Signs a revocation of `delegation` (dated now) with the user's key and
+/// sends it to `base` (`POST /api/auth/revocations`), with a session's
+/// token when one is given.
+pub async fn submit_revocation(
+    http: &reqwest::Client,
+    base: &str,
+    key: &SigningKey,
+    delegation: DelegationHash,
+    token: Option<&str>,
+) -> anyhow::Result<Reply> {
+    let revocation = Revocation {
+        user: UserPublicKey::from(key),
+        delegation_hash: delegation,
+        issued: chrono::Utc::now().timestamp(),
+    }
+    .sign(key)?;
+    let body = serde_json::to_value(revocation)?;
+    request(http, reqwest::Method::POST, base, "/api/auth/revocations", token, Some(body)).await
 }
 
 /// [`sign_in_with_key`] as a [`Session`].

@@ -1212,3 +1212,499 @@ async fn structure_op_timings() {
     );
     net.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Revocation of delegations.
+// ---------------------------------------------------------------------------
+
+use together_protocol::identity::{DelegationHash, SignedDelegation, generate_signing_key};
+use together_tests::client::submit_revocation;
+
+const HAS_REVOCATION: &str = "SELECT EXISTS (SELECT 1 FROM revocations WHERE user_id = $1 AND delegation_hash = $2)";
+
+/// Whether a node stores a revocation of `hash` by `user`.
+async fn knows_revocation(db: &sqlx::PgPool, user: Uuid, hash: &DelegationHash) -> bool {
+    sqlx::query_scalar::<_, bool>(HAS_REVOCATION)
+        .bind(user)
+        .bind(hash.as_bytes().as_slice())
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+async fn wait_knows_revocation(node: &TestNode, user: Uuid, hash: &DelegationHash) {
+    let db = node.db().clone();
+    wait_until(WAIT, || {
+        let db = db.clone();
+        async move { knows_revocation(&db, user, hash).await }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {} never learnt the revocation", node.index));
+}
+
+async fn rejected_count(http: &reqwest::Client, node: &TestNode, reason: &str) -> u64 {
+    node_counters(http, &node.url).await["rejected"][reason].as_u64().unwrap_or(0)
+}
+
+async fn wait_rejected(http: &reqwest::Client, node: &TestNode, reason: &'static str, more_than: u64) {
+    let (http, url) = (http.clone(), node.url.clone());
+    wait_until(WAIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { node_counters(&http, &url).await["rejected"][reason].as_u64().unwrap_or(0) > more_than }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {} counted no further {reason} rejection", node.index));
+}
+
+/// The caller's delegation to the node its session is on.
+async fn own_delegation(http: &reqwest::Client, who: &Session) -> DelegationHash {
+    let listed = ok(who.get(http, "/api/auth/delegations").await.unwrap());
+    let mine: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["this_node"] == json!(true) && d["revoked_from"].is_null())
+        .collect();
+    assert_eq!(mine.len(), 1, "{listed}");
+    mine[0]["hash"].as_str().unwrap().parse().unwrap()
+}
+
+async fn stored_delegation(node: &TestNode, hash: &DelegationHash) -> SignedDelegation {
+    together_node::federation::store::delegation_by_hash(node.db(), hash)
+        .await
+        .unwrap()
+        .expect("the node knows the delegation")
+}
+
+/// What a node that kept a revoked delegation could still sign: a new
+/// message in `channel`, dated now.
+fn forged_message(node: &TestNode, delegation: &SignedDelegation, server: Uuid, channel: Uuid, text: &str) -> (Uuid, Vec<u8>) {
+    let event = MessageEvent::Create {
+        scope: Scope {
+            server,
+            channel,
+            message: Uuid::now_v7(),
+            at: chrono::Utc::now().timestamp_millis(),
+        },
+        reply_to: None,
+        content: text.into(),
+        attachments: Vec::new(),
+    };
+    let signed = SignedEvent::sign(
+        EventKind::new(event.kind()).unwrap(),
+        &node.state.keys.node_key,
+        delegation,
+        event.encode(),
+    )
+    .unwrap();
+    let envelope = Envelope {
+        event: signed,
+        delegation: Some(*delegation),
+    };
+    (event.scope().message, envelope.to_bytes())
+}
+
+/// An op the user is allowed to make (their own nickname), signed now by
+/// `node` under `delegation`.
+async fn forged_nickname(node: &TestNode, delegation: &SignedDelegation, server: Uuid, nick: &str) -> Op {
+    let node_key = together_protocol::identity::NodePublicKey::from(&node.state.keys.node_key);
+    let user = delegation.delegation.user;
+    let mut book = node.state.federation.ops().lock().await;
+    let resolver = book.resolver(&node.state, server).await.unwrap();
+    let unsigned = resolver
+        .prepare_unchecked(
+            &node_key,
+            &Actor::generate(&node_key, server),
+            &user,
+            StateCommand::SetNickname {
+                user: user.user_id(),
+                nickname: Some(nick.into()),
+            },
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    unsigned.sign(&node.state.keys.node_key, delegation, true).unwrap()
+}
+
+async fn wait_topic_peer(from: &TestNode, to: &TestNode, topic: &str) {
+    let (net, peer, topic) = (from.net().clone(), to.peer_id, topic.to_string());
+    wait_until(WAIT, || {
+        let (net, topic) = (net.clone(), topic.clone());
+        async move { net.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer)) }
+    })
+    .await
+    .expect("topic mesh");
+}
+
+async fn op_status(db: &sqlx::PgPool, op: &Op) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM community_ops WHERE id = $1")
+        .bind(op.id().as_bytes().as_slice())
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+async fn wait_op_status(node: &TestNode, op: &Op, want: &str) {
+    let db = node.db().clone();
+    let want = want.to_string();
+    let reached = wait_until(WAIT, || {
+        let (db, want) = (db.clone(), want.clone());
+        async move { op_status(&db, op).await.as_deref() == Some(want.as_str()) }
+    })
+    .await;
+    if reached.is_err() {
+        panic!("op never became {want} on node {}: {:?}", node.index, op_status(node.db(), op).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_delegation_is_refused_on_every_node() {
+    let mut net = TestNet::start(3).await.unwrap();
+    let s = shared_community(&net).await;
+    let http = s.http.clone();
+    let sid = s.server;
+    let invite = ok(s.alice.post(&http, &format!("/api/servers/{sid}/invites"), json!({})).await.unwrap());
+    // Carol (node 2) and dave, who holds his own key and uses node 1, join.
+    let carol = register(&http, &net[2].url, "carol").await.unwrap();
+    join_through(&http, &carol, &invite["code"], &net[0]).await;
+    let dave_key = generate_signing_key();
+    let dave = key_session(&http, &net[1].url, &dave_key, Some("dave")).await.unwrap();
+    let dave_id = uuid(&json!(dave.user_id));
+    join_through(&http, &dave, &invite["code"], &net[0]).await;
+    for node in [0, 2] {
+        wait_exists(net[node].db(), IS_MEMBER, sid, dave_id, true, "dave's join reached every node").await;
+    }
+    let before = post(&http, &dave, s.channel, "signed before the revocation").await;
+    for node in [0, 2] {
+        wait_content(net[node].db(), before, Some(("signed before the revocation", false))).await;
+    }
+    let revoked = own_delegation(&http, &dave).await;
+    let delegation = stored_delegation(&net[1], &revoked).await;
+
+    // Node 2 is away while dave signs node 1 out; revocations hold from
+    // their second on, so let that of the join and the message pass.
+    net.stop_node(2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let receipt = submit_revocation(&http, &net[1].url, &dave_key, revoked, Some(&dave.token)).await.unwrap();
+    let receipt = receipt.expect(201);
+    assert_eq!(receipt["new"], json!(true));
+    assert_eq!(receipt["delegation_hash"], json!(revoked.to_string()));
+    wait_knows_revocation(&net[0], dave_id, &revoked).await;
+
+    // Dave's sessions on node 1 can no longer sign: messages and
+    // structural changes alike are refused up front.
+    let refused = dave
+        .post(&http, &format!("/api/channels/{}/messages", s.channel), json!({"content": "after"}))
+        .await
+        .unwrap();
+    assert_eq!(refused.expect(403)["code"], "no_delegation");
+    let refused = dave.post(&http, &format!("/api/servers/{sid}/invites"), json!({})).await.unwrap();
+    assert_eq!(refused.expect(403)["code"], "no_delegation");
+    let listed = ok(dave.get(&http, "/api/auth/delegations").await.unwrap());
+    assert!(listed[0]["revoked_from"].is_i64(), "{listed}");
+
+    // Node 1 signs anyway, as a node that kept the delegation would: a
+    // message and an op. Node 0 refuses both and counts them.
+    let revoked_before = rejected_count(&http, &net[0], "revoked").await;
+    let (forged_id, forged) = forged_message(&net[1], &delegation, sid, s.channel, "forged after the revocation");
+    net[1].net().publish(&messages_topic(sid), forged).await.unwrap();
+    wait_rejected(&http, &net[0], "revoked", revoked_before).await;
+    assert_eq!(message_content(net[0].db(), forged_id).await, None);
+    let revoked_before = rejected_count(&http, &net[0], "revoked").await;
+    let nick = forged_nickname(&net[1], &delegation, sid, "forged").await;
+    net[1].net().publish(&state_topic(sid), nick.to_wire()).await.unwrap();
+    wait_op_status(&net[0], &nick, "revoked").await;
+    wait_rejected(&http, &net[0], "revoked", revoked_before).await;
+
+    // Node 2 returns and learns the revocation by sync; the forged op
+    // reaches it by sync too and is judged revoked, and a forged message
+    // published now is refused there as well.
+    net.restart_node(2).await.unwrap();
+    wait_knows_revocation(&net[2], dave_id, &revoked).await;
+    wait_op_status(&net[2], &nick, "revoked").await;
+    wait_topic_peer(&net[1], &net[2], &messages_topic(sid)).await;
+    let revoked_before = rejected_count(&http, &net[2], "revoked").await;
+    let (forged_id, forged) = forged_message(&net[1], &delegation, sid, s.channel, "forged again");
+    net[1].net().publish(&messages_topic(sid), forged).await.unwrap();
+    wait_rejected(&http, &net[2], "revoked", revoked_before).await;
+    for node in [0, 1, 2] {
+        assert_eq!(message_content(net[node].db(), forged_id).await, None);
+    }
+
+    // History from before the revocation stays everywhere: dave's message
+    // and his membership (his join op predates the revocation).
+    for node in [0, 1, 2] {
+        assert_eq!(
+            message_content(net[node].db(), before).await,
+            Some(("signed before the revocation".to_string(), false))
+        );
+        assert!(exists(net[node].db(), IS_MEMBER, sid, dave_id).await);
+        let nickname: Option<String> =
+            sqlx::query_scalar("SELECT nickname FROM server_members WHERE server_id = $1 AND user_id = $2")
+                .bind(sid)
+                .bind(dave_id)
+                .fetch_one(net[node].db())
+                .await
+                .unwrap();
+        assert_eq!(nickname, None, "node {node}");
+    }
+
+    // Signing in again with his key gives node 1 a fresh delegation, and
+    // dave's writes travel everywhere again.
+    let dave = key_session(&http, &net[1].url, &dave_key, None).await.unwrap();
+    let fresh = own_delegation(&http, &dave).await;
+    assert_ne!(fresh, revoked);
+    let after = post(&http, &dave, s.channel, "signed in again").await;
+    for node in [0, 2] {
+        wait_content(net[node].db(), after, Some(("signed in again", false))).await;
+    }
+
+    // A password account revokes its node's delegation through the node,
+    // which holds its key and so makes itself a fresh one.
+    let bobs = own_delegation(&http, &s.bob).await;
+    let receipt = s.bob.delete(&http, &format!("/api/auth/delegations/{bobs}")).await.unwrap().expect(201);
+    assert_eq!(receipt["delegation_hash"], json!(bobs.to_string()));
+    let bob_id = uuid(&json!(s.bob.user_id));
+    wait_knows_revocation(&net[0], bob_id, &bobs).await;
+    let bobs_next = post(&http, &s.bob, s.channel, "bob carries on").await;
+    wait_content(net[0].db(), bobs_next, Some(("bob carries on", false))).await;
+    assert_ne!(own_delegation(&http, &s.bob).await, bobs);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_checked_strictly() {
+    let net = TestNet::start(1).await.unwrap();
+    let http = reqwest::Client::new();
+    let base = net[0].url.clone();
+    let dave_key = generate_signing_key();
+    let dave = key_session(&http, &base, &dave_key, Some("dave")).await.unwrap();
+    let hash = own_delegation(&http, &dave).await;
+    let raw = |body: &str| {
+        let (http, url) = (http.clone(), format!("{base}/api/auth/revocations"));
+        let body = body.to_string();
+        async move {
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, body["code"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let signed = |key: &ed25519_dalek::SigningKey,
+                  user: together_protocol::identity::UserPublicKey,
+                  hash: DelegationHash,
+                  issued: i64| {
+        together_protocol::identity::Revocation {
+            user,
+            delegation_hash: hash,
+            issued,
+        }
+        .sign(key)
+        .unwrap()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let dave_pub = together_protocol::identity::UserPublicKey::from(&dave_key);
+    let good = signed(&dave_key, dave_pub, hash, now);
+    let good_json = serde_json::to_value(good).unwrap();
+
+    assert_eq!(raw("{not json").await, (400, "malformed_json".into()));
+    let mut extra = good_json.clone();
+    extra["extra"] = json!(1);
+    assert_eq!(raw(&extra.to_string()).await, (400, "invalid_body".into()));
+    let mut padded = good_json.clone();
+    padded["signature"] = json!(format!("{}==", good_json["signature"].as_str().unwrap()));
+    assert_eq!(raw(&padded.to_string()).await, (400, "invalid_body".into()));
+    let mut huge = good_json.clone();
+    huge["revocation"]["padding"] = json!("x".repeat(2048));
+    assert_eq!(raw(&huge.to_string()).await, (413, "payload_too_large".into()));
+    // Changed after signing: the signature no longer verifies.
+    let mut tampered = good;
+    tampered.revocation.issued -= 1;
+    assert_eq!(raw(&serde_json::to_string(&tampered).unwrap()).await, (400, "bad_signature".into()));
+    // Someone else's key over dave's delegation.
+    let mallory = generate_signing_key();
+    let mallorys = signed(&mallory, (&mallory).into(), hash, now);
+    assert_eq!(raw(&serde_json::to_string(&mallorys).unwrap()).await, (403, "wrong_user".into()));
+    // A delegation this node never saw.
+    let unknown = signed(&dave_key, dave_pub, DelegationHash::from_array([7; 32]), now);
+    assert_eq!(raw(&serde_json::to_string(&unknown).unwrap()).await, (404, "unknown_delegation".into()));
+    // Dated in the future.
+    let future = signed(&dave_key, dave_pub, hash, now + 3600);
+    assert_eq!(raw(&serde_json::to_string(&future).unwrap()).await, (400, "invalid_request".into()));
+    // With another user's session.
+    let alice = register(&http, &base, "alice").await.unwrap();
+    let reply = together_tests::client::request(
+        &http,
+        reqwest::Method::POST,
+        &base,
+        "/api/auth/revocations",
+        Some(&alice.token),
+        Some(good_json.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.expect(403)["code"], "wrong_user");
+    // Nothing was stored by any of that.
+    assert!(!knows_revocation(net[0].db(), dave_id_of(&dave), &hash).await);
+
+    // The real one is taken once; again it is known.
+    let (status, _) = raw(&good_json.to_string()).await;
+    assert_eq!(status, 201);
+    let again = together_tests::client::request(&http, reqwest::Method::POST, &base, "/api/auth/revocations", None, Some(good_json))
+        .await
+        .unwrap()
+        .expect(200);
+    assert_eq!(again["new"], json!(false));
+    assert_eq!(again["revoked_from"], json!(now));
+    // Dave's session stays but cannot sign: a new community is an op.
+    let refused = dave.post(&http, "/api/servers", json!({"name": "Mine"})).await.unwrap();
+    assert_eq!(refused.expect(403)["code"], "no_delegation");
+
+    // Node-signed revocations: only for keys the node holds, only one's own.
+    // (A password account's node issues its delegation on the first signed
+    // write.)
+    ok(alice.post(&http, "/api/servers", json!({"name": "First"})).await.unwrap());
+    let theirs = own_delegation(&http, &alice).await;
+    let reply = dave.delete(&http, &format!("/api/auth/delegations/{theirs}")).await.unwrap();
+    assert_eq!(reply.expect(404)["code"], "unknown_delegation");
+    let reply = dave.delete(&http, &format!("/api/auth/delegations/{hash}")).await.unwrap();
+    assert_eq!(reply.expect(403)["code"], "key_required");
+    let reply = alice.delete(&http, "/api/auth/delegations/not-a-hash").await.unwrap();
+    assert_eq!(reply.expect(404)["code"], "unknown_delegation");
+    alice.delete(&http, &format!("/api/auth/delegations/{theirs}")).await.unwrap().expect(201);
+    ok(alice.post(&http, "/api/servers", json!({"name": "Still mine"})).await.unwrap());
+
+    // The command line: sign in, then sign this node out. (A sign-in in
+    // the same second as the first would sign the very same, revoked,
+    // delegation and be refused.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dir = std::env::temp_dir().join(format!("together-cli-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("me.key");
+    std::fs::write(&key_file, together_protocol::identity::format_key_file(&dave_key)).unwrap();
+    let cli = env!("CARGO_BIN_EXE_together-cli");
+    let revoked = tokio::process::Command::new(cli)
+        .args(["revoke", "--this-node", "--node", &base, "--key"])
+        .arg(&key_file)
+        .output()
+        .await
+        .unwrap();
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    let receipts: Value = serde_json::from_slice(&revoked.stdout).unwrap();
+    // The sign-in the command made is revoked with it.
+    assert_eq!(receipts.as_array().unwrap().len(), 1, "{receipts}");
+    let listed = ok(dave.get(&http, "/api/auth/delegations").await.unwrap());
+    assert!(listed.as_array().unwrap().iter().all(|d| d["revoked_from"].is_i64()), "{listed}");
+    std::fs::remove_dir_all(&dir).ok();
+    net.stop().await;
+}
+
+fn dave_id_of(session: &Session) -> Uuid {
+    uuid(&json!(session.user_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_gossip_to_nodes_that_share_no_community() {
+    let net = TestNet::start(2).await.unwrap();
+    let http = reqwest::Client::new();
+    // Dave signs in on both nodes with his key; no community links them,
+    // so only the revocations topic can carry the news.
+    let dave_key = generate_signing_key();
+    let on_0 = key_session(&http, &net[0].url, &dave_key, Some("dave")).await.unwrap();
+    key_session(&http, &net[1].url, &dave_key, Some("dave")).await.unwrap();
+    let dave_id = dave_id_of(&on_0);
+    let hash = own_delegation(&http, &on_0).await;
+    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
+    wait_topic_peer(&net[0], &net[1], topic).await;
+    wait_topic_peer(&net[1], &net[0], topic).await;
+    let accepted = node_counters(&http, &net[1].url).await["accepted"].as_u64().unwrap();
+    submit_revocation(&http, &net[0].url, &dave_key, hash, None).await.unwrap().expect(201);
+    // Node 1 never saw that delegation, but knows dave: it keeps it.
+    wait_knows_revocation(&net[1], dave_id, &hash).await;
+    assert!(node_counters(&http, &net[1].url).await["accepted"].as_u64().unwrap() > accepted);
+
+    // A revocation of someone node 1 has never heard of is not kept or
+    // passed on; one that does not verify is rejected.
+    let stranger = generate_signing_key();
+    let unknown = together_protocol::identity::Revocation {
+        user: (&stranger).into(),
+        delegation_hash: DelegationHash::from_array([9; 32]),
+        issued: chrono::Utc::now().timestamp(),
+    }
+    .sign(&stranger)
+    .unwrap();
+    let unknown_before = rejected_count(&http, &net[1], "unknown_delegation").await;
+    net[0].net().publish(topic, serde_json::to_vec(&unknown).unwrap()).await.unwrap();
+    wait_rejected(&http, &net[1], "unknown_delegation", unknown_before).await;
+    let mut bad = unknown;
+    bad.revocation.issued += 1;
+    let bad_before = rejected_count(&http, &net[1], "bad_signature").await;
+    net[0].net().publish(topic, serde_json::to_vec(&bad).unwrap()).await.unwrap();
+    wait_rejected(&http, &net[1], "bad_signature", bad_before).await;
+    let malformed_before = rejected_count(&http, &net[1], "malformed").await;
+    net[0].net().publish(topic, b"{\"revocation\":1}".to_vec()).await.unwrap();
+    wait_rejected(&http, &net[1], "malformed", malformed_before).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM revocations")
+        .fetch_one(net[1].db())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    net.stop().await;
+}
+
+/// Not a check: numbers for docs/benchmarks.md ("Revocations"). Run with
+/// `cargo nextest run -p together-tests -E 'test(revocation_timings)' --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn revocation_timings() {
+    let net = TestNet::start(3).await.unwrap();
+    let http = reqwest::Client::new();
+    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
+    for (a, b) in [(1, 0), (1, 2)] {
+        wait_topic_peer(&net[a], &net[b], topic).await;
+    }
+    const N: usize = 30;
+    let mut users = Vec::with_capacity(N);
+    for i in 0..N {
+        let key = generate_signing_key();
+        // Known on every node; the delegation to node 1 only there.
+        let on_1 = key_session(&http, &net[1].url, &key, Some(&format!("user{i}"))).await.unwrap();
+        for node in [0, 2] {
+            key_session(&http, &net[node].url, &key, None).await.unwrap();
+        }
+        let hash = own_delegation(&http, &on_1).await;
+        users.push((key, dave_id_of(&on_1), hash));
+    }
+    let mut posted = Vec::with_capacity(N);
+    let mut everywhere = Vec::with_capacity(N);
+    for (key, user, hash) in &users {
+        let t = std::time::Instant::now();
+        submit_revocation(&http, &net[1].url, key, *hash, None).await.unwrap().expect(201);
+        posted.push(t.elapsed());
+        loop {
+            if knows_revocation(net[0].db(), *user, hash).await && knows_revocation(net[2].db(), *user, hash).await {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "revocation never spread");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        everywhere.push(t.elapsed());
+    }
+    posted.sort();
+    everywhere.sort();
+    println!(
+        "{N} revocations: POST p50 {:?}, max {:?}; stored on both other nodes p50 {:?}, p95 {:?}, max {:?}",
+        posted[N / 2],
+        posted[N - 1],
+        everywhere[N / 2],
+        everywhere[N * 95 / 100],
+        everywhere[N - 1]
+    );
+    net.stop().await;
+}

@@ -4,19 +4,26 @@
 //! delegation to itself (from the account's creation until 30 days from
 //! now, renewed a day before it ends). For a user
 //! who signed in with their own key, the delegation they sent at sign-in is
-//! used; once it has expired the node can no longer act for them and their
-//! changes stay local until they sign in again.
+//! used; once it has expired or been revoked the node can no longer act
+//! for them: writes to federated communities answer 403 `no_delegation`
+//! until they sign in again with their key.
+//!
+//! A delegation the user revoked (`revocations`) is never used again. For
+//! a password account that only means a fresh one: the node holds the key.
 
 use together_protocol::identity::{Delegation, NodePublicKey, SignedDelegation, signing_key_from_seed};
 use uuid::Uuid;
 
 use super::store;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Lifetime of a delegation a node issues to itself.
 pub const SELF_DELEGATION_SECS: i64 = 30 * 86_400;
 /// A delegation is renewed when less than this remains.
 pub const RENEW_MARGIN_SECS: i64 = 86_400;
+/// Most windows tried when issuing a delegation that is not revoked.
+const MAX_REISSUE: i64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DelegationError {
@@ -57,16 +64,47 @@ pub async fn for_user(state: &AppState, user: Uuid) -> Result<SignedDelegation, 
         .open_user_key(user, &sealed)
         .map_err(|err| DelegationError::Key(err.to_string()))?;
     let user_key = signing_key_from_seed(&seed).map_err(|err| DelegationError::Key(err.to_string()))?;
-    let delegation = Delegation {
+    let mut unsigned = Delegation {
         user: (&user_key).into(),
         node,
         // From the account's creation, so the node can also sign the
         // user's earlier messages when their community becomes federated.
         issued: created_at.timestamp() - 60,
         expires: now + SELF_DELEGATION_SECS,
+    };
+    // Signatures are deterministic: within the second of a revocation the
+    // same window would give back the revoked delegation, so move its end.
+    for _ in 0..MAX_REISSUE {
+        let delegation = unsigned
+            .sign(&user_key)
+            .map_err(|err| DelegationError::Key(err.to_string()))?;
+        if store::revoked_from(&state.db, &delegation).await?.is_none() {
+            store::save_delegation(&state.db, &delegation).await?;
+            return Ok(delegation);
+        }
+        unsigned.expires += 1;
     }
-    .sign(&user_key)
-    .map_err(|err| DelegationError::Key(err.to_string()))?;
-    store::save_delegation(&state.db, &delegation).await?;
-    Ok(delegation)
+    Err(DelegationError::Missing)
+}
+
+/// The answer to a write this node cannot sign for the user.
+pub fn no_delegation() -> ApiError {
+    ApiError::forbidden(
+        "no_delegation",
+        "this node holds no valid delegation from you (it expired or was revoked); sign in again with your key",
+    )
+}
+
+/// For a write in a federated community: fails with 403 `no_delegation`
+/// when this node cannot sign for `user`, before anything is written.
+/// Communities that are not federated need no delegation.
+pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<(), ApiError> {
+    if store::federation_of(&state.db, server).await?.is_none() {
+        return Ok(());
+    }
+    match for_user(state, user).await {
+        Ok(_) => Ok(()),
+        Err(DelegationError::Missing) => Err(no_delegation()),
+        Err(other) => Err(ApiError::internal(other)),
+    }
 }

@@ -268,6 +268,12 @@ async fn check_and_apply(
         Err(_) if envelope.event.verify_signature().is_err() => return Ok(Err("bad_signature")),
         Err(_) => return Ok(Err("bad_delegation")),
     };
+    if store::revoked_from(&state.db, &delegation)
+        .await?
+        .is_some_and(|from| now >= from.saturating_mul(1000))
+    {
+        return Ok(Err("revoked"));
+    }
     let max_age = match event {
         EphemeralEvent::Typing { .. } => TYPING_MAX_SKEW_MS,
         EphemeralEvent::Presence { .. } => PRESENCE_MAX_AGE_MS,

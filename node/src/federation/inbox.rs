@@ -10,7 +10,8 @@
 //!    (`unknown_delegation`), its hash matches, it names the signing node;
 //! 3. the node's signature (`bad_signature`) and the delegation's user
 //!    signature and window at the event's time (`bad_delegation`); live
-//!    gossip must also be recent (`stale`);
+//!    gossip must also be recent (`stale`); a revocation of the
+//!    delegation known here and dated at or before the event (`revoked`);
 //! 4. not seen before (`replay`, gossip only);
 //! 5. on this node's projection, in one transaction: the channel belongs to
 //!    the community and is a text channel, the author is a member allowed
@@ -27,7 +28,9 @@ use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use serde::Serialize;
 use sqlx::PgConnection;
-use together_protocol::federation::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, Scope};
+use together_protocol::federation::{
+    Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, REVOCATIONS_TOPIC, Scope,
+};
 use together_protocol::identity::IdentityError;
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
@@ -91,6 +94,9 @@ pub async fn on_gossip(
             };
             return super::ops::on_gossip(state, client, author, server, data).await;
         }
+    }
+    if topic == REVOCATIONS_TOPIC {
+        return super::revocations::on_gossip(state, data).await;
     }
     reject(state, "unknown_topic")
 }
@@ -160,6 +166,14 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
         Err(IdentityError::DelegationMismatch) => return Ok(Rejected("unknown_delegation")),
         Err(_) => return Ok(Rejected("bad_delegation")),
     };
+    // A revocation holds from its `issued` on: what the delegation signs
+    // for that time or later is refused; earlier history stays.
+    if store::revoked_from(&state.db, &delegation)
+        .await?
+        .is_some_and(|from| scope.at >= from.saturating_mul(1000))
+    {
+        return Ok(Rejected("revoked"));
+    }
     if source == Source::Gossip {
         let now = Utc::now().timestamp_millis();
         if scope.at < now - MAX_LIVE_AGE_MS || scope.at > now + MAX_FUTURE_MS {

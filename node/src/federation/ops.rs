@@ -32,7 +32,7 @@ use together_crdt::{
     OpStatus, Resolver, genesis_op,
 };
 use together_protocol::federation::state_topic;
-use together_protocol::identity::{SignedDelegation, UserPublicKey};
+use together_protocol::identity::{SignedDelegation, SignedRevocation, UserPublicKey};
 use uuid::Uuid;
 
 use super::wire::{SyncRequest, SyncResponse, UserRow};
@@ -152,6 +152,9 @@ async fn load(state: &AppState, server_id: Uuid) -> Result<Loaded, sqlx::Error> 
             let _ = resolver.add_delegation(d);
         }
     }
+    for revocation in store::revocations_of(&state.db, &resolver.delegation_hashes()).await? {
+        let _ = resolver.add_revocation(revocation);
+    }
     let node = delegations::node_public_key(state);
     Ok(Loaded {
         resolver,
@@ -236,10 +239,7 @@ async fn commit_inner(
         return Ok(Vec::new());
     }
     let delegation: SignedDelegation = delegations::for_user(state, author).await.map_err(|err| match err {
-        delegations::DelegationError::Missing => ApiError::forbidden(
-            "no_delegation",
-            "this node holds no valid delegation from you; sign in again with your key",
-        ),
+        delegations::DelegationError::Missing => delegations::no_delegation(),
         other => ApiError::internal(other),
     })?;
     let author_key: UserPublicKey = delegation.delegation.user;
@@ -352,9 +352,18 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
     if ops.is_empty() {
         return Ok(received);
     }
+    // Revocations of the delegations these ops are signed under go in
+    // first, so an op made after its delegation was revoked is judged so.
+    let mut hashes: Vec<_> = ops.iter().map(Op::delegation_hash).collect();
+    hashes.sort();
+    hashes.dedup();
+    let revocations = store::revocations_of(&state.db, &hashes).await?;
     let mut book = state.federation.ops().lock().await;
     let changes = {
         let loaded = book.get(state, server_id).await?;
+        for revocation in revocations {
+            let _ = loaded.resolver.add_revocation(revocation);
+        }
         let before = loaded.resolver.projection().clone();
         let mut delegations_seen = Vec::new();
         for op in &ops {
@@ -422,6 +431,70 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
         structure::announce(state, &changes).await;
     }
     Ok(received)
+}
+
+/// Gives a newly known revocation to every community in memory whose ops
+/// use that delegation; where ops stop being valid, the log and the
+/// projection follow in one transaction and the gateway is told.
+/// Communities not in memory read it from `revocations` when loaded.
+pub async fn apply_revocation(state: &AppState, revocation: &SignedRevocation) -> Result<(), sqlx::Error> {
+    let hash = revocation.revocation.delegation_hash;
+    let mut all_changes = Vec::new();
+    {
+        let mut book = state.federation.ops().lock().await;
+        let servers: Vec<Uuid> = book
+            .loaded
+            .iter()
+            .filter(|(_, l)| l.resolver.knows_delegation(&hash))
+            .map(|(id, _)| *id)
+            .collect();
+        for server_id in servers {
+            let loaded = book.get(state, server_id).await?;
+            let before = loaded.resolver.projection().clone();
+            if loaded.resolver.add_revocation(*revocation).is_err() {
+                continue;
+            }
+            // Ops taken before the revocation was known, now out.
+            let newly_revoked = loaded
+                .resolver
+                .ops()
+                .filter(|op| op.delegation_hash() == hash)
+                .filter(|op| {
+                    matches!(loaded.resolver.status(&op.id()), Some(OpStatus::Invalid(together_crdt::Rejection::Revoked)))
+                        && loaded.stored.get(&op.id()).map(String::as_str) != Some("revoked")
+                })
+                .count();
+            for _ in 0..newly_revoked {
+                state.federation.counters().reject("revoked");
+            }
+            let result = async {
+                let mut tx = state.db.begin().await?;
+                save_statuses(&mut tx, loaded).await?;
+                let changes = if *loaded.resolver.projection() != before {
+                    Some(structure::write_projection(&mut tx, server_id, loaded.resolver.projection()).await?)
+                } else {
+                    None
+                };
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(changes)
+            }
+            .await;
+            match result {
+                Ok(Some(changes)) => all_changes.push(changes),
+                Ok(None) => {}
+                Err(err) => {
+                    book.forget(server_id);
+                    return Err(err);
+                }
+            }
+        }
+    }
+    for changes in all_changes {
+        if !changes.is_empty() {
+            structure::announce(state, &changes).await;
+        }
+    }
+    Ok(())
 }
 
 /// Counts the verdicts on a community's ops that the resolver judged
@@ -628,6 +701,7 @@ pub async fn answer_ops(
     server_id: Option<Uuid>,
     have: &[String],
     invite: Option<&str>,
+    their_revocations: Option<&str>,
 ) -> Result<SyncResponse, sqlx::Error> {
     let by_invite: Option<Uuid> = match invite {
         Some(code) => sqlx::query_scalar(
@@ -663,12 +737,19 @@ pub async fn answer_ops(
     let (ops, more, heads) = ops_for_peer(state, server_id, &parse_ids(have)).await?;
     let authors: BTreeSet<Uuid> = ops.iter().map(Op::author_id).collect();
     let users = profiles(state, authors).await?;
+    let (digest, known) = super::revocations::of_members(state, server_id).await?;
+    let revocations = if their_revocations == Some(digest.as_str()) {
+        Vec::new()
+    } else {
+        known
+    };
     Ok(SyncResponse::Ops {
         server_id,
         ops: ops.iter().map(|op| hex::encode(op.to_wire())).collect(),
         more,
         heads: heads.iter().map(OpId::to_hex).collect(),
         users,
+        revocations,
     })
 }
 
@@ -724,23 +805,29 @@ pub async fn pull(
             Some(id) => heads(state, id).await?,
             None => Vec::new(),
         };
+        let digest = match server {
+            Some(id) => Some(super::revocations::of_members(state, id).await?.0),
+            None => None,
+        };
         let request = SyncRequest::Ops {
             server_id: server,
             have: have.iter().map(OpId::to_hex).collect(),
             invite: invite.clone(),
+            revocations: digest,
         };
         let response = client
             .request(peer, request)
             .await
             .map_err(|e| SyncError::Net(e.to_string()))?;
-        let (id, ops, more, theirs, users) = match response {
+        let (id, ops, more, theirs, users, revocations) = match response {
             SyncResponse::Ops {
                 server_id,
                 ops,
                 more,
                 heads,
                 users,
-            } => (server_id, ops, more, heads, users),
+                revocations,
+            } => (server_id, ops, more, heads, users, revocations),
             SyncResponse::Error { code, message } => return Err(SyncError::Refused { code, message }),
             _ => return Err(SyncError::Unexpected),
         };
@@ -750,6 +837,8 @@ pub async fn pull(
         server = Some(id);
         peer_heads = parse_ids(&theirs);
         save_profiles(state, &users).await?;
+        // Revocations first: ops signed after one are then judged revoked.
+        super::revocations::admit_all(state, &revocations).await?;
         let ops = decode_ops(&ops, state.federation.counters());
         let received = receive(state, id, ops).await?;
         if !more || received.stored == 0 {

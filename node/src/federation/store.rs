@@ -5,7 +5,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use sqlx::{PgExecutor, PgPool};
 use together_protocol::federation::Envelope;
-use together_protocol::identity::{DelegationHash, NodePublicKey, SignedDelegation};
+use together_protocol::identity::{DelegationHash, NodePublicKey, SignedDelegation, SignedRevocation, UserPublicKey};
 use uuid::Uuid;
 
 /// Most addresses remembered per peer.
@@ -83,8 +83,8 @@ pub async fn delegation_by_hash(
     Ok(row.map(|j| j.0))
 }
 
-/// The longest-lived delegation from `user` to `node` still valid at
-/// `now + margin` seconds.
+/// The longest-lived delegation from `user` to `node`, not revoked,
+/// still valid at `valid_until`.
 pub async fn current_delegation(
     db: impl PgExecutor<'_>,
     user: Uuid,
@@ -94,6 +94,8 @@ pub async fn current_delegation(
     let row: Option<sqlx::types::Json<SignedDelegation>> = sqlx::query_scalar(
         "SELECT signed FROM delegations
           WHERE user_id = $1 AND node_key = $2 AND expires > $3
+            AND NOT EXISTS (SELECT 1 FROM revocations r
+                             WHERE r.delegation_hash = delegations.hash AND r.user_id = delegations.user_id)
           ORDER BY expires DESC LIMIT 1",
     )
     .bind(user)
@@ -104,12 +106,15 @@ pub async fn current_delegation(
     Ok(row.map(|j| j.0))
 }
 
-/// Whether some member of `server` has delegated to `node`.
+/// Whether some member of `server` has delegated to `node` (and not
+/// revoked that delegation).
 pub async fn node_has_member(db: &PgPool, server: Uuid, node: &NodePublicKey) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM delegations d
                           JOIN server_members m ON m.user_id = d.user_id AND m.server_id = $1
-                         WHERE d.node_key = $2)",
+                         WHERE d.node_key = $2
+                           AND NOT EXISTS (SELECT 1 FROM revocations r
+                                            WHERE r.delegation_hash = d.hash AND r.user_id = d.user_id))",
     )
     .bind(server)
     .bind(node.as_bytes().as_slice())
@@ -216,4 +221,89 @@ pub async fn set_cursor(db: &PgPool, peer: &PeerId, channel: Uuid, seq: i64) -> 
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Stores a verified revocation. Returns whether it is news: the first
+/// revocation of that delegation by that user, or an earlier one than
+/// the stored (which it replaces).
+pub async fn save_revocation(db: impl PgExecutor<'_>, signed: &SignedRevocation) -> Result<bool, sqlx::Error> {
+    let r = &signed.revocation;
+    let row: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO revocations (delegation_hash, user_id, issued, hash, signed) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (delegation_hash, user_id) DO UPDATE
+            SET issued = EXCLUDED.issued, hash = EXCLUDED.hash, signed = EXCLUDED.signed, received_at = now()
+          WHERE EXCLUDED.issued < revocations.issued
+         RETURNING 1",
+    )
+    .bind(r.delegation_hash.as_bytes().as_slice())
+    .bind(r.user.user_id())
+    .bind(r.issued)
+    .bind(signed.hash().as_slice())
+    .bind(sqlx::types::Json(signed))
+    .fetch_optional(db)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// From when (unix seconds) `delegation` is revoked by its user, if it is.
+pub async fn revoked_from(db: impl PgExecutor<'_>, delegation: &SignedDelegation) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT issued FROM revocations WHERE delegation_hash = $1 AND user_id = $2")
+        .bind(delegation.hash().as_bytes().as_slice())
+        .bind(delegation.delegation.user_id())
+        .fetch_optional(db)
+        .await
+}
+
+/// The stored revocations of some delegations (by anyone; the resolver
+/// matches them to the ops' authors).
+pub async fn revocations_of(
+    db: impl PgExecutor<'_>,
+    hashes: &[DelegationHash],
+) -> Result<Vec<SignedRevocation>, sqlx::Error> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hashes: Vec<Vec<u8>> = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
+    let rows: Vec<sqlx::types::Json<SignedRevocation>> =
+        sqlx::query_scalar("SELECT signed FROM revocations WHERE delegation_hash = ANY($1)")
+            .bind(&hashes)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|j| j.0).collect())
+}
+
+/// The revocations made by the members of a community, newest first, at
+/// most `limit`: what a peer syncing that community should know.
+pub async fn revocations_of_members(db: &PgPool, server: Uuid, limit: i64) -> Result<Vec<SignedRevocation>, sqlx::Error> {
+    let rows: Vec<sqlx::types::Json<SignedRevocation>> = sqlx::query_scalar(
+        "SELECT r.signed FROM revocations r
+           JOIN server_members m ON m.user_id = r.user_id AND m.server_id = $1
+          ORDER BY r.seq DESC LIMIT $2",
+    )
+    .bind(server)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|j| j.0).collect())
+}
+
+/// How many stored revocations of `user` name a delegation this node does
+/// not know.
+pub async fn unmatched_revocations(db: &PgPool, user: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM revocations r
+          WHERE r.user_id = $1 AND NOT EXISTS (SELECT 1 FROM delegations d WHERE d.hash = r.delegation_hash)",
+    )
+    .bind(user)
+    .fetch_one(db)
+    .await
+}
+
+/// Whether this node has a user with this key.
+pub async fn user_known(db: &PgPool, key: &UserPublicKey) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND public_key = $2)")
+        .bind(key.user_id())
+        .bind(key.as_bytes().as_slice())
+        .fetch_one(db)
+        .await
 }

@@ -25,7 +25,10 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
             server_id,
             have,
             invite,
-        } => ops::answer_ops(state, client, &peer_node, server_id, &have, invite.as_deref()).await,
+            revocations,
+        } => {
+            ops::answer_ops(state, client, &peer_node, server_id, &have, invite.as_deref(), revocations.as_deref()).await
+        }
         SyncRequest::PushOps { server_id, ops, users } => ops::answer_push(state, server_id, &ops, &users).await,
         SyncRequest::History {
             server_id,

@@ -5,12 +5,16 @@
 //!   ops it lacks (wire form, hex), the responder's heads and the
 //!   profiles of the ops' authors. A node that has none of the
 //!   community's ops yet asks with an invite code instead.
+//!   The answer also carries the revocations made by the community's
+//!   members when the asker's digest of them differs from the
+//!   responder's (spec/federation.md §10).
 //! - `push_ops`: ops the sender believes the receiver lacks.
 //! - `history`: a page of a channel's signed message events after a cursor
 //!   (the responder's own sequence numbers), for backfill.
 
 use serde::{Deserialize, Serialize};
 use together_protocol::federation::Envelope;
+use together_protocol::identity::SignedRevocation;
 use uuid::Uuid;
 
 /// The request-response protocol name.
@@ -27,6 +31,10 @@ pub enum SyncRequest {
         server_id: Option<Uuid>,
         have: Vec<String>,
         invite: Option<String>,
+        /// The asker's digest of the revocations of the community's
+        /// members it knows (hex); absent from older nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revocations: Option<String>,
     },
     /// Ops (wire form, hex) for the receiver, with their authors' profiles.
     PushOps {
@@ -58,6 +66,11 @@ pub enum SyncResponse {
         /// The responder's heads, hex.
         heads: Vec<String>,
         users: Vec<UserRow>,
+        /// Revocations made by the community's members, when the asker's
+        /// digest differs from the responder's (at most
+        /// `MAX_SYNC_REVOCATIONS`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        revocations: Vec<SignedRevocation>,
     },
     Pushed {
         stored: u64,

@@ -107,6 +107,12 @@ async fn verify_challenge(
         delegation: req.delegation,
     };
     let user_id = verify_sign_in(&challenge, &proof, now, CHALLENGE_TTL_SECS).map_err(|e| invalid(&e.to_string()))?;
+    if crate::federation::store::revoked_from(&state.db, &proof.delegation).await?.is_some() {
+        return Err(ApiError::unauthorized(
+            "revoked_delegation",
+            "that delegation was revoked; sign a fresh one",
+        ));
+    }
 
     let mut tx = state.db.begin().await?;
     let username = username.unwrap_or_else(|| format!("user-{}", &user_id.simple().to_string()[..8]));

@@ -231,6 +231,7 @@ async fn create_message(
     if !attachment_ids.is_empty() {
         access.require(Permissions::ATTACH_FILES)?;
     }
+    crate::federation::delegations::require_for_server(&state, auth.user_id, access.server.server_id).await?;
 
     let id = Uuid::now_v7();
     let insert = format!(
@@ -328,6 +329,7 @@ async fn update_message(
     if message.author_id != auth.user_id {
         return Err(ApiError::forbidden("not_author", "only the author can edit a message"));
     }
+    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
     let content = validate_content(&req.content, true)?;
     let updated = sqlx::query(
         "UPDATE messages SET content = $2, edited_at = now()
@@ -365,6 +367,7 @@ async fn delete_message(
     if message.author_id != auth.user_id {
         access.require(Permissions::MANAGE_MESSAGES)?;
     }
+    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
     let mut tx = state.db.begin().await?;
     let deleted = sqlx::query("UPDATE messages SET deleted = true, content = '' WHERE id = $1 AND NOT deleted")
         .bind(message_id)

@@ -133,6 +133,7 @@ async fn add_reaction(
     let emoji = validate_emoji(&req.emoji)?;
     let (message, access) = message_access(&state, auth.user_id, message_id).await?;
     access.require(Permissions::ADD_REACTIONS)?;
+    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
 
     let mut tx = state.db.begin().await?;
     // Serialise reactions on this message so the distinct-emoji cap holds.
@@ -181,6 +182,7 @@ async fn remove_reaction(
     user_id: Uuid,
     emoji: String,
 ) -> ApiResult<()> {
+    crate::federation::delegations::require_for_server(state, actor, message.server_id).await?;
     let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
         .bind(message.id)
         .bind(&emoji)

@@ -42,6 +42,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/delegations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /api/auth/delegations`: the caller's delegations known here,
+         *     newest first (at most 200).
+         */
+        get: operations["list_delegations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/delegations/{hash}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * `DELETE /api/auth/delegations/{hash}`: revoke one of the caller's
+         *     delegations with the key this node keeps for them (password
+         *     accounts), dated now. For a delegation to this node, the node makes
+         *     itself a fresh one on the next signed write. Accounts whose key the
+         *     node does not hold get 403 `key_required`: sign the revocation with
+         *     the key and `POST /api/auth/revocations`.
+         */
+        delete: operations["revoke_delegation"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/login": {
         parameters: {
             query?: never;
@@ -110,6 +154,30 @@ export interface paths {
          *     the user's identity key and keeps it encrypted.
          */
         post: operations["register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/revocations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /api/auth/revocations`: take a revocation signed with the
+         *     user's key (`{"revocation":{"user","delegation_hash","issued"},"signature"}`,
+         *     at most 1 KiB). The delegation must be known to this node and be that
+         *     user's; `issued` may not lie more than five minutes ahead. 201 when it
+         *     is news (it is then gossiped to every peer), 200 when this node already
+         *     had it or an earlier one.
+         */
+        post: operations["submit_revocation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1096,6 +1164,30 @@ export interface components {
             tag: string;
             username: string;
         };
+        /** @description A delegation from the caller to a node, as this node knows it. */
+        DelegationInfo: {
+            /**
+             * Format: int64
+             * @description Unix seconds (exclusive).
+             */
+            expires: number;
+            /** @description The delegation hash (unpadded base64url), which a revocation names. */
+            hash: string;
+            /**
+             * Format: int64
+             * @description Unix seconds.
+             */
+            issued: number;
+            /** @description The node's public key (unpadded base64url). */
+            node: string;
+            /**
+             * Format: int64
+             * @description From when it is revoked (unix seconds), if it is.
+             */
+            revoked_from?: number | null;
+            /** @description Whether the delegation is to this node. */
+            this_node: boolean;
+        };
         /**
          * @description The caller's effective permissions in a server and in each channel
          *     they can view.
@@ -1371,6 +1463,35 @@ export interface components {
              */
             peer?: string | null;
         };
+        /** @description What a revocation says. */
+        RevocationFields: {
+            /** @description The hash of the revoked delegation. */
+            delegation_hash: string;
+            /**
+             * Format: int64
+             * @description From when it holds, unix seconds.
+             */
+            issued: number;
+            /** @description The user's public key. */
+            user: string;
+        };
+        /** @description A revocation this node has taken. */
+        RevocationReceipt: {
+            /** @description The revoked delegation (unpadded base64url). */
+            delegation_hash: string;
+            /** @description Whether this revocation was news to the node (and so gossiped). */
+            new: boolean;
+            /** @description The signed revocation. */
+            revocation: components["schemas"]["SignedRevocationBody"];
+            /**
+             * Format: int64
+             * @description From when the delegation is revoked (unix seconds): this
+             *     revocation's, or an earlier one this node already had.
+             */
+            revoked_from: number;
+            /** Format: uuid */
+            user_id: string;
+        };
         /** @description A role. The role whose id equals the server id is `@everyone`. */
         Role: {
             /**
@@ -1460,6 +1581,15 @@ export interface components {
             /** Format: date-time */
             last_active: string;
             user_agent?: string | null;
+        };
+        /**
+         * @description The JSON of a signed revocation (spec/identity.md §5); binary values
+         *     are unpadded base64url.
+         */
+        SignedRevocationBody: {
+            revocation: components["schemas"]["RevocationFields"];
+            /** @description The user key's signature over `together/v1/revocation\0 || canonical bytes`. */
+            signature: string;
         };
         /** @description One user typing now. */
         Typer: {
@@ -1601,6 +1731,79 @@ export interface operations {
             };
         };
     };
+    list_delegations: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DelegationInfo"][];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_delegation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description delegation hash, unpadded base64url */
+                hash: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevocationReceipt"];
+                };
+            };
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevocationReceipt"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     login: {
         parameters: {
             query?: never;
@@ -1718,6 +1921,69 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    submit_revocation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignedRevocationBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevocationReceipt"];
+                };
+            };
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevocationReceipt"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
