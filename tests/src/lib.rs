@@ -4,6 +4,8 @@
 //!   its own database and ports, for the federation tests in `tests/`.
 //! - [`client`]: HTTP and gateway helpers, and key sign-in as a client
 //!   does it.
+//! - [`wsframes`]: a lean WebSocket client (frames walked in large reads)
+//!   for the load tool.
 //!
 //! The binaries in `src/bin` are the measuring tools whose results are in
 //! `docs/benchmarks.md`: `together-load` (gateway sessions at scale), and
@@ -11,3 +13,4 @@
 
 pub mod client;
 pub mod testnet;
+pub mod wsframes;
