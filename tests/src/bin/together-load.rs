@@ -127,6 +127,8 @@ struct Shared {
     malformed: AtomicU64,
     /// Dispatches whose `s` did not follow the previous one.
     gaps: AtomicU64,
+    /// Close frames from the server, by close code.
+    close_codes: Mutex<std::collections::BTreeMap<u16, u64>>,
     start: Instant,
     latencies: Mutex<Vec<u64>>,
 }
@@ -451,6 +453,8 @@ impl Tally {
             wsframes::TEXT => {}
             wsframes::CLOSE => {
                 self.closed = true;
+                let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                *self.shared.close_codes.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
                 return;
             }
             _ => return,
@@ -627,6 +631,7 @@ async fn run(args: &Args, scenarios: &[&str], database: Option<(&str, &std::path
         closed: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
+        close_codes: Mutex::new(std::collections::BTreeMap::new()),
         start: Instant::now(),
         latencies: Mutex::new(Vec::new()),
     });
@@ -729,9 +734,14 @@ async fn run(args: &Args, scenarios: &[&str], database: Option<(&str, &std::path
             let (shared, sessions, burst, window) = (shared.clone(), args.sessions as u64, args.burst, args.window);
             posters.push(tokio::spawn(async move {
                 let mut sent = 0usize;
+                // The oldest message that some session does not have yet.
+                let mut oldest = SUSTAINED_BASE;
                 while Instant::now() < stop_at {
-                    let delivered = (shared.deliveries.load(Ordering::Relaxed) - before) / sessions;
-                    if sent as u64 >= delivered + window {
+                    let upto = SUSTAINED_BASE + sent;
+                    while oldest < upto && shared.arrivals[oldest].0.load(Ordering::Relaxed) as u64 >= sessions {
+                        oldest += 1;
+                    }
+                    if (upto - oldest) as u64 + u64::from(burst) > window {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                         continue;
                     }
@@ -788,9 +798,10 @@ async fn run(args: &Args, scenarios: &[&str], database: Option<(&str, &std::path
             shared.closed.load(Ordering::Relaxed),
         );
         println!(
-            "sustained: {short} messages did not reach every session exactly once; {} malformed frames, {} sequence gaps",
+            "sustained: {short} messages did not reach every session exactly once; {} malformed frames, {} sequence gaps; close codes received {:?}",
             shared.malformed.load(Ordering::Relaxed),
             shared.gaps.load(Ordering::Relaxed),
+            shared.close_codes.lock().unwrap_or_else(|p| p.into_inner()),
         );
         println!("sustained: {}", cpu.report(delivered));
     }
