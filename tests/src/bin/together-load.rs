@@ -490,7 +490,7 @@ impl Tally {
                 return;
             };
             count.fetch_add(1, Ordering::Relaxed);
-            if n < SUSTAINED_BASE || n >= RESUME_BASE {
+            if !(SUSTAINED_BASE..RESUME_BASE).contains(&n) {
                 last.fetch_max(now, Ordering::Relaxed);
                 let posted = shared.posted[n].load(Ordering::Relaxed);
                 if posted > 0 && n < SUSTAINED_BASE {
