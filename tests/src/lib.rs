@@ -4,10 +4,15 @@
 //!   its own database and ports, for the federation tests in `tests/`.
 //! - [`client`]: HTTP and gateway helpers, and key sign-in as a client
 //!   does it.
+//! - [`wsframes`]: a lean WebSocket client (frames walked in large reads)
+//!   for the load tool.
 //!
 //! The binaries in `src/bin` are the measuring tools whose results are in
-//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale), and
-//! `together-cli`, a small client (key files and key sign-in).
+//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale),
+//! `together-bare-gateway` (the bare axum broadcast server it compares the
+//! node with), and `together-cli`, a small client (key files and key
+//! sign-in).
 
 pub mod client;
 pub mod testnet;
+pub mod wsframes;

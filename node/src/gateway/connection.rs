@@ -110,18 +110,26 @@ async fn send_close(socket: &mut GatewaySocket, close: Close) {
 /// Reads one text frame, enforcing the size limit.
 async fn next_text(socket: &mut GatewaySocket) -> Result<String, End> {
     loop {
-        match socket.recv().await {
-            Some(Ok(Message::Text(text))) => {
-                if text.len() > MAX_INBOUND_FRAME && !is_voice_answer(&text) {
-                    return Err(End::Close(Close::FrameTooLarge));
-                }
-                return Ok(text.to_string());
-            }
-            Some(Ok(Message::Binary(_))) => return Err(End::Close(Close::FrameTooLarge)),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
-            Some(Err(err)) => return Err(classify(err)),
+        if let Some(text) = check_text(socket.recv().await)? {
+            return Ok(text);
         }
+    }
+}
+
+/// A client message as text within the size limit; `None` for pings and
+/// pongs, which are not part of the protocol's frames.
+fn check_text(message: Option<Result<Message, axum::Error>>) -> Result<Option<String>, End> {
+    match message {
+        Some(Ok(Message::Text(text))) => {
+            if text.len() > MAX_INBOUND_FRAME && !is_voice_answer(&text) {
+                return Err(End::Close(Close::FrameTooLarge));
+            }
+            Ok(Some(text.to_string()))
+        }
+        Some(Ok(Message::Binary(_))) => Err(End::Close(Close::FrameTooLarge)),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
+        Some(Ok(Message::Close(_))) | None => Err(End::Gone),
+        Some(Err(err)) => Err(classify(err)),
     }
 }
 
@@ -321,9 +329,12 @@ async fn run(socket: &mut GatewaySocket, state: &AppState, session: &Session, ge
             _ = session.wait() => {}
             _ = &mut timer => return End::Close(Close::SessionTimedOut),
             _ = &mut cancelled => return End::Close(Close::ShuttingDown),
-            text = next_text(socket) => {
-                let text = match text {
-                    Ok(text) => text,
+            // Gated: polled only when the socket woke the task, not on
+            // every dispatch (see `GatewaySocket::recv_gated`).
+            message = socket.recv_gated() => {
+                let text = match check_text(message) {
+                    Ok(Some(text)) => text,
+                    Ok(None) => continue,
                     Err(end) => return end,
                 };
                 let now = Instant::now();

@@ -14,12 +14,15 @@
 //! never interleave.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::task::{ArcWake, AtomicWaker, waker_ref};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -44,6 +47,31 @@ type Stream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// One upgraded gateway connection.
 pub struct GatewaySocket {
     ws: Stream,
+    /// Tungstenite may hold a frame it could not write at once (an
+    /// automatic pong or close reply, or a control frame cut short); until
+    /// it is flushed, dispatches must wait behind it.
+    control_pending: bool,
+    reads: Arc<ReadGate>,
+}
+
+/// Tells the connection's loop whether its wake-up came from the socket's
+/// read side: the read side is polled with this gate's waker, which marks
+/// that it was the one woken. A fan-out wakes every connection for a
+/// dispatch, and polling tungstenite's read path each time (its wakers,
+/// the socket's readiness: cold memory of every connection) was a
+/// noticeable share of the cost.
+struct ReadGate {
+    /// The read side was woken, or may have buffered frames.
+    woken: AtomicBool,
+    /// The connection's task.
+    task: AtomicWaker,
+}
+
+impl ArcWake for ReadGate {
+    fn wake_by_ref(gate: &Arc<Self>) {
+        gate.woken.store(true, Ordering::Release);
+        gate.task.wake();
+    }
 }
 
 /// Reasons a WebSocket upgrade request is refused.
@@ -88,7 +116,15 @@ where
             return;
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        serve(GatewaySocket { ws }).await;
+        serve(GatewaySocket {
+            ws,
+            control_pending: false,
+            reads: Arc::new(ReadGate {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        })
+        .await;
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
@@ -104,25 +140,76 @@ impl GatewaySocket {
     /// The next message from the client; `None` when the stream ended.
     pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
         loop {
-            let message = match self.ws.next().await? {
-                Ok(message) => message,
-                Err(err) => return Some(Err(axum::Error::new(err))),
-            };
-            let converted = match message {
-                ts::Message::Text(text) => {
-                    Utf8Bytes::try_from(bytes::Bytes::from(text)).map(Message::Text).map_err(axum::Error::new)
-                }
-                ts::Message::Binary(data) => Ok(Message::Binary(data)),
-                ts::Message::Ping(data) => Ok(Message::Ping(data)),
-                ts::Message::Pong(data) => Ok(Message::Pong(data)),
-                ts::Message::Close(frame) => Ok(Message::Close(frame.map(|f| CloseFrame {
-                    code: f.code.into(),
-                    reason: Utf8Bytes::from(f.reason.as_str()),
-                }))),
-                ts::Message::Frame(_) => continue,
-            };
-            return Some(converted);
+            let item = self.ws.next().await;
+            if let Some(message) = self.convert(item) {
+                return message;
+            }
         }
+    }
+
+    /// Like [`recv`](Self::recv), but only touches the read side when the
+    /// socket woke the task since the last message (or when frames may
+    /// still be buffered); otherwise pending at once. For the connection's
+    /// main loop, which is woken for dispatches far more often than the
+    /// client sends anything. Cancel-safe: a message is only taken out of
+    /// tungstenite when it is returned.
+    pub async fn recv_gated(&mut self) -> Option<Result<Message, axum::Error>> {
+        std::future::poll_fn(|cx| self.poll_recv_gated(cx)).await
+    }
+
+    fn poll_recv_gated(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
+        let reads = self.reads.clone();
+        reads.task.register(cx.waker());
+        if !reads.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&reads);
+        let mut read_cx = Context::from_waker(&waker);
+        loop {
+            let Poll::Ready(item) = self.ws.poll_next_unpin(&mut read_cx) else {
+                return Poll::Pending;
+            };
+            if let Some(message) = self.convert(item) {
+                // More frames may be buffered already: the next call must
+                // look without waiting for a wake-up.
+                reads.woken.store(true, Ordering::Release);
+                return Poll::Ready(message);
+            }
+        }
+    }
+
+    /// Converts what tungstenite read (`None`: the stream ended) into
+    /// what [`recv`](Self::recv) returns; `None` for frames to skip.
+    #[allow(clippy::option_option)]
+    fn convert(
+        &mut self,
+        item: Option<Result<ts::Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Option<Result<Message, axum::Error>>> {
+        let Some(item) = item else {
+            return Some(None);
+        };
+        let message = match item {
+            Ok(message) => message,
+            Err(err) => return Some(Some(Err(axum::Error::new(err)))),
+        };
+        if matches!(message, ts::Message::Ping(_) | ts::Message::Close(_)) {
+            // Tungstenite queues the reply itself.
+            self.control_pending = true;
+        }
+        let converted = match message {
+            ts::Message::Text(text) => {
+                Utf8Bytes::try_from(bytes::Bytes::from(text)).map(Message::Text).map_err(axum::Error::new)
+            }
+            ts::Message::Binary(data) => Ok(Message::Binary(data)),
+            ts::Message::Ping(data) => Ok(Message::Ping(data)),
+            ts::Message::Pong(data) => Ok(Message::Pong(data)),
+            ts::Message::Close(frame) => Ok(Message::Close(frame.map(|f| CloseFrame {
+                code: f.code.into(),
+                reason: Utf8Bytes::from(f.reason.as_str()),
+            }))),
+            ts::Message::Frame(_) => return None,
+        };
+        Some(Some(converted))
     }
 
     /// Sends one message and flushes it.
@@ -137,14 +224,24 @@ impl GatewaySocket {
                 reason: f.reason.as_str().into(),
             })),
         };
-        self.ws.send(message).await.map_err(axum::Error::new)
+        // Marked first: if the send is cancelled or fails midway, the
+        // rest of the frame may still be in tungstenite's buffer.
+        self.control_pending = true;
+        self.ws.send(message).await.map_err(axum::Error::new)?;
+        self.control_pending = false;
+        Ok(())
     }
 
     /// Writes a batch of dispatches: one buffer, as few writes as the
     /// kernel allows, and nothing kept afterwards.
     pub async fn write_dispatches(&mut self, frames: &[(u64, Arc<Event>)]) -> Result<(), WriteError> {
-        // Anything tungstenite holds (a pong) goes first, whole.
-        self.ws.flush().await.map_err(|_| WriteError::Gone)?;
+        // Anything tungstenite holds (a pong) goes first, whole. Skipped
+        // when nothing can be there: a fan-out writes to every connection,
+        // and each flush touches tungstenite's state and wakers.
+        if self.control_pending {
+            self.ws.flush().await.map_err(|_| WriteError::Gone)?;
+            self.control_pending = false;
+        }
         let size = frames
             .iter()
             .map(|(_, e)| FRAME_OVERHEAD + e.kind.len() + e.data.len())
@@ -153,7 +250,12 @@ impl GatewaySocket {
         for (seq, event) in frames {
             encode_dispatch(&mut buffer, *seq, event.kind, &event.data);
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.get_mut().write_all(&buffer)).await {
+        let mut write = std::pin::pin!(self.ws.get_mut().write_all(&buffer));
+        // Usually the kernel takes it all at once: no timer for that.
+        if let std::task::Poll::Ready(result) = futures::poll!(write.as_mut()) {
+            return result.map_err(|_| WriteError::Gone);
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(WriteError::Gone),
             Err(_) => Err(WriteError::Stalled),

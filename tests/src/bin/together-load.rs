@@ -14,33 +14,46 @@
 //! Pin the node and this tool to different cores to measure like
 //! docs/benchmarks.md: `taskset -c 1 together-load --node-core 0 ...`.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
+use memchr::memmem;
 use sqlx::PgPool;
 use together_protocol::permissions::Permissions;
+use together_tests::wsframes::{self, FrameReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpSocket;
-use tokio::sync::{Mutex, mpsc};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::tcp::ReadHalf;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(about = "Gateway load and latency measurements against a real node")]
 struct Args {
+    /// What to measure: `node` (the Together node) or `bare` (the bare
+    /// axum broadcast server, `together-bare-gateway`, as the yardstick).
+    #[arg(long, default_value = "node")]
+    server: ServerKind,
     /// The node binary to start (build it with --release).
     #[arg(long, default_value = "target/release/together-node")]
     node_bin: PathBuf,
-    /// PostgreSQL server URL; a fresh database is created on it and dropped after.
+    /// The bare broadcast server binary (`--server bare`).
+    #[arg(long, default_value = "target/release/together-bare-gateway")]
+    bare_bin: PathBuf,
+    /// PostgreSQL server URL; a fresh database is created on it and dropped
+    /// after (`--server node` only).
     #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
     /// Gateway sessions to open.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
@@ -83,6 +96,12 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServerKind {
+    Node,
+    Bare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Via {
     Rest,
     Bench,
@@ -103,6 +122,13 @@ struct Shared {
     invalid_sessions: AtomicU64,
     /// Connections the node closed (or that failed) while in use.
     closed: AtomicU64,
+    /// MESSAGE_CREATE frames without a readable message number, and
+    /// streams that were not valid server frames.
+    malformed: AtomicU64,
+    /// Dispatches whose `s` did not follow the previous one.
+    gaps: AtomicU64,
+    /// Close frames from the server, by close code.
+    close_codes: Mutex<std::collections::BTreeMap<u16, u64>>,
     start: Instant,
     latencies: Mutex<Vec<u64>>,
 }
@@ -111,19 +137,27 @@ struct Shared {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
-    let admin = PgPool::connect(&args.database_url).await.context("connecting to PostgreSQL")?;
+    if args.server == ServerKind::Bare {
+        let mut server = start_bare(&args).await?;
+        let result = run(&args, &scenarios, None, server.id().unwrap_or(0)).await;
+        server.kill().await.ok();
+        server.wait().await.ok();
+        return result;
+    }
+    let database_url = args.database_url.clone().context("--database-url (or DATABASE_URL) is needed for the node")?;
+    let admin = PgPool::connect(&database_url).await.context("connecting to PostgreSQL")?;
     let db_name = format!("together_load_{}", std::process::id());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await?;
-    let db_url = with_database(&args.database_url, &db_name);
+    let db_url = with_database(&database_url, &db_name);
     let data_dir = std::env::temp_dir().join(&db_name);
     std::fs::create_dir_all(&data_dir)?;
 
     let mut node = start_node(&args, &db_url, &data_dir).await?;
-    let result = run(&args, &scenarios, &db_url, &data_dir, node.id().unwrap_or(0)).await;
+    let result = run(&args, &scenarios, Some((&db_url, &data_dir)), node.id().unwrap_or(0)).await;
     node.kill().await.ok();
     node.wait().await.ok();
     admin.close().await;
-    let admin = PgPool::connect(&args.database_url).await?;
+    let admin = PgPool::connect(&database_url).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")))
         .execute(&admin)
         .await
@@ -139,15 +173,39 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
-    let mut cmd = match args.node_core {
+/// The command for a server binary, pinned to `--node-core` if given.
+fn server_command(args: &Args, bin: &std::path::Path) -> tokio::process::Command {
+    match args.node_core {
         Some(core) => {
             let mut c = tokio::process::Command::new("taskset");
-            c.arg("-c").arg(core.to_string()).arg(&args.node_bin);
+            c.arg("-c").arg(core.to_string()).arg(bin);
             c
         }
-        None => tokio::process::Command::new(&args.node_bin),
-    };
+        None => tokio::process::Command::new(bin),
+    }
+}
+
+async fn wait_healthy(args: &Args, child: tokio::process::Child) -> anyhow::Result<tokio::process::Child> {
+    let health = format!("http://127.0.0.1:{}/health", args.port);
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server did not become healthy")
+}
+
+async fn start_bare(args: &Args) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = server_command(args, &args.bare_bin);
+    cmd.arg("--listen").arg(format!("127.0.0.1:{}", args.port)).stdout(Stdio::null()).kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("starting {}", args.bare_bin.display()))?;
+    wait_healthy(args, child).await
+}
+
+async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = server_command(args, &args.node_bin);
     cmd.arg("run")
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", args.port))
@@ -162,15 +220,7 @@ async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> an
         .stdout(Stdio::null())
         .kill_on_drop(true);
     let child = cmd.spawn().with_context(|| format!("starting {}", args.node_bin.display()))?;
-    let health = format!("http://127.0.0.1:{}/health", args.port);
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the node did not become healthy")
+    wait_healthy(args, child).await
 }
 
 struct Fixture {
@@ -249,20 +299,32 @@ struct Conn {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Mask of the client's frames (clients must mask; the key need not be
+/// secret here).
+const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x2e];
+
+/// Where the message number of a MESSAGE_CREATE is: its content is `m{n}`.
+static CONTENT: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"content\":\"m"));
+
+/// Bytes read from a socket at a time.
+const CHUNK: usize = 256 * 1024;
+
+thread_local! {
+    /// One read buffer per thread, shared by every connection: frames are
+    /// handled in place, only a frame cut by the end of a read is copied.
+    static READ_CHUNK: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
+
 /// Opens one session; its task counts MESSAGE_CREATE arrivals.
 async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>, shared: Arc<Shared>) -> anyhow::Result<(Conn, mpsc::Receiver<()>)> {
     let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index / PER_SOURCE) as u8));
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
-    let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    // A modest read buffer: tungstenite's default (128 KiB, zero-filled on
-    // first read) would cost the client gigabytes at 19,000 connections.
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://127.0.0.1:{port}/gateway"), stream, Some(config))
-            .await?;
-    let hello = ws.next().await.context("no HELLO")??;
-    let interval = serde_json::from_str::<serde_json::Value>(hello.to_text()?)?["d"]["heartbeat_interval"]
+    let mut stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    stream.set_nodelay(true)?;
+    let mut hs = wsframes::handshake(&mut stream, &format!("127.0.0.1:{port}"), "/gateway").await?;
+    let (_, hello) = hs.next(&mut stream).await.context("no HELLO")?;
+    let interval = serde_json::from_slice::<serde_json::Value>(&hello)?["d"]["heartbeat_interval"]
         .as_u64()
         .unwrap_or(30_000);
     let first = match resume {
@@ -271,69 +333,64 @@ async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>,
         }
         None => serde_json::json!({"op": 2, "d": {"token": token}}),
     };
-    ws.send(Message::Text(first.to_string().into())).await?;
+    wsframes::send_text(&mut stream, first.to_string().as_bytes(), MASK).await?;
     let seq = Arc::new(AtomicU64::new(resume.map(|r| r.1).unwrap_or(0)));
     let mut session_id = resume.map(|r| r.0.to_string()).unwrap_or_default();
     if resume.is_none() {
         // Wait for READY.
         loop {
-            let msg = ws.next().await.context("closed before READY")??;
-            if let Message::Text(text) = msg
-                && text.contains("\"t\":\"READY\"")
-            {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
+            let (op, payload) = hs.next(&mut stream).await.context("closed before READY")?;
+            if op == wsframes::CLOSE {
+                bail!("closed before READY");
+            }
+            if op == wsframes::TEXT && memmem::find(&payload, b"\"t\":\"READY\"").is_some() {
+                let v: serde_json::Value = serde_json::from_slice(&payload)?;
                 session_id = v["d"]["session_id"].as_str().unwrap_or_default().to_string();
-                seq.store(1, Ordering::Relaxed);
+                seq.store(v["s"].as_u64().unwrap_or(1), Ordering::Relaxed);
                 break;
             }
         }
     }
     let (resumed_tx, resumed_rx) = mpsc::channel(1);
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut receiver = Receiver {
+        reader: FrameReader::default(),
+        tally: Tally {
+            last_seq: seq.load(Ordering::Relaxed),
+            shared: shared.clone(),
+            resumed: resumed_tx,
+            closed: false,
+            delivered: 0,
+        },
+    };
+    // Frames that came in with READY (or HELLO, on a resume).
+    let now = shared.start.elapsed().as_nanos() as u64;
+    for (op, payload) in hs.queued.drain(..) {
+        receiver.tally.frame(op, &payload, now);
+    }
+    receiver.reader = hs.reader;
+    receiver.tally.flush(&seq);
     let task_seq = seq.clone();
     let done = tokio::spawn(async move {
+        let (mut read, mut write) = stream.split();
         let mut beat = tokio::time::interval(Duration::from_millis(interval * 2 / 3));
         beat.tick().await;
+        let mut heartbeat = Vec::with_capacity(64);
         loop {
             tokio::select! {
                 _ = &mut stop_rx => return,
                 _ = beat.tick() => {
+                    heartbeat.clear();
                     let hb = format!("{{\"op\":1,\"d\":{}}}", task_seq.load(Ordering::Relaxed));
-                    if ws.send(Message::Text(hb.into())).await.is_err() {
+                    wsframes::encode_client_text(&mut heartbeat, hb.as_bytes(), MASK);
+                    if write.write_all(&heartbeat).await.is_err() {
                         shared.closed.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
-                msg = ws.next() => {
-                    let Some(Ok(Message::Text(text))) = msg else {
-                        if matches!(msg, Some(Ok(_))) { continue; }
-                        shared.closed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let now = shared.start.elapsed().as_nanos() as u64;
-                    if let Some(s) = field_u64(&text, "\"s\":") {
-                        task_seq.store(s, Ordering::Relaxed);
-                    }
-                    if text.contains("\"t\":\"MESSAGE_CREATE\"") {
-                        if let Some(n) = field_u64(&text, "\"content\":\"m")
-                            && let Some((count, last)) = shared.arrivals.get(n as usize)
-                        {
-                            {
-                                count.fetch_add(1, Ordering::Relaxed);
-                                last.fetch_max(now, Ordering::Relaxed);
-                                let posted = shared.posted[n as usize].load(Ordering::Relaxed);
-                                if posted > 0 && n as usize >= FANOUT_BASE && (n as usize) < SUSTAINED_BASE {
-                                    shared.latencies.lock().await.push(now.saturating_sub(posted));
-                                }
-                            }
-                        }
-                        shared.deliveries.fetch_add(1, Ordering::Relaxed);
-                    } else if text.contains("\"t\":\"RESUMED\"") {
-                        let _ = resumed_tx.try_send(());
-                    } else if text.starts_with("{\"d\":false,\"op\":9") || text.contains("\"op\":9,") || text.ends_with("\"op\":9}") {
-                        shared.invalid_sessions.fetch_add(1, Ordering::Relaxed);
-                        let _ = resumed_tx.try_send(());
-                    }
+                () = std::future::poll_fn(|cx| receiver.poll(cx, &mut read, &task_seq)) => {
+                    shared.closed.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
             }
         }
@@ -341,23 +398,135 @@ async fn open(port: u16, index: usize, token: &str, resume: Option<(&str, u64)>,
     Ok((Conn { index, session_id, seq, stop: stop_tx, done }, resumed_rx))
 }
 
+/// The receiving half of a session: frames in, counts out.
+struct Receiver {
+    reader: FrameReader,
+    tally: Tally,
+}
+
+impl Receiver {
+    /// Reads and handles everything the socket has; ready only when the
+    /// connection closed, failed or sent something that is not a frame.
+    fn poll(&mut self, cx: &mut TaskContext<'_>, read: &mut ReadHalf<'_>, seq: &AtomicU64) -> Poll<()> {
+        READ_CHUNK.with_borrow_mut(|chunk| {
+            loop {
+                let mut buf = ReadBuf::new(chunk);
+                match Pin::new(&mut *read).poll_read(cx, &mut buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let data = buf.filled();
+                if data.is_empty() {
+                    return Poll::Ready(());
+                }
+                // One timestamp per read: the frames in it arrived together.
+                let now = self.tally.shared.start.elapsed().as_nanos() as u64;
+                let tally = &mut self.tally;
+                let fed = self.reader.feed(data, |op, payload| tally.frame(op, payload, now));
+                tally.flush(seq);
+                if fed.is_err() {
+                    self.tally.shared.malformed.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(());
+                }
+                if self.tally.closed {
+                    return Poll::Ready(());
+                }
+            }
+        })
+    }
+}
+
+/// What one connection has seen since its counts were last published.
+struct Tally {
+    last_seq: u64,
+    shared: Arc<Shared>,
+    resumed: mpsc::Sender<()>,
+    closed: bool,
+    delivered: u64,
+}
+
+impl Tally {
+    /// One server frame.
+    fn frame(&mut self, op: u8, payload: &[u8], now: u64) {
+        match op {
+            wsframes::TEXT => {}
+            wsframes::CLOSE => {
+                self.closed = true;
+                let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                *self.shared.close_codes.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
+                return;
+            }
+            _ => return,
+        }
+        let shared = &self.shared;
+        let Some(rest) = payload.strip_prefix(b"{\"op\":0,\"s\":") else {
+            if payload == b"{\"d\":false,\"op\":9}" {
+                shared.invalid_sessions.fetch_add(1, Ordering::Relaxed);
+                let _ = self.resumed.try_send(());
+            }
+            // HEARTBEAT_ACK and other non-dispatch frames.
+            return;
+        };
+        let Some((s, rest)) = number(rest) else {
+            shared.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        // The bare server numbers nothing (`s` is 0).
+        if s > 0 {
+            if self.last_seq > 0 && s != self.last_seq + 1 {
+                shared.gaps.fetch_add(1, Ordering::Relaxed);
+            }
+            self.last_seq = s;
+        }
+        if let Some(data) = rest.strip_prefix(b",\"t\":\"MESSAGE_CREATE\",\"d\":") {
+            self.delivered += 1;
+            let n = CONTENT
+                .find(data)
+                .and_then(|i| number(&data[i + CONTENT.needle().len()..]))
+                .and_then(|(n, rest)| rest.starts_with(b"\"").then_some(n as usize));
+            let Some((n, (count, last))) = n.and_then(|n| Some((n, shared.arrivals.get(n)?))) else {
+                shared.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            if !(SUSTAINED_BASE..RESUME_BASE).contains(&n) {
+                last.fetch_max(now, Ordering::Relaxed);
+                let posted = shared.posted[n].load(Ordering::Relaxed);
+                if posted > 0 && n < SUSTAINED_BASE {
+                    shared.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(now.saturating_sub(posted));
+                }
+            }
+        } else if rest.starts_with(b",\"t\":\"RESUMED\"") {
+            let _ = self.resumed.try_send(());
+        }
+    }
+
+    /// Publishes the counts: once per read, not per frame.
+    fn flush(&mut self, seq: &AtomicU64) {
+        seq.store(self.last_seq, Ordering::Relaxed);
+        if self.delivered > 0 {
+            self.shared.deliveries.fetch_add(self.delivered, Ordering::Relaxed);
+            self.delivered = 0;
+        }
+    }
+}
+
+/// The decimal number at the start of `bytes`, and what follows it.
+fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let value = bytes[..digits].iter().fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+    Some((value, &bytes[digits..]))
+}
+
 /// First message number used by each scenario.
 const FANOUT_BASE: usize = 0;
 const SUSTAINED_BASE: usize = 100_000;
 const RESUME_BASE: usize = 1_900_000;
 const MAX_MESSAGES: usize = 2_000_000;
-
-/// The number after `key` (no allocation: this runs for every frame).
-fn field_u64(text: &str, key: &str) -> Option<u64> {
-    let start = text.find(key)? + key.len();
-    let mut value: u64 = 0;
-    let mut any = false;
-    for b in text.as_bytes()[start..].iter().take_while(|b| b.is_ascii_digit()) {
-        value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        any = true;
-    }
-    any.then_some(value)
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -443,21 +612,31 @@ async fn bench_publish(client: &reqwest::Client, port: u16, channel: Uuid, token
     Ok(())
 }
 
-async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path::Path, pid: u32) -> anyhow::Result<()> {
-    let db = PgPool::connect(db_url).await?;
+async fn run(args: &Args, scenarios: &[&str], database: Option<(&str, &std::path::Path)>, pid: u32) -> anyhow::Result<()> {
     let users = args.sessions.div_ceil(SESSIONS_PER_USER);
-    let fixture = fixture(&db, data_dir, users).await?;
+    let fixture = match database {
+        Some((db_url, data_dir)) => fixture(&PgPool::connect(db_url).await?, data_dir, users).await?,
+        // The bare server takes any token.
+        None => Fixture {
+            channel: Uuid::nil(),
+            tokens: vec!["bare".to_string(); users],
+            poster: "bare".to_string(),
+        },
+    };
     let shared = Arc::new(Shared {
         arrivals: (0..MAX_MESSAGES).map(|_| (AtomicUsize::new(0), AtomicU64::new(0))).collect(),
         posted: (0..MAX_MESSAGES).map(|_| AtomicU64::new(0)).collect(),
         deliveries: AtomicU64::new(0),
         invalid_sessions: AtomicU64::new(0),
         closed: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        close_codes: Mutex::new(std::collections::BTreeMap::new()),
         start: Instant::now(),
         latencies: Mutex::new(Vec::new()),
     });
     let http = reqwest::Client::new();
-    println!("node pid {pid}; {} sessions over {users} users", args.sessions);
+    println!("{:?} pid {pid}; {} sessions over {users} users", args.server, args.sessions);
 
     let rss_before = rss_kib(pid);
     let opened = Instant::now();
@@ -520,7 +699,7 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         lasts.sort_unstable();
-        let mut all = std::mem::take(&mut *shared.latencies.lock().await);
+        let mut all = std::mem::take(&mut *shared.latencies.lock().unwrap_or_else(|p| p.into_inner()));
         all.sort_unstable();
         println!(
             "fanout ({:?}): {} messages to {} sessions; until the last session: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; per delivery: p50 {:.1} ms, p99 {:.1} ms",
@@ -533,7 +712,12 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
             percentile(&all, 0.5),
             percentile(&all, 0.99),
         );
-        println!("fanout: {}", cpu.report((args.fanout_messages * args.sessions) as u64));
+        println!(
+            "fanout: {}; {} malformed frames, {} sequence gaps",
+            cpu.report((args.fanout_messages * args.sessions) as u64),
+            shared.malformed.load(Ordering::Relaxed),
+            shared.gaps.load(Ordering::Relaxed),
+        );
     }
 
     if scenarios.contains(&"sustained") {
@@ -550,9 +734,14 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
             let (shared, sessions, burst, window) = (shared.clone(), args.sessions as u64, args.burst, args.window);
             posters.push(tokio::spawn(async move {
                 let mut sent = 0usize;
+                // The oldest message that some session does not have yet.
+                let mut oldest = SUSTAINED_BASE;
                 while Instant::now() < stop_at {
-                    let delivered = (shared.deliveries.load(Ordering::Relaxed) - before) / sessions;
-                    if sent as u64 >= delivered + window {
+                    let upto = SUSTAINED_BASE + sent;
+                    while oldest < upto && shared.arrivals[oldest].0.load(Ordering::Relaxed) as u64 >= sessions {
+                        oldest += 1;
+                    }
+                    if (upto - oldest) as u64 + u64::from(burst) > window {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                         continue;
                     }
@@ -596,6 +785,9 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
         let delivered = last - before;
         let secs = t0.elapsed().as_secs_f64() - 0.5;
         let expected = posted as u64 * args.sessions as u64;
+        let short = (SUSTAINED_BASE..next.load(Ordering::Relaxed).min(RESUME_BASE))
+            .filter(|&n| shared.arrivals[n].0.load(Ordering::Relaxed) != args.sessions)
+            .count();
         println!(
             "sustained ({:?}): {posted} messages posted in {}s ({:.0}/s) by {} posters; {delivered} of {expected} deliveries in {secs:.1} s: {:.0} deliveries/s; {} connections closed",
             args.via,
@@ -605,10 +797,18 @@ async fn run(args: &Args, scenarios: &[&str], db_url: &str, data_dir: &std::path
             delivered as f64 / secs,
             shared.closed.load(Ordering::Relaxed),
         );
+        println!(
+            "sustained: {short} messages did not reach every session exactly once; {} malformed frames, {} sequence gaps; close codes received {:?}",
+            shared.malformed.load(Ordering::Relaxed),
+            shared.gaps.load(Ordering::Relaxed),
+            shared.close_codes.lock().unwrap_or_else(|p| p.into_inner()),
+        );
         println!("sustained: {}", cpu.report(delivered));
     }
 
-    if scenarios.contains(&"resume") {
+    if scenarios.contains(&"resume") && args.server == ServerKind::Bare {
+        println!("resume: not measured for the bare server (it has no sessions to resume)");
+    } else if scenarios.contains(&"resume") {
         // Every connection drops at once; one message is sent meanwhile.
         let mut states = Vec::with_capacity(conns.len());
         for conn in conns.drain(..) {
