@@ -23,6 +23,9 @@
 //! TOGETHER_PASSWORD=... together-voice --node http://127.0.0.1:8080 \
 //!     --username rusty --channel CHANNEL_ID --seconds 30
 //! ```
+//!
+//! Plain `http://`/`ws://` only; media binds `--bind-ip` (127.0.0.1 by
+//! default) and uses no STUN or TURN.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -62,6 +65,9 @@ struct Cli {
     /// How often to print a stats line, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     report_ms: u64,
+    /// The local address for media (the host candidate the node dials).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: std::net::IpAddr,
 }
 
 const RATE: usize = 48_000;
@@ -234,10 +240,10 @@ fn section_ssrcs(sdp: &str) -> Vec<(String, u32)> {
             flush(&mut mid, &mut ssrc);
         } else if let Some(m) = line.strip_prefix("a=mid:") {
             mid = Some(m.to_owned());
-        } else if let Some(rest) = line.strip_prefix("a=ssrc:") {
-            if ssrc.is_none() {
-                ssrc = rest.split_whitespace().next().and_then(|s| s.parse().ok());
-            }
+        } else if let Some(rest) = line.strip_prefix("a=ssrc:")
+            && ssrc.is_none()
+        {
+            ssrc = rest.split_whitespace().next().and_then(|s| s.parse().ok());
         }
     }
     flush(&mut mid, &mut ssrc);
@@ -361,7 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             let client = match &voice {
                                 Some((s, client)) if *s == session => Arc::clone(client),
                                 _ => {
-                                    let options = ClientOptions { tap: Some(tap_tx.clone()), ..ClientOptions::default() };
+                                    let options = ClientOptions { bind_ip: cli.bind_ip, tap: Some(tap_tx.clone()), ..ClientOptions::default() };
                                     let client = Arc::new(VoiceClient::new(options).await.context("WebRTC client")?);
                                     client.start_sending_payloads(tone.clone());
                                     if let Some((_, old)) = voice.replace((session.clone(), Arc::clone(&client))) {
