@@ -6,8 +6,10 @@
 //!   does it.
 //!
 //! The binaries in `src/bin` are the measuring tools whose results are in
-//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale), and
-//! `together-cli`, a small client (key files and key sign-in).
+//! `docs/benchmarks.md`: `together-load` (gateway sessions at scale),
+//! `together-cli`, a small client (key files and key sign-in), and
+//! `together-voice`, a headless voice participant (the browser interop
+//! tests' Rust side; see docs/voice.md).
 
 pub mod client;
 pub mod testnet;

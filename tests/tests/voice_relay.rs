@@ -329,10 +329,14 @@ async fn users_on_three_nodes_each_hear_the_other_two() {
     }
     // Each node shows the other two in the channel.
     for (i, device) in devices.iter_mut().enumerate() {
-        for (_, user) in users.iter().enumerate().filter(|&(j, _)| j != i) {
-            device
-                .dispatch_where("VOICE_STATE_UPDATE", |d| d["user_id"] == json!(user) && d["channel_id"] == json!(voice))
+        let mut waiting: Vec<Uuid> = users.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, u)| *u).collect();
+        while !waiting.is_empty() {
+            let state = device
+                .dispatch_where("VOICE_STATE_UPDATE", |d| {
+                    d["channel_id"] == json!(voice) && waiting.iter().any(|u| d["user_id"] == json!(u))
+                })
                 .await;
+            waiting.retain(|u| state["user_id"] != json!(u));
         }
     }
     // Each hears the other two: tags 1, 2, 3 are alice, bob, carol.
