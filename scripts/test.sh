@@ -33,11 +33,14 @@ if [ "${SKIP_CLIENTS:-0}" != 1 ]; then
   build_web_client || status=1
   ensure_chromium
   echo "== clients: browser end-to-end tests"
-  # The node binary the Rust tests just built (debug profile).
+  # The node binary the Rust tests just built (debug profile), and the
+  # headless voice participant the browser talks to in voice-rust.spec.mjs.
   cargo build -q -p together-node
+  cargo build -q -p together-tests --bin together-voice
   target="${CARGO_TARGET_DIR:-target}"
   case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
   E2E_POSTGRES_URL="$DATABASE_URL" TOGETHER_NODE_BIN="$target/debug/together-node" \
+    TOGETHER_VOICE_BIN="$target/debug/together-voice" \
     node clients/web/e2e/run.mjs || status=1
 fi
 exit "$status"

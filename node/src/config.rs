@@ -96,6 +96,9 @@ pub struct FileConfig {
     pub voice: Option<together_sfu::SfuConfig>,
     /// UDP address of the node-to-node voice relay (QUIC; see docs/voice.md).
     pub voice_relay: Option<SocketAddr>,
+    /// Where other nodes reach the relay, when not at the IP of this node's
+    /// libp2p connection and the bound port (a NAT, a port forward).
+    pub voice_relay_public: Option<SocketAddr>,
 }
 
 /// The resolved configuration.
@@ -122,6 +125,9 @@ pub struct Config {
     /// reach it at the IP they see this node's libp2p connection from and
     /// this port, so an unspecified IP with a fixed port suits a server.
     pub voice_relay: SocketAddr,
+    /// The relay address announced to other nodes instead (`None`: they use
+    /// the IP of the libp2p connection and the bound port).
+    pub voice_relay_public: Option<SocketAddr>,
 }
 
 /// The relay's default bind address: every IPv4 interface, UDP 7881.
@@ -144,6 +150,20 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: &'static str, reason: &'static str },
+}
+
+/// Checks an announced relay address: other nodes must be able to dial it.
+fn check_relay_public(addr: Option<SocketAddr>) -> Result<Option<SocketAddr>, ConfigError> {
+    let invalid = |reason| ConfigError::Invalid { key: "voice_relay_public", reason };
+    match addr {
+        Some(addr) if addr.ip().is_unspecified() || addr.ip().is_multicast() => {
+            Err(invalid("must be an address other nodes can dial, not an unspecified or multicast one"))
+        }
+        Some(addr) if addr.port() == 0 => Err(invalid("needs a port other than 0")),
+        other => Ok(other),
+    }
 }
 
 impl Config {
@@ -189,6 +209,7 @@ impl Config {
             gateway_bench: run.gateway_bench,
             voice: file.voice.unwrap_or_default(),
             voice_relay: file.voice_relay.unwrap_or(DEFAULT_VOICE_RELAY),
+            voice_relay_public: check_relay_public(file.voice_relay_public)?,
         })
     }
 
@@ -207,6 +228,7 @@ impl Config {
             gateway_bench: false,
             voice: together_sfu::SfuConfig::loopback(),
             voice_relay: SocketAddr::from(([127, 0, 0, 1], 0)),
+            voice_relay_public: None,
         }
     }
 }
@@ -271,6 +293,22 @@ mod tests {
             Some(DEFAULT_VOICE_RELAY),
             "deploy/node.example.toml sets voice_relay to the default"
         );
+    }
+
+    #[test]
+    fn the_announced_relay_address_must_be_dialable() {
+        let file = |text: &str| toml::from_str::<FileConfig>(text).ok().and_then(|f| f.voice_relay_public);
+        let public = file("voice_relay_public = \"203.0.113.7:7881\"");
+        assert_eq!(public, Some(SocketAddr::from(([203, 0, 113, 7], 7881))));
+        assert!(matches!(check_relay_public(public), Ok(Some(_))));
+        assert!(matches!(check_relay_public(None), Ok(None)));
+        for bad in ["0.0.0.0:7881", "203.0.113.7:0", "239.1.2.3:7881", "[::]:7881"] {
+            let err = check_relay_public(bad.parse().ok());
+            assert!(
+                matches!(err, Err(ConfigError::Invalid { key: "voice_relay_public", .. })),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -247,6 +247,7 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     let _ = client.respond(request_id, response).await;
                 }
                 NetEvent::Connected { peer, dialed, remote } => {
+                    crate::voice::federation::note_connection(&state, peer, &remote);
                     // The voice relay's exchange must not hold up sync.
                     tokio::spawn({
                         let (state, client) = (state.clone(), client.clone());
@@ -295,7 +296,7 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                     let response = blobs::answer(&state, peer, request).await;
                     let _ = client.respond_blob(request_id, response).await;
                 }
-                NetEvent::Disconnected { .. } => {}
+                NetEvent::Disconnected { peer } => crate::voice::federation::forget_connection(&state, peer),
             }
             drop(permit);
         });

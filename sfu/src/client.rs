@@ -12,7 +12,9 @@
 //! The client can also send given payloads, e.g. real Opus frames from an encoder
 //! ([`VoiceClient::start_sending_payloads`]); what it receives that is not a test
 //! payload is counted and the latest such payloads are kept
-//! ([`VoiceClient::untagged_payloads`]) so a test can decode what arrived.
+//! ([`VoiceClient::untagged_payloads`]) so a test can decode what arrived; with
+//! [`ClientOptions::tap`] every such packet is also handed over as it arrives, with its
+//! SSRC, so a listener can tell senders apart and decode each stream.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -70,6 +72,20 @@ pub struct ClientOptions {
     pub audio_level: Option<u8>,
     /// Generate RTCP sender and receiver reports.
     pub rtcp_reports: bool,
+    /// Where to hand every received packet that is not a [`test_payload`] (e.g. real
+    /// Opus). Packets are dropped when the channel is full: receiving never waits.
+    pub tap: Option<mpsc::Sender<ReceivedPacket>>,
+}
+
+/// A received packet that is not a [`test_payload`], as handed to [`ClientOptions::tap`].
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    /// The SSRC of the stream it arrived on (the SFU keeps one per media section).
+    pub ssrc: u32,
+    /// Its RTP sequence number.
+    pub sequence_number: u16,
+    /// Its RTP payload.
+    pub payload: Bytes,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +95,7 @@ impl Default for ClientOptions {
             trickle: false,
             audio_level: None,
             rtcp_reports: true,
+            tap: None,
         }
     }
 }
@@ -175,7 +192,12 @@ struct Received {
     untagged: u64,
     /// The latest of those payloads, oldest first.
     untagged_payloads: std::collections::VecDeque<Bytes>,
+    /// Those packets by SSRC (at most [`MAX_SSRCS`] streams are told apart).
+    untagged_by_ssrc: HashMap<u32, u64>,
 }
+
+/// Streams [`VoiceClient::received_untagged_by_ssrc`] tells apart.
+const MAX_SSRCS: usize = 256;
 
 /// The process-wide clock that payload send times count from.
 fn epoch() -> Instant {
@@ -236,6 +258,7 @@ struct ClientHandler {
     gathered: watch::Sender<u64>,
     candidates: mpsc::Sender<IceCandidate>,
     received: Arc<Mutex<Received>>,
+    tap: Option<mpsc::Sender<ReceivedPacket>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -265,6 +288,7 @@ impl PeerConnectionEventHandler for ClientHandler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = Arc::clone(&self.received);
+        let tap = self.tap.clone();
         let cancel = self.cancel.clone();
         self.tasks.spawn(async move {
             loop {
@@ -273,7 +297,7 @@ impl PeerConnectionEventHandler for ClientHandler {
                     event = track.poll() => event,
                 };
                 match event {
-                    Some(TrackRemoteEvent::OnRtpPacket(packet)) => record(&received, &packet),
+                    Some(TrackRemoteEvent::OnRtpPacket(packet)) => record(&received, tap.as_ref(), &packet),
                     Some(TrackRemoteEvent::OnEnded) | None => break,
                     Some(_) => {}
                 }
@@ -282,10 +306,25 @@ impl PeerConnectionEventHandler for ClientHandler {
     }
 }
 
-fn record(received: &Mutex<Received>, packet: &Packet) {
+fn record(received: &Mutex<Received>, tap: Option<&mpsc::Sender<ReceivedPacket>>, packet: &Packet) {
     let Some((tag, counter, age)) = parse_payload(&packet.payload) else {
+        if let Some(tap) = tap {
+            let _ = tap.try_send(ReceivedPacket {
+                ssrc: packet.header.ssrc,
+                sequence_number: packet.header.sequence_number,
+                payload: packet.payload.clone(),
+            });
+        }
         if let Ok(mut received) = received.lock() {
             received.untagged += 1;
+            let streams = received.untagged_by_ssrc.len();
+            match received.untagged_by_ssrc.get_mut(&packet.header.ssrc) {
+                Some(n) => *n += 1,
+                None if streams < MAX_SSRCS => {
+                    received.untagged_by_ssrc.insert(packet.header.ssrc, 1);
+                }
+                None => {}
+            }
             if received.untagged_payloads.len() >= KEPT_PAYLOADS {
                 received.untagged_payloads.pop_front();
             }
@@ -334,6 +373,7 @@ impl VoiceClient {
             gathered: gathered_tx,
             candidates: candidates_tx,
             received: Arc::clone(&received),
+            tap: options.tap.clone(),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });
@@ -560,6 +600,14 @@ impl VoiceClient {
     /// Packets received whose payload was not a [`test_payload`] (e.g. real Opus).
     pub fn received_untagged(&self) -> u64 {
         self.received.lock().map(|r| r.untagged).unwrap_or(0)
+    }
+
+    /// Packets received whose payload was not a [`test_payload`], by SSRC.
+    pub fn received_untagged_by_ssrc(&self) -> HashMap<u32, u64> {
+        self.received
+            .lock()
+            .map(|r| r.untagged_by_ssrc.clone())
+            .unwrap_or_default()
     }
 
     /// The latest untagged payloads received (up to 500), oldest first.

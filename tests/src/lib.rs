@@ -10,8 +10,9 @@
 //! The binaries in `src/bin` are the measuring tools whose results are in
 //! `docs/benchmarks.md`: `together-load` (gateway sessions at scale),
 //! `together-bare-gateway` (the bare axum broadcast server it compares the
-//! node with), and `together-cli`, a small client (key files and key
-//! sign-in).
+//! node with), `together-cli`, a small client (key files and key sign-in),
+//! and `together-voice`, a headless voice participant (the browser interop
+//! tests' Rust side; see docs/voice.md).
 
 pub mod client;
 pub mod testnet;

@@ -262,3 +262,127 @@ async fn users_on_two_nodes_hear_each_other_through_the_relay() {
 
     net.stop().await;
 }
+
+/// Waits until every node of `net` has a relay connection to every other.
+async fn relays_connected(net: &TestNet, n: usize) {
+    for a in 0..n {
+        for b in (0..n).filter(|&b| b != a) {
+            let relay = net[a].state.voice.sfu().and_then(together_sfu::Sfu::relay).expect("a relay");
+            let key = net[b].state.voice.sfu().and_then(together_sfu::Sfu::relay).expect("a relay").node_key();
+            wait_until(WAIT, || {
+                let relay = relay.clone();
+                async move { relay.connected_nodes().contains(&key) }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no relay connection from node {a} to node {b}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_three_nodes_each_hear_the_other_two() {
+    let net = TestNet::start(3).await.unwrap();
+    let http = reqwest::Client::new();
+    let alice = register(&http, &net[0].url, "alice").await.unwrap();
+    let bob = register(&http, &net[1].url, "bob").await.unwrap();
+    let carol = register(&http, &net[2].url, "carol").await.unwrap();
+    let server = alice.post(&http, "/api/servers", json!({"name": "Three nodes"})).await.unwrap().expect(201);
+    let server_id = uuid(&server["id"]);
+    let voice = alice.channel_of_kind(&http, server_id, "voice").await.unwrap();
+    for joiner in [&bob, &carol] {
+        let invite = alice
+            .post(&http, &format!("/api/servers/{server_id}/invites"), json!({}))
+            .await
+            .unwrap()
+            .expect(201);
+        joiner
+            .post(&http, "/api/federation/join", json!({"code": invite["code"], "peer": net[0].addr()}))
+            .await
+            .unwrap()
+            .expect(200);
+    }
+    let topic = state_topic(server_id);
+    for a in 0..3 {
+        for b in (0..3).filter(|&b| b != a) {
+            let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
+            wait_until(WAIT, || {
+                let (net_a, topic) = (net_a.clone(), topic.clone());
+                async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("node {a} does not see node {b} on the community's state topic"));
+        }
+    }
+    relays_connected(&net, 3).await;
+
+    let users = [&alice, &bob, &carol].map(|s| uuid(&json!(s.user_id)));
+    let mut devices = [
+        Device::connect("alice", &alice, 1).await,
+        Device::connect("bob", &bob, 2).await,
+        Device::connect("carol", &carol, 3).await,
+    ];
+    for device in &mut devices {
+        device.dispatch_where("READY", |_| true).await;
+    }
+    for device in &devices {
+        device.voice_state(server_id, Some(voice));
+    }
+    // Each node shows the other two in the channel.
+    for (i, device) in devices.iter_mut().enumerate() {
+        let mut waiting: Vec<Uuid> = users.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, u)| *u).collect();
+        while !waiting.is_empty() {
+            let state = device
+                .dispatch_where("VOICE_STATE_UPDATE", |d| {
+                    d["channel_id"] == json!(voice) && waiting.iter().any(|u| d["user_id"] == json!(u))
+                })
+                .await;
+            waiting.retain(|u| state["user_id"] != json!(u));
+        }
+    }
+    // Each hears the other two: tags 1, 2, 3 are alice, bob, carol.
+    for (i, device) in devices.iter().enumerate() {
+        for tag in (1..=3u32).filter(|&t| t as usize != i + 1) {
+            device.hears(tag, 25).await;
+        }
+    }
+    // No one is relayed on to a third node: a track that also came the long
+    // way round (A → B → C besides A → C) would arrive twice, and the copies
+    // would count as out of order.
+    for device in &devices {
+        for (tag, stream) in device.client().received() {
+            assert_eq!(stream.reordered, 0, "{}: stream {tag} arrived twice or out of order: {stream:?}", device.name);
+        }
+    }
+    // The REST API of each node lists all three.
+    for session in [&alice, &bob, &carol] {
+        let states = session
+            .get(&http, &format!("/api/channels/{voice}/voice-states"))
+            .await
+            .unwrap()
+            .expect(200);
+        let mut listed: Vec<Uuid> = states.as_array().unwrap().iter().map(|s| uuid(&s["user_id"])).collect();
+        listed.sort_unstable();
+        let mut all = users.to_vec();
+        all.sort_unstable();
+        assert_eq!(listed, all, "{}", session.base);
+    }
+
+    // Carol leaves: alice and bob see it, and her audio stops reaching them.
+    devices[2].voice_state(server_id, None);
+    let carol_id = users[2];
+    for device in devices.iter_mut().take(2) {
+        device
+            .dispatch_where("VOICE_STATE_UPDATE", |d| d["user_id"] == json!(carol_id) && d["channel_id"].is_null())
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<u64> = devices.iter().take(2).map(|d| d.client().received_from(3)).collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after: Vec<u64> = devices.iter().take(2).map(|d| d.client().received_from(3)).collect();
+    assert_eq!(before, after, "carol's packets still arrive after she left");
+    // Alice and bob still hear each other.
+    let heard = devices[1].client().received_from(1);
+    devices[1].hears(1, heard + 25).await;
+
+    net.stop().await;
+}

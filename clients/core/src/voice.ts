@@ -56,6 +56,8 @@ export interface VoiceSnapshot {
 export interface VoiceStats {
   packetsSent: number;
   packetsReceived: number;
+  /** Packets received from each other participant (user id → inbound-rtp `packetsReceived` of their section). */
+  receivedFrom: Record<string, number>;
   /** Round-trip time to the node in ms, when measured. */
   rttMs: number | null;
 }
@@ -247,9 +249,22 @@ export class VoiceClient {
     const pc = this.pc;
     if (!pc) return null;
     const report = await pc.getStats();
-    const out: VoiceStats = { packetsSent: 0, packetsReceived: 0, rttMs: null };
-    report.forEach((s: { type: string; kind?: string; packetsReceived?: number; packetsSent?: number; currentRoundTripTime?: number; state?: string; nominated?: boolean }) => {
-      if (s.type === "inbound-rtp" && s.kind === "audio") out.packetsReceived += s.packetsReceived ?? 0;
+    const out: VoiceStats = { packetsSent: 0, packetsReceived: 0, receivedFrom: {}, rttMs: null };
+    // Whose section an inbound stream is: by its `mid`, or by its receiver's track where a browser gives no mid.
+    const byMid = new Map<string, string>();
+    const byTrack = new Map<string, string>();
+    for (const t of pc.getTransceivers()) {
+      const who = t.mid ? this.tracks.get(t.mid) : undefined;
+      if (!t.mid || t.mid === "0" || !who) continue;
+      byMid.set(t.mid, who.user_id);
+      if (t.receiver.track) byTrack.set(t.receiver.track.id, who.user_id);
+    }
+    report.forEach((s: { type: string; kind?: string; mid?: string; trackIdentifier?: string; packetsReceived?: number; packetsSent?: number; currentRoundTripTime?: number; state?: string; nominated?: boolean }) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio") {
+        out.packetsReceived += s.packetsReceived ?? 0;
+        const who = (s.mid != null ? byMid.get(s.mid) : undefined) ?? (s.trackIdentifier != null ? byTrack.get(s.trackIdentifier) : undefined);
+        if (who) out.receivedFrom[who] = (out.receivedFrom[who] ?? 0) + (s.packetsReceived ?? 0);
+      }
       if (s.type === "outbound-rtp" && s.kind === "audio") out.packetsSent += s.packetsSent ?? 0;
       if (s.type === "candidate-pair" && s.state === "succeeded" && s.nominated && typeof s.currentRoundTripTime === "number") {
         out.rttMs = Math.round(s.currentRoundTripTime * 1000);

@@ -83,6 +83,11 @@ class FakePeer {
   close() {
     this.closed = true;
   }
+  /** What getStats() reports. */
+  stats: Record<string, unknown>[] = [];
+  async getStats() {
+    return new Map(this.stats.map((s, i) => [`s${i}`, s]));
+  }
   setState(s: RTCPeerConnectionState) {
     this.connectionState = s;
     this.onconnectionstatechange?.();
@@ -178,6 +183,23 @@ describe("voice signaling", () => {
 
     pc.setState("connected");
     expect(voice.getSnapshot().status).toBe("connected");
+  });
+
+  it("counts inbound packets per participant from getStats, by mid or by track", async () => {
+    await voice.join(SERVER_ID, VOICE);
+    const carol = "00000000-0000-8000-8000-00000000000c";
+    dispatch("VOICE_OFFER", offer({
+      sdp: sdp(["0", "1", "2"]),
+      tracks: [{ mid: "1", user_id: BOB.id, session_id: "bob-session" }, { mid: "2", user_id: carol, session_id: "carol-session" }],
+    }));
+    await flush();
+    peer().stats = [
+      { type: "inbound-rtp", kind: "audio", mid: "1", packetsReceived: 40 },
+      { type: "inbound-rtp", kind: "audio", trackIdentifier: "remote-2", packetsReceived: 7 },
+      { type: "inbound-rtp", kind: "audio", mid: "9", packetsReceived: 3 },
+      { type: "outbound-rtp", kind: "audio", packetsSent: 50 },
+    ];
+    expect(await voice.stats()).toEqual({ packetsSent: 50, packetsReceived: 50, receivedFrom: { [BOB.id]: 40, [carol]: 7 }, rttMs: null });
   });
 
   it("trickles its ICE candidates with op 13 and leaves out the end marker", async () => {

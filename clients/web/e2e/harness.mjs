@@ -45,6 +45,16 @@ function nodeBinary() {
   return join(target, "debug", "together-node");
 }
 
+/** The headless Rust voice participant: $TOGETHER_VOICE_BIN, or `cargo build -p together-tests --bin together-voice`. */
+export function voiceBinary() {
+  if (process.env.TOGETHER_VOICE_BIN) return process.env.TOGETHER_VOICE_BIN;
+  log("building together-voice (cargo build -p together-tests --bin together-voice)");
+  const build = spawnSync("cargo", ["build", "-q", "-p", "together-tests", "--bin", "together-voice"], { cwd: repo, stdio: "inherit" });
+  if (build.status !== 0) throw new Error("cargo build --bin together-voice failed");
+  const target = process.env.CARGO_TARGET_DIR ? resolve(repo, process.env.CARGO_TARGET_DIR) : join(repo, "target");
+  return join(target, "debug", "together-voice");
+}
+
 function psql(url, sql) {
   return spawnSync("psql", [url, "-qtAc", sql], { encoding: "utf8" });
 }

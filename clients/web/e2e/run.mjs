@@ -5,17 +5,21 @@
 // change; export their key and sign in with it. Then the specs beside this
 // file: cross-node invites (federation.spec.mjs, a second node) and voice
 // (voice.spec.mjs, skipped with its reason while the node has no voice
-// signaling). Prints `N passed, M failed, K skipped` last and exits
-// non-zero on failure.
+// signaling) and voice between Chromium and the Rust WebRTC client
+// `together-voice` (voice-rust.spec.mjs). Prints `N passed, M failed, K
+// skipped` last and exits non-zero on failure.
 //
 //   npm run build && node e2e/run.mjs
 //   TOGETHER_NODE_BIN=path/to/together-node  skips `cargo build`
+//   TOGETHER_VOICE_BIN=path/to/together-voice  likewise for voice-rust
+//   E2E_ONLY=voice,voice-rust  runs only these specs (not the main tests)
 import { ensureScreenshotDir, launchBrowser, launchMediaBrowser, log, makePng, screenshotDir, startNode } from "./harness.mjs";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as federationSpec from "./federation.spec.mjs";
 import * as voiceSpec from "./voice.spec.mjs";
+import * as voiceRustSpec from "./voice-rust.spec.mjs";
 
 const T = 15_000; // how long a person would wait for something to appear
 const results = [];
@@ -383,7 +387,8 @@ async function main() {
     ctx[key] = page;
   }
   let failedBefore = false;
-  for (const [name, fn] of tests) {
+  const only = process.env.E2E_ONLY ? process.env.E2E_ONLY.split(",").map((s) => s.trim()) : null;
+  for (const [name, fn] of only ? [] : tests) {
     if (failedBefore) {
       results.push({ name, ok: false, error: "not run: an earlier step failed" });
       console.log(`  SKIP ${name}`);
@@ -405,7 +410,9 @@ async function main() {
     node, browser, ctx, alice, bob, run, T, startNode, launchMediaBrowser,
     assert, shot, poll, visible, gone, register, send, messageRow, channelLink,
   };
-  for (const spec of [federationSpec, voiceSpec]) await runSpec(spec, env, failedBefore);
+  for (const spec of [federationSpec, voiceSpec, voiceRustSpec]) {
+    if (!only || only.includes(spec.name)) await runSpec(spec, env, failedBefore);
+  }
   if (pageErrors.length) {
     results.push({ name: "no uncaught errors in the pages", ok: false, error: pageErrors.join("; ") });
     console.log(`  FAIL no uncaught errors in the pages: ${pageErrors.join("; ")}`);

@@ -36,7 +36,7 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
             after,
             limit,
         } => answer_history(state, &peer, &peer_node, server_id, channel_id, after, limit).await,
-        SyncRequest::VoiceRelay { .. } => Ok(crate::voice::federation::answer_relay(state)),
+        SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
     result.unwrap_or_else(|err| {
         tracing::error!(error = %err, "database error answering a peer");

@@ -12,6 +12,8 @@
 //! - `history`: a page of a channel's signed message events after a cursor
 //!   (the responder's own sequence numbers), for backfill.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 use together_protocol::federation::Envelope;
 use together_protocol::identity::SignedRevocation;
@@ -50,8 +52,13 @@ pub enum SyncRequest {
         limit: u32,
     },
     /// The sender's voice relay listens on this UDP port (at the IP of the
-    /// libp2p connection); the answer is `voice_relay` with the receiver's.
-    VoiceRelay { port: u16 },
+    /// libp2p connection), or at `addr` when the sender announces one; the
+    /// answer is `voice_relay` with the receiver's.
+    VoiceRelay {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<SocketAddr>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,8 +88,13 @@ pub enum SyncResponse {
         /// Whether the page reached the end.
         done: bool,
     },
-    /// The responder's voice relay port (`0`: it runs none).
-    VoiceRelay { port: u16 },
+    /// The responder's voice relay port (`0`: it runs none), and its
+    /// announced address if it has one.
+    VoiceRelay {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<SocketAddr>,
+    },
     Error { code: String, message: String },
 }
 

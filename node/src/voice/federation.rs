@@ -2,10 +2,12 @@
 //! the "Node-to-node relay" section of `spec/voice.md`) wired into the node.
 //!
 //! - Discovery: when a libp2p connection to a node comes up, this node asks
-//!   it for its relay port (`voice_relay` over `/together/sync/1`). The
-//!   relay address is the IP of that connection and the port; the relay key
-//!   is the peer id's ed25519 key (libp2p authenticated it), so a node can
-//!   only announce a relay for itself.
+//!   it for its relay port (`voice_relay` over `/together/sync/1`), and
+//!   learns the asking node's relay from the port its request announces, so
+//!   either side's announcement is enough. The relay address is the IP of
+//!   that connection and the port; the relay key is the peer id's ed25519
+//!   key (libp2p authenticated it), so a node can only announce a relay for
+//!   itself.
 //! - Sharing: [`share_rooms`] shares each voice channel of a federated
 //!   community with every known relay node subscribed to that community's
 //!   state topic (the nodes with members of it), and unshares when the
@@ -52,6 +54,9 @@ const RESHARE_EVERY: Duration = Duration::from_secs(2);
 pub(super) struct Remote {
     /// Relay nodes by libp2p peer: their key and relay address.
     nodes: HashMap<PeerId, (NodeKey, SocketAddr)>,
+    /// The IP each connected libp2p peer connects from (the latest
+    /// connection's), for the relay addresses its announcements name.
+    peer_ips: HashMap<PeerId, IpAddr>,
     /// Remote participants heard here.
     states: HashMap<(NodeKey, together_sfu::PeerId), VoiceState>,
 }
@@ -78,28 +83,78 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     })
 }
 
-/// This node's relay port, `0` without a relay.
-fn own_port(state: &AppState) -> u16 {
-    state
-        .voice
-        .sfu()
-        .and_then(together_sfu::Sfu::relay)
-        .map_or(0, |relay| relay.local_addr().port())
+/// What this node announces of its relay: the port (`0` without a relay)
+/// and the configured public address, if any.
+fn own_relay(state: &AppState) -> (u16, Option<SocketAddr>) {
+    match state.voice.sfu().and_then(together_sfu::Sfu::relay) {
+        None => (0, None),
+        Some(relay) => match state.config.voice_relay_public {
+            Some(public) => (public.port(), Some(public)),
+            None => (relay.local_addr().port(), None),
+        },
+    }
 }
 
-/// Answers a peer's `voice_relay` request with this node's port.
-pub fn answer_relay(state: &AppState) -> SyncResponse {
-    SyncResponse::VoiceRelay { port: own_port(state) }
+/// Where to dial a peer's relay: the address it announced, else the IP its
+/// libp2p connection comes from with the announced port. `None` when it
+/// runs no relay (port 0) or announced an address nobody can dial.
+fn relay_addr(connection_ip: Option<IpAddr>, port: u16, announced: Option<SocketAddr>) -> Option<SocketAddr> {
+    match announced {
+        Some(addr) if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() => None,
+        Some(addr) => Some(addr),
+        None if port == 0 => None,
+        None => connection_ip.map(|ip| SocketAddr::new(ip, port)),
+    }
 }
 
-/// A libp2p connection to `peer` came up at `remote_addr`: learn its relay.
+/// Answers a peer's `voice_relay` request with this node's relay, and learns
+/// the peer's relay from what the request announces.
+pub async fn answer_relay(state: &AppState, peer: PeerId, port: u16, announced: Option<SocketAddr>) -> SyncResponse {
+    let ip = remote(state).peer_ips.get(&peer).copied();
+    match relay_addr(ip, port, announced) {
+        Some(addr) => learn(state, peer, addr).await,
+        None if port != 0 && ip.is_none() => {
+            tracing::debug!(%peer, "voice_relay from a peer whose connection address is unknown");
+        }
+        None => {}
+    }
+    let (port, addr) = own_relay(state);
+    SyncResponse::VoiceRelay { port, addr }
+}
+
+/// A libp2p connection to `peer` came up at `remote_addr`: remember its IP,
+/// for the relay port its `voice_relay` request may announce. Called before
+/// any request on that connection is answered.
+pub fn note_connection(state: &AppState, peer: PeerId, remote_addr: &Multiaddr) {
+    let Some(ip) = ip_of(remote_addr) else { return };
+    let mut remote = remote(state);
+    if remote.peer_ips.len() >= MAX_NODES && !remote.peer_ips.contains_key(&peer) {
+        tracing::warn!(%peer, "too many peers to remember for the voice relay; ignoring one");
+        return;
+    }
+    remote.peer_ips.insert(peer, ip);
+}
+
+/// The last libp2p connection to `peer` closed. Its relay stays known (the
+/// relay keeps its own connection); only the address used to read its
+/// announcements goes.
+pub fn forget_connection(state: &AppState, peer: PeerId) {
+    remote(state).peer_ips.remove(&peer);
+}
+
+/// A libp2p connection to `peer` came up at `remote_addr`: ask for its relay.
 pub async fn on_connected(state: &AppState, client: &NetClient, peer: PeerId, remote_addr: &Multiaddr) {
-    let Some(relay) = state.voice.sfu().and_then(together_sfu::Sfu::relay) else { return };
-    let (Some(key), Some(ip)) = (relay_key(&peer), ip_of(remote_addr)) else { return };
-    let request = SyncRequest::VoiceRelay { port: own_port(state) };
-    let port = match client.request(peer, request).await {
-        Ok(SyncResponse::VoiceRelay { port }) if port != 0 => port,
-        Ok(SyncResponse::VoiceRelay { .. }) => return,
+    let Some(ip) = ip_of(remote_addr) else { return };
+    if state.voice.sfu().and_then(together_sfu::Sfu::relay).is_none() {
+        return;
+    }
+    let (port, addr) = own_relay(state);
+    let request = SyncRequest::VoiceRelay { port, addr };
+    let addr = match client.request(peer, request).await {
+        Ok(SyncResponse::VoiceRelay { port, addr }) => match relay_addr(Some(ip), port, addr) {
+            Some(addr) => addr,
+            None => return,
+        },
         Ok(_) => {
             tracing::debug!(%peer, "peer answered voice_relay with something else");
             return;
@@ -109,9 +164,19 @@ pub async fn on_connected(state: &AppState, client: &NetClient, peer: PeerId, re
             return;
         }
     };
-    let addr = SocketAddr::new(ip, port);
+    learn(state, peer, addr).await;
+}
+
+/// `peer`'s relay listens at `addr`: declare it to the relay (again, when the
+/// address changed; a known address is left alone).
+async fn learn(state: &AppState, peer: PeerId, addr: SocketAddr) {
+    let Some(relay) = state.voice.sfu().and_then(together_sfu::Sfu::relay) else { return };
+    let Some(key) = relay_key(&peer) else { return };
     {
         let mut remote = remote(state);
+        if remote.nodes.get(&peer) == Some(&(key, addr)) {
+            return;
+        }
         if remote.nodes.len() >= MAX_NODES && !remote.nodes.contains_key(&peer) {
             tracing::warn!(%peer, "too many relay nodes; ignoring one");
             return;
@@ -299,4 +364,23 @@ fn announce_left(state: &AppState, old: &VoiceState) {
     state
         .bus
         .publish("VOICE_STATE_UPDATE", channel_audience(old.server_id, old.channel_id), &payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_is_dialed_where_announced() {
+        let conn = Some(IpAddr::from([192, 0, 2, 1]));
+        let public: SocketAddr = ([203, 0, 113, 7], 7881).into();
+        assert_eq!(relay_addr(conn, 7881, None), Some(([192, 0, 2, 1], 7881).into()));
+        assert_eq!(relay_addr(conn, 9000, Some(public)), Some(public), "an announced address wins");
+        assert_eq!(relay_addr(None, 7881, Some(public)), Some(public));
+        assert_eq!(relay_addr(conn, 0, None), None, "port 0: no relay");
+        assert_eq!(relay_addr(None, 7881, None), None);
+        for bad in ["0.0.0.0:7881", "203.0.113.7:0", "224.0.0.1:7881"] {
+            assert_eq!(relay_addr(conn, 7881, bad.parse().ok()), None, "{bad}");
+        }
+    }
 }

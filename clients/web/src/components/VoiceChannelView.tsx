@@ -3,7 +3,7 @@
  * join and leave, mute and deafen, microphone and speaker choice, and the
  * connection's packet counters.
  */
-import { useEffect, useState } from "react";
+import { Fragment, useEffect, useState } from "react";
 import { displayName, voiceMembers, isSpeaking, type Channel, type ServerEntry, type State, type VoiceState, type VoiceStats } from "@together/core";
 import { together } from "../sdk.ts";
 import type { Perms } from "../perms.ts";
@@ -17,10 +17,14 @@ export const VOICE_STATUS_TEXT = {
   reconnecting: "Reconnecting…",
 } as const;
 
+function memberName(state: State, entry: ServerEntry | undefined, userId: string): string {
+  const member = entry ? state.members[entry.server.id]?.[userId] : undefined;
+  const known = displayName(member, state.users[userId]);
+  return known === "unknown user" && state.me?.id === userId ? state.me.username : known;
+}
+
 export function voiceLabel(state: State, entry: ServerEntry | undefined, v: VoiceState): string {
-  const member = entry ? state.members[entry.server.id]?.[v.user_id] : undefined;
-  const known = displayName(member, state.users[v.user_id]);
-  const name = known === "unknown user" && state.me?.id === v.user_id ? state.me.username : known;
+  const name = memberName(state, entry, v.user_id);
   const flags = [
     isSpeaking(state, v.user_id, v.channel_id) ? "speaking" : null,
     v.self_deaf || v.server_deaf ? "deafened" : v.self_mute || v.server_mute ? "muted" : null,
@@ -99,7 +103,7 @@ export function VoiceChannelView({ state, entry, channel, perms, onMenu }: {
         {voice.error && <p className="error" role="alert">{voice.error}</p>}
         {voice.ended && !here && <p className="muted" role="status">{voice.ended}</p>}
         <DeviceSettings active={here} />
-        {here && <ConnectionInfo />}
+        {here && <ConnectionInfo nameOf={(userId) => memberName(state, entry, userId)} />}
       </div>
     </section>
   );
@@ -135,7 +139,7 @@ function DeviceSettings({ active }: { active: boolean }) {
   );
 }
 
-function ConnectionInfo() {
+function ConnectionInfo({ nameOf }: { nameOf: (userId: string) => string }) {
   const [stats, setStats] = useState<VoiceStats | null>(null);
   useEffect(() => {
     let live = true;
@@ -153,6 +157,11 @@ function ConnectionInfo() {
       <summary>Connection info</summary>
       <dl>
         <dt>Packets received</dt><dd data-testid="voice-packets-received">{stats.packetsReceived}</dd>
+        {Object.entries(stats.receivedFrom).map(([userId, n]) => (
+          <Fragment key={userId}>
+            <dt className="sub">from {nameOf(userId)}</dt><dd data-testid={`voice-packets-from-${userId}`}>{n}</dd>
+          </Fragment>
+        ))}
         <dt>Packets sent</dt><dd data-testid="voice-packets-sent">{stats.packetsSent}</dd>
         <dt>Round trip</dt><dd>{stats.rttMs === null ? "not measured yet" : `${stats.rttMs} ms`}</dd>
       </dl>
