@@ -114,7 +114,10 @@ async fn community(net: &TestNet, http: &reqwest::Client) -> anyhow::Result<(Vec
             .expect(200);
         sessions.push(user);
     }
-    let topic = together_protocol::federation::messages_topic(server_id);
+    for topic in [
+        together_protocol::federation::messages_topic(server_id),
+        together_protocol::federation::state_topic(server_id),
+    ] {
     for a in 0..net.nodes.len() {
         let net_a = net[a].net().clone();
         let others: Vec<_> = (0..net.nodes.len()).filter(|b| *b != a).map(|b| net[b].peer_id).collect();
@@ -130,6 +133,7 @@ async fn community(net: &TestNet, http: &reqwest::Client) -> anyhow::Result<(Vec
         })
         .await
         .context("topic mesh")?;
+    }
     }
     Ok((sessions, server_id, channel))
 }
@@ -195,7 +199,7 @@ async fn role_latency(args: &Args) -> anyhow::Result<()> {
         }
         for node in &net.nodes {
             let db = node.db().clone();
-            wait_until(Duration::from_secs(10), || {
+            wait_until(Duration::from_secs(30), || {
                 let db = db.clone();
                 async move {
                     sqlx::query_scalar::<_, bool>(
@@ -208,9 +212,14 @@ async fn role_latency(args: &Args) -> anyhow::Result<()> {
                     .unwrap_or(false)
                 }
             })
-            .await?;
+            .await
+            .with_context(|| format!("role change {i} not in force on node {} within 30 s", node.index))?;
         }
-        samples.push(start.elapsed());
+        let took = start.elapsed();
+        if took > Duration::from_secs(1) {
+            println!("role: change {i} took {:.2} s", took.as_secs_f64());
+        }
+        samples.push(took);
     }
     report("role: assignment on node 0 -> in force on all 5 nodes", samples);
     net.stop().await;
@@ -462,6 +471,12 @@ async fn join_time(args: &Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // RUST_LOG=warn,together_node::federation=debug shows where a join's
+    // time goes.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let all = args.scenario.is_empty();
     if all || args.scenario.contains(&Scenario::Message) {
