@@ -269,12 +269,13 @@ impl Resolver {
         }
         if let Some(d) = op.inline_delegation() {
             // A delegation is checked once; the hash covers its signature.
-            let hash = d.hash();
-            if !self.delegations.contains_key(&hash) {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.delegations.entry(d.hash())
+            {
                 if d.verify_signature().is_err() {
                     return Added::Refused(Rejection::BadSignature);
                 }
-                self.delegations.insert(hash, *d);
+                slot.insert(*d);
             }
         }
         let Some(delegation) = self.delegations.get(&op.delegation_hash()).copied() else {
