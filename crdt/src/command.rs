@@ -240,6 +240,36 @@ fn read_perms(r: &mut Reader<'_>) -> Result<Permissions, DecodeError> {
 }
 
 impl Command {
+    /// The entries of the document this command writes into when made by
+    /// `author`, or `None` when it may write anywhere (the genesis).
+    /// [`crate::State::refresh`] re-reads just these after the change.
+    pub fn touched(&self, author: &Uuid) -> Option<Vec<crate::state::Touched>> {
+        use crate::state::Touched as T;
+        Some(match self {
+            Self::Genesis(_) => return None,
+            Self::UpdateServer { .. } | Self::TransferOwnership { .. } => vec![T::Server],
+            Self::CreateChannel { id, .. } | Self::UpdateChannel { id, .. } | Self::DeleteChannel { id } => {
+                vec![T::Channel(*id)]
+            }
+            Self::SetOverride { channel, .. } | Self::DeleteOverride { channel, .. } => vec![T::Channel(*channel)],
+            Self::CreateRole { id, .. } | Self::UpdateRole { id, .. } | Self::DeleteRole { id } => vec![T::Role(*id)],
+            Self::SetMemberRoles { user, .. } | Self::SetNickname { user, .. } | Self::Kick { user } => {
+                vec![T::Member(*user)]
+            }
+            Self::Join { invite } => {
+                let mut t = vec![T::Member(*author)];
+                if let Some(code) = invite {
+                    t.push(T::Invite(code.clone()));
+                }
+                t
+            }
+            Self::Leave => vec![T::Member(*author)],
+            Self::Ban { user, .. } => vec![T::Member(*user), T::Ban(*user)],
+            Self::Unban { user } => vec![T::Ban(*user)],
+            Self::CreateInvite { code, .. } | Self::RevokeInvite { code } => vec![T::Invite(code.clone())],
+        })
+    }
+
     /// A short stable name, for logs and counters.
     pub fn name(&self) -> &'static str {
         match self {

@@ -360,6 +360,22 @@ pub(crate) fn derive_change(
     time: i64,
     command: &Command,
 ) -> Result<Change> {
+    let hash = derive_change_hash(doc, actor, community, author, time, command)?;
+    doc.get_change_by_hash(&hash)
+        .ok_or_else(|| Rejection::Document("committed change not found".into()))
+}
+
+/// Like [`derive_change`], returning only the change's hash (a hash names
+/// the change's bytes; reading the change back from the document costs a
+/// pass over all of it, which a receiver checking an op does not need).
+pub(crate) fn derive_change_hash(
+    doc: &mut Automerge,
+    actor: &Actor,
+    community: Uuid,
+    author: &UserPublicKey,
+    time: i64,
+    command: &Command,
+) -> Result<automerge::ChangeHash> {
     doc.set_actor(actor.actor_id());
     let mut tx = doc.transaction();
     if let Err(e) = write(&mut tx, community, author, time, command) {
@@ -367,7 +383,5 @@ pub(crate) fn derive_change(
         return Err(e);
     }
     let (hash, _) = tx.commit_with(CommitOptions::default().with_time(time));
-    let hash = hash.ok_or(Rejection::Empty)?;
-    doc.get_change_by_hash(&hash)
-        .ok_or_else(|| Rejection::Document("committed change not found".into()))
+    hash.ok_or(Rejection::Empty)
 }

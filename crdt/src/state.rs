@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::hydrate::{Map, Value};
-use automerge::{Automerge, ChangeHash, ScalarValue};
+use automerge::{Automerge, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
 use together_protocol::identity::UserPublicKey;
 use together_protocol::permissions::{
     ChannelOverrides, MemberContext, Override, Permissions, base_permissions, channel_permissions,
@@ -188,6 +188,50 @@ impl State {
         state
     }
 
+    /// Re-reads only the given entries of the document's current state,
+    /// leaving the rest of `self` as it is. Equal to [`State::read`] when
+    /// `self` was read from the same document before changes that wrote
+    /// nothing outside those entries (see [`crate::Command::touched`]).
+    pub fn refresh(&mut self, doc: &Automerge, touched: &[Touched]) {
+        for t in touched {
+            match t {
+                Touched::Server => {
+                    self.server = hydrate_entry(doc, "server", None).as_ref().and_then(read_server);
+                }
+                Touched::Channel(id) => {
+                    match hydrate_entry(doc, "channels", Some(&id.to_string())).as_ref().and_then(read_channel) {
+                        Some(c) => self.channels.insert(*id, c),
+                        None => self.channels.remove(id),
+                    };
+                }
+                Touched::Role(id) => {
+                    match hydrate_entry(doc, "roles", Some(&id.to_string())).as_ref().and_then(read_role) {
+                        Some(r) => self.roles.insert(*id, r),
+                        None => self.roles.remove(id),
+                    };
+                }
+                Touched::Member(id) => {
+                    match hydrate_entry(doc, "members", Some(&id.to_string())).as_ref().map(read_member) {
+                        Some(m) => self.members.insert(*id, m),
+                        None => self.members.remove(id),
+                    };
+                }
+                Touched::Ban(id) => {
+                    match hydrate_entry(doc, "bans", Some(&id.to_string())).as_ref().and_then(read_ban) {
+                        Some(b) => self.bans.insert(*id, b),
+                        None => self.bans.remove(id),
+                    };
+                }
+                Touched::Invite(code) => {
+                    match hydrate_entry(doc, "invites", Some(code)).as_ref().and_then(read_invite) {
+                        Some(i) => self.invites.insert(code.clone(), i),
+                        None => self.invites.remove(code),
+                    };
+                }
+            }
+        }
+    }
+
     /// The owner's user id, if the community exists.
     pub fn owner(&self) -> Option<Uuid> {
         self.server.as_ref().map(|s| s.owner)
@@ -284,6 +328,36 @@ impl State {
             base,
             channels,
         }
+    }
+}
+
+/// One entry of the document layout that a command writes into.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Touched {
+    /// The `server` map.
+    Server,
+    Channel(Uuid),
+    Role(Uuid),
+    Member(Uuid),
+    Ban(Uuid),
+    Invite(String),
+}
+
+/// The current value of `section` (or of `section[key]`) as a hydrated
+/// map, if it is a map.
+fn hydrate_entry(doc: &Automerge, section: &str, key: Option<&str>) -> Option<Map> {
+    let (automerge::Value::Object(ObjType::Map), mut obj) = doc.get(ROOT, section).ok()?? else {
+        return None;
+    };
+    if let Some(key) = key {
+        let (automerge::Value::Object(ObjType::Map), inner) = doc.get(&obj, key).ok()?? else {
+            return None;
+        };
+        obj = inner;
+    }
+    match ReadDoc::hydrate(doc, &obj, None).ok()? {
+        Value::Map(m) => Some(m),
+        _ => None,
     }
 }
 

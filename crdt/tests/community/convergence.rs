@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use together_crdt::{ChannelKind, Command, Op, OpStatus, OverrideTarget, Rejection, authorize};
+use together_crdt::{ChannelKind, Command, Op, OpStatus, OverrideTarget, Rejection, State, authorize};
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
@@ -277,6 +277,12 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
             Step::Partition { mask: m } => mask = Some(m),
             Step::Heal => mask = None,
         }
+        // The state is kept up to date entry by entry; it must equal a
+        // full read of the materialized document.
+        for n in &nodes {
+            let read = State::read(n.resolver.document(), None, base.community());
+            prop_assert!(read == *n.resolver.state(), "the refreshed state differs from a full read");
+        }
     }
 
     // Heal and deliver everything everywhere, in random orders with duplicates.
@@ -296,6 +302,7 @@ fn run(replicas: usize, steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError
     fresh.receive(&rng.scramble(&all));
 
     let json = fresh.json();
+    prop_assert!(State::read(fresh.resolver.document(), None, base.community()) == *fresh.resolver.state());
     for n in &nodes {
         prop_assert_eq!(n.resolver.pending_len(), 0);
         prop_assert_eq!(n.resolver.len(), fresh.resolver.len());

@@ -381,6 +381,21 @@ pub async fn fetch_member(db: impl sqlx::PgExecutor<'_>, server_id: Uuid, user_i
     row.map(Member::from).ok_or_else(unknown_member)
 }
 
+/// The members among `user_ids` (those that are members), in one query.
+pub async fn fetch_members(
+    db: impl sqlx::PgExecutor<'_>,
+    server_id: Uuid,
+    user_ids: &[Uuid],
+) -> ApiResult<Vec<Member>> {
+    let sql = format!("{MEMBER_SELECT} WHERE m.server_id = $1 AND m.user_id = ANY($2)");
+    let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(server_id)
+        .bind(user_ids)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(Member::from).collect())
+}
+
 /// Up to `limit` members with user ids greater than `after`, by user id
 /// (keyset pagination: pass the last id of a page to get the next).
 pub async fn list_members(

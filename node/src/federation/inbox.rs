@@ -188,6 +188,11 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
         });
     }
     let mut tx = state.db.begin().await?;
+    if source == Source::Backfill {
+        // A backfilled event lost in a crash is fetched again: its cursor
+        // is committed later (synchronously), and WAL is flushed in order.
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    }
     let Some(_seq) = store::insert_event(&mut *tx, &hash, scope.server, scope.channel, &envelope).await? else {
         // A concurrent delivery stored it first.
         return Ok(Outcome::Known);

@@ -174,19 +174,44 @@ fn build_error(err: BuildError) -> ApiError {
     }
 }
 
-async fn insert_op(conn: &mut PgConnection, op: &Op, status: &str) -> Result<(), sqlx::Error> {
-    let parents: Vec<Vec<u8>> = op.body().parents.iter().map(|p| p.as_bytes().to_vec()).collect();
-    sqlx::query(
-        "INSERT INTO community_ops (id, server_id, parents, wire, status) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status",
-    )
-    .bind(op.id().as_bytes().as_slice())
-    .bind(op.body().community)
-    .bind(&parents)
-    .bind(op.to_wire())
-    .bind(status)
-    .execute(&mut *conn)
-    .await?;
+/// Most ops written to the log by one statement.
+const LOG_BATCH: usize = 2_000;
+
+/// Writes ops (new, or with a new status) to the log, in the given order
+/// (parents before children), a batch of rows per statement.
+async fn insert_ops(conn: &mut PgConnection, rows: &[(Op, String)]) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(LOG_BATCH) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        let mut servers = Vec::with_capacity(chunk.len());
+        let mut parents = Vec::with_capacity(chunk.len());
+        let mut wires = Vec::with_capacity(chunk.len());
+        let mut statuses = Vec::with_capacity(chunk.len());
+        for (op, status) in chunk {
+            ids.push(op.id().as_bytes().to_vec());
+            servers.push(op.body().community);
+            // The parent ids concatenated (32 bytes each), split in SQL.
+            parents.push(op.body().parents.iter().flat_map(|p| p.as_bytes().to_vec()).collect::<Vec<u8>>());
+            wires.push(op.to_wire());
+            statuses.push(status.as_str());
+        }
+        sqlx::query(
+            "INSERT INTO community_ops (id, server_id, parents, wire, status)
+             SELECT i, s, ARRAY(SELECT substring(p FROM g * 32 + 1 FOR 32)
+                                  FROM generate_series(0, length(p) / 32 - 1) AS g ORDER BY g)::bytea[],
+                    w, st
+               FROM UNNEST($1::bytea[], $2::uuid[], $3::bytea[], $4::bytea[], $5::text[])
+                    WITH ORDINALITY AS t(i, s, p, w, st, ord)
+              ORDER BY ord
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status",
+        )
+        .bind(&ids)
+        .bind(&servers)
+        .bind(&parents)
+        .bind(&wires)
+        .bind(&statuses)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -199,8 +224,8 @@ async fn save_statuses(conn: &mut PgConnection, loaded: &mut Loaded) -> Result<(
             changed.push((op.clone(), status));
         }
     }
+    insert_ops(conn, &changed).await?;
     for (op, status) in changed {
-        insert_op(conn, &op, &status).await?;
         loaded.stored.insert(op.id(), status);
     }
     Ok(())
@@ -365,14 +390,19 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
             let _ = loaded.resolver.add_revocation(revocation);
         }
         let before = loaded.resolver.projection().clone();
+        let inline: Vec<Option<SignedDelegation>> = ops.iter().map(|op| op.inline_delegation().copied()).collect();
+        let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
+        let started = std::time::Instant::now();
+        let count = ops.len();
+        let outcomes = loaded.resolver.add_ops(ops);
+        let judged = started.elapsed();
+        // The resolver checked the inline delegations of the ops it took.
         let mut delegations_seen = Vec::new();
-        for op in &ops {
-            if let Some(d) = op.inline_delegation() {
-                delegations_seen.push(*d);
+        for (outcome, d) in outcomes.iter().zip(inline) {
+            if let (Added::Stored | Added::Pending, Some(d)) = (outcome, d) {
+                delegations_seen.push(d);
             }
         }
-        let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
-        let outcomes = loaded.resolver.add_ops(ops);
         for outcome in outcomes {
             match outcome {
                 Added::Stored | Added::Pending => received.stored += 1,
@@ -390,19 +420,24 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
         }
         received.missing = !loaded.resolver.missing_parents().is_empty();
         let mut tx = state.db.begin().await?;
-        for d in delegations_seen {
-            if d.verify_signature().is_ok() {
-                store::save_delegation(&mut *tx, &d).await?;
-            }
-        }
+        store::save_delegations(&mut tx, &delegations_seen).await?;
         let result = async {
             save_statuses(&mut tx, loaded).await?;
+            let logged = started.elapsed();
             let changes = if *loaded.resolver.projection() != before {
                 Some(structure::write_projection(&mut tx, server_id, loaded.resolver.projection()).await?)
             } else {
                 None
             };
             tx.commit().await?;
+            tracing::debug!(
+                %server_id,
+                ops = count,
+                judged_ms = judged.as_millis() as u64,
+                logged_ms = (logged - judged).as_millis() as u64,
+                projected_ms = (started.elapsed() - logged).as_millis() as u64,
+                "ops received"
+            );
             Ok::<_, sqlx::Error>(changes)
         }
         .await;
@@ -625,9 +660,16 @@ async fn profiles(state: &AppState, users: BTreeSet<Uuid>) -> Result<Vec<UserRow
         .await
 }
 
+/// Most profiles stored from one answer.
+const MAX_PROFILES: usize = 20_000;
+
 /// Stores profiles a peer sent for users this node has no password for.
 async fn save_profiles(state: &AppState, users: &[UserRow]) -> Result<(), sqlx::Error> {
-    for user in users.iter().take(1000) {
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    let mut names = Vec::new();
+    let mut avatars = Vec::new();
+    for user in users.iter().take(MAX_PROFILES) {
         let Some(key) = hex::decode(&user.public_key)
             .ok()
             .and_then(|bytes| UserPublicKey::from_bytes(&bytes).ok())
@@ -637,17 +679,24 @@ async fn save_profiles(state: &AppState, users: &[UserRow]) -> Result<(), sqlx::
         if key.user_id() != user.id {
             continue;
         }
-        let name = super::sync::sanitize_username(&user.username, user.id);
-        let avatar = user.avatar_url.as_ref().filter(|a| a.len() <= 2048);
+        ids.push(user.id);
+        keys.push(key.as_bytes().to_vec());
+        names.push(super::sync::sanitize_username(&user.username, user.id));
+        avatars.push(user.avatar_url.clone().filter(|a| a.len() <= 2048));
+    }
+    for start in (0..ids.len()).step_by(LOG_BATCH) {
+        let end = (start + LOG_BATCH).min(ids.len());
+        // DISTINCT ON: a row may be named once per statement.
         sqlx::query(
-            "INSERT INTO users (id, public_key, username, avatar_url) VALUES ($1, $2, $3, $4)
+            "INSERT INTO users (id, public_key, username, avatar_url)
+             SELECT DISTINCT ON (i) i, k, n, a FROM UNNEST($1::uuid[], $2::bytea[], $3::text[], $4::text[]) AS t(i, k, n, a)
              ON CONFLICT (id) DO UPDATE SET username = EXCLUDED.username, avatar_url = EXCLUDED.avatar_url
               WHERE users.password_hash IS NULL",
         )
-        .bind(user.id)
-        .bind(key.as_bytes().as_slice())
-        .bind(&name)
-        .bind(avatar)
+        .bind(&ids[start..end])
+        .bind(&keys[start..end])
+        .bind(&names[start..end])
+        .bind(&avatars[start..end])
         .execute(&state.db)
         .await?;
     }
@@ -815,6 +864,7 @@ pub async fn pull(
             invite: invite.clone(),
             revocations: digest,
         };
+        let asked = std::time::Instant::now();
         let response = client
             .request(peer, request)
             .await
@@ -840,7 +890,16 @@ pub async fn pull(
         // Revocations first: ops signed after one are then judged revoked.
         super::revocations::admit_all(state, &revocations).await?;
         let ops = decode_ops(&ops, state.federation.counters());
+        let fetched = asked.elapsed();
         let received = receive(state, id, ops).await?;
+        tracing::debug!(
+            server_id = %id,
+            fetch_ms = fetched.as_millis() as u64,
+            total_ms = asked.elapsed().as_millis() as u64,
+            stored = received.stored,
+            more,
+            "sync round"
+        );
         if !more || received.stored == 0 {
             break;
         }

@@ -70,6 +70,41 @@ pub async fn save_delegation(db: impl PgExecutor<'_>, delegation: &SignedDelegat
     Ok(())
 }
 
+/// Stores verified delegations (idempotent), a batch per statement.
+pub async fn save_delegations(conn: &mut sqlx::PgConnection, delegations: &[SignedDelegation]) -> Result<(), sqlx::Error> {
+    for chunk in delegations.chunks(2_000) {
+        let mut hashes = Vec::with_capacity(chunk.len());
+        let mut users = Vec::with_capacity(chunk.len());
+        let mut nodes = Vec::with_capacity(chunk.len());
+        let mut issued = Vec::with_capacity(chunk.len());
+        let mut expires = Vec::with_capacity(chunk.len());
+        let mut signed = Vec::with_capacity(chunk.len());
+        for d in chunk {
+            hashes.push(d.hash().as_bytes().to_vec());
+            users.push(d.delegation.user_id());
+            nodes.push(d.delegation.node.as_bytes().to_vec());
+            issued.push(d.delegation.issued);
+            expires.push(d.delegation.expires);
+            signed.push(serde_json::to_string(d).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        }
+        sqlx::query(
+            "INSERT INTO delegations (hash, user_id, node_key, issued, expires, signed)
+             SELECT DISTINCT ON (h) h, u, n, i, e, s::jsonb
+               FROM UNNEST($1::bytea[], $2::uuid[], $3::bytea[], $4::int8[], $5::int8[], $6::text[]) AS t(h, u, n, i, e, s)
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(&hashes)
+        .bind(&users)
+        .bind(&nodes)
+        .bind(&issued)
+        .bind(&expires)
+        .bind(&signed)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// A known delegation by its hash.
 pub async fn delegation_by_hash(
     db: impl PgExecutor<'_>,
@@ -183,21 +218,32 @@ pub async fn event_known(db: &PgPool, hash: &[u8; 32]) -> Result<bool, sqlx::Err
         .await
 }
 
-/// A page of a channel's events after `after`, ascending.
-pub async fn events_after(
+/// A page of a channel's events with `after < seq < before`, ascending:
+/// the oldest `limit` of the range, or with `newest` the newest `limit`.
+pub async fn events_in(
     db: &PgPool,
     channel: Uuid,
     after: i64,
+    before: Option<i64>,
     limit: i64,
+    newest: bool,
 ) -> Result<Vec<(i64, Envelope)>, sqlx::Error> {
-    let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
-        "SELECT seq, envelope FROM federation_events WHERE channel_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
-    .bind(channel)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
+    let sql = if newest {
+        "SELECT seq, envelope FROM (
+             SELECT seq, envelope FROM federation_events
+              WHERE channel_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4) page
+          ORDER BY seq"
+    } else {
+        "SELECT seq, envelope FROM federation_events
+          WHERE channel_id = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT $4"
+    };
+    let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(sql)
+        .bind(channel)
+        .bind(after)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(|(seq, json)| (seq, json.0)).collect())
 }
 

@@ -56,6 +56,12 @@ impl Changes {
     }
 }
 
+/// Most members read by one statement when announcing changes.
+const ANNOUNCE_BATCH: usize = 1_000;
+
+/// Most rows written by one statement (members, users, member roles).
+const BATCH: usize = 5_000;
+
 /// Whole seconds, as the projection keeps them: truncated, because a cast
 /// to bigint would round a time in the second half of a second up and make
 /// an unchanged row look changed.
@@ -263,19 +269,36 @@ pub async fn write_projection(
     };
     // Users the rows refer to: members carry their keys. Names of users
     // first seen here are placeholders until a peer tells their profile.
-    for m in &new.members {
+    // Members already in the tables have their user row.
+    let had: BTreeSet<Uuid> = old.members.iter().map(|m| m.user_id).collect();
+    let mut user_ids = Vec::new();
+    let mut user_keys = Vec::new();
+    let mut user_names = Vec::new();
+    for m in new.members.iter().filter(|m| !had.contains(&m.user_id)) {
         let Some(key) = m.public_key.as_deref().and_then(|k| k.parse::<UserPublicKey>().ok()) else {
             continue;
         };
         if key.user_id() != m.user_id {
             continue;
         }
-        sqlx::query("INSERT INTO users (id, public_key, username) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(m.user_id)
-            .bind(key.as_bytes().as_slice())
-            .bind(super::sync::sanitize_username("", m.user_id))
-            .execute(&mut *conn)
-            .await?;
+        user_ids.push(m.user_id);
+        user_keys.push(key.as_bytes().to_vec());
+        user_names.push(super::sync::sanitize_username("", m.user_id));
+    }
+    for ((ids, keys), names) in user_ids
+        .chunks(BATCH)
+        .zip(user_keys.chunks(BATCH))
+        .zip(user_names.chunks(BATCH))
+    {
+        sqlx::query(
+            "INSERT INTO users (id, public_key, username)
+             SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .bind(keys)
+        .bind(names)
+        .execute(&mut *conn)
+        .await?;
     }
     let known_users: BTreeSet<Uuid> = sqlx::query_scalar::<_, Uuid>("SELECT id FROM users WHERE id = ANY($1)")
         .bind(
@@ -332,13 +355,18 @@ pub async fn write_projection(
             .execute(&mut *conn)
             .await?;
     }
-    for (user, role) in &mr_removed {
-        sqlx::query("DELETE FROM member_roles WHERE server_id = $1 AND user_id = $2 AND role_id = $3")
-            .bind(server_id)
-            .bind(user)
-            .bind(role)
-            .execute(&mut *conn)
-            .await?;
+    for chunk in mr_removed.chunks(BATCH) {
+        let users: Vec<Uuid> = chunk.iter().map(|(u, _)| *u).collect();
+        let roles: Vec<Uuid> = chunk.iter().map(|(_, r)| *r).collect();
+        sqlx::query(
+            "DELETE FROM member_roles m USING UNNEST($2::uuid[], $3::uuid[]) AS d(u, r)
+              WHERE m.server_id = $1 AND m.user_id = d.u AND m.role_id = d.r",
+        )
+        .bind(server_id)
+        .bind(&users)
+        .bind(&roles)
+        .execute(&mut *conn)
+        .await?;
     }
     if !m_removed.is_empty() {
         sqlx::query("DELETE FROM server_members WHERE server_id = $1 AND user_id = ANY($2)")
@@ -423,28 +451,37 @@ pub async fn write_projection(
         .execute(&mut *conn)
         .await?;
     }
-    for m in m_added.iter().chain(&m_changed) {
+    let member_writes: Vec<&MemberRow> = m_added.iter().chain(&m_changed).copied().collect();
+    for chunk in member_writes.chunks(BATCH) {
+        let users: Vec<Uuid> = chunk.iter().map(|m| m.user_id).collect();
+        let nicknames: Vec<Option<String>> = chunk.iter().map(|m| m.nickname.clone()).collect();
+        let joined: Vec<f64> = chunk.iter().map(|m| m.joined_at as f64).collect();
         sqlx::query(
             "INSERT INTO server_members (server_id, user_id, nickname, joined_at)
-             SELECT $1, $2, $3, to_timestamp($4) WHERE EXISTS (SELECT 1 FROM users WHERE id = $2)
+             SELECT $1, m.u, m.n, to_timestamp(m.j)
+               FROM UNNEST($2::uuid[], $3::text[], $4::float8[]) AS m(u, n, j)
+              WHERE EXISTS (SELECT 1 FROM users WHERE id = m.u)
              ON CONFLICT (server_id, user_id) DO UPDATE SET nickname = EXCLUDED.nickname, joined_at = EXCLUDED.joined_at",
         )
         .bind(server_id)
-        .bind(m.user_id)
-        .bind(&m.nickname)
-        .bind(m.joined_at as f64)
+        .bind(&users)
+        .bind(&nicknames)
+        .bind(&joined)
         .execute(&mut *conn)
         .await?;
     }
-    for mr in &mr_added {
+    for chunk in mr_added.chunks(BATCH) {
+        let users: Vec<Uuid> = chunk.iter().map(|m| m.user_id).collect();
+        let roles: Vec<Uuid> = chunk.iter().map(|m| m.role_id).collect();
         sqlx::query(
             "INSERT INTO member_roles (server_id, user_id, role_id)
-             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)
+             SELECT $1, a.u, a.r FROM UNNEST($2::uuid[], $3::uuid[]) AS a(u, r)
+              WHERE EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = a.u)
              ON CONFLICT DO NOTHING",
         )
         .bind(server_id)
-        .bind(mr.user_id)
-        .bind(mr.role_id)
+        .bind(&users)
+        .bind(&roles)
         .execute(&mut *conn)
         .await?;
     }
@@ -593,16 +630,20 @@ pub async fn announce(state: &AppState, changes: &Changes) {
             }
         }
     }
-    for id in &changes.added_members {
-        if let Ok(member) = crate::community::members::fetch_member(&state.db, server_id, *id).await {
-            bus.publish_remote("SERVER_MEMBER_ADD", Audience::Server(server_id), &member);
+    for (kind, ids) in [
+        ("SERVER_MEMBER_ADD", &changes.added_members),
+        ("SERVER_MEMBER_UPDATE", &changes.updated_members),
+    ] {
+        for chunk in ids.chunks(ANNOUNCE_BATCH) {
+            if let Ok(members) = crate::community::members::fetch_members(&state.db, server_id, chunk).await {
+                for member in members {
+                    bus.publish_remote(kind, Audience::Server(server_id), &member);
+                }
+            }
         }
-        bus.publish_remote("SERVER_CREATE", Audience::User(*id), &server);
     }
-    for id in &changes.updated_members {
-        if let Ok(member) = crate::community::members::fetch_member(&state.db, server_id, *id).await {
-            bus.publish_remote("SERVER_MEMBER_UPDATE", Audience::Server(server_id), &member);
-        }
+    for id in &changes.added_members {
+        bus.publish_remote("SERVER_CREATE", Audience::User(*id), &server);
     }
     for (kind, ids) in [
         ("CHANNEL_CREATE", &changes.added_channels),

@@ -1,9 +1,10 @@
 //! Request-response between nodes: answering `ops`, `push_ops` and
-//! `history`, joining a community on another node, and backfilling a
-//! channel's events by cursor.
+//! `history`, joining a community on another node, and backfilling
+//! channels' events (the latest page of each channel first, then older
+//! history, bounded).
 
 use libp2p::{Multiaddr, PeerId};
-use together_protocol::federation::MessageEvent;
+use together_protocol::federation::{Envelope, MessageEvent};
 use together_protocol::identity::NodePublicKey;
 use uuid::Uuid;
 
@@ -35,7 +36,17 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
             channel_id,
             after,
             limit,
-        } => answer_history(state, &peer, &peer_node, server_id, channel_id, after, limit).await,
+            before,
+            newest,
+        } => {
+            let range = HistoryRange {
+                after,
+                before,
+                limit,
+                newest,
+            };
+            answer_history(state, &peer, &peer_node, server_id, channel_id, range).await
+        }
         SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
     result.unwrap_or_else(|err| {
@@ -54,14 +65,21 @@ async fn may_read(state: &AppState, peer: &PeerId, node: &NodePublicKey, server_
     }
 }
 
+/// The range a `history` request asks for.
+struct HistoryRange {
+    after: i64,
+    before: Option<i64>,
+    limit: u32,
+    newest: bool,
+}
+
 async fn answer_history(
     state: &AppState,
     peer: &PeerId,
     node: &NodePublicKey,
     server_id: Uuid,
     channel_id: Uuid,
-    after: i64,
-    limit: u32,
+    range: HistoryRange,
 ) -> Result<SyncResponse, sqlx::Error> {
     if !may_read(state, peer, node, server_id).await? {
         return Ok(SyncResponse::error("unknown_server", "no such community here"));
@@ -74,8 +92,16 @@ async fn answer_history(
     if !in_server {
         return Ok(SyncResponse::error("unknown_channel", "no such channel here"));
     }
-    let limit = limit.clamp(1, MAX_HISTORY_PAGE);
-    let events = store::events_after(&state.db, channel_id, after, i64::from(limit)).await?;
+    let limit = range.limit.clamp(1, MAX_HISTORY_PAGE);
+    let events = store::events_in(
+        &state.db,
+        channel_id,
+        range.after,
+        range.before,
+        i64::from(limit),
+        range.newest,
+    )
+    .await?;
     Ok(SyncResponse::History {
         done: events.len() < limit as usize,
         events,
@@ -124,6 +150,7 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         .dial(peer_addr)
         .await
         .map_err(|err| JoinError::Unreachable(err.to_string()))?;
+    let started = std::time::Instant::now();
     let (server_id, peer_heads) = match ops::pull(state, &client, peer, None, Some(code.to_string())).await {
         Ok(found) => found,
         Err(ops::SyncError::Refused { code, message }) => return Err(JoinError::Refused { code, message }),
@@ -131,6 +158,7 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         Err(ops::SyncError::Db(err)) => return Err(JoinError::Db(err)),
         Err(err) => return Err(JoinError::BadAnswer(err.to_string())),
     };
+    let pulled = started.elapsed();
     if store::federation_of(&state.db, server_id).await?.is_none() {
         store::mark_federated(&state.db, server_id, Some(&peer), 0).await?;
     }
@@ -158,10 +186,18 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         .map_err(JoinError::Join)?;
         joined.server
     };
+    let joined = started.elapsed();
     // The join op reaches the peer directly (gossip may not have a mesh yet).
     if let Err(err) = ops::push(state, &client, peer, server_id, &peer_heads).await {
         tracing::warn!(%server_id, %peer, error = %err, "cannot send the join to the peer");
     }
+    tracing::debug!(
+        %server_id,
+        pull_ms = pulled.as_millis() as u64,
+        join_op_ms = (joined - pulled).as_millis() as u64,
+        push_ms = (started.elapsed() - joined).as_millis() as u64,
+        "joined a community on another node"
+    );
     let (state, client) = (state.clone(), client.clone());
     tokio::spawn(async move { backfill_server(&state, &client, peer, server_id).await });
     Ok(server)
@@ -183,7 +219,33 @@ pub async fn on_connected(state: &AppState, client: &NetClient, peer: PeerId) {
     }
 }
 
-/// Backfills every text channel of a community from `peer`.
+/// Events of the first page backfill asks for in each channel: a page of
+/// `GET /api/channels/{id}/messages`.
+pub const LATEST_PAGE: u32 = crate::messages::DEFAULT_PAGE as u32;
+/// Most older events (below the latest page) one backfill run fetches per
+/// channel and peer; history older than that is not fetched from that peer.
+pub const MAX_OLDER_EVENTS: usize = 5_000;
+/// Most deferred events (their message not here yet) kept for a retry
+/// while older pages arrive.
+pub const MAX_DEFERRED: usize = 1_000;
+
+/// What is left of a channel after its latest page: the events between
+/// the cursor and the page.
+struct Gap {
+    channel_id: Uuid,
+    /// The stored cursor (events at or below it were handled before).
+    after: i64,
+    /// The lowest sequence number fetched so far.
+    below: i64,
+    /// The highest sequence number fetched (the new cursor when done).
+    top: i64,
+    /// Events that waited for their message, oldest first.
+    deferred: Vec<(i64, Envelope)>,
+}
+
+/// Backfills every text channel of a community from `peer`: first the
+/// latest page of each channel (what a member opening it reads), then each
+/// channel's older history, newest first, up to [`MAX_OLDER_EVENTS`].
 pub async fn backfill_server(state: &AppState, client: &NetClient, peer: PeerId, server_id: Uuid) {
     let channels: Vec<Uuid> =
         match sqlx::query_scalar("SELECT id FROM channels WHERE server_id = $1 AND kind = 'text' ORDER BY position, id")
@@ -197,67 +259,162 @@ pub async fn backfill_server(state: &AppState, client: &NetClient, peer: PeerId,
                 return;
             }
         };
+    let started = std::time::Instant::now();
+    let mut gaps = Vec::new();
     for channel_id in channels {
-        if let Err(err) = backfill_channel(state, client, peer, server_id, channel_id).await {
-            tracing::info!(%channel_id, %peer, error = %err, "backfill stopped");
+        match backfill_latest(state, client, peer, server_id, channel_id).await {
+            Ok(Some(gap)) => gaps.push(gap),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::info!(%channel_id, %peer, error = %err, "backfill stopped");
+                return;
+            }
+        }
+    }
+    tracing::debug!(%server_id, %peer, ms = started.elapsed().as_millis() as u64, "latest pages backfilled");
+    for gap in gaps {
+        let channel_id = gap.channel_id;
+        if let Err(err) = backfill_older(state, client, peer, server_id, gap).await {
+            tracing::info!(%channel_id, %peer, error = %err, "backfill of older history stopped");
             return;
         }
     }
+    tracing::debug!(%server_id, %peer, ms = started.elapsed().as_millis() as u64, "older history backfilled");
 }
 
-/// Pages through a channel's events on `peer` after the stored cursor,
-/// applying each as [`Source::Backfill`]. The cursor moves past events that
-/// were applied, known or rejected, and stops at one that is deferred (its
-/// message is not here yet), so the next backfill retries it.
-pub async fn backfill_channel(
+/// Asks `peer` for a page of a channel's events.
+async fn history_page(
+    client: &NetClient,
+    peer: PeerId,
+    server_id: Uuid,
+    channel_id: Uuid,
+    after: i64,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<(Vec<(i64, Envelope)>, bool), String> {
+    let request = SyncRequest::History {
+        server_id,
+        channel_id,
+        after,
+        limit,
+        before,
+        newest: true,
+    };
+    match client.request(peer, request).await.map_err(|e| e.to_string())? {
+        SyncResponse::History { events, done } => {
+            // Only events of the asked range, in ascending order.
+            let in_range = events.windows(2).all(|w| w[0].0 < w[1].0)
+                && events
+                    .iter()
+                    .all(|(seq, _)| *seq > after && before.is_none_or(|b| *seq < b));
+            if !in_range || events.len() > limit as usize {
+                return Err("history page out of range".into());
+            }
+            Ok((events, done))
+        }
+        SyncResponse::Error { code, message } => Err(format!("{code}: {message}")),
+        _ => Err("unexpected response".into()),
+    }
+}
+
+/// Applies a page of events (ascending) as [`Source::Backfill`]; events
+/// whose message is not here yet are returned, in order.
+async fn apply_page(
+    state: &AppState,
+    server_id: Uuid,
+    channel_id: Uuid,
+    events: Vec<(i64, Envelope)>,
+) -> Vec<(i64, Envelope)> {
+    let mut deferred = Vec::new();
+    for (seq, envelope) in events {
+        let belongs = MessageEvent::decode(envelope.event.kind.as_str(), &envelope.event.payload)
+            .map(|e| e.scope().channel == channel_id)
+            .unwrap_or(false);
+        if !belongs {
+            state.federation.counters().reject("wrong_channel");
+            continue;
+        }
+        if let Outcome::Deferred(_) = inbox::receive(state, server_id, &envelope.to_bytes(), Source::Backfill).await {
+            deferred.push((seq, envelope));
+        }
+    }
+    deferred
+}
+
+/// Fetches and applies the newest [`LATEST_PAGE`] events of a channel
+/// above the stored cursor. When that was all of them the cursor moves
+/// (up to the first event still deferred) and `None` is returned;
+/// otherwise the older rest is returned as a [`Gap`].
+async fn backfill_latest(
     state: &AppState,
     client: &NetClient,
     peer: PeerId,
     server_id: Uuid,
     channel_id: Uuid,
-) -> Result<(), String> {
-    let mut after = store::cursor(&state.db, &peer, channel_id)
+) -> Result<Option<Gap>, String> {
+    let after = store::cursor(&state.db, &peer, channel_id)
         .await
         .map_err(|e| e.to_string())?;
-    loop {
-        let request = SyncRequest::History {
-            server_id,
-            channel_id,
-            after,
-            limit: MAX_HISTORY_PAGE,
-        };
-        let (events, done) = match client.request(peer, request).await.map_err(|e| e.to_string())? {
-            SyncResponse::History { events, done } => (events, done),
-            SyncResponse::Error { code, message } => return Err(format!("{code}: {message}")),
-            _ => return Err("unexpected response".into()),
-        };
-        let mut reached = after;
-        for (seq, envelope) in events {
-            if seq <= reached {
-                continue;
-            }
-            let belongs = MessageEvent::decode(envelope.event.kind.as_str(), &envelope.event.payload)
-                .map(|e| e.scope().channel == channel_id)
-                .unwrap_or(false);
-            let outcome = if belongs {
-                inbox::receive(state, server_id, &envelope.to_bytes(), Source::Backfill).await
-            } else {
-                state.federation.counters().reject("wrong_channel");
-                Outcome::Rejected("wrong_channel")
-            };
-            if let Outcome::Deferred(_) = outcome {
-                break;
-            }
-            reached = seq;
-        }
+    let (events, done) = history_page(client, peer, server_id, channel_id, after, None, LATEST_PAGE).await?;
+    let (Some(below), Some(top)) = (events.first().map(|e| e.0), events.last().map(|e| e.0)) else {
+        return Ok(None);
+    };
+    let deferred = apply_page(state, server_id, channel_id, events).await;
+    if done {
+        // Everything above the cursor is here: move it up to the first
+        // event still waiting for its message, so the next backfill
+        // retries that one.
+        let reached = deferred.first().map_or(top, |(seq, _)| seq - 1);
         if reached > after {
             store::set_cursor(&state.db, &peer, channel_id, reached)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        if done || reached == after {
-            return Ok(());
-        }
-        after = reached;
+        return Ok(None);
     }
+    Ok(Some(Gap {
+        channel_id,
+        after,
+        below,
+        top,
+        deferred,
+    }))
+}
+
+/// Pages down through a channel's events between the cursor and its
+/// latest page, newest first, up to [`MAX_OLDER_EVENTS`], retrying
+/// deferred events as their messages arrive; then moves the cursor to
+/// the top of the latest page.
+async fn backfill_older(
+    state: &AppState,
+    client: &NetClient,
+    peer: PeerId,
+    server_id: Uuid,
+    mut gap: Gap,
+) -> Result<(), String> {
+    let mut fetched = 0;
+    while fetched < MAX_OLDER_EVENTS {
+        let limit = MAX_HISTORY_PAGE.min((MAX_OLDER_EVENTS - fetched) as u32);
+        let (events, done) =
+            history_page(client, peer, server_id, gap.channel_id, gap.after, Some(gap.below), limit).await?;
+        let Some(lowest) = events.first().map(|e| e.0) else {
+            break;
+        };
+        fetched += events.len();
+        gap.below = lowest;
+        let mut deferred = apply_page(state, server_id, gap.channel_id, events).await;
+        if !gap.deferred.is_empty() {
+            let retry = std::mem::take(&mut gap.deferred);
+            let mut still = apply_page(state, server_id, gap.channel_id, retry).await;
+            deferred.append(&mut still);
+        }
+        deferred.truncate(MAX_DEFERRED);
+        gap.deferred = deferred;
+        if done {
+            break;
+        }
+    }
+    store::set_cursor(&state.db, &peer, gap.channel_id, gap.top)
+        .await
+        .map_err(|e| e.to_string())
 }

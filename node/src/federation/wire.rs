@@ -9,8 +9,9 @@
 //!   members when the asker's digest of them differs from the
 //!   responder's (spec/federation.md §10).
 //! - `push_ops`: ops the sender believes the receiver lacks.
-//! - `history`: a page of a channel's signed message events after a cursor
-//!   (the responder's own sequence numbers), for backfill.
+//! - `history`: a page of a channel's signed message events in a range of
+//!   the responder's own sequence numbers, oldest or newest first, for
+//!   backfill.
 
 use std::net::SocketAddr;
 
@@ -44,12 +45,19 @@ pub enum SyncRequest {
         ops: Vec<String>,
         users: Vec<UserRow>,
     },
-    /// Message events of a channel after the responder's sequence `after`.
+    /// Message events of a channel with a responder's sequence number
+    /// above `after` and below `before` (if given): the oldest `limit` of
+    /// them, or with `newest` the newest `limit` (still in ascending
+    /// order). Backfill asks for the newest page first.
     History {
         server_id: Uuid,
         channel_id: Uuid,
         after: i64,
         limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<i64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        newest: bool,
     },
     /// The sender's voice relay listens on this UDP port (at the IP of the
     /// libp2p connection), or at `addr` when the sender announces one; the
@@ -85,7 +93,7 @@ pub enum SyncResponse {
     History {
         /// `(sequence, envelope)` in ascending sequence order.
         events: Vec<(i64, Envelope)>,
-        /// Whether the page reached the end.
+        /// Whether the page holds every event of the asked range.
         done: bool,
     },
     /// The responder's voice relay port (`0`: it runs none), and its
