@@ -85,6 +85,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// Most PostgreSQL connections the node keeps open (default 32).
+    pub database_max_connections: Option<u32>,
     pub log_format: Option<LogFormat>,
     pub max_upload_bytes: Option<u64>,
     pub web_dir: Option<PathBuf>,
@@ -107,6 +109,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// Size of the PostgreSQL connection pool.
+    pub database_max_connections: u32,
     pub log_format: LogFormat,
     pub max_upload_bytes: u64,
     pub web_dir: Option<PathBuf>,
@@ -137,6 +141,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "together-data";
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 300;
+pub const DEFAULT_DATABASE_MAX_CONNECTIONS: u32 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -166,6 +171,19 @@ fn check_relay_public(addr: Option<SocketAddr>) -> Result<Option<SocketAddr>, Co
     }
 }
 
+/// Checks the pool size: at least 2 (a structural change holds one
+/// connection for its transaction and reads with another), at most 1,000.
+fn check_pool_size(size: Option<u32>) -> Result<u32, ConfigError> {
+    match size {
+        None => Ok(DEFAULT_DATABASE_MAX_CONNECTIONS),
+        Some(n) if (2..=1000).contains(&n) => Ok(n),
+        Some(_) => Err(ConfigError::Invalid {
+            key: "database_max_connections",
+            reason: "must be between 2 and 1000",
+        }),
+    }
+}
+
 impl Config {
     /// Resolves flags and environment over the file over the defaults.
     pub fn resolve(node: &NodeArgs, run: &RunArgs) -> Result<Config, ConfigError> {
@@ -186,6 +204,7 @@ impl Config {
                 .clone()
                 .or(file.database_url)
                 .filter(|url| !url.trim().is_empty()),
+            database_max_connections: check_pool_size(file.database_max_connections)?,
             log_format: node.log_format.or(file.log_format).unwrap_or_default(),
             max_upload_bytes: run
                 .max_upload_bytes
@@ -219,6 +238,9 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_path_buf(),
             database_url: None,
+            // Tests run several nodes against one PostgreSQL (100
+            // connections by default); small pools keep them under it.
+            database_max_connections: 8,
             log_format: LogFormat::Text,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             web_dir: None,

@@ -45,7 +45,7 @@ impl Database {
             }
         };
         let pool = PgPoolOptions::new()
-            .max_connections(32)
+            .max_connections(config.database_max_connections)
             .min_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(options)
