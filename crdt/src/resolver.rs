@@ -170,6 +170,27 @@ pub fn genesis_op(
 }
 
 impl Resolver {
+    /// What a new op builds on: the entries of the valid heads, the op's
+    /// time (`now`, or later if a head is dated later) and the sorted
+    /// change hashes of those heads.
+    fn valid_basis(&self, now: i64) -> (Vec<usize>, i64, Vec<ChangeHash>) {
+        let heads: Vec<usize> = self
+            .valid_heads()
+            .iter()
+            .filter_map(|h| self.index.get(h).copied())
+            .collect();
+        let time = heads
+            .iter()
+            .map(|i| self.entries[*i].op.body().time)
+            .fold(now, i64::max);
+        let mut hashes: Vec<ChangeHash> = heads
+            .iter()
+            .filter_map(|i| self.entries[*i].check.as_ref().ok().map(|c| c.hash))
+            .collect();
+        hashes.sort();
+        (heads, time, hashes)
+    }
+
     /// An empty store for `community` that keeps at most `max_pending` ops
     /// waiting for parents or delegations (see [`DEFAULT_MAX_PENDING`]).
     pub fn new(community: Uuid, max_pending: usize) -> Self {
@@ -964,20 +985,7 @@ impl Resolver {
         if self.state.server.is_none() {
             return Err(BuildError::NoGenesis);
         }
-        let heads: Vec<usize> = self
-            .valid_heads()
-            .iter()
-            .filter_map(|h| self.index.get(h).copied())
-            .collect();
-        let time = heads
-            .iter()
-            .map(|i| self.entries[*i].op.body().time)
-            .fold(now, i64::max);
-        let mut hashes: Vec<ChangeHash> = heads
-            .iter()
-            .filter_map(|i| self.entries[*i].check.as_ref().ok().map(|c| c.hash))
-            .collect();
-        hashes.sort();
+        let (heads, time, hashes) = self.valid_basis(now);
         let (mut doc, _) = self.doc_on(&hashes)?;
         let mut parents: Vec<OpId> = heads.iter().map(|i| self.entries[*i].op.id()).collect();
         parents.sort();
@@ -1069,20 +1077,7 @@ impl Resolver {
         if matches!(command, Command::Genesis(_)) {
             return Err(BuildError::Rejected(Rejection::GenesisShape));
         }
-        let heads: Vec<usize> = self
-            .valid_heads()
-            .iter()
-            .filter_map(|h| self.index.get(h).copied())
-            .collect();
-        let time = heads
-            .iter()
-            .map(|i| self.entries[*i].op.body().time)
-            .fold(now, i64::max);
-        let mut hashes: Vec<ChangeHash> = heads
-            .iter()
-            .filter_map(|i| self.entries[*i].check.as_ref().ok().map(|c| c.hash))
-            .collect();
-        hashes.sort();
+        let (_, time, hashes) = self.valid_basis(now);
         let (mut doc, state) = self.doc_on(&hashes)?;
         if check {
             let standing = state.standing(&author.user_id());
