@@ -302,3 +302,14 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
         });
     }
 }
+
+/// Logs a database error met while handling a peer's request or event:
+/// an error, except once the pool is closed (the node is shutting down and
+/// the work is simply dropped; peers retry by sync).
+pub(crate) fn log_db_error(err: &sqlx::Error, doing: &'static str) {
+    if matches!(err, sqlx::Error::PoolClosed) {
+        tracing::debug!(doing, "database closed (shutting down); peer work dropped");
+    } else {
+        tracing::error!(error = %err, doing, "database error");
+    }
+}

@@ -112,7 +112,7 @@ pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source
     let outcome = match check_and_apply(state, server, data, source).await {
         Ok(outcome) => outcome,
         Err(err) => {
-            tracing::error!(error = %err, "database error while applying a federated event");
+            super::log_db_error(&err, "applying a federated event");
             Outcome::Deferred("database")
         }
     };

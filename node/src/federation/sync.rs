@@ -50,7 +50,7 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
         SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
     result.unwrap_or_else(|err| {
-        tracing::error!(error = %err, "database error answering a peer");
+        super::log_db_error(&err, "answering a peer");
         SyncResponse::error("internal", "the node could not answer")
     })
 }
