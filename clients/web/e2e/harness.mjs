@@ -45,6 +45,18 @@ function nodeBinary() {
   return join(target, "debug", "together-node");
 }
 
+/** Calls the node's REST API with JSON; throws with the status and body on a non-2xx answer. */
+export async function api(base, path, { token, body, method = body ? "POST" : "GET" } = {}) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
 /** The headless Rust voice participant: $TOGETHER_VOICE_BIN, or `cargo build -p together-tests --bin together-voice`. */
 export function voiceBinary() {
   if (process.env.TOGETHER_VOICE_BIN) return process.env.TOGETHER_VOICE_BIN;

@@ -11,7 +11,7 @@
 
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { voiceBinary } from "./harness.mjs";
+import { api, voiceBinary } from "./harness.mjs";
 
 export const name = "voice-rust";
 
@@ -21,17 +21,6 @@ const TEST_NAMES = [
   "rusty receives gina's audio and decodes it to sound",
   "rusty leaves on SIGTERM: a clean leave, and gina sees him go",
 ];
-
-async function api(base, path, { token, body, method = body ? "POST" : "GET" } = {}) {
-  const res = await fetch(`${base}${path}`, {
-    method,
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const data = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(data)}`);
-  return data;
-}
 
 /** Starts the Rust participant; collects its JSON lines. */
 function startRust(bin, args, password) {

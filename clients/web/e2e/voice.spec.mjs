@@ -8,6 +8,8 @@
 // without it closes the session with 4001 (unknown opcode). Once the node
 // answers op 4 (spec/voice.md), these tests run by themselves.
 
+import { api } from "./harness.mjs";
+
 export const name = "voice";
 
 const TEST_NAMES = [
@@ -18,17 +20,6 @@ const TEST_NAMES = [
   "dave mutes: erin sees it and the speaking ring goes out",
   "dave leaves: erin sees him go",
 ];
-
-async function api(base, path, { token, body, method = body ? "POST" : "GET" } = {}) {
-  const res = await fetch(`${base}${path}`, {
-    method,
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const data = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(data)}`);
-  return data;
-}
 
 /** Asks the node to join a voice channel on a gateway session of its own; says how it answered. */
 function probe(page, token, serverId, channelId) {
