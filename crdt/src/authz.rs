@@ -367,7 +367,7 @@ pub fn authorize(
                     }
                     if invite
                         .max_uses
-                        .is_some_and(|max| invite.uses >= i64::from(max))
+                        .is_some_and(|max| invite.uses() >= i64::from(max))
                     {
                         return Err(Rejection::InviteUsedUp);
                     }

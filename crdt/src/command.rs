@@ -259,7 +259,7 @@ impl Command {
             Self::Join { invite } => {
                 let mut t = vec![T::Member(*author)];
                 if let Some(code) = invite {
-                    t.push(T::Invite(code.clone()));
+                    t.push(T::InviteUse(code.clone(), *author));
                 }
                 t
             }

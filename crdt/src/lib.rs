@@ -28,6 +28,7 @@
 //! - [`error`]: [`Rejection`] (every reason an op is invalid, with a stable
 //!   code) and [`BuildError`].
 //! - `codec`: the strict reader for canonical bytes.
+//! - [`parallel`]: independent checks spread over the cores.
 
 mod codec;
 
@@ -35,6 +36,7 @@ pub mod authz;
 pub mod command;
 pub mod error;
 pub mod op;
+pub mod parallel;
 pub mod projection;
 pub mod resolver;
 pub mod schema;

@@ -179,13 +179,23 @@ impl OpBody {
 
     /// Parses canonical bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, OpError> {
+        Self::read(bytes, None)
+    }
+
+    /// [`Self::from_bytes`], taking the author from `known` when its bytes
+    /// are the author's (saving a point decompression).
+    fn read(bytes: &[u8], known: Option<&UserPublicKey>) -> Result<Self, OpError> {
         let mut r = Reader::new(bytes);
         let version = r.u8()?;
         if version != OP_VERSION {
             return Err(OpError::Version(version));
         }
         let community = r.uuid()?;
-        let author = UserPublicKey::from_bytes(&r.array::<32>()?)?;
+        let author = r.array::<32>()?;
+        let author = match known {
+            Some(key) if key.as_bytes() == &author => *key,
+            _ => UserPublicKey::from_bytes(&author)?,
+        };
         let time = r.i64()?;
         let n = r.len(32)?;
         if n > MAX_PARENTS {
@@ -272,7 +282,7 @@ impl Op {
         {
             return Err(OpError::DelegationMismatch);
         }
-        let body = OpBody::from_bytes(&event.payload)?;
+        let body = OpBody::read(&event.payload, delegation.as_ref().map(|d| &d.delegation.user))?;
         let command = Command::from_bytes(&body.command)?;
         Ok(Self {
             id: OpId(event.hash()),
@@ -364,12 +374,19 @@ impl Op {
             Ok((user, node, issued, expires, signature))
         })?;
         r.finish()?;
+        // Keys are points to decompress; the delegation usually names the
+        // signing node, and its user is the body's author, so each is
+        // decompressed once.
         let inline = match inline {
             None => None,
             Some((user, dnode, issued, expires, signature)) => Some(SignedDelegation {
                 delegation: together_protocol::identity::Delegation {
                     user: UserPublicKey::from_bytes(&user)?,
-                    node: NodePublicKey::from_bytes(&dnode)?,
+                    node: if &dnode == node.as_bytes() {
+                        node
+                    } else {
+                        NodePublicKey::from_bytes(&dnode)?
+                    },
                     issued,
                     expires,
                 },

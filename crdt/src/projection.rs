@@ -245,7 +245,7 @@ impl Projection {
                 channel_id: i.channel.filter(|c| state.channels.contains_key(c)),
                 inviter_id: i.inviter,
                 max_uses: i.max_uses,
-                uses: i32::try_from(i.uses.max(0)).unwrap_or(i32::MAX),
+                uses: i32::try_from(i.uses()).unwrap_or(i32::MAX),
                 expires_at: i.expires_at,
                 created_at: i.created_at,
             })

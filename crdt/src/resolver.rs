@@ -72,6 +72,15 @@ pub enum OpStatus {
     Pending,
 }
 
+/// The outcome of [`Resolver::check_signatures`] for one op.
+#[derive(Debug, Clone, Copy)]
+struct Signatures {
+    /// The node's signature over the op.
+    op: bool,
+    /// The inline delegation's signature (true without one).
+    delegation: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Checked {
     change: Change,
@@ -237,12 +246,15 @@ impl Resolver {
         out.pop().unwrap_or(Added::Duplicate)
     }
 
-    /// Adds ops in any order, resolving once at the end.
+    /// Adds ops in any order, resolving once at the end. Their signatures
+    /// are checked first, spread over the cores ([`crate::parallel`]).
     pub fn add_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Vec<Added> {
-        let mut outcomes = Vec::new();
+        let ops: Vec<Op> = ops.into_iter().collect();
+        let signatures = self.check_signatures(&ops);
+        let mut outcomes = Vec::with_capacity(ops.len());
         let mut stored_any = false;
-        for op in ops {
-            let outcome = self.insert(op);
+        for (op, signatures) in ops.into_iter().zip(signatures) {
+            let outcome = self.insert(op, signatures);
             stored_any |= outcome == Added::Stored;
             outcomes.push(outcome);
         }
@@ -300,7 +312,26 @@ impl Resolver {
         self.delegations.keys().copied().collect()
     }
 
-    fn insert(&mut self, op: Op) -> Added {
+    /// The signature checks of `ops` that do not depend on what is
+    /// stored: each op's node signature and its inline delegation's user
+    /// signature (unless that delegation is known). Ops already here are
+    /// not checked again.
+    fn check_signatures(&self, ops: &[Op]) -> Vec<Signatures> {
+        crate::parallel::map(ops, |op| {
+            let id = op.id();
+            if self.index.contains_key(&id) || self.pending.contains_key(&id) {
+                return Signatures { op: true, delegation: true };
+            }
+            Signatures {
+                op: op.event().verify_signature().is_ok(),
+                delegation: op.inline_delegation().is_none_or(|d| {
+                    self.delegations.contains_key(&d.hash()) || d.verify_signature().is_ok()
+                }),
+            }
+        })
+    }
+
+    fn insert(&mut self, op: Op, signatures: Signatures) -> Added {
         let id = op.id();
         if self.index.contains_key(&id) || self.pending.contains_key(&id) {
             return Added::Duplicate;
@@ -313,11 +344,14 @@ impl Resolver {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 self.delegations.entry(d.hash())
             {
-                if d.verify_signature().is_err() {
+                if !signatures.delegation {
                     return Added::Refused(Rejection::BadSignature);
                 }
                 slot.insert(*d);
             }
+        }
+        if !signatures.op {
+            return Added::Refused(Rejection::BadSignature);
         }
         let Some(delegation) = self.delegations.get(&op.delegation_hash()).copied() else {
             return self.park(op, None);
@@ -1106,7 +1140,8 @@ impl Resolver {
 }
 
 /// Stateless checks of an op given its delegation, whose signature was
-/// checked when it was recorded (so only its window is checked here).
+/// checked when it was recorded (so only its window is checked here). The
+/// op's own signature was checked by [`Resolver::check_signatures`].
 fn check_envelope(
     op: &Op,
     delegation: &SignedDelegation,
@@ -1123,9 +1158,6 @@ fn check_envelope(
     {
         return Err(Rejection::BadSignature);
     }
-    event
-        .verify_signature()
-        .map_err(|_| Rejection::BadSignature)?;
     delegation
         .delegation
         .check_window(body.time)

@@ -96,12 +96,15 @@ fn write_member(
     who: &UserPublicKey,
     time: i64,
 ) -> Result<()> {
+    // Three ops: a nickname is put when set, and each role held is a
+    // `role:<id>` key of this map (see [`ROLE_KEY`]).
     let m = new_map(tx, members, &who.user_id().to_string())?;
     put(tx, &m, "key", ScalarValue::Bytes(who.as_bytes().to_vec()))?;
-    put(tx, &m, "nick", ScalarValue::Null)?;
-    new_map(tx, &m, "roles")?;
     put(tx, &m, "joined", time)
 }
+
+/// The prefix of a member map's keys that name a role the member holds.
+pub(crate) const ROLE_KEY: &str = "role:";
 
 /// Writes `command` (already authorized) into the transaction.
 pub(crate) fn write(
@@ -250,18 +253,20 @@ pub(crate) fn write(
         Command::SetMemberRoles { user, roles } => {
             let members = obj(tx, &ROOT, "members")?;
             let m = obj(tx, &members, &user.to_string())?;
-            let held = obj(tx, &m, "roles")?;
-            let current: Vec<String> = tx.keys(&held).collect();
+            let current: Vec<String> = tx.keys(&m).filter(|k| k.starts_with(ROLE_KEY)).collect();
             for key in &current {
-                let keep = Uuid::parse_str(key).is_ok_and(|id| roles.contains(&id));
+                let keep = key
+                    .strip_prefix(ROLE_KEY)
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                    .is_some_and(|id| roles.contains(&id));
                 if !keep {
-                    delete(tx, &held, key)?;
+                    delete(tx, &m, key)?;
                 }
             }
             for role in roles {
-                let key = role.to_string();
+                let key = format!("{ROLE_KEY}{role}");
                 if !current.contains(&key) {
-                    put(tx, &held, &key, true)?;
+                    put(tx, &m, &key, true)?;
                 }
             }
             Ok(())
@@ -275,7 +280,8 @@ pub(crate) fn write(
             if let Some(code) = invite {
                 let invites = obj(tx, &ROOT, "invites")?;
                 let i = obj(tx, &invites, code)?;
-                tx.increment(&i, "uses", 1).map_err(doc_err)?;
+                let used = obj(tx, &i, "used")?;
+                put(tx, &used, &me.to_string(), true)?;
             }
             let members = obj(tx, &ROOT, "members")?;
             write_member(tx, &members, author, time)
@@ -320,7 +326,7 @@ pub(crate) fn write(
             )?;
             put(tx, &i, "inviter", me.to_string())?;
             put(tx, &i, "max_uses", opt_int(max_uses.map(i64::from)))?;
-            put(tx, &i, "uses", ScalarValue::counter(0))?;
+            new_map(tx, &i, "used")?;
             put(tx, &i, "expires", opt_int(*expires_at))?;
             put(tx, &i, "created", time)
         }

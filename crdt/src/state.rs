@@ -7,9 +7,9 @@
 //! server   {name, icon|null, description|null, owner, public, created}
 //! channels {<id>: {name, kind, parent|null, topic|null, position, overrides: {role:<id>|member:<id>: {allow, deny}}}}
 //! roles    {<id>: {name, permissions (uint), color|null, hoist, mentionable, position}}
-//! members  {<user id>: {key (bytes), nick|null, roles: {<role id>: true}, joined}}
+//! members  {<user id>: {key (bytes), joined, nick?, "role:<role id>": true ...}}
 //! bans     {<user id>: {reason|null, by, at}}
-//! invites  {<code>: {channel|null, inviter, max_uses|null, uses (counter), expires|null, created}}
+//! invites  {<code>: {channel|null, inviter, max_uses|null, used: {<user id>: true}, expires|null, created}}
 //! ```
 //!
 //! Reading never fails: a value of an unexpected shape reads as absent, so
@@ -83,9 +83,18 @@ pub struct Invite {
     pub channel: Option<Uuid>,
     pub inviter: Uuid,
     pub max_uses: Option<i32>,
-    pub uses: i64,
+    /// Everyone who joined with it (a use is one user, however often
+    /// they join again with the same code).
+    pub used: BTreeSet<Uuid>,
     pub expires_at: Option<i64>,
     pub created_at: i64,
+}
+
+impl Invite {
+    /// How often the invite was used.
+    pub fn uses(&self) -> i64 {
+        i64::try_from(self.used.len()).unwrap_or(i64::MAX)
+    }
 }
 
 /// A community's structure at some point of its history.
@@ -228,6 +237,19 @@ impl State {
                         None => self.invites.remove(code),
                     };
                 }
+                Touched::InviteUse(code, user) => {
+                    if let Some(invite) = self.invites.get_mut(code) {
+                        let key = user.to_string();
+                        if object_at(doc, &["invites", code, "used"])
+                            .and_then(|used| doc.get(&used, key.as_str()).ok().flatten())
+                            .is_some()
+                        {
+                            invite.used.insert(*user);
+                        } else {
+                            invite.used.remove(user);
+                        }
+                    }
+                }
             }
         }
     }
@@ -341,24 +363,34 @@ pub enum Touched {
     Member(Uuid),
     Ban(Uuid),
     Invite(String),
+    /// One user in an invite's `used` set (a join with it): re-read without
+    /// hydrating the whole set.
+    InviteUse(String, Uuid),
 }
 
 /// The current value of `section` (or of `section[key]`) as a hydrated
 /// map, if it is a map.
 fn hydrate_entry(doc: &Automerge, section: &str, key: Option<&str>) -> Option<Map> {
-    let (automerge::Value::Object(ObjType::Map), mut obj) = doc.get(ROOT, section).ok()?? else {
-        return None;
+    let obj = match key {
+        Some(key) => object_at(doc, &[section, key])?,
+        None => object_at(doc, &[section])?,
     };
-    if let Some(key) = key {
-        let (automerge::Value::Object(ObjType::Map), inner) = doc.get(&obj, key).ok()?? else {
-            return None;
-        };
-        obj = inner;
-    }
     match ReadDoc::hydrate(doc, &obj, None).ok()? {
         Value::Map(m) => Some(m),
         _ => None,
     }
+}
+
+/// The map at `path` from the root, if every step is a map.
+fn object_at(doc: &Automerge, path: &[&str]) -> Option<automerge::ObjId> {
+    let mut obj = ROOT;
+    for key in path {
+        let (automerge::Value::Object(ObjType::Map), inner) = doc.get(&obj, *key).ok()?? else {
+            return None;
+        };
+        obj = inner;
+    }
+    Some(obj)
 }
 
 fn map<'a>(m: &'a Map, key: &str) -> Option<&'a Map> {
@@ -495,9 +527,11 @@ fn read_member(m: &Map) -> Member {
         Some(ScalarValue::Bytes(b)) => UserPublicKey::from_bytes(b).ok(),
         _ => None,
     };
-    let roles = entries(m, "roles")
-        .filter(|(_, v)| matches!(v, Value::Scalar(ScalarValue::Boolean(true))))
-        .filter_map(|(k, _)| Uuid::parse_str(k).ok())
+    let roles = m
+        .iter()
+        .filter(|(_, v)| matches!(v.value, Value::Scalar(ScalarValue::Boolean(true))))
+        .filter_map(|(k, _)| k.strip_prefix(crate::schema::ROLE_KEY))
+        .filter_map(|id| Uuid::parse_str(id).ok())
         .collect();
     Member {
         key,
@@ -520,7 +554,7 @@ fn read_invite(m: &Map) -> Option<Invite> {
         channel: nullable_uuid(m, "channel").flatten(),
         inviter: uuid(m, "inviter")?,
         max_uses: nullable_int32(m, "max_uses").flatten(),
-        uses: int(m, "uses").unwrap_or(0),
+        used: entries(m, "used").filter_map(|(k, _)| Uuid::parse_str(k).ok()).collect(),
         expires_at: nullable_int(m, "expires").flatten(),
         created_at: int(m, "created").unwrap_or(0),
     })

@@ -112,6 +112,7 @@ impl Effects {
 /// time under the op book's lock, taken before any database lock.
 pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> ApiResult<C::Output> {
     let mut book = state.federation.ops().lock().await;
+    book.settle().await;
     let mut tx = state.db.begin().await?;
     let mut effects = Effects::default();
     let output = command.apply(&mut tx, actor, &mut effects).await?;

@@ -64,6 +64,8 @@ struct Inner {
     counters: Counters,
     ops: ops::OpBook,
     ephemeral: ephemeral::Limits,
+    /// The last queued gateway announcement (see [`Federation::announce_in_order`]).
+    announcements: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What the federation layer has done, for `GET /api/node`.
@@ -106,6 +108,20 @@ impl Federation {
     /// The communities' resolvers and the structural-write lock.
     pub fn ops(&self) -> &ops::OpBook {
         &self.inner.ops
+    }
+
+    /// Runs `announce` in the background once every announcement queued
+    /// before it has run, so sessions see changes in the order they were
+    /// made while the caller goes on.
+    pub fn announce_in_order(&self, announce: impl Future<Output = ()> + Send + 'static) {
+        let mut last = self.inner.announcements.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let previous = last.take();
+        *last = Some(tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            announce.await;
+        }));
     }
 
     pub fn ephemeral_limits(&self) -> &ephemeral::Limits {

@@ -770,3 +770,48 @@ fn server_settings_need_manage_server_and_ownership_moves_only_by_the_owner() {
     );
     n.must(&c.member, Command::Kick { user: c.owner.id });
 }
+
+#[test]
+fn an_invite_counts_each_user_once_and_concurrent_joins_all_count() {
+    let owner = User::new(1);
+    let a = User::new(2);
+    let b = User::new(3);
+    let c = User::new(4);
+    let (mut n, _) = Node::found(100, &owner, genesis("Private", false));
+    n.must(
+        &owner,
+        Command::CreateInvite {
+            code: "pair".into(),
+            channel: None,
+            max_uses: Some(2),
+            expires_at: None,
+        },
+    );
+    let uses = |n: &Node| {
+        n.resolver
+            .projection()
+            .invites
+            .iter()
+            .find(|i| i.code == "pair")
+            .map(|i| i.uses)
+    };
+    let join = || Command::Join {
+        invite: Some("pair".into()),
+    };
+    // Joining again after leaving does not use the invite again.
+    n.must(&a, join());
+    n.must(&a, Command::Leave);
+    n.must(&a, join());
+    assert_eq!(uses(&n), Some(1));
+    // Two nodes let b and c in at the same time: both joins count, so the
+    // invite is used up on both once they sync.
+    let mut m = Node::new(101, n.community());
+    m.sync_from(&n);
+    n.must(&b, join());
+    m.must(&c, join());
+    n.sync_from(&m);
+    m.sync_from(&n);
+    assert_eq!(uses(&n), Some(3));
+    assert_eq!(n.json(), m.json());
+    refused(&mut n, &User::new(5), join(), Rejection::InviteUsedUp);
+}

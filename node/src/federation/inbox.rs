@@ -31,7 +31,7 @@ use sqlx::PgConnection;
 use together_protocol::federation::{
     Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, REVOCATIONS_TOPIC, Scope,
 };
-use together_protocol::identity::IdentityError;
+use together_protocol::identity::{IdentityError, SignedDelegation};
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
@@ -129,49 +129,79 @@ pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source
     outcome
 }
 
-async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: Source) -> Result<Outcome, sqlx::Error> {
+/// An envelope decoded and its payload read (steps 1 of the order above).
+struct Decoded {
+    envelope: Envelope,
+    kind: String,
+    event: MessageEvent,
+}
+
+fn decode(server: Uuid, data: &[u8]) -> Result<Decoded, Outcome> {
     use Outcome::Rejected;
     if data.len() > MAX_ENVELOPE_BYTES {
-        return Ok(Rejected("oversized"));
+        return Err(Rejected("oversized"));
     }
     let envelope = match Envelope::from_bytes(data) {
         Ok(e) => e,
-        Err(EnvelopeError::Oversized(_)) => return Ok(Rejected("oversized")),
-        Err(EnvelopeError::Malformed) => return Ok(Rejected("malformed")),
+        Err(EnvelopeError::Oversized(_)) => return Err(Rejected("oversized")),
+        Err(EnvelopeError::Malformed) => return Err(Rejected("malformed")),
     };
     let kind = envelope.event.kind.as_str().to_string();
     if !MessageEvent::is_kind(&kind) {
-        return Ok(Rejected("unknown_kind"));
+        return Err(Rejected("unknown_kind"));
     }
     let Ok(event) = MessageEvent::decode(&kind, &envelope.event.payload) else {
-        return Ok(Rejected("malformed_payload"));
+        return Err(Rejected("malformed_payload"));
     };
-    let scope = *event.scope();
-    if scope.server != server {
-        return Ok(Rejected("wrong_topic"));
+    if event.scope().server != server {
+        return Err(Rejected("wrong_topic"));
     }
-    let delegation = match &envelope.delegation {
-        Some(d) => *d,
-        None => match store::delegation_by_hash(&state.db, &envelope.event.delegation).await? {
-            Some(d) => d,
-            None => return Ok(Rejected("unknown_delegation")),
-        },
+    Ok(Decoded { envelope, kind, event })
+}
+
+/// The delegation an envelope is signed under: carried, or known here.
+async fn delegation_of(state: &AppState, envelope: &Envelope) -> Result<Option<SignedDelegation>, sqlx::Error> {
+    match &envelope.delegation {
+        Some(d) => Ok(Some(*d)),
+        None => store::delegation_by_hash(&state.db, &envelope.event.delegation).await,
+    }
+}
+
+/// Step 3's signatures: the acting user, or why not.
+fn verify(decoded: &Decoded, delegation: &SignedDelegation) -> Result<Uuid, Outcome> {
+    use Outcome::Rejected;
+    let event = &decoded.envelope.event;
+    let at_secs = decoded.event.scope().at.div_euclid(1000);
+    match event.verify(&decoded.kind, delegation, at_secs) {
+        Ok(user) => Ok(user),
+        Err(IdentityError::BadSignature) if event.verify_signature().is_err() => Err(Rejected("bad_signature")),
+        Err(IdentityError::DelegationMismatch) => Err(Rejected("unknown_delegation")),
+        Err(_) => Err(Rejected("bad_delegation")),
+    }
+}
+
+/// A revocation holds from its `issued` on: what the delegation signs for
+/// that time or later is refused; earlier history stays.
+fn revoked_at(revoked_from: Option<i64>, at_ms: i64) -> bool {
+    revoked_from.is_some_and(|from| at_ms >= from.saturating_mul(1000))
+}
+
+async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: Source) -> Result<Outcome, sqlx::Error> {
+    use Outcome::Rejected;
+    let decoded = match decode(server, data) {
+        Ok(d) => d,
+        Err(outcome) => return Ok(outcome),
     };
-    let at_secs = scope.at.div_euclid(1000);
-    let actor = match envelope.event.verify(&kind, &delegation, at_secs) {
+    let scope = *decoded.event.scope();
+    let Some(delegation) = delegation_of(state, &decoded.envelope).await? else {
+        return Ok(Rejected("unknown_delegation"));
+    };
+    let actor = match verify(&decoded, &delegation) {
         Ok(user) => user,
-        Err(IdentityError::BadSignature) if envelope.event.verify_signature().is_err() => {
-            return Ok(Rejected("bad_signature"));
-        }
-        Err(IdentityError::DelegationMismatch) => return Ok(Rejected("unknown_delegation")),
-        Err(_) => return Ok(Rejected("bad_delegation")),
+        Err(outcome) => return Ok(outcome),
     };
-    // A revocation holds from its `issued` on: what the delegation signs
-    // for that time or later is refused; earlier history stays.
-    if store::revoked_from(&state.db, &delegation)
-        .await?
-        .is_some_and(|from| scope.at >= from.saturating_mul(1000))
-    {
+    let Decoded { envelope, event, .. } = decoded;
+    if revoked_at(store::revoked_from(&state.db, &delegation).await?, scope.at) {
         return Ok(Rejected("revoked"));
     }
     if source == Source::Gossip {
@@ -197,7 +227,8 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
         // A concurrent delivery stored it first.
         return Ok(Outcome::Known);
     };
-    let applied = match apply(&mut tx, actor, &event, state.config.max_upload_bytes).await? {
+    let perms = permissions(&mut tx, actor, &scope).await?;
+    let applied = match apply(&mut tx, actor, perms, &event, state.config.max_upload_bytes).await? {
         Ok(applied) => applied,
         Err(outcome) => return Ok(outcome),
     };
@@ -205,6 +236,154 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
     tx.commit().await?;
     publish(state, applied).await;
     Ok(Outcome::Applied)
+}
+
+/// Validates and applies a page of backfilled envelopes of community
+/// `server`, in order, as [`receive`] would one by one with
+/// [`Source::Backfill`], but with the signatures checked in parallel, one
+/// lookup for what is already stored, permissions read once per author and
+/// channel, and one transaction (a savepoint per event, so a refused event
+/// leaves nothing behind). Counts the outcomes.
+pub async fn receive_page(state: &AppState, server: Uuid, page: &[Envelope]) -> Vec<Outcome> {
+    let outcomes = match check_and_apply_page(state, server, page).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            super::log_db_error(&err, "applying backfilled events");
+            vec![Outcome::Deferred("database"); page.len()]
+        }
+    };
+    let counters = state.federation.counters();
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Applied => counters.accepted(),
+            Outcome::Known => counters.duplicate(),
+            Outcome::Rejected(reason) => {
+                tracing::info!(reason, %server, "federated event rejected");
+                counters.reject(reason);
+            }
+            Outcome::Deferred(reason) => tracing::debug!(reason, %server, "federated event deferred"),
+        }
+    }
+    outcomes
+}
+
+async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[Envelope]) -> Result<Vec<Outcome>, sqlx::Error> {
+    use std::collections::HashMap;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; page.len()];
+    // Decoding and delegations, in order.
+    let mut checked: Vec<Option<(Decoded, SignedDelegation)>> = Vec::with_capacity(page.len());
+    let mut delegations: HashMap<[u8; 32], Option<SignedDelegation>> = HashMap::new();
+    for (i, envelope) in page.iter().enumerate() {
+        let decoded = match decode(server, &envelope.to_bytes()) {
+            Ok(d) => d,
+            Err(outcome) => {
+                outcomes[i] = Some(outcome);
+                checked.push(None);
+                continue;
+            }
+        };
+        let key = *decoded.envelope.event.delegation.as_bytes();
+        let delegation = match decoded.envelope.delegation {
+            Some(d) => Some(d),
+            None => match delegations.get(&key) {
+                Some(known) => *known,
+                None => {
+                    let found = delegation_of(state, &decoded.envelope).await?;
+                    delegations.insert(key, found);
+                    found
+                }
+            },
+        };
+        match delegation {
+            Some(d) => checked.push(Some((decoded, d))),
+            None => {
+                outcomes[i] = Some(Outcome::Rejected("unknown_delegation"));
+                checked.push(None);
+            }
+        }
+    }
+    // Signatures, spread over the cores.
+    let verified = together_crdt::parallel::map(&checked, |c| c.as_ref().map(|(decoded, d)| verify(decoded, d)));
+    let mut ready: Vec<(usize, Decoded, SignedDelegation, Uuid)> = Vec::new();
+    for (i, (c, v)) in checked.into_iter().zip(verified).enumerate() {
+        match (c, v) {
+            (Some((decoded, d)), Some(Ok(actor))) => ready.push((i, decoded, d, actor)),
+            (_, Some(Err(outcome))) => outcomes[i] = Some(outcome),
+            _ => {}
+        }
+    }
+    // Revocations, once per delegation; what is stored already, at once.
+    let mut revoked: HashMap<[u8; 32], Option<i64>> = HashMap::new();
+    for (_, _, d, _) in &ready {
+        let key = *d.hash().as_bytes();
+        if !revoked.contains_key(&key) {
+            revoked.insert(key, store::revoked_from(&state.db, d).await?);
+        }
+    }
+    let hashes: Vec<Vec<u8>> = ready.iter().map(|(_, d, _, _)| d.envelope.event.hash().to_vec()).collect();
+    let known: std::collections::HashSet<Vec<u8>> =
+        sqlx::query_scalar("SELECT hash FROM federation_events WHERE hash = ANY($1)")
+            .bind(&hashes)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    let mut tx = state.db.begin().await?;
+    // As in `check_and_apply`: the cursor is committed later, synchronously.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    let mut perms: HashMap<(Uuid, Uuid), Option<Permissions>> = HashMap::new();
+    let mut saved: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+    let mut applied = Vec::new();
+    for ((i, decoded, delegation, actor), hash) in ready.into_iter().zip(hashes) {
+        let scope = *decoded.event.scope();
+        if revoked_at(revoked.get(delegation.hash().as_bytes()).copied().flatten(), scope.at) {
+            outcomes[i] = Some(Outcome::Rejected("revoked"));
+            continue;
+        }
+        if known.contains(&hash) {
+            outcomes[i] = Some(Outcome::Known);
+            continue;
+        }
+        let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+            continue;
+        };
+        sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+        if store::insert_event(&mut *tx, &hash, scope.server, scope.channel, &decoded.envelope).await?.is_none() {
+            outcomes[i] = Some(Outcome::Known);
+            sqlx::query("RELEASE SAVEPOINT event").execute(&mut *tx).await?;
+            continue;
+        }
+        let p = match perms.get(&(actor, scope.channel)) {
+            Some(p) => *p,
+            None => {
+                let p = permissions(&mut tx, actor, &scope).await?;
+                perms.insert((actor, scope.channel), p);
+                p
+            }
+        };
+        match apply(&mut tx, actor, p, &decoded.event, state.config.max_upload_bytes).await? {
+            Ok(done) => {
+                if saved.insert(*delegation.hash().as_bytes()) {
+                    store::save_delegation(&mut *tx, &delegation).await?;
+                }
+                sqlx::query("RELEASE SAVEPOINT event").execute(&mut *tx).await?;
+                outcomes[i] = Some(Outcome::Applied);
+                applied.push(done);
+            }
+            Err(outcome) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT event").execute(&mut *tx).await?;
+                outcomes[i] = Some(outcome);
+            }
+        }
+    }
+    tx.commit().await?;
+    for done in applied {
+        publish(state, done).await;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Deferred("database")))
+        .collect())
 }
 
 /// What to tell the local bus after commit.
@@ -253,12 +432,13 @@ async fn permissions(conn: &mut PgConnection, actor: Uuid, scope: &Scope) -> Res
 async fn apply(
     tx: &mut PgConnection,
     actor: Uuid,
+    perms: Option<Permissions>,
     event: &MessageEvent,
     max_file_bytes: u64,
 ) -> Result<Result<Applied, Outcome>, sqlx::Error> {
     use Outcome::{Deferred, Rejected};
     let scope = *event.scope();
-    let Some(perms) = permissions(tx, actor, &scope).await? else {
+    let Some(perms) = perms else {
         return Ok(Err(Rejected("not_permitted")));
     };
     // The target message of anything but a create: its author and whether
@@ -451,7 +631,7 @@ async fn publish(state: &AppState, applied: Applied) {
                     state.bus.publish_remote(kind, audience, &message);
                 }
                 Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err, "cannot load an applied message"),
+                Err(err) => super::log_db_error(&err, "loading an applied message"),
             }
         }
         Applied::Edited(None) => {}

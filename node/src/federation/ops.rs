@@ -83,6 +83,11 @@ impl OpBook {
 pub struct Book {
     loaded: HashMap<Uuid, Loaded>,
     tick: u64,
+    /// Taken by each write of ops from peers, in the order they were
+    /// judged, before the book is released (see [`intake`]).
+    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// How many of those writes failed.
+    write_failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn status_text(status: Option<OpStatus>) -> String {
@@ -94,6 +99,13 @@ fn status_text(status: Option<OpStatus>) -> String {
 }
 
 impl Book {
+    /// Waits until every write of peers' ops judged so far is done. Whoever
+    /// writes structure while holding the book calls this first, so the
+    /// tables move in the order the resolvers did.
+    pub async fn settle(&self) {
+        drop(self.writes.lock().await);
+    }
+
     /// Drops a community's resolver (it is rebuilt from the op log on next
     /// use), e.g. after a transaction that added to it failed.
     pub fn forget(&mut self, server_id: Uuid) {
@@ -217,18 +229,8 @@ async fn insert_ops(conn: &mut PgConnection, rows: &[(Op, String)]) -> Result<()
 
 /// Writes every op whose status changed (or that is new) to the log.
 async fn save_statuses(conn: &mut PgConnection, loaded: &mut Loaded) -> Result<(), sqlx::Error> {
-    let mut changed = Vec::new();
-    for op in loaded.resolver.ops() {
-        let status = status_text(loaded.resolver.status(&op.id()));
-        if loaded.stored.get(&op.id()) != Some(&status) {
-            changed.push((op.clone(), status));
-        }
-    }
-    insert_ops(conn, &changed).await?;
-    for (op, status) in changed {
-        loaded.stored.insert(op.id(), status);
-    }
-    Ok(())
+    let changed = take_changed(loaded);
+    insert_ops(conn, &changed).await
 }
 
 /// Turns the state commands a local command recorded into signed ops for
@@ -372,10 +374,54 @@ pub struct Received {
 /// keeps them, and a change of the valid set rewrites the projection (one
 /// transaction) and tells the local gateway.
 pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<Received, sqlx::Error> {
+    let (received, written) = intake(state, server_id, ops, None).await?;
+    if let Some(written) = written {
+        settled(written).await?;
+    }
+    Ok(received)
+}
+
+/// A write of judged ops in flight (see [`intake`]).
+type Written = tokio::task::JoinHandle<Result<(), sqlx::Error>>;
+
+/// Waits for a write in flight and returns its outcome.
+async fn settled(written: Written) -> Result<(), sqlx::Error> {
+    written
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("writing ops: {e}")))?
+}
+
+/// What one intake writes: taken from the resolver under the book lock,
+/// written after it is released.
+struct Pending {
+    server_id: Uuid,
+    delegations: Vec<SignedDelegation>,
+    /// Ops new to the log or with a new status.
+    changed: Vec<(Op, String)>,
+    /// The projection, when the intake changed it.
+    projection: Option<together_crdt::Projection>,
+    /// The projection before the intake: what the tables hold once the
+    /// writes before this one are done, unless one of them failed.
+    before: together_crdt::Projection,
+    /// [`Book::write_failures`] when the intake was judged.
+    failures: u64,
+}
+
+/// Judges ops from a peer and starts writing what they changed (op log,
+/// delegations, projection: one transaction, after `first`, the profiles
+/// of their authors stored meanwhile). Writes run one at a time in the
+/// order they were judged, without the book lock, so the next batch can be
+/// judged while this one is written; the handle tells when it is done.
+async fn intake(
+    state: &AppState,
+    server_id: Uuid,
+    ops: Vec<Op>,
+    first: Option<Written>,
+) -> Result<(Received, Option<Written>), sqlx::Error> {
     let counters = state.federation.counters();
     let mut received = Received::default();
     if ops.is_empty() {
-        return Ok(received);
+        return Ok((received, None));
     }
     // Revocations of the delegations these ops are signed under go in
     // first, so an op made after its delegation was revoked is judged so.
@@ -384,7 +430,9 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
     hashes.dedup();
     let revocations = store::revocations_of(&state.db, &hashes).await?;
     let mut book = state.federation.ops().lock().await;
-    let changes = {
+    let started = std::time::Instant::now();
+    let count = ops.len();
+    let pending = {
         let loaded = book.get(state, server_id).await?;
         for revocation in revocations {
             let _ = loaded.resolver.add_revocation(revocation);
@@ -392,15 +440,12 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
         let before = loaded.resolver.projection().clone();
         let inline: Vec<Option<SignedDelegation>> = ops.iter().map(|op| op.inline_delegation().copied()).collect();
         let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
-        let started = std::time::Instant::now();
-        let count = ops.len();
         let outcomes = loaded.resolver.add_ops(ops);
-        let judged = started.elapsed();
         // The resolver checked the inline delegations of the ops it took.
-        let mut delegations_seen = Vec::new();
+        let mut delegations = Vec::new();
         for (outcome, d) in outcomes.iter().zip(inline) {
             if let (Added::Stored | Added::Pending, Some(d)) = (outcome, d) {
-                delegations_seen.push(d);
+                delegations.push(d);
             }
         }
         for outcome in outcomes {
@@ -419,37 +464,64 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
             }
         }
         received.missing = !loaded.resolver.missing_parents().is_empty();
-        let mut tx = state.db.begin().await?;
-        store::save_delegations(&mut tx, &delegations_seen).await?;
-        let result = async {
-            save_statuses(&mut tx, loaded).await?;
-            let logged = started.elapsed();
-            let changes = if *loaded.resolver.projection() != before {
-                Some(structure::write_projection(&mut tx, server_id, loaded.resolver.projection()).await?)
-            } else {
-                None
-            };
-            tx.commit().await?;
-            tracing::debug!(
-                %server_id,
-                ops = count,
-                judged_ms = judged.as_millis() as u64,
-                logged_ms = (logged - judged).as_millis() as u64,
-                projected_ms = (started.elapsed() - logged).as_millis() as u64,
-                "ops received"
-            );
-            Ok::<_, sqlx::Error>(changes)
-        }
-        .await;
-        match result {
-            Ok(changes) => changes,
-            Err(err) => {
-                book.forget(server_id);
-                return Err(err);
-            }
+        let projection = (*loaded.resolver.projection() != before).then(|| loaded.resolver.projection().clone());
+        Pending {
+            server_id,
+            delegations,
+            changed: take_changed(loaded),
+            projection,
+            before,
+            failures: 0,
         }
     };
+    let mut pending = pending;
+    pending.failures = book.write_failures.load(std::sync::atomic::Ordering::SeqCst);
+    let failures = book.write_failures.clone();
+    let judged = started.elapsed();
+    // In line behind the writes judged before this one, then free the
+    // book for the next batch.
+    let turn = book.writes.clone().lock_owned().await;
     drop(book);
+    let task_state = state.clone();
+    let written = tokio::spawn(async move {
+        let _turn = turn;
+        let state = task_state;
+        if let Some(first) = first {
+            settled(first).await?;
+        }
+        let writing = std::time::Instant::now();
+        match write_pending(&state, &pending, &failures).await {
+            Ok(changes) => {
+                tracing::debug!(
+                    server_id = %pending.server_id,
+                    ops = count,
+                    judged_ms = judged.as_millis() as u64,
+                    written_ms = writing.elapsed().as_millis() as u64,
+                    "ops received"
+                );
+                if let Some(changes) = changes
+                    && !changes.is_empty()
+                {
+                    // Telling this node's sessions reads the changed rows
+                    // back (a thousand members a query): nothing waits for it.
+                    let task = state.clone();
+                    state
+                        .federation
+                        .announce_in_order(async move { structure::announce(&task, &changes).await });
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // The resolver is ahead of the tables: rebuild it from the
+                // log on next use (ops lost here come back by sync); the
+                // writes queued behind this one read the tables first.
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(_turn);
+                state.federation.ops().lock().await.forget(pending.server_id);
+                Err(err)
+            }
+        }
+    });
     for reason in received.refused.iter().chain(&received.invalid) {
         counters.reject(reason);
         tracing::info!(reason, %server_id, "op from a peer refused or invalid");
@@ -460,12 +532,43 @@ pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<
     for _ in 0..received.duplicates {
         counters.duplicate();
     }
-    if let Some(changes) = changes
-        && !changes.is_empty()
-    {
-        structure::announce(state, &changes).await;
+    Ok((received, Some(written)))
+}
+
+/// Ops whose log row is missing or has another status, marked as written.
+fn take_changed(loaded: &mut Loaded) -> Vec<(Op, String)> {
+    let mut changed = Vec::new();
+    for op in loaded.resolver.ops() {
+        let status = status_text(loaded.resolver.status(&op.id()));
+        if loaded.stored.get(&op.id()) != Some(&status) {
+            changed.push((op.clone(), status));
+        }
     }
-    Ok(received)
+    for (op, status) in &changed {
+        loaded.stored.insert(op.id(), status.clone());
+    }
+    changed
+}
+
+/// Writes what one intake changed, in one transaction.
+async fn write_pending(
+    state: &AppState,
+    pending: &Pending,
+    failures: &std::sync::atomic::AtomicU64,
+) -> Result<Option<structure::Changes>, sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    store::save_delegations(&mut tx, &pending.delegations).await?;
+    insert_ops(&mut tx, &pending.changed).await?;
+    let changes = match &pending.projection {
+        // The tables hold `before` unless a write failed since.
+        Some(projection) if failures.load(std::sync::atomic::Ordering::SeqCst) == pending.failures => {
+            Some(structure::write_projection_over(&mut tx, pending.server_id, &pending.before, projection).await?)
+        }
+        Some(projection) => Some(structure::write_projection(&mut tx, pending.server_id, projection).await?),
+        None => None,
+    };
+    tx.commit().await?;
+    Ok(changes)
 }
 
 /// Gives a newly known revocation to every community in memory whose ops
@@ -477,6 +580,7 @@ pub async fn apply_revocation(state: &AppState, revocation: &SignedRevocation) -
     let mut all_changes = Vec::new();
     {
         let mut book = state.federation.ops().lock().await;
+        book.settle().await;
         let servers: Vec<Uuid> = book
             .loaded
             .iter()
@@ -640,9 +744,10 @@ fn parse_ids(ids: &[String]) -> Vec<OpId> {
 }
 
 fn decode_ops(hexes: &[String], counters: &super::Counters) -> Vec<Op> {
+    let decoded = together_crdt::parallel::map(hexes, |h| hex::decode(h).ok().map(|b| Op::from_wire(&b)));
     let mut ops = Vec::with_capacity(hexes.len());
-    for h in hexes {
-        match hex::decode(h).ok().map(|b| Op::from_wire(&b)) {
+    for op in decoded {
+        match op {
             Some(Ok(op)) => ops.push(op),
             Some(Err(together_crdt::OpError::TooLarge(_))) => counters.reject("oversized"),
             _ => counters.reject("malformed"),
@@ -849,26 +954,24 @@ pub async fn pull(
 ) -> Result<(Uuid, Vec<OpId>), SyncError> {
     let mut server = server_id;
     let mut peer_heads: Vec<OpId> = Vec::new();
+    // Rounds judged and being written.
+    let mut writes: Vec<Written> = Vec::new();
+    // The next round's answer, asked for while this round is judged.
+    let mut prefetched: Option<tokio::task::JoinHandle<Result<SyncResponse, String>>> = None;
     for _ in 0..MAX_SYNC_ROUNDS {
-        let have = match server {
-            Some(id) => heads(state, id).await?,
-            None => Vec::new(),
-        };
-        let digest = match server {
-            Some(id) => Some(super::revocations::of_members(state, id).await?.0),
-            None => None,
-        };
-        let request = SyncRequest::Ops {
-            server_id: server,
-            have: have.iter().map(OpId::to_hex).collect(),
-            invite: invite.clone(),
-            revocations: digest,
-        };
         let asked = std::time::Instant::now();
-        let response = client
-            .request(peer, request)
-            .await
-            .map_err(|e| SyncError::Net(e.to_string()))?;
+        let response = match prefetched.take() {
+            Some(next) => next.await.map_err(|e| SyncError::Net(e.to_string()))?,
+            None => {
+                let have = match server {
+                    Some(id) => heads(state, id).await?,
+                    None => Vec::new(),
+                };
+                let request = ops_request(state, server, &have, invite.clone()).await?;
+                client.request(peer, request).await.map_err(|e| e.to_string())
+            }
+        }
+        .map_err(SyncError::Net)?;
         let (id, ops, more, theirs, users, revocations) = match response {
             SyncResponse::Ops {
                 server_id,
@@ -886,15 +989,34 @@ pub async fn pull(
         }
         server = Some(id);
         peer_heads = parse_ids(&theirs);
-        save_profiles(state, &users).await?;
+        let fetched = asked.elapsed();
+        // Profiles are stored while the ops are judged, before their rows.
+        let profiles = {
+            let state = state.clone();
+            tokio::spawn(async move { save_profiles(&state, &users).await })
+        };
         // Revocations first: ops signed after one are then judged revoked.
         super::revocations::admit_all(state, &revocations).await?;
         let ops = decode_ops(&ops, state.federation.counters());
-        let fetched = asked.elapsed();
-        let received = receive(state, id, ops).await?;
+        let decoded = asked.elapsed();
+        if more && !ops.is_empty() {
+            // What this round brings stands for what this node will have:
+            // the peer answers with what follows it.
+            let mut have = heads(state, id).await?;
+            have.extend(frontier(&ops));
+            let request = ops_request(state, server, &have, invite.clone()).await?;
+            let client = client.clone();
+            prefetched = Some(tokio::spawn(async move {
+                client.request(peer, request).await.map_err(|e| e.to_string())
+            }));
+        }
+        // This round is written while the next is judged.
+        let (received, written) = intake(state, id, ops, Some(profiles)).await?;
+        writes.extend(written);
         tracing::debug!(
             server_id = %id,
             fetch_ms = fetched.as_millis() as u64,
+            decode_ms = (decoded - fetched).as_millis() as u64,
             total_ms = asked.elapsed().as_millis() as u64,
             stored = received.stored,
             more,
@@ -904,11 +1026,45 @@ pub async fn pull(
             break;
         }
     }
+    for written in writes {
+        settled(written).await?;
+    }
     let Some(server_id) = server else {
         return Err(SyncError::Unexpected);
     };
     push(state, client, peer, server_id, &peer_heads).await?;
     Ok((server_id, peer_heads))
+}
+
+/// An `ops` request for a community (by invite while its id is unknown)
+/// from a node whose heads are `have`.
+async fn ops_request(
+    state: &AppState,
+    server: Option<Uuid>,
+    have: &[OpId],
+    invite: Option<String>,
+) -> Result<SyncRequest, sqlx::Error> {
+    let digest = match server {
+        Some(id) => Some(super::revocations::of_members(state, id).await?.0),
+        None => None,
+    };
+    Ok(SyncRequest::Ops {
+        server_id: server,
+        have: have.iter().map(OpId::to_hex).collect(),
+        invite,
+        revocations: digest,
+    })
+}
+
+/// Most ops of a round named as heads when asking for the next round
+/// ahead of time (a wider round makes the peer resend some ops, which are
+/// then duplicates).
+const MAX_PREFETCH_HEADS: usize = 256;
+
+/// The ops of a batch that no other op of the batch names as a parent.
+fn frontier(ops: &[Op]) -> Vec<OpId> {
+    let parents: std::collections::HashSet<OpId> = ops.iter().flat_map(|op| op.body().parents.iter().copied()).collect();
+    ops.iter().map(Op::id).filter(|id| !parents.contains(id)).take(MAX_PREFETCH_HEADS).collect()
 }
 
 /// Sends `peer` the ops of a community it lacks, given its heads.

@@ -260,6 +260,18 @@ pub async fn write_projection(
     new: &Projection,
 ) -> Result<Changes, sqlx::Error> {
     let old = read_projection(conn, server_id).await?;
+    write_projection_over(conn, server_id, &old, new).await
+}
+
+/// [`write_projection`] when the caller knows what the tables hold (the
+/// projection it wrote last): only the difference is written, without
+/// reading the tables first.
+pub async fn write_projection_over(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    old: &Projection,
+    new: &Projection,
+) -> Result<Changes, sqlx::Error> {
     let mut changes = Changes {
         server_id,
         ..Changes::default()

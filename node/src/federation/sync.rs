@@ -8,7 +8,7 @@ use together_protocol::federation::{Envelope, MessageEvent};
 use together_protocol::identity::NodePublicKey;
 use uuid::Uuid;
 
-use super::inbox::{self, Outcome, Source};
+use super::inbox::{self, Outcome};
 use super::wire::{MAX_HISTORY_PAGE, SyncRequest, SyncResponse};
 use super::{ops, store};
 use crate::community::{self, invites::JoinServer};
@@ -198,6 +198,7 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
         push_ms = (started.elapsed() - joined).as_millis() as u64,
         "joined a community on another node"
     );
+    // The peer answers history requests once it knows the join.
     let (state, client) = (state.clone(), client.clone());
     tokio::spawn(async move { backfill_server(&state, &client, peer, server_id).await });
     Ok(server)
@@ -260,9 +261,17 @@ pub async fn backfill_server(state: &AppState, client: &NetClient, peer: PeerId,
             }
         };
     let started = std::time::Instant::now();
+    // Every channel's latest page at once: each is one request and one
+    // transaction.
+    let latest = futures::future::join_all(
+        channels
+            .iter()
+            .map(|channel_id| backfill_latest(state, client, peer, server_id, *channel_id)),
+    )
+    .await;
     let mut gaps = Vec::new();
-    for channel_id in channels {
-        match backfill_latest(state, client, peer, server_id, channel_id).await {
+    for (channel_id, result) in channels.iter().zip(latest) {
+        match result {
             Ok(Some(gap)) => gaps.push(gap),
             Ok(None) => {}
             Err(err) => {
@@ -317,7 +326,7 @@ async fn history_page(
     }
 }
 
-/// Applies a page of events (ascending) as [`Source::Backfill`]; events
+/// Applies a page of events (ascending) as [`inbox::Source::Backfill`]; events
 /// whose message is not here yet are returned, in order.
 async fn apply_page(
     state: &AppState,
@@ -325,7 +334,7 @@ async fn apply_page(
     channel_id: Uuid,
     events: Vec<(i64, Envelope)>,
 ) -> Vec<(i64, Envelope)> {
-    let mut deferred = Vec::new();
+    let mut page = Vec::with_capacity(events.len());
     for (seq, envelope) in events {
         let belongs = MessageEvent::decode(envelope.event.kind.as_str(), &envelope.event.payload)
             .map(|e| e.scope().channel == channel_id)
@@ -334,11 +343,15 @@ async fn apply_page(
             state.federation.counters().reject("wrong_channel");
             continue;
         }
-        if let Outcome::Deferred(_) = inbox::receive(state, server_id, &envelope.to_bytes(), Source::Backfill).await {
-            deferred.push((seq, envelope));
-        }
+        page.push((seq, envelope));
     }
-    deferred
+    let envelopes: Vec<Envelope> = page.iter().map(|(_, e)| e.clone()).collect();
+    let outcomes = inbox::receive_page(state, server_id, &envelopes).await;
+    page.into_iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Deferred(_)))
+        .map(|(event, _)| event)
+        .collect()
 }
 
 /// Fetches and applies the newest [`LATEST_PAGE`] events of a channel
