@@ -1110,7 +1110,7 @@ async fn forged_ops_are_rejected_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn communities_from_before_community_ops_still_work_locally() {
-    let net = TestNet::start(1).await.unwrap();
+    let net = TestNet::start(2).await.unwrap();
     let http = reqwest::Client::new();
     let alice = register(&http, &net[0].url, "alice").await.unwrap();
     let alice_id = uuid(&json!(alice.user_id));
@@ -1146,6 +1146,18 @@ async fn communities_from_before_community_ops_still_work_locally() {
         .await
         .unwrap();
     assert_eq!(ops, 0);
+    // Nobody on another node can join it, and is told why.
+    let invite = ok(alice
+        .post(&http, &format!("/api/servers/{sid}/invites"), json!({}))
+        .await
+        .unwrap());
+    let bob = register(&http, &net[1].url, "bob").await.unwrap();
+    let refused = bob
+        .post(&http, "/api/federation/join", json!({"code": invite["code"], "peer": net[0].addr()}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.body["code"], "local_only_server");
     // New communities are made of ops from the start.
     let fresh = ok(alice.post(&http, "/api/servers", json!({"name": "new"})).await.unwrap());
     let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1 AND status = 'valid'")

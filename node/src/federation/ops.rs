@@ -876,6 +876,15 @@ pub async fn answer_ops(
         return Ok(SyncResponse::error("unknown_invite", "no such invite, or it has expired or been used up"));
     };
     if !has_community(state, server_id).await? {
+        // A community made before signed community state (migration
+        // 0007) has rows but no genesis op: its id does not derive from
+        // an owner's key, so no other node could check its history.
+        if by_invite == Some(server_id) {
+            return Ok(SyncResponse::error(
+                "local_only_server",
+                "this community predates signed community state and can only be used on its own node",
+            ));
+        }
         return Ok(SyncResponse::error("unknown_server", "no such community here"));
     }
     let allowed = by_invite == Some(server_id) || store::node_has_member(&state.db, server_id, peer_node).await?;

@@ -112,6 +112,9 @@ async fn join_remote_server(
             JoinError::Refused { code, .. } if code == "banned" => {
                 ApiError::forbidden("banned", "you are banned from this server")
             }
+            JoinError::Refused { code, message } if code == "local_only_server" => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "local_only_server", message.clone())
+            }
             JoinError::Db(_) => ApiError::internal(err.to_string()),
             _ => ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "peer_failed", err.to_string()),
         }),
