@@ -184,7 +184,7 @@ impl Projection {
             .map(|(id, m)| MemberRow {
                 server_id: sid,
                 user_id: *id,
-                public_key: m.key.map(|k| k.to_string()),
+                public_key: m.key.map(|k| together_protocol::identity::base64url::encode(&k)),
                 nickname: m.nickname.clone(),
                 joined_at: m.joined_at,
             })

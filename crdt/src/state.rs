@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::hydrate::{Map, Value};
 use automerge::{Automerge, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
-use together_protocol::identity::UserPublicKey;
 use together_protocol::permissions::{
     ChannelOverrides, MemberContext, Override, Permissions, base_permissions, channel_permissions,
 };
@@ -64,7 +63,10 @@ pub struct Role {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub key: Option<UserPublicKey>,
+    /// The member's public key as stored: the bytes of the key that signed
+    /// the join (only changes a command explains are in the document, so
+    /// these are always a valid key; they are not decompressed here).
+    pub key: Option<[u8; 32]>,
     pub nickname: Option<String>,
     /// Role ids as stored; ids of deleted roles are ignored by readers.
     pub roles: BTreeSet<Uuid>,
@@ -524,7 +526,7 @@ fn read_role(m: &Map) -> Option<Role> {
 
 fn read_member(m: &Map) -> Member {
     let key = match scalar(m, "key") {
-        Some(ScalarValue::Bytes(b)) => UserPublicKey::from_bytes(b).ok(),
+        Some(ScalarValue::Bytes(b)) => <[u8; 32]>::try_from(b.as_slice()).ok(),
         _ => None,
     };
     let roles = m
