@@ -316,8 +316,8 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[Envelope])
     let mut revoked: HashMap<[u8; 32], Option<i64>> = HashMap::new();
     for (_, _, d, _) in &ready {
         let key = *d.hash().as_bytes();
-        if !revoked.contains_key(&key) {
-            revoked.insert(key, store::revoked_from(&state.db, d).await?);
+        if let std::collections::hash_map::Entry::Vacant(slot) = revoked.entry(key) {
+            slot.insert(store::revoked_from(&state.db, d).await?);
         }
     }
     let hashes: Vec<Vec<u8>> = ready.iter().map(|(_, d, _, _)| d.envelope.event.hash().to_vec()).collect();
