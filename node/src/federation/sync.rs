@@ -368,11 +368,19 @@ async fn backfill_latest(
     let after = store::cursor(&state.db, &peer, channel_id)
         .await
         .map_err(|e| e.to_string())?;
+    let asked = std::time::Instant::now();
     let (events, done) = history_page(client, peer, server_id, channel_id, after, None, LATEST_PAGE).await?;
     let (Some(below), Some(top)) = (events.first().map(|e| e.0), events.last().map(|e| e.0)) else {
         return Ok(None);
     };
+    let fetched = asked.elapsed();
     let deferred = apply_page(state, server_id, channel_id, events).await;
+    tracing::debug!(
+        %channel_id,
+        fetch_ms = fetched.as_millis() as u64,
+        apply_ms = (asked.elapsed() - fetched).as_millis() as u64,
+        "latest page"
+    );
     if done {
         // Everything above the cursor is here: move it up to the first
         // event still waiting for its message, so the next backfill
