@@ -474,6 +474,9 @@ async fn intake(
             failures: 0,
         }
     };
+    // Read under the book: a failed write forgets the resolver before it
+    // counts, so a batch judged on a resolver that is still ahead of the
+    // tables sees the count move by the time it is written.
     let mut pending = pending;
     pending.failures = book.write_failures.load(std::sync::atomic::Ordering::SeqCst);
     let failures = book.write_failures.clone();
@@ -513,11 +516,14 @@ async fn intake(
             }
             Err(err) => {
                 // The resolver is ahead of the tables: rebuild it from the
-                // log on next use (ops lost here come back by sync); the
-                // writes queued behind this one read the tables first.
-                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // log on next use (ops lost here come back by sync). Writes
+                // of batches judged before the rebuild read the tables
+                // first: the count moves only once the resolver is gone.
                 drop(_turn);
-                state.federation.ops().lock().await.forget(pending.server_id);
+                let mut book = state.federation.ops().lock().await;
+                book.forget(pending.server_id);
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(book);
                 Err(err)
             }
         }
