@@ -88,9 +88,6 @@ fn main() {
 }
 
 fn judge(community: uuid::Uuid, all: &[Op]) {
-    if std::env::var_os("APPLY_COST").is_some() {
-        return apply_cost(all);
-    }
     for _ in 0..2 {
         let t = Instant::now();
         let mut fresh = Resolver::new(community, DEFAULT_MAX_PENDING);
@@ -104,20 +101,3 @@ fn judge(community: uuid::Uuid, all: &[Op]) {
     }
 }
 
-#[allow(dead_code)]
-fn apply_cost(all: &[Op]) {
-    let changes: Vec<automerge::Change> = all
-        .iter()
-        .map(|op| automerge::Change::from_bytes(op.body().change.clone()).unwrap())
-        .collect();
-    let split = changes.len() - 1000;
-    let t = Instant::now();
-    let mut doc = automerge::Automerge::new();
-    doc.apply_changes(changes[..split].iter().cloned()).unwrap();
-    eprintln!("batch apply {} changes: {:?}", split, t.elapsed());
-    let t = Instant::now();
-    for c in &changes[split..] {
-        doc.apply_changes([c.clone()]).unwrap();
-    }
-    eprintln!("1000 single applies: {:?}", t.elapsed());
-}

@@ -116,6 +116,12 @@ pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source
             Outcome::Deferred("database")
         }
     };
+    count(state, server, outcome);
+    outcome
+}
+
+/// Counts (and logs) what happened to one event of community `server`.
+fn count(state: &AppState, server: Uuid, outcome: Outcome) {
     let counters = state.federation.counters();
     match outcome {
         Outcome::Applied => counters.accepted(),
@@ -126,7 +132,6 @@ pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source
         }
         Outcome::Deferred(reason) => tracing::debug!(reason, %server, "federated event deferred"),
     }
-    outcome
 }
 
 /// An envelope decoded and its payload read (steps 1 of the order above).
@@ -244,7 +249,7 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
 /// lookup for what is already stored, permissions read once per author and
 /// channel, and one transaction (a savepoint per event, so a refused event
 /// leaves nothing behind). Counts the outcomes.
-pub async fn receive_page(state: &AppState, server: Uuid, page: &[Envelope]) -> Vec<Outcome> {
+pub async fn receive_page(state: &AppState, server: Uuid, page: &[&Envelope]) -> Vec<Outcome> {
     let outcomes = match check_and_apply_page(state, server, page).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
@@ -252,22 +257,13 @@ pub async fn receive_page(state: &AppState, server: Uuid, page: &[Envelope]) -> 
             vec![Outcome::Deferred("database"); page.len()]
         }
     };
-    let counters = state.federation.counters();
     for outcome in &outcomes {
-        match outcome {
-            Outcome::Applied => counters.accepted(),
-            Outcome::Known => counters.duplicate(),
-            Outcome::Rejected(reason) => {
-                tracing::info!(reason, %server, "federated event rejected");
-                counters.reject(reason);
-            }
-            Outcome::Deferred(reason) => tracing::debug!(reason, %server, "federated event deferred"),
-        }
+        count(state, server, *outcome);
     }
     outcomes
 }
 
-async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[Envelope]) -> Result<Vec<Outcome>, sqlx::Error> {
+async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]) -> Result<Vec<Outcome>, sqlx::Error> {
     use std::collections::HashMap;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; page.len()];
     // Decoding and delegations, in order.

@@ -430,6 +430,11 @@ async fn intake(
     hashes.dedup();
     let revocations = store::revocations_of(&state.db, &hashes).await?;
     let mut book = state.federation.ops().lock().await;
+    // Read under the book: a failed write forgets the resolver before it
+    // counts, so a batch judged on a resolver that is still ahead of the
+    // tables sees the count move by the time it is written.
+    let failures_seen = book.write_failures.load(std::sync::atomic::Ordering::SeqCst);
+    let failures = book.write_failures.clone();
     let started = std::time::Instant::now();
     let count = ops.len();
     let pending = {
@@ -471,15 +476,9 @@ async fn intake(
             changed: take_changed(loaded),
             projection,
             before,
-            failures: 0,
+            failures: failures_seen,
         }
     };
-    // Read under the book: a failed write forgets the resolver before it
-    // counts, so a batch judged on a resolver that is still ahead of the
-    // tables sees the count move by the time it is written.
-    let mut pending = pending;
-    pending.failures = book.write_failures.load(std::sync::atomic::Ordering::SeqCst);
-    let failures = book.write_failures.clone();
     let judged = started.elapsed();
     // In line behind the writes judged before this one, then free the
     // book for the next batch.

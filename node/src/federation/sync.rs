@@ -345,7 +345,7 @@ async fn apply_page(
         }
         page.push((seq, envelope));
     }
-    let envelopes: Vec<Envelope> = page.iter().map(|(_, e)| e.clone()).collect();
+    let envelopes: Vec<&Envelope> = page.iter().map(|(_, e)| e).collect();
     let outcomes = inbox::receive_page(state, server_id, &envelopes).await;
     page.into_iter()
         .zip(outcomes)
