@@ -7,7 +7,9 @@
 //! same bytes from [`Projection::to_json`], on every replica. Foreign keys are
 //! resolved the way the tables' `ON DELETE` clauses would: a parent channel
 //! or an invite's channel that is gone reads as null, role assignments and
-//! overrides of deleted roles disappear.
+//! overrides of deleted roles disappear. A ban wins over membership: a join
+//! concurrent with the joiner's ban leaves a member entry in the document,
+//! but a banned user is never a member row (nor holds roles).
 
 use serde::Serialize;
 use together_protocol::permissions::Permissions;
@@ -181,6 +183,7 @@ impl Projection {
         let members = state
             .members
             .iter()
+            .filter(|(id, _)| !state.bans.contains_key(id))
             .map(|(id, m)| MemberRow {
                 server_id: sid,
                 user_id: *id,
@@ -192,6 +195,7 @@ impl Projection {
         let member_roles = state
             .members
             .keys()
+            .filter(|id| !state.bans.contains_key(id))
             .flat_map(|user| {
                 state
                     .held_roles(user)
