@@ -48,5 +48,5 @@ pub use command::{ChannelKind, Command, Genesis, OverrideTarget};
 pub use error::{BuildError, Rejection};
 pub use op::{Actor, MAX_OP_BYTES, OP_KIND, Op, OpBody, OpError, OpId, UnsignedOp, community_id};
 pub use projection::Projection;
-pub use resolver::{Added, DEFAULT_MAX_PENDING, OpStatus, Resolver, genesis_op};
+pub use resolver::{Added, CheckedOp, DEFAULT_MAX_PENDING, OpStatus, Resolver, genesis_op};
 pub use state::{Standing, State};

@@ -72,13 +72,53 @@ pub enum OpStatus {
     Pending,
 }
 
-/// The outcome of [`Resolver::check_signatures`] for one op.
+/// The signature checks of one op, which depend on nothing stored.
 #[derive(Debug, Clone, Copy)]
 struct Signatures {
     /// The node's signature over the op.
     op: bool,
     /// The inline delegation's signature (true without one).
     delegation: bool,
+}
+
+impl Signatures {
+    /// Skipped checks count as passed: `op` false for an op already
+    /// stored, `delegation` false for a delegation already known.
+    fn check(op: &Op, check_op: bool, check_delegation: bool) -> Self {
+        Signatures {
+            op: !check_op || op.event().verify_signature().is_ok(),
+            delegation: !check_delegation || op.inline_delegation().is_none_or(|d| d.verify_signature().is_ok()),
+        }
+    }
+}
+
+/// An op whose signatures were checked ahead of [`Resolver::add_checked`]:
+/// on other threads, say, while an earlier batch is judged.
+#[derive(Debug, Clone)]
+pub struct CheckedOp {
+    op: Op,
+    signatures: Signatures,
+}
+
+impl CheckedOp {
+    /// Checks the op's node signature and its inline delegation's.
+    pub fn check(op: Op) -> Self {
+        let signatures = Signatures::check(&op, true, true);
+        CheckedOp { op, signatures }
+    }
+
+    /// [`CheckedOp::check`] of every op, spread over the cores, in order.
+    pub fn check_all(ops: Vec<Op>) -> Vec<CheckedOp> {
+        let signatures = crate::parallel::map(&ops, |op| Signatures::check(op, true, true));
+        ops.into_iter()
+            .zip(signatures)
+            .map(|(op, signatures)| CheckedOp { op, signatures })
+            .collect()
+    }
+
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -247,13 +287,44 @@ impl Resolver {
     }
 
     /// Adds ops in any order, resolving once at the end. Their signatures
-    /// are checked first, spread over the cores ([`crate::parallel`]).
+    /// are checked on the other cores while the ops are judged in order on
+    /// this one ([`crate::parallel::stream`]); ops and delegations already
+    /// known are not checked again.
     pub fn add_ops(&mut self, ops: impl IntoIterator<Item = Op>) -> Vec<Added> {
         let ops: Vec<Op> = ops.into_iter().collect();
-        let signatures = self.check_signatures(&ops);
+        // Each op with the checks it needs.
+        let jobs: Vec<(&Op, bool, bool)> = ops
+            .iter()
+            .map(|op| {
+                let id = op.id();
+                let new = !self.index.contains_key(&id) && !self.pending.contains_key(&id);
+                let delegation = op.inline_delegation().is_some_and(|d| !self.delegations.contains_key(&d.hash()));
+                (op, new, new && delegation)
+            })
+            .collect();
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut stored_any = false;
-        for (op, signatures) in ops.into_iter().zip(signatures) {
+        crate::parallel::stream(
+            &jobs,
+            |(op, check_op, check_delegation)| Signatures::check(op, *check_op, *check_delegation),
+            |i, signatures| {
+                let outcome = self.insert(ops[i].clone(), signatures);
+                stored_any |= outcome == Added::Stored;
+                outcomes.push(outcome);
+            },
+        );
+        if stored_any {
+            self.resolve();
+        }
+        outcomes
+    }
+
+    /// Adds ops whose signatures were checked already, in any order,
+    /// resolving once at the end.
+    pub fn add_checked(&mut self, ops: impl IntoIterator<Item = CheckedOp>) -> Vec<Added> {
+        let mut outcomes = Vec::new();
+        let mut stored_any = false;
+        for CheckedOp { op, signatures } in ops {
             let outcome = self.insert(op, signatures);
             stored_any |= outcome == Added::Stored;
             outcomes.push(outcome);
@@ -310,25 +381,6 @@ impl Resolver {
     /// under (as far as known).
     pub fn delegation_hashes(&self) -> Vec<DelegationHash> {
         self.delegations.keys().copied().collect()
-    }
-
-    /// The signature checks of `ops` that do not depend on what is
-    /// stored: each op's node signature and its inline delegation's user
-    /// signature (unless that delegation is known). Ops already here are
-    /// not checked again.
-    fn check_signatures(&self, ops: &[Op]) -> Vec<Signatures> {
-        crate::parallel::map(ops, |op| {
-            let id = op.id();
-            if self.index.contains_key(&id) || self.pending.contains_key(&id) {
-                return Signatures { op: true, delegation: true };
-            }
-            Signatures {
-                op: op.event().verify_signature().is_ok(),
-                delegation: op.inline_delegation().is_none_or(|d| {
-                    self.delegations.contains_key(&d.hash()) || d.verify_signature().is_ok()
-                }),
-            }
-        })
     }
 
     fn insert(&mut self, op: Op, signatures: Signatures) -> Added {
@@ -1141,7 +1193,7 @@ impl Resolver {
 
 /// Stateless checks of an op given its delegation, whose signature was
 /// checked when it was recorded (so only its window is checked here). The
-/// op's own signature was checked by [`Resolver::check_signatures`].
+/// op's own signature was checked before it was inserted.
 fn check_envelope(
     op: &Op,
     delegation: &SignedDelegation,

@@ -28,8 +28,8 @@ use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
 use together_crdt::{
-    Actor, Added, BuildError, Command as StateCommand, DEFAULT_MAX_PENDING, MAX_OP_BYTES, OP_KIND, Op, OpId,
-    OpStatus, Resolver, genesis_op,
+    Actor, Added, BuildError, CheckedOp, Command as StateCommand, DEFAULT_MAX_PENDING, MAX_OP_BYTES, OP_KIND, Op,
+    OpId, OpStatus, Resolver, genesis_op,
 };
 use together_protocol::federation::state_topic;
 use together_protocol::identity::{SignedDelegation, SignedRevocation, UserPublicKey};
@@ -374,11 +374,46 @@ pub struct Received {
 /// keeps them, and a change of the valid set rewrites the projection (one
 /// transaction) and tells the local gateway.
 pub async fn receive(state: &AppState, server_id: Uuid, ops: Vec<Op>) -> Result<Received, sqlx::Error> {
-    let (received, written) = intake(state, server_id, ops, None).await?;
+    let (received, written) = intake(state, server_id, Batch::Decoded(ops), None).await?;
     if let Some(written) = written {
         settled(written).await?;
     }
     Ok(received)
+}
+
+/// Ops for [`intake`]: as decoded (their signatures are checked while they
+/// are judged), or checked already (an answer fetched ahead is checked
+/// while the batch before it is judged).
+enum Batch {
+    Decoded(Vec<Op>),
+    Checked(Vec<CheckedOp>),
+}
+
+impl Batch {
+    fn ops(&self) -> Box<dyn Iterator<Item = &Op> + '_> {
+        match self {
+            Batch::Decoded(ops) => Box::new(ops.iter()),
+            Batch::Checked(ops) => Box::new(ops.iter().map(CheckedOp::op)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Batch::Decoded(ops) => ops.len(),
+            Batch::Checked(ops) => ops.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn add_to(self, resolver: &mut Resolver) -> Vec<Added> {
+        match self {
+            Batch::Decoded(ops) => resolver.add_ops(ops),
+            Batch::Checked(ops) => resolver.add_checked(ops),
+        }
+    }
 }
 
 /// A write of judged ops in flight (see [`intake`]).
@@ -415,7 +450,7 @@ struct Pending {
 async fn intake(
     state: &AppState,
     server_id: Uuid,
-    ops: Vec<Op>,
+    ops: Batch,
     first: Option<Written>,
 ) -> Result<(Received, Option<Written>), sqlx::Error> {
     let counters = state.federation.counters();
@@ -425,7 +460,7 @@ async fn intake(
     }
     // Revocations of the delegations these ops are signed under go in
     // first, so an op made after its delegation was revoked is judged so.
-    let mut hashes: Vec<_> = ops.iter().map(Op::delegation_hash).collect();
+    let mut hashes: Vec<_> = ops.ops().map(Op::delegation_hash).collect();
     hashes.sort();
     hashes.dedup();
     let revocations = store::revocations_of(&state.db, &hashes).await?;
@@ -443,9 +478,9 @@ async fn intake(
             let _ = loaded.resolver.add_revocation(revocation);
         }
         let before = loaded.resolver.projection().clone();
-        let inline: Vec<Option<SignedDelegation>> = ops.iter().map(|op| op.inline_delegation().copied()).collect();
-        let ids: Vec<OpId> = ops.iter().map(Op::id).collect();
-        let outcomes = loaded.resolver.add_ops(ops);
+        let inline: Vec<Option<SignedDelegation>> = ops.ops().map(|op| op.inline_delegation().copied()).collect();
+        let ids: Vec<OpId> = ops.ops().map(Op::id).collect();
+        let outcomes = ops.add_to(&mut loaded.resolver);
         // The resolver checked the inline delegations of the ops it took.
         let mut delegations = Vec::new();
         for (outcome, d) in outcomes.iter().zip(inline) {
@@ -970,19 +1005,20 @@ pub async fn pull(
     let mut peer_heads: Vec<OpId> = Vec::new();
     // Rounds judged and being written.
     let mut writes: Vec<Written> = Vec::new();
-    // The next round's answer, asked for while this round is judged.
-    let mut prefetched: Option<tokio::task::JoinHandle<Result<SyncResponse, String>>> = None;
+    // The next round's answer, asked for, decoded and checked while this
+    // round is judged.
+    let mut prefetched: Option<tokio::task::JoinHandle<Result<(SyncResponse, Vec<CheckedOp>), String>>> = None;
     for _ in 0..MAX_SYNC_ROUNDS {
         let asked = std::time::Instant::now();
-        let response = match prefetched.take() {
-            Some(next) => next.await.map_err(|e| SyncError::Net(e.to_string()))?,
+        let (response, checked) = match prefetched.take() {
+            Some(next) => next.await.map_err(|e| SyncError::Net(e.to_string()))?.map(|(r, c)| (r, Some(c))),
             None => {
                 let have = match server {
                     Some(id) => heads(state, id).await?,
                     None => Vec::new(),
                 };
                 let request = ops_request(state, server, &have, invite.clone()).await?;
-                client.request(peer, request).await.map_err(|e| e.to_string())
+                client.request(peer, request).await.map(|r| (r, None)).map_err(|e| e.to_string())
             }
         }
         .map_err(SyncError::Net)?;
@@ -1011,7 +1047,10 @@ pub async fn pull(
         };
         // Revocations first: ops signed after one are then judged revoked.
         super::revocations::admit_all(state, &revocations).await?;
-        let ops = decode_ops(&ops, state.federation.counters());
+        let ops = match checked {
+            Some(checked) => Batch::Checked(checked),
+            None => Batch::Decoded(decode_ops(&ops, state.federation.counters())),
+        };
         let decoded = asked.elapsed();
         if more && !ops.is_empty() {
             // What this round brings stands for what this node will have:
@@ -1019,9 +1058,19 @@ pub async fn pull(
             let mut have = heads(state, id).await?;
             have.extend(frontier(&ops));
             let request = ops_request(state, server, &have, invite.clone()).await?;
-            let client = client.clone();
+            let (client, task_state) = (client.clone(), state.clone());
             prefetched = Some(tokio::spawn(async move {
-                client.request(peer, request).await.map_err(|e| e.to_string())
+                let mut response = client.request(peer, request).await.map_err(|e| e.to_string())?;
+                let hexes = match &mut response {
+                    SyncResponse::Ops { ops, .. } => std::mem::take(ops),
+                    _ => Vec::new(),
+                };
+                let checked = tokio::task::spawn_blocking(move || {
+                    CheckedOp::check_all(decode_ops(&hexes, task_state.federation.counters()))
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok((response, checked))
             }));
         }
         // This round is written while the next is judged.
@@ -1076,9 +1125,9 @@ async fn ops_request(
 const MAX_PREFETCH_HEADS: usize = 256;
 
 /// The ops of a batch that no other op of the batch names as a parent.
-fn frontier(ops: &[Op]) -> Vec<OpId> {
-    let parents: std::collections::HashSet<OpId> = ops.iter().flat_map(|op| op.body().parents.iter().copied()).collect();
-    ops.iter().map(Op::id).filter(|id| !parents.contains(id)).take(MAX_PREFETCH_HEADS).collect()
+fn frontier(ops: &Batch) -> Vec<OpId> {
+    let parents: std::collections::HashSet<OpId> = ops.ops().flat_map(|op| op.body().parents.iter().copied()).collect();
+    ops.ops().map(Op::id).filter(|id| !parents.contains(id)).take(MAX_PREFETCH_HEADS).collect()
 }
 
 /// Sends `peer` the ops of a community it lacks, given its heads.
