@@ -182,14 +182,17 @@ pub(crate) async fn member_access(conn: &mut PgConnection, server_id: Uuid, user
 }
 
 /// Every override of one channel.
-pub(crate) async fn channel_override_rows(conn: &mut PgConnection, channel_id: Uuid) -> ApiResult<Vec<OverrideRow>> {
-    Ok(sqlx::query_as(
+pub(crate) async fn channel_override_rows(
+    conn: &mut PgConnection,
+    channel_id: Uuid,
+) -> Result<Vec<OverrideRow>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT id, channel_id, role_id, user_id, allow, deny
            FROM channel_permission_overrides WHERE channel_id = $1",
     )
     .bind(channel_id)
     .fetch_all(&mut *conn)
-    .await?)
+    .await
 }
 
 /// Locks the channel's server and loads the actor's access to the channel;

@@ -186,7 +186,7 @@ fn full_sql(page_sql: &str, order: &str) -> String {
 
 /// Live messages by id, complete, newest first (missing or deleted ids are
 /// left out).
-pub async fn load_by_ids(db: &PgPool, viewer: Uuid, ids: &[Uuid]) -> Result<Vec<Message>, ApiError> {
+pub async fn load_by_ids(db: &PgPool, viewer: Uuid, ids: &[Uuid]) -> Result<Vec<Message>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -203,7 +203,7 @@ pub async fn load_by_ids(db: &PgPool, viewer: Uuid, ids: &[Uuid]) -> Result<Vec<
 }
 
 /// One live message, complete; `None` when missing or deleted.
-pub async fn load_one(db: &PgPool, viewer: Uuid, id: Uuid) -> Result<Option<Message>, ApiError> {
+pub async fn load_one(db: &PgPool, viewer: Uuid, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
     Ok(load_by_ids(db, viewer, &[id]).await?.pop())
 }
 

@@ -129,6 +129,47 @@ pub async fn server_access(
     Ok(member_standing(server_id, user_id, row))
 }
 
+#[derive(sqlx::FromRow)]
+struct MemberContextRow {
+    user_id: Uuid,
+    #[sqlx(flatten)]
+    context: ContextRow,
+}
+
+/// [`server_access`] of many users at once: members only (others are
+/// left out of the map).
+pub async fn server_access_all(
+    db: impl PgExecutor<'_>,
+    server_id: Uuid,
+    users: &[Uuid],
+) -> Result<HashMap<Uuid, ServerAccess>, sqlx::Error> {
+    if users.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<MemberContextRow> = sqlx::query_as(
+        "SELECT m.user_id, s.owner_id,
+                (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
+                true AS is_member,
+                COALESCE(array_agg(r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_ids,
+                COALESCE(array_agg(r.permissions) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_perms,
+                COALESCE(max(r.position), 0) AS top_position
+           FROM servers s
+           JOIN server_members m ON m.server_id = s.id AND m.user_id = ANY($2)
+           LEFT JOIN member_roles mr ON mr.server_id = s.id AND mr.user_id = m.user_id
+           LEFT JOIN roles r ON r.id = mr.role_id
+          WHERE s.id = $1
+          GROUP BY s.id, m.user_id",
+    )
+    .bind(server_id)
+    .bind(users)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.user_id, member_standing(server_id, row.user_id, row.context)))
+        .collect())
+}
+
 /// A member's [`ServerAccess`] from their loaded context.
 fn member_standing(server_id: Uuid, user_id: Uuid, row: ContextRow) -> ServerAccess {
     let is_owner = row.owner_id == user_id;

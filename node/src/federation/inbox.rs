@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use super::store;
 use crate::bus::Audience;
-use crate::model::{ChannelKind, Message, ReactionSummary, User, user_tag};
+use crate::model::{ChannelKind, Message};
 use crate::net::NetClient;
 use crate::state::AppState;
 
@@ -239,7 +239,7 @@ async fn check_and_apply(state: &AppState, server: Uuid, data: &[u8], source: So
     };
     store::save_delegation(&mut *tx, &delegation).await?;
     tx.commit().await?;
-    publish(state, applied).await;
+    publish(state, vec![applied]).await;
     Ok(Outcome::Applied)
 }
 
@@ -266,30 +266,34 @@ pub async fn receive_page(state: &AppState, server: Uuid, page: &[&Envelope]) ->
 async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]) -> Result<Vec<Outcome>, sqlx::Error> {
     use std::collections::HashMap;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; page.len()];
-    // Decoding and delegations, in order.
-    let mut checked: Vec<Option<(Decoded, SignedDelegation)>> = Vec::with_capacity(page.len());
-    let mut delegations: HashMap<[u8; 32], Option<SignedDelegation>> = HashMap::new();
+    // Decoding, then the delegations not carried inline, at once.
+    let mut decoded_all: Vec<Option<Decoded>> = Vec::with_capacity(page.len());
     for (i, envelope) in page.iter().enumerate() {
-        let decoded = match decode(server, &envelope.to_bytes()) {
-            Ok(d) => d,
+        match decode(server, &envelope.to_bytes()) {
+            Ok(d) => decoded_all.push(Some(d)),
             Err(outcome) => {
                 outcomes[i] = Some(outcome);
-                checked.push(None);
-                continue;
+                decoded_all.push(None);
             }
+        }
+    }
+    let wanted: Vec<_> = decoded_all
+        .iter()
+        .flatten()
+        .filter(|d| d.envelope.delegation.is_none())
+        .map(|d| d.envelope.event.delegation)
+        .collect();
+    let stored = store::delegations_by_hash(&state.db, &wanted).await?;
+    let mut checked: Vec<Option<(Decoded, SignedDelegation)>> = Vec::with_capacity(page.len());
+    for (i, decoded) in decoded_all.into_iter().enumerate() {
+        let Some(decoded) = decoded else {
+            checked.push(None);
+            continue;
         };
-        let key = *decoded.envelope.event.delegation.as_bytes();
-        let delegation = match decoded.envelope.delegation {
-            Some(d) => Some(d),
-            None => match delegations.get(&key) {
-                Some(known) => *known,
-                None => {
-                    let found = delegation_of(state, &decoded.envelope).await?;
-                    delegations.insert(key, found);
-                    found
-                }
-            },
-        };
+        let delegation = decoded
+            .envelope
+            .delegation
+            .or_else(|| stored.get(decoded.envelope.event.delegation.as_bytes()).copied());
         match delegation {
             Some(d) => checked.push(Some((decoded, d))),
             None => {
@@ -308,14 +312,9 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]
             _ => {}
         }
     }
-    // Revocations, once per delegation; what is stored already, at once.
-    let mut revoked: HashMap<[u8; 32], Option<i64>> = HashMap::new();
-    for (_, _, d, _) in &ready {
-        let key = *d.hash().as_bytes();
-        if let std::collections::hash_map::Entry::Vacant(slot) = revoked.entry(key) {
-            slot.insert(store::revoked_from(&state.db, d).await?);
-        }
-    }
+    // Revocations, and what is stored already, at once.
+    let delegations: Vec<SignedDelegation> = ready.iter().map(|(_, _, d, _)| *d).collect();
+    let revoked = store::revoked_from_all(&state.db, &delegations).await?;
     let hashes: Vec<Vec<u8>> = ready.iter().map(|(_, d, _, _)| d.envelope.event.hash().to_vec()).collect();
     let known: std::collections::HashSet<Vec<u8>> =
         sqlx::query_scalar("SELECT hash FROM federation_events WHERE hash = ANY($1)")
@@ -327,12 +326,14 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]
     let mut tx = state.db.begin().await?;
     // As in `check_and_apply`: the cursor is committed later, synchronously.
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    let mut perms: HashMap<(Uuid, Uuid), Option<Permissions>> = HashMap::new();
-    let mut saved: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+    let pairs: Vec<(Uuid, Uuid)> = ready.iter().map(|(_, d, _, actor)| (*actor, d.event.scope().channel)).collect();
+    let perms = permissions_of(&mut tx, server, &pairs).await?;
+    // The delegations of applied events, stored with them.
+    let mut used: HashMap<[u8; 32], SignedDelegation> = HashMap::new();
     let mut applied = Vec::new();
     for ((i, decoded, delegation, actor), hash) in ready.into_iter().zip(hashes) {
         let scope = *decoded.event.scope();
-        if revoked_at(revoked.get(delegation.hash().as_bytes()).copied().flatten(), scope.at) {
+        if revoked_at(revoked.get(delegation.hash().as_bytes()).copied(), scope.at) {
             outcomes[i] = Some(Outcome::Rejected("revoked"));
             continue;
         }
@@ -349,19 +350,10 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]
             sqlx::query("RELEASE SAVEPOINT event").execute(&mut *tx).await?;
             continue;
         }
-        let p = match perms.get(&(actor, scope.channel)) {
-            Some(p) => *p,
-            None => {
-                let p = permissions(&mut tx, actor, &scope).await?;
-                perms.insert((actor, scope.channel), p);
-                p
-            }
-        };
+        let p = perms.get(&(actor, scope.channel)).copied().flatten();
         match apply(&mut tx, actor, p, &decoded.event, state.config.max_upload_bytes).await? {
             Ok(done) => {
-                if saved.insert(*delegation.hash().as_bytes()) {
-                    store::save_delegation(&mut *tx, &delegation).await?;
-                }
+                used.insert(*delegation.hash().as_bytes(), delegation);
                 sqlx::query("RELEASE SAVEPOINT event").execute(&mut *tx).await?;
                 outcomes[i] = Some(Outcome::Applied);
                 applied.push(done);
@@ -372,10 +364,10 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]
             }
         }
     }
+    let used: Vec<SignedDelegation> = used.into_values().collect();
+    store::save_delegations(&mut tx, &used).await?;
     tx.commit().await?;
-    for done in applied {
-        publish(state, done).await;
-    }
+    publish(state, applied).await;
     Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or(Outcome::Deferred("database")))
@@ -404,23 +396,45 @@ fn millis(at: i64) -> DateTime<Utc> {
 /// projection; `None` when the channel is not a text channel of the
 /// community or the actor cannot view it.
 async fn permissions(conn: &mut PgConnection, actor: Uuid, scope: &Scope) -> Result<Option<Permissions>, sqlx::Error> {
-    let kind: Option<ChannelKind> = sqlx::query_scalar("SELECT kind FROM channels WHERE id = $1 AND server_id = $2")
-        .bind(scope.channel)
-        .bind(scope.server)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if kind != Some(ChannelKind::Text) {
-        return Ok(None);
+    let pair = (actor, scope.channel);
+    Ok(permissions_of(conn, scope.server, &[pair]).await?.remove(&pair).flatten())
+}
+
+/// Each (actor, channel) pair's permissions in its text channel of
+/// `server`, `None` when the channel is not a text channel there or the
+/// actor cannot view it: one query for the actors' standing, two per channel.
+async fn permissions_of(
+    conn: &mut PgConnection,
+    server: Uuid,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<std::collections::HashMap<(Uuid, Uuid), Option<Permissions>>, sqlx::Error> {
+    let mut actors: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    actors.sort();
+    actors.dedup();
+    let mut channels: Vec<Uuid> = pairs.iter().map(|p| p.1).collect();
+    channels.sort();
+    channels.dedup();
+    let access = crate::perms::server_access_all(&mut *conn, server, &actors).await?;
+    let mut out = std::collections::HashMap::with_capacity(pairs.len());
+    for channel in channels {
+        let kind: Option<ChannelKind> = sqlx::query_scalar("SELECT kind FROM channels WHERE id = $1 AND server_id = $2")
+            .bind(channel)
+            .bind(server)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let overrides = match kind {
+            Some(ChannelKind::Text) => Some(crate::community::channel_override_rows(conn, channel).await?),
+            _ => None,
+        };
+        for (actor, _) in pairs.iter().filter(|p| p.1 == channel) {
+            let perms = match (&overrides, access.get(actor)) {
+                (Some(overrides), Some(access)) => Some(access.in_channel(overrides)),
+                _ => None,
+            };
+            out.insert((*actor, channel), perms.filter(|p| p.contains(Permissions::VIEW_CHANNEL)));
+        }
     }
-    let Ok(access) = crate::perms::server_access(&mut *conn, actor, scope.server).await else {
-        return Ok(None);
-    };
-    let overrides = match crate::community::channel_override_rows(conn, scope.channel).await {
-        Ok(rows) => rows,
-        Err(_) => return Ok(None),
-    };
-    let perms = access.in_channel(&overrides);
-    Ok(perms.contains(Permissions::VIEW_CHANNEL).then_some(perms))
+    Ok(out)
 }
 
 /// Applies a verified event inside `tx`, checking it against the
@@ -609,8 +623,31 @@ struct ReactionEvent {
     emoji: String,
 }
 
-/// Publishes what an applied event changed to the local bus.
-async fn publish(state: &AppState, applied: Applied) {
+/// Publishes what applied events changed to the local bus, in order; the
+/// messages they created or edited are loaded in one statement.
+async fn publish(state: &AppState, applied: Vec<Applied>) {
+    let ids: Vec<Uuid> = applied
+        .iter()
+        .filter_map(|a| match a {
+            Applied::Created(id) | Applied::Edited(Some(id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    // Reactions are counted for no one in particular (`me` false).
+    let mut loaded: std::collections::HashMap<Uuid, Message> =
+        match crate::messages::load_by_ids(&state.db, Uuid::nil(), &ids).await {
+            Ok(messages) => messages.into_iter().map(|m| (m.id, m)).collect(),
+            Err(err) => {
+                super::log_db_error(&err, "loading applied messages");
+                return;
+            }
+        };
+    for a in applied {
+        publish_one(state, a, &mut loaded);
+    }
+}
+
+fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections::HashMap<Uuid, Message>) {
     match applied {
         Applied::Created(id) | Applied::Edited(Some(id)) => {
             let kind = if matches!(applied, Applied::Created(_)) {
@@ -618,16 +655,14 @@ async fn publish(state: &AppState, applied: Applied) {
             } else {
                 "MESSAGE_UPDATE"
             };
-            match load_message(state, id).await {
-                Ok(Some(message)) => {
-                    let audience = Audience::Channel {
-                        server_id: message.server_id,
-                        channel_id: message.channel_id,
-                    };
-                    state.bus.publish_remote(kind, audience, &message);
-                }
-                Ok(None) => {}
-                Err(err) => super::log_db_error(&err, "loading an applied message"),
+            // Published once, as it is now, however often the batch
+            // touched it (and not at all once deleted).
+            if let Some(message) = loaded.remove(&id) {
+                let audience = Audience::Channel {
+                    server_id: message.server_id,
+                    channel_id: message.channel_id,
+                };
+                state.bus.publish_remote(kind, audience, &message);
             }
         }
         Applied::Edited(None) => {}
@@ -670,60 +705,3 @@ async fn publish(state: &AppState, applied: Applied) {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct LoadedRow {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    content: String,
-    reply_to: Option<Uuid>,
-    edited_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    author_id: Uuid,
-    public_key: Vec<u8>,
-    username: String,
-    avatar_url: Option<String>,
-}
-
-/// A live message in the API's shape (reactions counted, `me` false).
-pub async fn load_message(state: &AppState, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
-    let row: Option<LoadedRow> = sqlx::query_as(
-        "SELECT m.id, m.channel_id, m.server_id, m.content, m.reply_to, m.edited_at, m.created_at,
-                u.id AS author_id, u.public_key, u.username, u.avatar_url
-           FROM messages m JOIN users u ON u.id = m.author_id
-          WHERE m.id = $1 AND NOT m.deleted",
-    )
-    .bind(id)
-    .fetch_optional(&state.db)
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let reactions: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT emoji, count(*) FROM reactions WHERE message_id = $1 GROUP BY emoji ORDER BY min(created_at), emoji",
-    )
-    .bind(id)
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Some(Message {
-        id: row.id,
-        channel_id: row.channel_id,
-        server_id: row.server_id,
-        author: User {
-            id: row.author_id,
-            tag: user_tag(&row.username, row.author_id),
-            username: row.username,
-            avatar_url: row.avatar_url,
-            public_key: hex::encode(&row.public_key),
-        },
-        content: row.content,
-        reply_to: row.reply_to,
-        attachments: super::blobs::message_attachments(&state.db, id).await?,
-        reactions: reactions
-            .into_iter()
-            .map(|(emoji, count)| ReactionSummary { emoji, count, me: false })
-            .collect(),
-        edited_at: row.edited_at,
-        created_at: row.created_at,
-    }))
-}

@@ -597,6 +597,9 @@ async fn write_pending(
     failures: &std::sync::atomic::AtomicU64,
 ) -> Result<Option<structure::Changes>, sqlx::Error> {
     let mut tx = state.db.begin().await?;
+    // Peers' ops: what a crash loses of the last moments comes back by
+    // sync, so the commit does not wait for the disk.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     store::save_delegations(&mut tx, &pending.delegations).await?;
     insert_ops(&mut tx, &pending.changed).await?;
     let changes = match &pending.projection {

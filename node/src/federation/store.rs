@@ -1,6 +1,8 @@
 //! The federation tables: remembered peers, known delegations, signed
 //! events, backfill cursors and federated communities.
 
+use std::collections::HashMap;
+
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use sqlx::{PgExecutor, PgPool};
@@ -298,6 +300,49 @@ pub async fn revoked_from(db: impl PgExecutor<'_>, delegation: &SignedDelegation
         .bind(delegation.delegation.user_id())
         .fetch_optional(db)
         .await
+}
+
+/// [`revoked_from`] for many delegations at once, by delegation hash:
+/// only revocations signed by each delegation's own user count.
+pub async fn revoked_from_all(
+    db: impl PgExecutor<'_>,
+    delegations: &[SignedDelegation],
+) -> Result<HashMap<[u8; 32], i64>, sqlx::Error> {
+    if delegations.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let hashes: Vec<Vec<u8>> = delegations.iter().map(|d| d.hash().as_bytes().to_vec()).collect();
+    let rows: Vec<(Vec<u8>, Uuid, i64)> =
+        sqlx::query_as("SELECT delegation_hash, user_id, issued FROM revocations WHERE delegation_hash = ANY($1)")
+            .bind(&hashes)
+            .fetch_all(db)
+            .await?;
+    let users: HashMap<[u8; 32], Uuid> =
+        delegations.iter().map(|d| (*d.hash().as_bytes(), d.delegation.user_id())).collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|(hash, user, issued)| {
+            let hash = <[u8; 32]>::try_from(hash).ok()?;
+            (users.get(&hash) == Some(&user)).then_some((hash, issued))
+        })
+        .collect())
+}
+
+/// The stored delegations among `hashes`, by hash.
+pub async fn delegations_by_hash(
+    db: impl PgExecutor<'_>,
+    hashes: &[DelegationHash],
+) -> Result<HashMap<[u8; 32], SignedDelegation>, sqlx::Error> {
+    if hashes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<Vec<u8>> = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
+    let rows: Vec<sqlx::types::Json<SignedDelegation>> =
+        sqlx::query_scalar("SELECT signed FROM delegations WHERE hash = ANY($1)")
+            .bind(&keys)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|j| (*j.0.hash().as_bytes(), j.0)).collect())
 }
 
 /// The stored revocations of some delegations (by anyone; the resolver
