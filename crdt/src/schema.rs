@@ -97,10 +97,16 @@ fn write_member(
     time: i64,
 ) -> Result<()> {
     // Three ops: a nickname is put when set, and each role held is a
-    // `role:<id>` key of this map (see [`ROLE_KEY`]).
-    let m = new_map(tx, members, &who.user_id().to_string())?;
-    put(tx, &m, "key", ScalarValue::Bytes(who.as_bytes().to_vec()))?;
-    put(tx, &m, "joined", time)
+    // `role:<id>` key of this map (see [`ROLE_KEY`]). The map is made with
+    // its two keys in one batch (their ops in key order), which costs the
+    // document one search instead of three.
+    let entry = automerge::hydrate::Value::from(std::collections::HashMap::from([
+        ("joined", automerge::hydrate::Value::Scalar(ScalarValue::Int(time))),
+        ("key", automerge::hydrate::Value::Scalar(ScalarValue::Bytes(who.as_bytes().to_vec()))),
+    ]));
+    tx.batch_create_object(members, who.user_id().to_string(), &entry, false)
+        .map(|_| ())
+        .map_err(doc_err)
 }
 
 /// The prefix of a member map's keys that name a role the member holds.
