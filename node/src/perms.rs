@@ -105,28 +105,10 @@ pub async fn server_access(
     user_id: Uuid,
     server_id: Uuid,
 ) -> Result<ServerAccess, ApiError> {
-    let row: Option<ContextRow> = sqlx::query_as(
-        "SELECT s.owner_id,
-                (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
-                (m.user_id IS NOT NULL) AS is_member,
-                COALESCE(array_agg(r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_ids,
-                COALESCE(array_agg(r.permissions) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_perms,
-                COALESCE(max(r.position), 0) AS top_position
-           FROM servers s
-           LEFT JOIN server_members m ON m.server_id = s.id AND m.user_id = $2
-           LEFT JOIN member_roles mr ON mr.server_id = s.id AND mr.user_id = m.user_id
-           LEFT JOIN roles r ON r.id = mr.role_id
-          WHERE s.id = $1
-          GROUP BY s.id, m.user_id",
-    )
-    .bind(server_id)
-    .bind(user_id)
-    .fetch_optional(db)
-    .await?;
-    let row = row
-        .filter(|r| r.is_member)
-        .ok_or_else(|| ApiError::not_found("unknown_server", "no such server"))?;
-    Ok(member_standing(server_id, user_id, row))
+    server_access_all(db, server_id, &[user_id])
+        .await?
+        .remove(&user_id)
+        .ok_or_else(|| ApiError::not_found("unknown_server", "no such server"))
 }
 
 #[derive(sqlx::FromRow)]
