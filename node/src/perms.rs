@@ -92,7 +92,6 @@ pub const OVERRIDE_COLUMNS: &str = "id, channel_id, role_id, user_id, allow, den
 struct ContextRow {
     owner_id: Uuid,
     everyone: Option<i64>,
-    is_member: bool,
     role_ids: Vec<Uuid>,
     role_perms: Vec<i64>,
     top_position: i32,
@@ -131,7 +130,6 @@ pub async fn server_access_all(
     let rows: Vec<MemberContextRow> = sqlx::query_as(
         "SELECT m.user_id, s.owner_id,
                 (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
-                true AS is_member,
                 COALESCE(array_agg(r.id) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_ids,
                 COALESCE(array_agg(r.permissions) FILTER (WHERE r.id IS NOT NULL), '{}') AS role_perms,
                 COALESCE(max(r.position), 0) AS top_position
@@ -229,7 +227,6 @@ pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Res
         ContextRow {
             owner_id: row.owner_id,
             everyone: row.everyone,
-            is_member: row.is_member,
             role_ids: row.role_ids.unwrap_or_default(),
             role_perms: row.role_perms.unwrap_or_default(),
             top_position: row.top_position.unwrap_or(0),
