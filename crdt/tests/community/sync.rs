@@ -294,3 +294,46 @@ fn ops_referencing_an_unknown_delegation_wait_for_it() {
     assert_eq!(r.resolver.add_delegation(newer), Ok(()));
     assert_eq!(r.status(&op2), Some(OpStatus::Valid));
 }
+
+/// An op whose node signature no longer matches its bytes.
+fn forged(op: &Op) -> Op {
+    let mut event: SignedEvent = op.event().clone();
+    let mut signature = event.signature.to_bytes();
+    signature[10] ^= 1;
+    event.signature = together_protocol::identity::Signature::from_array(signature);
+    match Op::from_event(event, op.inline_delegation().copied()) {
+        Ok(op) => op,
+        Err(e) => panic!("a re-signed op still decodes: {e:?}"),
+    }
+}
+
+#[test]
+fn a_forged_op_in_a_large_batch_is_refused_alone_checked_ahead_or_not() {
+    let (c, mut n, base) = history();
+    // A chain long enough that signatures are checked on other threads,
+    // chunk by chunk, while the ops are judged.
+    let chain: Vec<Op> = (0..300u128)
+        .map(|i| n.must(&c.owner, create_channel(1_000 + i, &format!("c{i}"))))
+        .collect();
+    let bad = 150;
+    let mut batch: Vec<Op> = base.clone();
+    batch.extend(chain.iter().enumerate().map(|(i, op)| if i == bad { forged(op) } else { op.clone() }));
+    let at = base.len() + bad;
+
+    let mut streamed = Node::new(11, n.community());
+    let plain = streamed.resolver.add_ops(batch.iter().cloned());
+    let mut ahead = Node::new(12, n.community());
+    let checked = ahead.resolver.add_checked(together_crdt::CheckedOp::check_all(batch.clone()));
+    for outcomes in [&plain, &checked] {
+        assert_eq!(outcomes[at], Added::Refused(Rejection::BadSignature));
+        // Before it everything is taken; after it, every op waits for
+        // the refused one (each names the one before as its parent).
+        assert!(outcomes[..at].iter().all(|o| *o == Added::Stored));
+        assert!(outcomes[at + 1..].iter().all(|o| *o == Added::Pending));
+    }
+    assert_eq!(streamed.json(), ahead.json());
+    // The honest op, once it comes, releases the rest: same as the origin.
+    streamed.receive(&chain[bad..=bad]);
+    assert_eq!(streamed.resolver.pending_len(), 0);
+    assert_eq!(streamed.json(), n.json());
+}
