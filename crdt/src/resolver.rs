@@ -573,7 +573,7 @@ impl Resolver {
         // Into `master` with the next batch (see `flush_master`): one
         // change at a time costs a pass over the document each.
         self.master_queue.push(change.clone());
-        let (after, reduced) = next_state(before, &doc, self.community, op.command(), &op.author_id());
+        let (after, reduced) = next_state(before, &doc, self.community, &op);
         self.work = Some(Work {
             doc,
             heads: vec![hash],
@@ -1225,19 +1225,27 @@ fn check_envelope(
 
 /// The state after an op's change was applied to `doc` (which held
 /// `before`), and the users whose standing it lowered. Re-reads only the
-/// entries the command wrote into, and copies `before` only when someone's
-/// standing may have been lowered.
-fn next_state(
-    before: State,
-    doc: &Automerge,
-    community: Uuid,
-    command: &Command,
-    author: &Uuid,
-) -> (State, BTreeSet<Uuid>) {
+/// entries the command wrote into (a join's not even those), and copies
+/// `before` only when someone's standing may have been lowered.
+fn next_state(before: State, doc: &Automerge, community: Uuid, op: &Op) -> (State, BTreeSet<Uuid>) {
+    let (command, author) = (op.command(), &op.author_id());
     match command.touched(author) {
         Some(touched) if reduce_candidates(&before, command).is_empty() => {
             let mut after = before;
-            after.refresh(doc, &touched);
+            // Joins, the commonest op, are not read back: what one writes
+            // is known (checked against the document in debug builds).
+            if after.apply_join(command, &op.body().author, op.body().time) {
+                debug_assert!(after.join_reads_back(
+                    doc,
+                    author,
+                    match command {
+                        Command::Join { invite } => invite.as_deref(),
+                        _ => None,
+                    }
+                ));
+            } else {
+                after.refresh(doc, &touched);
+            }
             (after, BTreeSet::new())
         }
         Some(touched) => {

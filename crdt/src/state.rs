@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::hydrate::{Map, Value};
 use automerge::{Automerge, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
+use together_protocol::identity::UserPublicKey;
 use together_protocol::permissions::{
     ChannelOverrides, MemberContext, Override, Permissions, base_permissions, channel_permissions,
 };
@@ -254,6 +255,48 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The state after a `Join` by `author` at `time` whose change was just
+    /// derived on the document this state was read from, without reading
+    /// the entries back: a join writes a member map holding only `key` and
+    /// `joined`, and the author into its invite's `used` (see
+    /// `crdt/src/schema.rs`). Returns `false`, changing nothing, for any
+    /// other command.
+    pub(crate) fn apply_join(&mut self, command: &crate::Command, author: &UserPublicKey, time: i64) -> bool {
+        let crate::Command::Join { invite } = command else {
+            return false;
+        };
+        let id = author.user_id();
+        self.members.insert(
+            id,
+            Member {
+                key: Some(*author.as_bytes()),
+                nickname: None,
+                roles: BTreeSet::new(),
+                joined_at: time,
+            },
+        );
+        if let Some(code) = invite
+            && let Some(i) = self.invites.get_mut(code)
+        {
+            i.used.insert(id);
+        }
+        true
+    }
+
+    /// Whether the entries a join by `user` wrote read back from `doc` as
+    /// [`State::apply_join`] put them (for debug checks).
+    pub(crate) fn join_reads_back(&self, doc: &Automerge, user: &Uuid, invite: Option<&str>) -> bool {
+        let member = hydrate_entry(doc, "members", Some(&user.to_string())).as_ref().map(read_member);
+        let used = invite.is_none_or(|code| {
+            let stored = object_at(doc, &["invites", code, "used"])
+                .and_then(|used| doc.get(&used, user.to_string().as_str()).ok().flatten())
+                .is_some();
+            let here = self.invites.get(code).map(|i| i.used.contains(user));
+            here.is_none_or(|here| here == stored)
+        });
+        member.as_ref() == self.members.get(user) && used
     }
 
     /// The owner's user id, if the community exists.
