@@ -3,7 +3,7 @@
  * messages | members. On narrow screens the rail and channel list become
  * a drawer and the member list a toggle.
  */
-import { useEffect, useMemo, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import { channelTree } from "@together/core";
 import { channelPath, navigate } from "../router.ts";
 import { together, useGatewayStatus, useStoreState } from "../sdk.ts";
@@ -54,30 +54,40 @@ export function Shell({ serverId, channelId }: { serverId: string | null; channe
     return null;
   }, [state, serverId]);
 
+  // When the wait for a missing server or channel began: other updates of
+  // the store re-run the effect below, and must not restart the wait.
+  const waiting = useRef<{ key: string; since: number } | null>(null);
+  const wait = (key: string, ms: number, then: () => void) => {
+    const now = Date.now();
+    if (waiting.current?.key !== key) waiting.current = { key, since: now };
+    const t = setTimeout(then, Math.max(0, waiting.current.since + ms - now));
+    return () => clearTimeout(t);
+  };
+
   // Pick a server and channel when the URL names none, or one that is gone.
   useEffect(() => {
     if (!ready) return;
     if (!serverId) {
+      waiting.current = null;
       const first = Object.values(state.servers).sort((a, b) => (a.server.created_at < b.server.created_at ? -1 : 1))[0];
       if (first) navigate(channelPath(first.server.id), true);
       return;
     }
     if (!entry) {
       // Just created or joined: SERVER_CREATE may still be on its way. Give it a moment.
-      const t = setTimeout(() => {
+      return wait(`server ${serverId}`, 3000, () => {
         if (!together.store.getState().servers[serverId]) navigate("/channels", true);
-      }, 3000);
-      return () => clearTimeout(t);
+      });
     }
     if (!channelId && firstChannel) navigate(channelPath(serverId, firstChannel), true);
     if (channelId && !channel) {
       // Just created (CHANNEL_CREATE on its way), or no longer visible: wait a moment, then move on.
-      const t = setTimeout(() => {
+      return wait(`channel ${channelId}`, 1500, () => {
         const s = together.store.getState();
         if (!s.channels[channelId]) navigate(firstChannel ? channelPath(serverId, firstChannel) : channelPath(serverId), true);
-      }, 1500);
-      return () => clearTimeout(t);
+      });
     }
+    waiting.current = null;
   }, [ready, serverId, channelId, entry, channel, firstChannel, state.servers]);
 
   useEffect(() => {
