@@ -82,8 +82,8 @@ struct Signatures {
 }
 
 impl Signatures {
-    /// Skipped checks count as passed: `op` false for an op already
-    /// stored, `delegation` false for a delegation already known.
+    /// The checks asked for; a check not asked for (an op already stored,
+    /// a delegation already known) counts as passed.
     fn check(op: &Op, check_op: bool, check_delegation: bool) -> Self {
         Signatures {
             op: !check_op || op.event().verify_signature().is_ok(),
@@ -101,13 +101,8 @@ pub struct CheckedOp {
 }
 
 impl CheckedOp {
-    /// Checks the op's node signature and its inline delegation's.
-    pub fn check(op: Op) -> Self {
-        let signatures = Signatures::check(&op, true, true);
-        CheckedOp { op, signatures }
-    }
-
-    /// [`CheckedOp::check`] of every op, spread over the cores, in order.
+    /// Checks every op's node signature and its inline delegation's,
+    /// spread over the cores; results in input order.
     pub fn check_all(ops: Vec<Op>) -> Vec<CheckedOp> {
         let signatures = crate::parallel::map(&ops, |op| Signatures::check(op, true, true));
         ops.into_iter()
