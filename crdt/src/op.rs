@@ -361,7 +361,7 @@ impl Op {
         if version != OP_VERSION {
             return Err(OpError::Version(version));
         }
-        let node = NodePublicKey::from_bytes(&r.array::<32>()?)?;
+        let node = node_key(&r.array::<32>()?)?;
         let delegation = DelegationHash::from_array(r.array()?);
         let payload = r.bytes()?.to_vec();
         let signature = Signature::from_array(r.array()?);
@@ -385,7 +385,7 @@ impl Op {
                     node: if &dnode == node.as_bytes() {
                         node
                     } else {
-                        NodePublicKey::from_bytes(&dnode)?
+                        node_key(&dnode)?
                     },
                     issued,
                     expires,
@@ -403,6 +403,25 @@ impl Op {
         };
         Self::from_event(event, inline)
     }
+}
+
+thread_local! {
+    /// The node key this thread decoded last: the ops of a batch are
+    /// mostly signed by a few nodes, and a key is a point to decompress.
+    static LAST_NODE: std::cell::Cell<Option<NodePublicKey>> = const { std::cell::Cell::new(None) };
+}
+
+/// Parses a node key, reusing the last one parsed on this thread when the
+/// bytes are the same.
+fn node_key(bytes: &[u8; 32]) -> Result<NodePublicKey, IdentityError> {
+    if let Some(known) = LAST_NODE.get()
+        && known.as_bytes() == bytes
+    {
+        return Ok(known);
+    }
+    let key = NodePublicKey::from_bytes(bytes)?;
+    LAST_NODE.set(Some(key));
+    Ok(key)
 }
 
 #[cfg(test)]

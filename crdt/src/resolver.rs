@@ -30,7 +30,11 @@
 //!
 //! The materialized document is the valid changes applied in causal order;
 //! it is rebuilt from scratch only when an op that was valid stops being
-//! valid, and otherwise extended.
+//! valid, and otherwise extended, or replaced by the document the last
+//! chain of ops was judged on when that holds exactly the valid changes.
+//! `master` is brought up to date only when read (a fork at other heads,
+//! a concurrent removal to weigh), so a chain of ops that all build on the
+//! one before applies each change once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -45,8 +49,12 @@ use crate::command::{Command, Genesis, OverrideTarget};
 use crate::error::{BuildError, Rejection};
 use crate::op::{Actor, OP_KIND, Op, OpBody, OpId, UnsignedOp, community_id};
 use crate::projection::Projection;
-use crate::schema::{derive_change, derive_change_hash};
+use crate::schema::{Sections, derive_change, derive_change_hash};
 use crate::state::{State, Touched};
+
+/// Newly valid changes from which the materialized document is replaced by
+/// the judged one rather than extended (see `Resolver::materialize`).
+const SWAP_AT_LEAST: usize = 32;
 
 /// A sensible bound for [`Resolver::new`]'s pending set.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
@@ -159,8 +167,16 @@ pub struct Resolver {
     /// Earliest revocation time per (delegation, user who signed it).
     revocations: HashMap<(DelegationHash, UserPublicKey), i64>,
     master: Automerge,
-    /// Checked changes not yet applied to `master`.
+    /// Checked changes not yet applied to `master`, which is brought up
+    /// to date only when read: a chain of ops that all build on the last
+    /// one never needs it.
     master_queue: Vec<Change>,
+    /// Whether a queued change reuses an actor's sequence number.
+    equivocation_queued: bool,
+    /// Geneses stored, and the top-level map ids of the document while
+    /// exactly one is (see [`Sections`]).
+    geneses: usize,
+    sections: Option<Sections>,
     work: Option<Work>,
     attacks: HashMap<(usize, usize), bool>,
     materialized: Automerge,
@@ -198,7 +214,7 @@ pub fn genesis_op(
     let standing = state.standing(&owner.user_id());
     authorize(&state, &standing, owner, &command, time, &Limits::default())?;
     let mut doc = Automerge::new();
-    let change = derive_change(&mut doc, actor, community, owner, time, &command)?;
+    let change = derive_change(&mut doc, None, actor, community, owner, time, &command)?;
     Ok(UnsignedOp {
         body: OpBody {
             community,
@@ -253,6 +269,9 @@ impl Resolver {
             revocations: HashMap::new(),
             master: Automerge::new(),
             master_queue: Vec::new(),
+            equivocation_queued: false,
+            geneses: 0,
+            sections: None,
             work: None,
             attacks: HashMap::new(),
             materialized: Automerge::new(),
@@ -501,10 +520,14 @@ impl Resolver {
         if is_genesis != body.parents.is_empty() {
             return Err(Rejection::GenesisShape);
         }
-        if let Command::Genesis(g) = op.command()
-            && community_id(&body.author, &g.nonce) != self.community
-        {
-            return Err(Rejection::BadCommunityId);
+        if let Command::Genesis(g) = op.command() {
+            if community_id(&body.author, &g.nonce) != self.community {
+                return Err(Rejection::BadCommunityId);
+            }
+            // Two geneses (only one can be valid) make two sets of
+            // top-level maps: they are looked up in each document then.
+            self.geneses += 1;
+            self.sections = None;
         }
         let mut parent_hashes = Vec::with_capacity(entry.parents.len());
         for p in &entry.parents {
@@ -546,6 +569,7 @@ impl Resolver {
             Change::from_bytes(body.change.clone()).map_err(|_| Rejection::ChangeMismatch)?;
         let derived = derive_change_hash(
             &mut doc,
+            self.sections.as_ref(),
             &body.actor,
             self.community,
             &body.author,
@@ -561,11 +585,13 @@ impl Resolver {
             return Err(Rejection::ChangeMismatch);
         }
         let hash = change.hash();
-        self.actor_seqs
-            .entry((body.actor, change.seq()))
-            .or_default()
-            .insert(hash);
-        // Into `master` with the next batch (see `flush_master`): one
+        if is_genesis && self.geneses == 1 {
+            self.sections = Sections::read(&doc);
+        }
+        let seqs = self.actor_seqs.entry((body.actor, change.seq())).or_default();
+        seqs.insert(hash);
+        self.equivocation_queued |= seqs.len() > 1;
+        // Into `master` when it is next read (see `flush_master`): one
         // change at a time costs a pass over the document each.
         self.master_queue.push(change.clone());
         let (after, reduced) = next_state(before, &doc, self.community, &op);
@@ -598,7 +624,11 @@ impl Resolver {
 
     /// Recomputes the valid set, and the materialized state if it changed.
     pub fn resolve(&mut self) {
-        self.flush_master();
+        // An equivocation found by applying to `master` is refused before
+        // the verdicts below; otherwise `master` waits until it is read.
+        if self.equivocation_queued {
+            self.flush_master();
+        }
         let n = self.entries.len();
         // Set-dependent reasons an op can never be in.
         let geneses: Vec<usize> = (0..n)
@@ -643,6 +673,9 @@ impl Resolver {
                     .is_ok_and(|c| !c.reduced.is_empty())
             })
             .collect();
+        if !reducers.is_empty() {
+            self.flush_master();
+        }
         let mut raw: Vec<(usize, usize)> = Vec::new();
         let mut ancestry: HashMap<usize, Vec<bool>> = HashMap::new();
         for &r in &reducers {
@@ -811,6 +844,21 @@ impl Resolver {
         if valid == self.applied {
             return;
         }
+        // The document the last chain was judged on, when it holds exactly
+        // the valid changes (the common case: every op built on the one
+        // before), becomes the materialized one with its state: instead of
+        // a rebuild, or of applying many changes again. A few are applied,
+        // so the next op still finds that document (taking it means the
+        // next op starts from a copy of the whole document).
+        let many = !self.applied.is_subset(&valid) || valid.len() - self.applied.len() >= SWAP_AT_LEAST;
+        if many && let Some(work) = self.take_work_if_valid(&valid) {
+            debug_assert_eq!(work.state, State::read(&work.doc, None, self.community));
+            self.materialized = work.doc;
+            self.state = work.state;
+            self.applied = valid;
+            self.projection = Projection::of(&self.state);
+            return;
+        }
         let changes = |set: &mut dyn Iterator<Item = &usize>| -> Vec<Change> {
             set.filter_map(|i| {
                 self.entries[*i]
@@ -853,6 +901,34 @@ impl Resolver {
             None => self.state = State::read(&self.materialized, None, self.community),
         }
         self.projection = Projection::of(&self.state);
+    }
+
+    /// The work document, when the changes it holds (its heads and their
+    /// ancestors) are exactly `valid`.
+    fn take_work_if_valid(&mut self, valid: &BTreeSet<usize>) -> Option<Work> {
+        let work = self.work.as_ref()?;
+        let mut stack = Vec::with_capacity(work.heads.len());
+        for hash in &work.heads {
+            let idx = *self.change_owner.get(hash)?;
+            if !valid.contains(&idx) {
+                return None;
+            }
+            stack.push(idx);
+        }
+        // Valid ops' parents are valid, so the heads' ancestors are too:
+        // the sets are equal when they are as large.
+        let mut seen = vec![false; self.entries.len()];
+        let mut count = 0;
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut seen[i], true) {
+                count += 1;
+                stack.extend_from_slice(&self.entries[i].parents);
+            }
+        }
+        if count != valid.len() {
+            return None;
+        }
+        self.work.take()
     }
 
     fn rebuild(&mut self, valid: &BTreeSet<usize>) {
@@ -1072,7 +1148,7 @@ impl Resolver {
         parents.sort();
         let mut out = Vec::with_capacity(commands.len());
         for (author, command) in commands {
-            let change = derive_change(&mut doc, actor, self.community, &author, time, &command)?;
+            let change = derive_change(&mut doc, self.sections.as_ref(), actor, self.community, &author, time, &command)?;
             let op = sign(UnsignedOp {
                 body: OpBody {
                     community: self.community,
@@ -1091,14 +1167,11 @@ impl Resolver {
         Ok(out)
     }
 
-    /// A document holding exactly the changes `heads` (sorted) name, and
-    /// its state: a copy of the materialized document when those are its
-    /// heads (the usual case: new ops build on the valid heads), else a
-    /// fork of the document of all changes.
     /// Applies the statically checked changes waiting for `master`, in
     /// one batch. A change automerge refuses (an actor's sequence number
     /// used twice) makes its op an equivocation, as if refused at once.
     fn flush_master(&mut self) {
+        self.equivocation_queued = false;
         if self.master_queue.is_empty() {
             return;
         }
@@ -1119,6 +1192,10 @@ impl Resolver {
         }
     }
 
+    /// A document holding exactly the changes `heads` (sorted) name, and
+    /// its state: a copy of the materialized document when those are its
+    /// heads (the usual case: new ops build on the valid heads), else a
+    /// fork of the document of all changes.
     fn doc_on(&mut self, heads: &[ChangeHash]) -> Result<(Automerge, State), Rejection> {
         let mut materialized = self.materialized.get_heads();
         materialized.sort();
@@ -1164,7 +1241,7 @@ impl Resolver {
             let standing = state.standing(&author.user_id());
             authorize(&state, &standing, author, &command, time, &self.limits)?;
         }
-        let change = derive_change(&mut doc, actor, self.community, author, time, &command)?;
+        let change = derive_change(&mut doc, self.sections.as_ref(), actor, self.community, author, time, &command)?;
         let mut parents: Vec<OpId> = change
             .deps()
             .iter()

@@ -30,6 +30,59 @@ fn obj(tx: &Transaction<'_>, parent: &ObjId, key: &str) -> Result<ObjId> {
     }
 }
 
+/// The document's top-level maps. The genesis change makes them and no
+/// command replaces them, so their ids are the same in every document of a
+/// community that holds that genesis (automerge finds an id by its actor,
+/// not by the actor's position in one document), and a resolver looks
+/// them up once instead of once per command.
+#[derive(Debug, Clone)]
+pub(crate) struct Sections {
+    server: ObjId,
+    channels: ObjId,
+    roles: ObjId,
+    members: ObjId,
+    bans: ObjId,
+    invites: ObjId,
+}
+
+impl Sections {
+    /// The sections of a document holding a genesis change.
+    pub(crate) fn read(doc: &Automerge) -> Option<Sections> {
+        let get = |key: &str| match doc.get(&ROOT, key) {
+            Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+            _ => None,
+        };
+        Some(Sections {
+            server: get("server")?,
+            channels: get("channels")?,
+            roles: get("roles")?,
+            members: get("members")?,
+            bans: get("bans")?,
+            invites: get("invites")?,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<&ObjId> {
+        match key {
+            "server" => Some(&self.server),
+            "channels" => Some(&self.channels),
+            "roles" => Some(&self.roles),
+            "members" => Some(&self.members),
+            "bans" => Some(&self.bans),
+            "invites" => Some(&self.invites),
+            _ => None,
+        }
+    }
+}
+
+/// A top-level map: from `sections` when known, else looked up.
+fn root(tx: &Transaction<'_>, sections: Option<&Sections>, key: &str) -> Result<ObjId> {
+    match sections.and_then(|s| s.get(key)) {
+        Some(id) => Ok(id.clone()),
+        None => obj(tx, &ROOT, key),
+    }
+}
+
 fn opt_str(value: Option<&String>) -> ScalarValue {
     value.map_or(ScalarValue::Null, |s| ScalarValue::Str(s.as_str().into()))
 }
@@ -115,6 +168,7 @@ pub(crate) const ROLE_KEY: &str = "role:";
 /// Writes `command` (already authorized) into the transaction.
 pub(crate) fn write(
     tx: &mut Transaction<'_>,
+    sections: Option<&Sections>,
     community: Uuid,
     author: &UserPublicKey,
     time: i64,
@@ -129,7 +183,7 @@ pub(crate) fn write(
             description,
             public,
         } => {
-            let server = obj(tx, &ROOT, "server")?;
+            let server = root(tx, sections, "server")?;
             if let Some(name) = name {
                 put(tx, &server, "name", name.as_str())?;
             }
@@ -145,7 +199,7 @@ pub(crate) fn write(
             Ok(())
         }
         Command::TransferOwnership { new_owner } => {
-            let server = obj(tx, &ROOT, "server")?;
+            let server = root(tx, sections, "server")?;
             put(tx, &server, "owner", new_owner.to_string())
         }
         Command::CreateChannel {
@@ -156,7 +210,7 @@ pub(crate) fn write(
             topic,
             position,
         } => {
-            let channels = obj(tx, &ROOT, "channels")?;
+            let channels = root(tx, sections, "channels")?;
             let c = new_map(tx, &channels, &id.to_string())?;
             put(tx, &c, "name", name.as_str())?;
             put(tx, &c, "kind", kind.as_str())?;
@@ -178,7 +232,7 @@ pub(crate) fn write(
             topic,
             position,
         } => {
-            let channels = obj(tx, &ROOT, "channels")?;
+            let channels = root(tx, sections, "channels")?;
             let c = obj(tx, &channels, &id.to_string())?;
             if let Some(name) = name {
                 put(tx, &c, "name", name.as_str())?;
@@ -200,7 +254,7 @@ pub(crate) fn write(
             Ok(())
         }
         Command::DeleteChannel { id } => {
-            let channels = obj(tx, &ROOT, "channels")?;
+            let channels = root(tx, sections, "channels")?;
             delete(tx, &channels, &id.to_string())
         }
         Command::CreateRole {
@@ -212,7 +266,7 @@ pub(crate) fn write(
             mentionable,
             position,
         } => {
-            let roles = obj(tx, &ROOT, "roles")?;
+            let roles = root(tx, sections, "roles")?;
             let r = new_map(tx, &roles, &id.to_string())?;
             put(tx, &r, "name", name.as_str())?;
             put(tx, &r, "permissions", perms(*permissions))?;
@@ -230,7 +284,7 @@ pub(crate) fn write(
             mentionable,
             position,
         } => {
-            let roles = obj(tx, &ROOT, "roles")?;
+            let roles = root(tx, sections, "roles")?;
             let r = obj(tx, &roles, &id.to_string())?;
             if let Some(name) = name {
                 put(tx, &r, "name", name.as_str())?;
@@ -253,11 +307,11 @@ pub(crate) fn write(
             Ok(())
         }
         Command::DeleteRole { id } => {
-            let roles = obj(tx, &ROOT, "roles")?;
+            let roles = root(tx, sections, "roles")?;
             delete(tx, &roles, &id.to_string())
         }
         Command::SetMemberRoles { user, roles } => {
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             let m = obj(tx, &members, &user.to_string())?;
             let current: Vec<String> = tx.keys(&m).filter(|k| k.starts_with(ROLE_KEY)).collect();
             for key in &current {
@@ -278,42 +332,42 @@ pub(crate) fn write(
             Ok(())
         }
         Command::SetNickname { user, nickname } => {
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             let m = obj(tx, &members, &user.to_string())?;
             put(tx, &m, "nick", opt_str(nickname.as_ref()))
         }
         Command::Join { invite } => {
             if let Some(code) = invite {
-                let invites = obj(tx, &ROOT, "invites")?;
+                let invites = root(tx, sections, "invites")?;
                 let i = obj(tx, &invites, code)?;
                 let used = obj(tx, &i, "used")?;
                 put(tx, &used, &me.to_string(), true)?;
             }
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             write_member(tx, &members, author, time)
         }
         Command::Leave => {
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             delete(tx, &members, &me.to_string())
         }
         Command::Kick { user } => {
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             delete(tx, &members, &user.to_string())
         }
         Command::Ban { user, reason } => {
-            let members = obj(tx, &ROOT, "members")?;
+            let members = root(tx, sections, "members")?;
             let key = user.to_string();
             if tx.get(&members, key.as_str()).map_err(doc_err)?.is_some() {
                 delete(tx, &members, &key)?;
             }
-            let bans = obj(tx, &ROOT, "bans")?;
+            let bans = root(tx, sections, "bans")?;
             let b = new_map(tx, &bans, &key)?;
             put(tx, &b, "reason", opt_str(reason.as_ref()))?;
             put(tx, &b, "by", me.to_string())?;
             put(tx, &b, "at", time)
         }
         Command::Unban { user } => {
-            let bans = obj(tx, &ROOT, "bans")?;
+            let bans = root(tx, sections, "bans")?;
             delete(tx, &bans, &user.to_string())
         }
         Command::CreateInvite {
@@ -322,7 +376,7 @@ pub(crate) fn write(
             max_uses,
             expires_at,
         } => {
-            let invites = obj(tx, &ROOT, "invites")?;
+            let invites = root(tx, sections, "invites")?;
             let i = new_map(tx, &invites, code)?;
             put(
                 tx,
@@ -337,7 +391,7 @@ pub(crate) fn write(
             put(tx, &i, "created", time)
         }
         Command::RevokeInvite { code } => {
-            let invites = obj(tx, &ROOT, "invites")?;
+            let invites = root(tx, sections, "invites")?;
             delete(tx, &invites, code)
         }
         Command::SetOverride {
@@ -346,7 +400,7 @@ pub(crate) fn write(
             allow,
             deny,
         } => {
-            let channels = obj(tx, &ROOT, "channels")?;
+            let channels = root(tx, sections, "channels")?;
             let c = obj(tx, &channels, &channel.to_string())?;
             let overrides = obj(tx, &c, "overrides")?;
             let o = new_map(tx, &overrides, &target.key())?;
@@ -354,7 +408,7 @@ pub(crate) fn write(
             put(tx, &o, "deny", perms(*deny))
         }
         Command::DeleteOverride { channel, target } => {
-            let channels = obj(tx, &ROOT, "channels")?;
+            let channels = root(tx, sections, "channels")?;
             let c = obj(tx, &channels, &channel.to_string())?;
             let overrides = obj(tx, &c, "overrides")?;
             delete(tx, &overrides, &target.key())
@@ -366,13 +420,14 @@ pub(crate) fn write(
 /// past) as `actor` at `time`, commits, and returns the change.
 pub(crate) fn derive_change(
     doc: &mut Automerge,
+    sections: Option<&Sections>,
     actor: &Actor,
     community: Uuid,
     author: &UserPublicKey,
     time: i64,
     command: &Command,
 ) -> Result<Change> {
-    let hash = derive_change_hash(doc, actor, community, author, time, command)?;
+    let hash = derive_change_hash(doc, sections, actor, community, author, time, command)?;
     doc.get_change_by_hash(&hash)
         .ok_or_else(|| Rejection::Document("committed change not found".into()))
 }
@@ -382,6 +437,7 @@ pub(crate) fn derive_change(
 /// pass over all of it, which a receiver checking an op does not need).
 pub(crate) fn derive_change_hash(
     doc: &mut Automerge,
+    sections: Option<&Sections>,
     actor: &Actor,
     community: Uuid,
     author: &UserPublicKey,
@@ -390,7 +446,7 @@ pub(crate) fn derive_change_hash(
 ) -> Result<automerge::ChangeHash> {
     doc.set_actor(actor.actor_id());
     let mut tx = doc.transaction();
-    if let Err(e) = write(&mut tx, community, author, time, command) {
+    if let Err(e) = write(&mut tx, sections, community, author, time, command) {
         tx.rollback();
         return Err(e);
     }

@@ -278,6 +278,10 @@ async fn commit_inner(
         .fetch_one(&mut *tx)
         .await?;
     let mut made = Vec::new();
+    // What each touched community's tables hold: the projection before
+    // these ops (the caller settled every write, and a failed one drops
+    // the resolver, which is then rebuilt from the log the tables match).
+    let mut before: HashMap<Uuid, together_crdt::Projection> = HashMap::new();
     for (server_id, command) in commands {
         if !matches!(command, StateCommand::Genesis(_)) && book.get(state, server_id).await?.resolver.is_empty() {
             // A community made before community ops existed (its id does
@@ -287,6 +291,9 @@ async fn commit_inner(
         }
         if !touched.contains(&server_id) {
             touched.push(server_id);
+            if let Some(loaded) = book.loaded.get(&server_id) {
+                before.insert(server_id, loaded.resolver.projection().clone());
+            }
         }
         let op = if let StateCommand::Genesis(genesis) = command {
             let actor = Actor::generate(&node, server_id);
@@ -336,7 +343,10 @@ async fn commit_inner(
     for server_id in touched.iter() {
         let loaded = book.get(state, *server_id).await?;
         save_statuses(tx, loaded).await?;
-        structure::write_projection(tx, *server_id, loaded.resolver.projection()).await?;
+        match before.get(server_id) {
+            Some(old) => structure::write_projection_after(tx, *server_id, old, loaded.resolver.projection()).await?,
+            None => structure::write_projection(tx, *server_id, loaded.resolver.projection()).await?,
+        };
     }
     Ok(made)
 }
@@ -811,18 +821,34 @@ async fn profiles(state: &AppState, users: BTreeSet<Uuid>) -> Result<Vec<UserRow
 /// Most profiles stored from one answer.
 const MAX_PROFILES: usize = 20_000;
 
+/// The authors of some decoded ops, by user id: their keys were checked
+/// when the ops were decoded.
+fn authors_of<'a>(ops: impl Iterator<Item = &'a Op>) -> HashMap<Uuid, UserPublicKey> {
+    ops.map(|op| (op.author_id(), op.body().author)).collect()
+}
+
 /// Stores profiles a peer sent for users this node has no password for.
-async fn save_profiles(state: &AppState, users: &[UserRow]) -> Result<(), sqlx::Error> {
+/// A key that is one of `authors` is not parsed again (a key is a point
+/// to decompress).
+async fn save_profiles(
+    state: &AppState,
+    users: &[UserRow],
+    authors: &HashMap<Uuid, UserPublicKey>,
+) -> Result<(), sqlx::Error> {
     let mut ids = Vec::new();
     let mut keys = Vec::new();
     let mut names = Vec::new();
     let mut avatars = Vec::new();
     for user in users.iter().take(MAX_PROFILES) {
-        let Some(key) = hex::decode(&user.public_key)
-            .ok()
-            .and_then(|bytes| UserPublicKey::from_bytes(&bytes).ok())
-        else {
+        let Some(bytes) = hex::decode(&user.public_key).ok() else {
             continue;
+        };
+        let key = match authors.get(&user.id) {
+            Some(author) if author.as_bytes().as_slice() == bytes.as_slice() => *author,
+            _ => match UserPublicKey::from_bytes(&bytes) {
+                Ok(key) => key,
+                Err(_) => continue,
+            },
         };
         if key.user_id() != user.id {
             continue;
@@ -970,8 +996,8 @@ pub async fn answer_push(
     if !has_community(state, server_id).await? {
         return Ok(SyncResponse::error("unknown_server", "no such community here"));
     }
-    save_profiles(state, users).await?;
     let ops = decode_ops(ops, state.federation.counters());
+    save_profiles(state, users, &authors_of(ops.iter())).await?;
     let received = receive(state, server_id, ops.clone()).await?;
     if received.stored > 0 {
         // Pass them on: the pusher may not be in the topic's mesh yet.
@@ -1043,18 +1069,19 @@ pub async fn pull(
         server = Some(id);
         peer_heads = parse_ids(&theirs);
         let fetched = asked.elapsed();
-        // Profiles are stored while the ops are judged, before their rows.
-        let profiles = {
-            let state = state.clone();
-            tokio::spawn(async move { save_profiles(&state, &users).await })
-        };
-        // Revocations first: ops signed after one are then judged revoked.
-        super::revocations::admit_all(state, &revocations).await?;
         let ops = match checked {
             Some(checked) => Batch::Checked(checked),
             None => Batch::Decoded(decode_ops(&ops, state.federation.counters())),
         };
         let decoded = asked.elapsed();
+        // Profiles are stored while the ops are judged, before their rows.
+        let profiles = {
+            let state = state.clone();
+            let authors = authors_of(ops.ops());
+            tokio::spawn(async move { save_profiles(&state, &users, &authors).await })
+        };
+        // Revocations first: ops signed after one are then judged revoked.
+        super::revocations::admit_all(state, &revocations).await?;
         if more && !ops.is_empty() {
             // What this round brings stands for what this node will have:
             // the peer answers with what follows it.

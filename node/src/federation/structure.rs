@@ -71,6 +71,16 @@ fn secs(column: &str) -> String {
 
 /// The rows this node's tables hold for one community, in projection form.
 pub async fn read_projection(conn: &mut PgConnection, server_id: Uuid) -> Result<Projection, sqlx::Error> {
+    read_projection_of(conn, server_id, None).await
+}
+
+/// [`read_projection`], with the member rows (and their roles) of `users`
+/// only when given: a community's members are most of its rows.
+async fn read_projection_of(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    users: Option<&[Uuid]>,
+) -> Result<Projection, sqlx::Error> {
     let server: Option<(Uuid, String, Uuid, Option<String>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
         format!(
             "SELECT id, name, owner_id, icon_url, description, {} FROM servers WHERE id = $1",
@@ -131,10 +141,11 @@ pub async fn read_projection(conn: &mut PgConnection, server_id: Uuid) -> Result
         .collect();
     let members: Vec<(Uuid, Vec<u8>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT m.user_id, u.public_key, m.nickname, {} FROM server_members m JOIN users u ON u.id = m.user_id
-          WHERE m.server_id = $1 ORDER BY m.user_id",
+          WHERE m.server_id = $1 AND ($2::uuid[] IS NULL OR m.user_id = ANY($2)) ORDER BY m.user_id",
         secs("m.joined_at")
     )))
     .bind(server_id)
+    .bind(users)
     .fetch_all(&mut *conn)
     .await?;
     let members = members
@@ -148,9 +159,13 @@ pub async fn read_projection(conn: &mut PgConnection, server_id: Uuid) -> Result
         })
         .collect();
     let member_roles: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT user_id, role_id FROM member_roles WHERE server_id = $1 ORDER BY user_id, role_id")
-            .bind(server_id)
-            .fetch_all(&mut *conn)
+        sqlx::query_as(
+            "SELECT user_id, role_id FROM member_roles
+              WHERE server_id = $1 AND ($2::uuid[] IS NULL OR user_id = ANY($2)) ORDER BY user_id, role_id",
+        )
+        .bind(server_id)
+        .bind(users)
+        .fetch_all(&mut *conn)
             .await?;
     let member_roles = member_roles
         .into_iter()
@@ -260,6 +275,40 @@ pub async fn write_projection(
     new: &Projection,
 ) -> Result<Changes, sqlx::Error> {
     let old = read_projection(conn, server_id).await?;
+    write_projection_over(conn, server_id, &old, new).await
+}
+
+/// [`write_projection`] after a local command, whose ops took the
+/// community's projection from `before` (what the tables held) to `new`:
+/// the command wrote some rows itself, at its own precision (timestamps
+/// to the microsecond where the projection has seconds), so the rows it
+/// may have written are read back, and only rows that still differ from
+/// `new` are written. Those are the members whose rows or roles differ
+/// between the two projections, and every other table (they are small);
+/// the other members' rows are as `before` has them.
+pub async fn write_projection_after(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    before: &Projection,
+    new: &Projection,
+) -> Result<Changes, sqlx::Error> {
+    let (added, changed, removed) = diff(&before.members, &new.members, |m| m.user_id);
+    let (roles_added, _, roles_removed) = diff(&before.member_roles, &new.member_roles, |m| (m.user_id, m.role_id));
+    let users: BTreeSet<Uuid> = added
+        .iter()
+        .chain(&changed)
+        .map(|m| m.user_id)
+        .chain(removed)
+        .chain(roles_added.iter().map(|m| m.user_id))
+        .chain(roles_removed.into_iter().map(|(user, _)| user))
+        .collect();
+    let users: Vec<Uuid> = users.into_iter().collect();
+    let mut old = read_projection_of(conn, server_id, Some(&users)).await?;
+    let read: BTreeSet<Uuid> = users.into_iter().collect();
+    old.members
+        .extend(before.members.iter().filter(|m| !read.contains(&m.user_id)).cloned());
+    old.member_roles
+        .extend(before.member_roles.iter().filter(|m| !read.contains(&m.user_id)).cloned());
     write_projection_over(conn, server_id, &old, new).await
 }
 
