@@ -52,7 +52,13 @@ pub const USER_ID_CONTEXT: &str = "together user id v1";
 /// The user id of the person holding `key`: the first 16 bytes of
 /// blake3 `derive_key("together user id v1", public key)`, marked as UUIDv8.
 pub fn user_id(key: &VerifyingKey) -> Uuid {
-    let digest = blake3::derive_key(USER_ID_CONTEXT, key.as_bytes());
+    user_id_of(key.as_bytes())
+}
+
+/// [`user_id`] from the key's 32 bytes, for bytes known to be a valid key
+/// (parsing one decompresses a point, which costs far more than the hash).
+pub fn user_id_of(key: &[u8; 32]) -> Uuid {
+    let digest = blake3::derive_key(USER_ID_CONTEXT, key);
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()

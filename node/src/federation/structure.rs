@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::PgConnection;
 use together_crdt::Projection;
 use together_crdt::projection::{BanRow, ChannelRow, InviteRow, MemberRoleRow, MemberRow, OverrideRow, RoleRow, ServerRow};
-use together_protocol::identity::UserPublicKey;
+use together_protocol::identity::{base64url, user_id_of};
 use uuid::Uuid;
 
 use crate::bus::Audience;
@@ -153,7 +153,8 @@ async fn read_projection_of(
         .map(|(user_id, key, nickname, joined_at)| MemberRow {
             server_id,
             user_id,
-            public_key: UserPublicKey::from_bytes(&key).ok().map(|k| k.to_string()),
+            // Keys are checked before they are stored: encoded, not parsed.
+            public_key: (key.len() == 32).then(|| base64url::encode(&key)),
             nickname,
             joined_at,
         })
@@ -266,6 +267,33 @@ fn diff<'a, K: Ord + Clone, R: PartialEq>(
     (added, changed, removed)
 }
 
+/// Those of `users` signed in on this node (a session, possibly idle):
+/// the only ones a gateway event for them can reach. On a database error,
+/// all of them.
+async fn signed_in(state: &AppState, users: &[Uuid]) -> Vec<Uuid> {
+    if users.is_empty() {
+        return Vec::new();
+    }
+    sqlx::query_scalar("SELECT DISTINCT user_id FROM sessions WHERE user_id = ANY($1)")
+        .bind(users)
+        .fetch_all(&state.db)
+        .await
+        .unwrap_or_else(|_| users.to_vec())
+}
+
+/// Whether a member of the community is signed in on this node (true on a
+/// database error).
+async fn members_signed_in(state: &AppState, server_id: Uuid) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM server_members m JOIN sessions s ON s.user_id = m.user_id
+                         WHERE m.server_id = $1)",
+    )
+    .bind(server_id)
+    .fetch_one(&state.db)
+    .await
+    .unwrap_or(true)
+}
+
 /// Makes the tables of `new.server` hold exactly `new` (the projection of
 /// one community), in the caller's transaction. Rows that are already
 /// right are not touched.
@@ -336,14 +364,20 @@ pub async fn write_projection_over(
     let mut user_keys = Vec::new();
     let mut user_names = Vec::new();
     for m in new.members.iter().filter(|m| !had.contains(&m.user_id)) {
-        let Some(key) = m.public_key.as_deref().and_then(|k| k.parse::<UserPublicKey>().ok()) else {
+        // The projection's keys are those of checked ops: decoding the
+        // text is enough (parsing a key decompresses a point).
+        let Some(key) = m
+            .public_key
+            .as_deref()
+            .and_then(|k| base64url::decode_array::<32>(k, "user public key").ok())
+        else {
             continue;
         };
-        if key.user_id() != m.user_id {
+        if user_id_of(&key) != m.user_id {
             continue;
         }
         user_ids.push(m.user_id);
-        user_keys.push(key.as_bytes().to_vec());
+        user_keys.push(key.to_vec());
         user_names.push(super::sync::sanitize_username("", m.user_id));
     }
     for ((ids, keys), names) in user_ids
@@ -637,6 +671,17 @@ pub async fn write_projection_over(
 
 /// Tells this node's gateway sessions what a change from a peer did.
 pub async fn announce(state: &AppState, changes: &Changes) {
+    let started = std::time::Instant::now();
+    announce_all(state, changes).await;
+    tracing::debug!(
+        server_id = %changes.server_id,
+        members = changes.added_members.len() + changes.updated_members.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "structure changes announced"
+    );
+}
+
+async fn announce_all(state: &AppState, changes: &Changes) {
     use crate::model::{RoleDeleted, RoleEvent};
     let bus = &state.bus;
     let server_id = changes.server_id;
@@ -691,10 +736,20 @@ pub async fn announce(state: &AppState, changes: &Changes) {
             }
         }
     }
+    // Member events reach only sessions on this node: when none of the
+    // community's members is signed in here (a community this node just
+    // joined, whose thousands of members all live elsewhere), reading the
+    // rows back to tell nobody is skipped. A session opened later gets
+    // the members in its READY.
+    let added = signed_in(state, &changes.added_members).await;
+    let listening = !added.is_empty() || members_signed_in(state, server_id).await;
     for (kind, ids) in [
         ("SERVER_MEMBER_ADD", &changes.added_members),
         ("SERVER_MEMBER_UPDATE", &changes.updated_members),
     ] {
+        if !listening {
+            break;
+        }
         for chunk in ids.chunks(ANNOUNCE_BATCH) {
             if let Ok(members) = crate::community::members::fetch_members(&state.db, server_id, chunk).await {
                 for member in members {
@@ -703,8 +758,8 @@ pub async fn announce(state: &AppState, changes: &Changes) {
             }
         }
     }
-    for id in &changes.added_members {
-        bus.publish_remote("SERVER_CREATE", Audience::User(*id), &server);
+    for id in added {
+        bus.publish_remote("SERVER_CREATE", Audience::User(id), &server);
     }
     for (kind, ids) in [
         ("CHANNEL_CREATE", &changes.added_channels),

@@ -45,7 +45,10 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
                 limit,
                 newest,
             };
-            answer_history(state, &peer, &peer_node, server_id, channel_id, range).await
+            let started = std::time::Instant::now();
+            let answer = answer_history(state, &peer, &peer_node, server_id, channel_id, range).await;
+            tracing::debug!(%channel_id, ms = started.elapsed().as_millis() as u64, "history page answered");
+            answer
         }
         SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
