@@ -742,14 +742,13 @@ async fn announce_all(state: &AppState, changes: &Changes) {
     // rows back to tell nobody is skipped. A session opened later gets
     // the members in its READY.
     let added = signed_in(state, &changes.added_members).await;
-    let listening = !added.is_empty() || members_signed_in(state, server_id).await;
-    for (kind, ids) in [
+    let members_changed = !changes.added_members.is_empty() || !changes.updated_members.is_empty();
+    let listening = !added.is_empty() || (members_changed && members_signed_in(state, server_id).await);
+    let member_events = [
         ("SERVER_MEMBER_ADD", &changes.added_members),
         ("SERVER_MEMBER_UPDATE", &changes.updated_members),
-    ] {
-        if !listening {
-            break;
-        }
+    ];
+    for (kind, ids) in member_events.into_iter().filter(|_| listening) {
         for chunk in ids.chunks(ANNOUNCE_BATCH) {
             if let Ok(members) = crate::community::members::fetch_members(&state.db, server_id, chunk).await {
                 for member in members {
