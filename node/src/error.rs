@@ -116,6 +116,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::messages::rules::Invalid> for ApiError {
+    fn from(err: crate::messages::rules::Invalid) -> Self {
+        match err {
+            crate::messages::rules::Invalid::Emoji => ApiError::bad_request("invalid_emoji", err.to_string()),
+            _ => ApiError::invalid(err.to_string()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     /// Constraint violations become the 4xx the client caused; anything
     /// else is the node's fault. This is the one place that mapping lives.

@@ -64,6 +64,8 @@ struct Inner {
     counters: Counters,
     ops: ops::OpBook,
     ephemeral: ephemeral::Limits,
+    /// Wakes the outbox publisher after a commit that stored events.
+    outbox: tokio::sync::Notify,
     /// The last queued gateway announcement (see [`Federation::announce_in_order`]).
     announcements: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -83,8 +85,8 @@ pub struct Counters {
 pub struct CounterSnapshot {
     /// Signed events this node published.
     pub published: u64,
-    /// Events stored but not published (no peer on the topic yet); peers
-    /// get them by backfill.
+    /// Events stored but not gossiped (no peer on the topic yet); peers
+    /// get them by catch-up.
     pub publish_failed: u64,
     /// Events from peers accepted and applied.
     pub accepted: u64,
@@ -122,6 +124,17 @@ impl Federation {
             }
             announce.await;
         }));
+    }
+
+    /// Tells the outbox publisher that a committed write stored events.
+    pub fn outbox_written(&self) {
+        self.inner.outbox.notify_one();
+    }
+
+    /// Resolves when [`Federation::outbox_written`] was called (also for a
+    /// call made while nobody waited).
+    pub fn outbox_wakeup(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.outbox.notified()
     }
 
     pub fn ephemeral_limits(&self) -> &ephemeral::Limits {

@@ -10,6 +10,10 @@
 //! Search (see [`search`]) walks the server's newest messages for words
 //! that are common and asks the GIN index for words that are rare, so it
 //! never reads every match of a common word or sorts a large set.
+//!
+//! [`rules`]: what a message write must satisfy, whoever makes it.
+
+pub mod rules;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -96,6 +100,18 @@ pub const ATTACHMENT_COLUMNS: &str =
     "id, channel_id, uploader_id, message_id, filename, content_hash, file_size, mime_type, created_at";
 
 impl AttachmentRow {
+    /// The file as a federation event names it (`None` for a malformed
+    /// stored hash or size).
+    pub fn file_ref(&self) -> Option<together_protocol::federation::FileRef> {
+        Some(together_protocol::federation::FileRef {
+            id: self.id,
+            hash: self.content_hash.clone().try_into().ok()?,
+            size: u64::try_from(self.file_size).ok()?,
+            filename: self.filename.clone(),
+            content_type: self.mime_type.clone(),
+        })
+    }
+
     pub fn to_model(&self) -> Attachment {
         Attachment {
             id: self.id,

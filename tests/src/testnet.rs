@@ -92,7 +92,7 @@ pub fn database_url() -> anyhow::Result<String> {
 }
 
 /// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),

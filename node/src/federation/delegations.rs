@@ -95,15 +95,16 @@ pub fn no_delegation() -> ApiError {
     )
 }
 
-/// For a write in a federated community: fails with 403 `no_delegation`
-/// when this node cannot sign for `user`, before anything is written.
-/// Communities that are not federated need no delegation.
-pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<(), ApiError> {
+/// For a write in a federated community: the delegation to sign its
+/// event under, or 403 `no_delegation` when this node cannot sign for
+/// `user`, before anything is written. Communities that are not federated
+/// need no delegation (`None`).
+pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<Option<SignedDelegation>, ApiError> {
     if store::federation_of(&state.db, server).await?.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     match for_user(state, user).await {
-        Ok(_) => Ok(()),
+        Ok(delegation) => Ok(Some(delegation)),
         Err(DelegationError::Missing) => Err(no_delegation()),
         Err(other) => Err(ApiError::internal(other)),
     }

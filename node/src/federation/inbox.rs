@@ -37,6 +37,7 @@ use uuid::Uuid;
 
 use super::store;
 use crate::bus::Audience;
+use crate::messages::rules;
 use crate::model::{ChannelKind, Message};
 use crate::net::NetClient;
 use crate::state::AppState;
@@ -479,14 +480,11 @@ async fn apply(
             {
                 return Ok(Err(Rejected("not_permitted")));
             }
-            // Empty text is allowed: the message may have carried
-            // attachments, which are not replicated.
-            let content = content.trim();
-            if content.chars().count() > 4000
-                || content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-            {
-                return Ok(Err(Rejected("invalid_content")));
-            }
+            // The rules of a local write (empty text only with files).
+            let content = match rules::validate_content(content, !attachments.is_empty()) {
+                Ok(content) => content,
+                Err(invalid) => return Ok(Err(Rejected(invalid.reason()))),
+            };
             let inserted = sqlx::query(
                 "INSERT INTO messages (id, channel_id, server_id, author_id, content, reply_to, created_at)
                  VALUES ($1, $2, $3, $4, $5,
@@ -520,14 +518,16 @@ async fn apply(
             if author != actor {
                 return Ok(Err(Rejected("not_permitted")));
             }
-            let content = content.trim();
-            if content.chars().count() > 4000 {
-                return Ok(Err(Rejected("invalid_content")));
-            }
+            // The rules of a local edit.
+            let content = match rules::validate_content(content, true) {
+                Ok(content) => content,
+                Err(invalid) => return Ok(Err(Rejected(invalid.reason()))),
+            };
             // Last writer wins by the edit's own time.
             let updated = sqlx::query(
                 "UPDATE messages SET content = $2, edited_at = $3
-                  WHERE id = $1 AND NOT deleted AND (edited_at IS NULL OR edited_at < $3)",
+                  WHERE id = $1 AND NOT deleted AND (edited_at IS NULL OR edited_at < $3)
+                    AND ($2 <> '' OR EXISTS (SELECT 1 FROM attachments WHERE message_id = $1))",
             )
             .bind(scope.message)
             .bind(content)
@@ -561,8 +561,8 @@ async fn apply(
             if !perms.contains(Permissions::ADD_REACTIONS) {
                 return Ok(Err(Rejected("not_permitted")));
             }
-            if emoji.is_empty() || emoji.chars().count() > 64 {
-                return Ok(Err(Rejected("invalid_emoji")));
+            if let Err(invalid) = rules::validate_emoji(emoji) {
+                return Ok(Err(Rejected(invalid.reason())));
             }
             let inserted = sqlx::query(
                 "INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4)

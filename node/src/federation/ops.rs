@@ -1221,7 +1221,8 @@ pub async fn sync_with(state: &AppState, client: &NetClient, peer: PeerId, serve
 }
 
 /// Every few seconds, reconciles every federated community with every
-/// connected peer (ops that gossip lost, partitions that healed).
+/// connected peer (ops that gossip lost, partitions that healed) and
+/// catches up on its message events ([`super::sync::catch_up`]).
 pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(ANTI_ENTROPY_EVERY);
@@ -1240,6 +1241,9 @@ pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
             for peer in info.connected_peers.iter().filter_map(|p| p.parse::<PeerId>().ok()) {
                 for server_id in &servers {
                     sync_with(&state, &client, peer, *server_id).await;
+                    if let Err(err) = super::sync::catch_up(&state, &client, peer, *server_id).await {
+                        tracing::debug!(%server_id, %peer, error = %err, "catch-up not possible");
+                    }
                 }
             }
         }

@@ -1,80 +1,157 @@
-//! The outbox: committed local changes of federated communities become
-//! signed events on the community's topic.
+//! The outbox: this node's signed message events, from the write that
+//! makes them to gossip (spec/federation.md §3, §6).
 //!
-//! It listens to the local bus (every write commits before it publishes
-//! there). A message change is encoded as a [`MessageEvent`], signed by the
-//! node key under the actor's delegation, stored in `federation_events`
-//! (so peers can backfill it even when publishing fails) and published.
-//! Structural changes are not handled here: they travel as signed
-//! community ops ([`super::ops`]).
+//! A message write in a federated community signs its event and stores it
+//! in `federation_events` in the write's own transaction ([`enqueue`]), so
+//! a client's 201 means the event is durable. The [`publisher`] tails those
+//! rows in `(tx_id, seq)` order, below the oldest running transaction (a
+//! late commit can never land behind it), gossips them on the community's
+//! topic, and keeps its position in `federation_outbox`: after a crash it
+//! resumes where it stopped. Nothing between commit and gossip lives only
+//! in memory; what gossip loses, peers pull ([`super::sync::catch_up`]).
+//!
+//! Typing and presence are not stored: [`spawn`] forwards them from the
+//! local bus as they happen ([`super::ephemeral`]).
+//! Structural changes travel as signed community ops ([`super::ops`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use ed25519_dalek::SigningKey;
+use sqlx::PgConnection;
 use together_protocol::federation::{Envelope, FileRef, MessageEvent, Scope, messages_topic};
-use together_protocol::identity::{EventKind, SignedEvent};
+use together_protocol::identity::{EventKind, IdentityError, SignedDelegation, SignedEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{delegations, store};
-use crate::bus::{Audience, Event};
+use crate::bus::Event;
 use crate::net::NetClient;
 use crate::state::AppState;
 
-/// Starts the outbox task; it stops with the node.
+/// Most events the publisher reads at once.
+const PUBLISH_BATCH: i64 = 256;
+/// How often the publisher looks for events when nothing woke it (a
+/// transaction that committed while an older one still ran).
+const PUBLISH_POLL: Duration = Duration::from_millis(200);
+
+/// Starts the publisher and the forwarding of ephemeral events; both stop
+/// with the node.
 pub fn spawn(state: AppState, client: NetClient) {
     let events = state.bus.subscribe();
-    tokio::spawn(run(state, client, events));
+    tokio::spawn(forward_ephemeral(state.clone(), client.clone(), events));
+    tokio::spawn(publisher(state, client));
 }
 
-async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Event>>) {
+/// Signs `event` for the user of `delegation` with the node key.
+pub fn sign(node_key: &SigningKey, delegation: &SignedDelegation, event: &MessageEvent) -> Result<Envelope, IdentityError> {
+    let kind = EventKind::new(event.kind())?;
+    let signed = SignedEvent::sign(kind, node_key, delegation, event.encode())?;
+    Ok(Envelope {
+        event: signed,
+        delegation: Some(*delegation),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("cannot sign: {0}")]
+    Sign(#[from] IdentityError),
+    #[error(transparent)]
+    Delegation(#[from] delegations::DelegationError),
+}
+
+/// Signs `event` and stores it for the publisher inside the write's
+/// transaction `conn`; the caller wakes the publisher after commit
+/// ([`crate::federation::Federation::outbox_written`]).
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    node_key: &SigningKey,
+    delegation: &SignedDelegation,
+    event: &MessageEvent,
+) -> Result<(), OutboxError> {
+    let envelope = sign(node_key, delegation, event)?;
+    let scope = event.scope();
+    store::insert_local_event(&mut *conn, &envelope.event.hash(), scope.server, scope.channel, &envelope).await?;
+    Ok(())
+}
+
+/// Gossips this node's stored events in order, from where it last
+/// stopped, until the node shuts down.
+async fn publisher(state: AppState, client: NetClient) {
+    let mut cursor = match store::outbox_cursor(&state.db).await {
+        Ok(cursor) => cursor,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the outbox position; events reach peers by catch-up only");
+            return;
+        }
+    };
+    loop {
+        match publish_pending(&state, &client, cursor).await {
+            Ok(next) => cursor = next,
+            Err(err) => super::log_db_error(&err, "publishing stored events"),
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = state.federation.outbox_wakeup() => {}
+            _ = tokio::time::sleep(PUBLISH_POLL) => {}
+        }
+    }
+}
+
+/// Publishes every settled event after `cursor`, moving the stored
+/// position after each batch; returns the new position.
+async fn publish_pending(
+    state: &AppState,
+    client: &NetClient,
+    mut cursor: store::EventPosition,
+) -> Result<store::EventPosition, sqlx::Error> {
+    loop {
+        let batch = store::outbox_batch(&state.db, cursor, PUBLISH_BATCH).await?;
+        let Some(last) = batch.last().map(|row| (row.tx_id, row.seq)) else {
+            return Ok(cursor);
+        };
+        for row in &batch {
+            let published = client
+                .publish(&messages_topic(row.server_id), row.envelope.0.to_bytes())
+                .await;
+            if let Err(err) = &published {
+                tracing::debug!(error = %err, "event stored but not gossiped; peers catch up on it");
+            }
+            state.federation.counters().published(published.is_ok());
+        }
+        store::set_outbox_cursor(&state.db, last).await?;
+        cursor = last;
+        if (batch.len() as i64) < PUBLISH_BATCH {
+            return Ok(cursor);
+        }
+    }
+}
+
+/// Forwards local typing and presence to peers.
+async fn forward_ephemeral(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Event>>) {
     loop {
         let event = tokio::select! {
             _ = state.shutdown.cancelled() => break,
             event = events.recv() => event,
         };
         match event {
-            Ok(event) if !event.remote => {
-                if let Err(err) = handle(&state, &client, &event).await {
-                    tracing::warn!(kind = event.kind, error = %err, "federation outbox could not handle an event");
+            Ok(event) if !event.remote && super::ephemeral::is_ephemeral(event.kind) => {
+                if let Err(err) = super::ephemeral::outgoing(&state, &client, &event).await {
+                    tracing::debug!(kind = event.kind, error = %err, "ephemeral event not forwarded");
                 }
             }
             Ok(_) => {}
+            // Typing and presence are momentary: what was missed is gone.
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::error!(missed, "federation outbox lagged; peers will backfill what it missed");
+                tracing::warn!(missed, "ephemeral events skipped (the forwarder lagged)");
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum OutboxError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    #[error("unexpected payload: {0}")]
-    Payload(#[from] serde_json::Error),
-    #[error(transparent)]
-    Delegation(#[from] delegations::DelegationError),
-    #[error("cannot sign: {0}")]
-    Sign(#[from] together_protocol::identity::IdentityError),
-    #[error("ephemeral event: {0}")]
-    Ephemeral(String),
-}
-
-#[derive(Deserialize)]
-struct MessagePayload {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    author: AuthorPayload,
-    content: String,
-    reply_to: Option<Uuid>,
-    edited_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    attachments: Vec<serde::de::IgnoredAny>,
 }
 
 /// The files of a message as a create event names them.
@@ -97,154 +174,6 @@ async fn file_refs(db: &sqlx::PgPool, message: Uuid) -> Result<Vec<FileRef>, sql
             })
         })
         .collect())
-}
-
-#[derive(Deserialize)]
-struct AuthorPayload {
-    id: Uuid,
-}
-
-#[derive(Deserialize)]
-struct DeletedPayload {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-}
-
-#[derive(Deserialize)]
-struct ReactionPayload {
-    message_id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    user_id: Uuid,
-    emoji: String,
-}
-
-/// Dispatch names of structural changes (replicated as ops instead).
-fn is_structural(kind: &str) -> bool {
-    kind.starts_with("CHANNEL_")
-        || kind.starts_with("SERVER_ROLE_")
-        || kind.starts_with("SERVER_MEMBER_")
-        || kind.starts_with("SERVER_BAN_")
-        || kind == "SERVER_UPDATE"
-        || kind == "SERVER_DELETE"
-}
-
-fn server_of(audience: &Audience) -> Option<Uuid> {
-    match audience {
-        Audience::Channel { server_id, .. } => Some(*server_id),
-        Audience::Server(id) => Some(*id),
-        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
-        Audience::User(_) | Audience::Peers(_) => None,
-    }
-}
-
-async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(), OutboxError> {
-    if super::ephemeral::is_ephemeral(event.kind) {
-        return super::ephemeral::outgoing(state, client, event)
-            .await
-            .map_err(|err| OutboxError::Ephemeral(err.to_string()));
-    }
-    let Some(server_id) = server_of(&event.audience) else {
-        return Ok(());
-    };
-    let Some(home) = store::federation_of(&state.db, server_id).await? else {
-        return Ok(());
-    };
-    let _ = home;
-    if is_structural(event.kind) {
-        return Ok(());
-    }
-    let now_ms = Utc::now().timestamp_millis();
-    let (actor, message_event) = match event.kind {
-        "MESSAGE_CREATE" => {
-            let m: MessagePayload = serde_json::from_str(&event.data)?;
-            let scope = Scope {
-                server: m.server_id,
-                channel: m.channel_id,
-                message: m.id,
-                at: m.created_at.timestamp_millis(),
-            };
-            let attachments = if m.attachments.is_empty() {
-                Vec::new()
-            } else {
-                file_refs(&state.db, m.id).await?
-            };
-            (
-                m.author.id,
-                MessageEvent::Create {
-                    scope,
-                    reply_to: m.reply_to,
-                    content: m.content,
-                    attachments,
-                },
-            )
-        }
-        "MESSAGE_UPDATE" => {
-            let m: MessagePayload = serde_json::from_str(&event.data)?;
-            let scope = Scope {
-                server: m.server_id,
-                channel: m.channel_id,
-                message: m.id,
-                at: m.edited_at.map_or(now_ms, |t| t.timestamp_millis()),
-            };
-            (m.author.id, MessageEvent::Edit { scope, content: m.content })
-        }
-        "MESSAGE_DELETE" => {
-            let d: DeletedPayload = serde_json::from_str(&event.data)?;
-            let actor = match event.actor {
-                Some(actor) => actor,
-                // Publishers that do not name the actor: the author deleted it.
-                None => match sqlx::query_scalar("SELECT author_id FROM messages WHERE id = $1")
-                    .bind(d.id)
-                    .fetch_optional(&state.db)
-                    .await?
-                {
-                    Some(author) => author,
-                    None => return Ok(()),
-                },
-            };
-            let scope = Scope {
-                server: d.server_id,
-                channel: d.channel_id,
-                message: d.id,
-                at: now_ms,
-            };
-            (actor, MessageEvent::Delete { scope })
-        }
-        "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => {
-            let r: ReactionPayload = serde_json::from_str(&event.data)?;
-            let scope = Scope {
-                server: r.server_id,
-                channel: r.channel_id,
-                message: r.message_id,
-                at: now_ms,
-            };
-            if event.kind == "MESSAGE_REACTION_ADD" {
-                (r.user_id, MessageEvent::ReactionAdd { scope, emoji: r.emoji })
-            } else {
-                (
-                    event.actor.unwrap_or(r.user_id),
-                    MessageEvent::ReactionRemove {
-                        scope,
-                        user: r.user_id,
-                        emoji: r.emoji,
-                    },
-                )
-            }
-        }
-        _ => return Ok(()),
-    };
-    let scope = *message_event.scope();
-    let envelope = sign(state, actor, &message_event).await?;
-    let hash = envelope.event.hash();
-    store::insert_event(&state.db, &hash, scope.server, scope.channel, &envelope).await?;
-    let published = client.publish(&messages_topic(scope.server), envelope.to_bytes()).await;
-    if let Err(err) = &published {
-        tracing::debug!(error = %err, "event stored but not published; peers will backfill it");
-    }
-    state.federation.counters().published(published.is_ok());
-    Ok(())
 }
 
 /// Most messages of a community signed when it first becomes federated.
@@ -296,7 +225,7 @@ pub async fn seal_history(state: &AppState, server_id: Uuid) -> Result<u64, sqlx
             events.push((user, MessageEvent::ReactionAdd { scope, emoji }));
         }
         for (actor, event) in events {
-            match sign(state, actor, &event).await {
+            match sign_for(state, actor, &event).await {
                 Ok(envelope) => {
                     let hash = envelope.event.hash();
                     store::insert_event(&state.db, &hash, server_id, channel, &envelope).await?;
@@ -310,12 +239,7 @@ pub async fn seal_history(state: &AppState, server_id: Uuid) -> Result<u64, sqlx
 }
 
 /// Signs `event` for `actor` under their delegation to this node.
-async fn sign(state: &AppState, actor: Uuid, event: &MessageEvent) -> Result<Envelope, OutboxError> {
+async fn sign_for(state: &AppState, actor: Uuid, event: &MessageEvent) -> Result<Envelope, OutboxError> {
     let delegation = delegations::for_user(state, actor).await?;
-    let kind = EventKind::new(event.kind())?;
-    let signed = SignedEvent::sign(kind, &state.keys.node_key, &delegation, event.encode())?;
-    Ok(Envelope {
-        event: signed,
-        delegation: Some(delegation),
-    })
+    Ok(sign(&state.keys.node_key, &delegation, event)?)
 }

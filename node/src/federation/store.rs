@@ -398,3 +398,141 @@ pub async fn user_known(db: &PgPool, key: &UserPublicKey) -> Result<bool, sqlx::
         .fetch_one(db)
         .await
 }
+
+/// A position in a node's event order: `(tx_id, seq)` (spec/federation.md
+/// §6). Readers only see events below the oldest running transaction, so
+/// nothing can later appear behind a position once it was read.
+pub type EventPosition = (i64, i64);
+
+/// The oldest transaction still running: events of older transactions
+/// are all visible and none can still appear.
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+/// Stores an event this node signed, in the transaction of the write it
+/// describes; the publisher gossips it after commit.
+pub async fn insert_local_event(
+    db: impl PgExecutor<'_>,
+    hash: &[u8; 32],
+    server: Uuid,
+    channel: Uuid,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO federation_events (hash, server_id, channel_id, kind, envelope, local)
+         VALUES ($1, $2, $3, $4, $5, true) ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(hash.as_slice())
+    .bind(server)
+    .bind(channel)
+    .bind(envelope.event.kind.as_str())
+    .bind(sqlx::types::Json(envelope))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An event this node signed, waiting to be gossiped.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub tx_id: i64,
+    pub seq: i64,
+    pub server_id: Uuid,
+    pub envelope: sqlx::types::Json<Envelope>,
+}
+
+/// Where the publisher stopped.
+pub async fn outbox_cursor(db: &PgPool) -> Result<EventPosition, sqlx::Error> {
+    let row: Option<EventPosition> = sqlx::query_as("SELECT tx_id, seq FROM federation_outbox")
+        .fetch_optional(db)
+        .await?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+pub async fn set_outbox_cursor(db: &PgPool, at: EventPosition) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO federation_outbox (tx_id, seq) VALUES ($1, $2)
+         ON CONFLICT (singleton) DO UPDATE SET tx_id = $1, seq = $2",
+    )
+    .bind(at.0)
+    .bind(at.1)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The next events this node signed after `after`, in order.
+pub async fn outbox_batch(db: &PgPool, after: EventPosition, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT tx_id, seq, server_id, envelope FROM federation_events
+          WHERE local AND (tx_id, seq) > ($1, $2) AND tx_id < {HORIZON}
+          ORDER BY tx_id, seq LIMIT $3"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+}
+
+/// A community's events after `after` in this node's order (every event
+/// stored here, whoever signed it), at most `limit`.
+pub async fn events_since(
+    db: &PgPool,
+    server: Uuid,
+    after: EventPosition,
+    limit: i64,
+) -> Result<Vec<(EventPosition, Envelope)>, sqlx::Error> {
+    let sql = format!(
+        "SELECT tx_id, seq, envelope FROM federation_events
+          WHERE server_id = $1 AND (tx_id, seq) > ($2, $3) AND tx_id < {HORIZON}
+          ORDER BY tx_id, seq LIMIT $4"
+    );
+    let rows: Vec<(i64, i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(server)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|(tx, seq, e)| ((tx, seq), e.0)).collect())
+}
+
+/// The position of a community's newest settled event here (`(0, 0)`
+/// when it has none).
+pub async fn events_head(db: &PgPool, server: Uuid) -> Result<EventPosition, sqlx::Error> {
+    let sql = format!(
+        "SELECT tx_id, seq FROM federation_events
+          WHERE server_id = $1 AND tx_id < {HORIZON}
+          ORDER BY tx_id DESC, seq DESC LIMIT 1"
+    );
+    let row: Option<EventPosition> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(server)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+/// How far this node caught up on a community's events from `peer`.
+pub async fn catchup_cursor(db: &PgPool, peer: &PeerId, server: Uuid) -> Result<Option<EventPosition>, sqlx::Error> {
+    sqlx::query_as("SELECT tx_id, seq FROM federation_catchup WHERE peer_id = $1 AND server_id = $2")
+        .bind(peer.to_string())
+        .bind(server)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn set_catchup_cursor(db: &PgPool, peer: &PeerId, server: Uuid, at: EventPosition) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO federation_catchup (peer_id, server_id, tx_id, seq) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (peer_id, server_id) DO UPDATE SET tx_id = $3, seq = $4
+          WHERE (federation_catchup.tx_id, federation_catchup.seq) < ($3, $4)",
+    )
+    .bind(peer.to_string())
+    .bind(server)
+    .bind(at.0)
+    .bind(at.1)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -9,7 +9,7 @@ use together_protocol::identity::NodePublicKey;
 use uuid::Uuid;
 
 use super::inbox::{self, Outcome};
-use super::wire::{MAX_HISTORY_PAGE, SyncRequest, SyncResponse};
+use super::wire::{MAX_EVENTS_PAGE, MAX_HISTORY_PAGE, SyncRequest, SyncResponse};
 use super::{ops, store};
 use crate::community::{self, invites::JoinServer};
 use crate::model::Server;
@@ -49,6 +49,9 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
             let answer = answer_history(state, &peer, &peer_node, server_id, channel_id, range).await;
             tracing::debug!(%channel_id, ms = started.elapsed().as_millis() as u64, "history page answered");
             answer
+        }
+        SyncRequest::Events { server_id, after, limit } => {
+            answer_events(state, &peer, &peer_node, server_id, after, limit).await
         }
         SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
@@ -109,6 +112,87 @@ async fn answer_history(
         done: events.len() < limit as usize,
         events,
     })
+}
+
+async fn answer_events(
+    state: &AppState,
+    peer: &PeerId,
+    node: &NodePublicKey,
+    server_id: Uuid,
+    after: Option<store::EventPosition>,
+    limit: u32,
+) -> Result<SyncResponse, sqlx::Error> {
+    if !may_read(state, peer, node, server_id).await? {
+        return Ok(SyncResponse::error("unknown_server", "no such community here"));
+    }
+    let Some(after) = after else {
+        return Ok(SyncResponse::Events {
+            events: Vec::new(),
+            next: store::events_head(&state.db, server_id).await?,
+            done: true,
+        });
+    };
+    let limit = limit.clamp(1, MAX_EVENTS_PAGE);
+    let events = store::events_since(&state.db, server_id, after, i64::from(limit)).await?;
+    Ok(SyncResponse::Events {
+        next: events.last().map_or(after, |(at, _)| *at),
+        done: events.len() < limit as usize,
+        events,
+    })
+}
+
+/// Most `events` pages one catch-up run asks a peer for per community.
+pub const MAX_CATCH_UP_PAGES: usize = 20;
+
+/// Pulls a community's events that `peer` stored after this node's
+/// cursor and applies them (spec/federation.md §6): whatever gossip lost
+/// (a lagging peer, a restart before the old connection timed out) comes
+/// this way. The first run with a peer only sets the cursor at the peer's
+/// current position; older history is the business of [`backfill_server`].
+pub async fn catch_up(state: &AppState, client: &NetClient, peer: PeerId, server_id: Uuid) -> Result<usize, String> {
+    let cursor = store::catchup_cursor(&state.db, &peer, server_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut applied = 0;
+    let mut after = cursor;
+    for _ in 0..MAX_CATCH_UP_PAGES {
+        let request = SyncRequest::Events {
+            server_id,
+            after,
+            limit: MAX_EVENTS_PAGE,
+        };
+        let (events, next, done) = match client.request(peer, request).await.map_err(|e| e.to_string())? {
+            SyncResponse::Events { events, next, done } => (events, next, done),
+            SyncResponse::Error { code, message } => return Err(format!("{code}: {message}")),
+            _ => return Err("unexpected response".into()),
+        };
+        let from = after.unwrap_or((i64::MIN, i64::MIN));
+        let in_order = events.windows(2).all(|w| w[0].0 < w[1].0)
+            && events.iter().all(|(at, _)| *at > from)
+            && events.last().is_none_or(|(at, _)| *at == next)
+            && events.len() <= MAX_EVENTS_PAGE as usize;
+        if !in_order || (after.is_some() && next < from) {
+            return Err("events page out of order".into());
+        }
+        if !events.is_empty() {
+            let envelopes: Vec<&Envelope> = events.iter().map(|(_, e)| e).collect();
+            let outcomes = inbox::receive_page(state, server_id, &envelopes).await;
+            applied += outcomes.iter().filter(|o| matches!(o, Outcome::Applied)).count();
+        }
+        if after != Some(next) {
+            store::set_catchup_cursor(&state.db, &peer, server_id, next)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        after = Some(next);
+        if done {
+            break;
+        }
+    }
+    if applied > 0 {
+        tracing::info!(%server_id, %peer, applied, "caught up on events gossip did not bring");
+    }
+    Ok(applied)
 }
 
 /// A username from another node, or `user-<hex>` when it does not fit.
@@ -251,6 +335,11 @@ struct Gap {
 /// latest page of each channel (what a member opening it reads), then each
 /// channel's older history, newest first, up to [`MAX_OLDER_EVENTS`].
 pub async fn backfill_server(state: &AppState, client: &NetClient, peer: PeerId, server_id: Uuid) {
+    // Catch-up takes over from the peer's position now: set it before the
+    // history is read, so nothing falls between the two.
+    if let Err(err) = catch_up(state, client, peer, server_id).await {
+        tracing::debug!(%server_id, %peer, error = %err, "catch-up not possible");
+    }
     let channels: Vec<Uuid> =
         match sqlx::query_scalar("SELECT id FROM channels WHERE server_id = $1 AND kind = 'text' ORDER BY position, id")
             .bind(server_id)

@@ -12,6 +12,9 @@
 //! - `history`: a page of a channel's signed message events in a range of
 //!   the responder's own sequence numbers, oldest or newest first, for
 //!   backfill.
+//! - `events`: a community's signed events after a position in the
+//!   responder's own order (catch-up, spec/federation.md §6): whatever
+//!   gossip lost, a peer pulls this way.
 
 use std::net::SocketAddr;
 
@@ -24,6 +27,8 @@ use uuid::Uuid;
 pub const SYNC_PROTOCOL: &str = "/together/sync/1";
 /// Most events in one history page.
 pub const MAX_HISTORY_PAGE: u32 = 200;
+/// Most events in one `events` answer.
+pub const MAX_EVENTS_PAGE: u32 = 500;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -58,6 +63,14 @@ pub enum SyncRequest {
         before: Option<i64>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         newest: bool,
+    },
+    /// The community's events after `after` in the responder's order,
+    /// oldest first, at most `limit`. Without `after`, no events: only the
+    /// responder's current position (where a new cursor starts).
+    Events {
+        server_id: Uuid,
+        after: Option<(i64, i64)>,
+        limit: u32,
     },
     /// The sender's voice relay listens on this UDP port (at the IP of the
     /// libp2p connection), or at `addr` when the sender announces one; the
@@ -94,6 +107,14 @@ pub enum SyncResponse {
         /// `(sequence, envelope)` in ascending sequence order.
         events: Vec<(i64, Envelope)>,
         /// Whether the page holds every event of the asked range.
+        done: bool,
+    },
+    Events {
+        /// `((tx_id, seq), envelope)` in the responder's order.
+        events: Vec<((i64, i64), Envelope)>,
+        /// Where to ask from next.
+        next: (i64, i64),
+        /// Whether that was every event there is now.
         done: bool,
     },
     /// The responder's voice relay port (`0`: it runs none), and its

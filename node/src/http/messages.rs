@@ -15,10 +15,15 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use together_protocol::federation::{MessageEvent, Scope};
+use together_protocol::identity::SignedDelegation;
+
 use crate::auth::AuthUser;
+use crate::federation::outbox;
 use crate::bus::Audience;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
+use crate::messages::rules::validate_content;
 use crate::messages::{self as store, Cursor, MessageRow, SearchQuery};
 use crate::model::{ChannelKind, Message};
 use crate::perms::{self, ChannelAccess};
@@ -140,25 +145,6 @@ pub(crate) async fn message_access(
     Ok((message, access))
 }
 
-/// Message text: trimmed, at most 4000 characters, no control characters
-/// other than newlines and tabs; empty only when `allow_empty`.
-pub fn validate_content(raw: &str, allow_empty: bool) -> ApiResult<String> {
-    let content = raw.trim();
-    if content.is_empty() && !allow_empty {
-        return Err(ApiError::invalid("content must not be empty"));
-    }
-    if content.chars().count() > store::MAX_CONTENT_CHARS {
-        return Err(ApiError::invalid(format!(
-            "content must be at most {} characters",
-            store::MAX_CONTENT_CHARS
-        )));
-    }
-    if content.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-        return Err(ApiError::invalid("content must not contain control characters"));
-    }
-    Ok(content.to_string())
-}
-
 fn page_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
     match limit {
         None => Ok(default),
@@ -231,7 +217,8 @@ async fn create_message(
     if !attachment_ids.is_empty() {
         access.require(Permissions::ATTACH_FILES)?;
     }
-    crate::federation::delegations::require_for_server(&state, auth.user_id, access.server.server_id).await?;
+    let delegation =
+        crate::federation::delegations::require_for_server(&state, auth.user_id, access.server.server_id).await?;
 
     let id = Uuid::now_v7();
     let insert = format!(
@@ -253,7 +240,7 @@ async fn create_message(
         .bind(req.reply_to);
     let bad_reply = || ApiError::bad_request("invalid_reply", "reply_to must be a message in this channel");
 
-    let message = if attachment_ids.is_empty() {
+    let message = if attachment_ids.is_empty() && delegation.is_none() {
         query.fetch_optional(&state.db).await?.ok_or_else(bad_reply)?.into_message()
     } else {
         let mut tx = state.db.begin().await?;
@@ -264,28 +251,67 @@ async fn create_message(
               RETURNING {}",
             store::ATTACHMENT_COLUMNS
         );
-        let mut attached: Vec<store::AttachmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(&attachment_ids)
-            .bind(auth.user_id)
-            .bind(channel_id)
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut attached: Vec<store::AttachmentRow> = if attachment_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(&attachment_ids)
+                .bind(auth.user_id)
+                .bind(channel_id)
+                .fetch_all(&mut *tx)
+                .await?
+        };
         if attached.len() != attachment_ids.len() {
             return Err(ApiError::bad_request(
                 "invalid_attachments",
                 "attachment_ids must be your own uploads to this channel that no message uses yet",
             ));
         }
-        tx.commit().await?;
         attached.sort_by_key(|a| (a.created_at, a.id));
         let mut message = row.into_message();
         message.attachments = attached.iter().map(store::AttachmentRow::to_model).collect();
+        let event = || MessageEvent::Create {
+            scope: scope_of(&message, message.created_at),
+            reply_to: message.reply_to,
+            content: message.content.clone(),
+            attachments: attached.iter().filter_map(store::AttachmentRow::file_ref).collect(),
+        };
+        sign_into(&state, &mut tx, delegation.as_ref(), event).await?;
+        tx.commit().await?;
+        state.federation.outbox_written();
         message
     };
     state.gateway.stop_typing(message.channel_id, auth.user_id);
     state.bus.publish("MESSAGE_CREATE", channel_audience(&message), &message);
     Ok((StatusCode::CREATED, Json(message)))
+}
+
+/// The scope of a federation event about `message`, at `at`.
+fn scope_of(message: &Message, at: chrono::DateTime<chrono::Utc>) -> Scope {
+    Scope {
+        server: message.server_id,
+        channel: message.channel_id,
+        message: message.id,
+        at: at.timestamp_millis(),
+    }
+}
+
+/// In a federated community (`delegation` given): signs the write's event
+/// and stores it for the outbox inside the write's transaction, so the
+/// event is as durable as the write.
+pub(crate) async fn sign_into(
+    state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    delegation: Option<&SignedDelegation>,
+    event: impl FnOnce() -> MessageEvent,
+) -> ApiResult<()> {
+    if let Some(delegation) = delegation {
+        outbox::enqueue(tx, &state.keys.node_key, delegation, &event())
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    Ok(())
 }
 
 fn channel_audience(message: &Message) -> Audience {
@@ -329,23 +355,37 @@ async fn update_message(
     if message.author_id != auth.user_id {
         return Err(ApiError::forbidden("not_author", "only the author can edit a message"));
     }
-    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
+    let delegation =
+        crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
     let content = validate_content(&req.content, true)?;
-    let updated = sqlx::query(
+    let mut tx = state.db.begin().await?;
+    let edited_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
         "UPDATE messages SET content = $2, edited_at = now()
           WHERE id = $1 AND NOT deleted
-            AND ($2 <> '' OR EXISTS (SELECT 1 FROM attachments WHERE message_id = $1))",
+            AND ($2 <> '' OR EXISTS (SELECT 1 FROM attachments WHERE message_id = $1))
+          RETURNING edited_at",
     )
     .bind(message_id)
     .bind(&content)
-    .execute(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
+    let Some(edited_at) = edited_at else {
         return Err(if content.is_empty() {
             ApiError::invalid("content must not be empty")
         } else {
             unknown_message()
         });
+    };
+    let scope = Scope {
+        server: message.server_id,
+        channel: message.channel_id,
+        message: message.id,
+        at: edited_at.timestamp_millis(),
+    };
+    sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::Edit { scope, content }).await?;
+    tx.commit().await?;
+    if delegation.is_some() {
+        state.federation.outbox_written();
     }
     let message = load_one(&state, auth.user_id, message_id).await?;
     state.bus.publish("MESSAGE_UPDATE", channel_audience(&message), &message);
@@ -367,7 +407,8 @@ async fn delete_message(
     if message.author_id != auth.user_id {
         access.require(Permissions::MANAGE_MESSAGES)?;
     }
-    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
+    let delegation =
+        crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
     let mut tx = state.db.begin().await?;
     let deleted = sqlx::query("UPDATE messages SET deleted = true, content = '' WHERE id = $1 AND NOT deleted")
         .bind(message_id)
@@ -385,7 +426,17 @@ async fn delete_message(
             .bind(message_id)
             .fetch_all(&mut *tx)
             .await?;
+    let scope = Scope {
+        server: message.server_id,
+        channel: message.channel_id,
+        message: message.id,
+        at: chrono::Utc::now().timestamp_millis(),
+    };
+    sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::Delete { scope }).await?;
     tx.commit().await?;
+    if delegation.is_some() {
+        state.federation.outbox_written();
+    }
     if !hashes.is_empty() {
         FileStore::new(&state.config.data_dir).release(&state.db, &hashes).await?;
     }

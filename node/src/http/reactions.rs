@@ -17,8 +17,10 @@ use crate::auth::AuthUser;
 use crate::bus::Audience;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
-use crate::http::messages::{MessageRef, message_access, unknown_message};
+use crate::http::messages::{MessageRef, message_access, sign_into, unknown_message};
+use together_protocol::federation::{MessageEvent, Scope};
 use crate::messages::MAX_DISTINCT_REACTIONS;
+use crate::messages::rules::validate_emoji;
 use crate::model::{USER_COLUMNS, User, UserRow};
 use crate::state::AppState;
 
@@ -58,48 +60,15 @@ pub struct ReactionUsersParams {
     pub limit: Option<i64>,
 }
 
-/// Checks an emoji: 1 to 64 bytes, no whitespace or control characters,
-/// and either `name:id` (name 2–32 of `[A-Za-z0-9_]`, id 1–40 of
-/// `[A-Za-z0-9-]`) or a Unicode emoji sequence.
-pub fn validate_emoji(raw: &str) -> ApiResult<String> {
-    let bad = || ApiError::bad_request("invalid_emoji", "emoji must be a Unicode emoji or name:id");
-    if raw.is_empty() || raw.len() > 64 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    if let Some((name, id)) = raw.split_once(':') {
-        let name_ok = (2..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        let id_ok = (1..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        return if name_ok && id_ok { Ok(raw.to_string()) } else { Err(bad()) };
-    }
-    if is_unicode_emoji(raw) { Ok(raw.to_string()) } else { Err(bad()) }
-}
 
-/// Whether every character belongs to an emoji sequence and there is at
-/// least one pictograph (a keycap such as `1️⃣` counts through U+20E3).
-fn is_unicode_emoji(s: &str) -> bool {
-    let has_keycap = s.contains('\u{20e3}');
-    let mut pictographs = 0;
-    for c in s.chars() {
-        let cp = c as u32;
-        let pictograph = matches!(cp,
-            0x1F000..=0x1FAFF   // pictographs, emoticons, transport, flags' regional indicators, skin tones
-            | 0x2600..=0x27BF   // misc symbols, dingbats
-            | 0x2300..=0x23FF   // technical (⌚, ⏰)
-            | 0x2B00..=0x2BFF   // arrows and stars (⭐)
-            | 0x2190..=0x21FF   // arrows
-            | 0x2900..=0x297F
-            | 0x25A0..=0x25FF   // geometric shapes
-            | 0x3030 | 0x303D | 0x3297 | 0x3299
-            | 0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x24C2);
-        let joiner = matches!(cp, 0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F);
-        let keycap_base = has_keycap && (c.is_ascii_digit() || c == '#' || c == '*');
-        if pictograph || keycap_base {
-            pictographs += 1;
-        } else if !joiner {
-            return false;
-        }
+/// The scope of a federation event about `message`, now.
+fn scope_now(message: &MessageRef) -> Scope {
+    Scope {
+        server: message.server_id,
+        channel: message.channel_id,
+        message: message.id,
+        at: chrono::Utc::now().timestamp_millis(),
     }
-    pictographs > 0 || has_keycap
 }
 
 fn audience(message: &MessageRef) -> Audience {
@@ -133,7 +102,8 @@ async fn add_reaction(
     let emoji = validate_emoji(&req.emoji)?;
     let (message, access) = message_access(&state, auth.user_id, message_id).await?;
     access.require(Permissions::ADD_REACTIONS)?;
-    crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
+    let delegation =
+        crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
 
     let mut tx = state.db.begin().await?;
     // Serialise reactions on this message so the distinct-emoji cap holds.
@@ -165,8 +135,17 @@ async fn add_reaction(
     .bind(auth.user_id)
     .execute(&mut *tx)
     .await?;
+    let changed = inserted.rows_affected() > 0;
+    if changed {
+        let scope = scope_now(&message);
+        let emoji = emoji.clone();
+        sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::ReactionAdd { scope, emoji }).await?;
+    }
     tx.commit().await?;
-    if inserted.rows_affected() > 0 {
+    if changed && delegation.is_some() {
+        state.federation.outbox_written();
+    }
+    if changed {
         state
             .bus
             .publish("MESSAGE_REACTION_ADD", audience(&message), &event(&message, auth.user_id, emoji));
@@ -182,14 +161,29 @@ async fn remove_reaction(
     user_id: Uuid,
     emoji: String,
 ) -> ApiResult<()> {
-    crate::federation::delegations::require_for_server(state, actor, message.server_id).await?;
+    let delegation = crate::federation::delegations::require_for_server(state, actor, message.server_id).await?;
+    let mut tx = state.db.begin().await?;
     let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
         .bind(message.id)
         .bind(&emoji)
         .bind(user_id)
-        .execute(&state.db)
+        .execute(&mut *tx)
         .await?;
     if removed.rows_affected() > 0 {
+        let scope = scope_now(message);
+        let emoji = emoji.clone();
+        let event = || MessageEvent::ReactionRemove {
+            scope,
+            user: user_id,
+            emoji,
+        };
+        sign_into(state, &mut tx, delegation.as_ref(), event).await?;
+    }
+    tx.commit().await?;
+    if removed.rows_affected() > 0 {
+        if delegation.is_some() {
+            state.federation.outbox_written();
+        }
         state.bus.publish_as(
             actor,
             "MESSAGE_REACTION_REMOVE",

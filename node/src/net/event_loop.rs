@@ -198,7 +198,7 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 endpoint,
-                num_established,
+                num_established: _,
                 ..
             } => {
                 if let Some(waiting) = self.pending_dials.remove(&peer_id) {
@@ -206,7 +206,11 @@ impl EventLoop {
                         let _ = reply.send(Ok(()));
                     }
                 }
-                if num_established.get() == 1 {
+                // A second connection to a peer we still hold one to is
+                // usually the peer back from a restart while the old
+                // connection has not timed out yet: handle it as a new
+                // peer too (sync and catch-up are idempotent).
+                {
                     let remote = endpoint.get_remote_address().clone();
                     let dialed = match endpoint {
                         ConnectedPoint::Dialer { address, .. } => Some(address),
@@ -227,6 +231,15 @@ impl EventLoop {
             } => {
                 tracing::info!(peer = %peer_id, "peer disconnected");
                 self.emit(NetEvent::Disconnected { peer: peer_id });
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                // Gossipsub tells a peer our subscriptions only on its
+                // first connection. When that one dies while a newer one
+                // lives (the peer restarted before the old connection
+                // timed out), the peer never learnt them and would never
+                // send us its messages: tell it again.
+                tracing::info!(peer = %peer_id, "an older connection closed; announcing subscriptions again");
+                self.resubscribe();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -249,6 +262,20 @@ impl EventLoop {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Leaves and rejoins every topic, which sends our subscriptions to
+    /// every connected peer again.
+    fn resubscribe(&mut self) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        let topics: Vec<TopicHash> = gossipsub.topics().cloned().collect();
+        for hash in topics {
+            let topic = IdentTopic::new(hash.as_str());
+            gossipsub.unsubscribe(&topic);
+            if let Err(err) = gossipsub.subscribe(&topic) {
+                tracing::warn!(topic = hash.as_str(), error = %err, "cannot subscribe again");
+            }
         }
     }
 
