@@ -2,7 +2,7 @@
 //! [`CanonicalWriter`] (from the protocol crate) with the few shapes commands
 //! need, and [`Reader`] is its strict inverse.
 //!
-//! Rules (see `spec/identity.md` §2 and `spec/community-state.md` §2):
+//! Rules (see `spec/identity.md` §2 and `spec/community-state.md` §1):
 //! fixed-width fields raw, integers big-endian at full width, byte strings as
 //! a `u64` length then the bytes, `Option<T>` as one byte `0` (none) or `1`
 //! followed by `T`, booleans as one byte `0`/`1`, sets as a `u64` count then

@@ -79,7 +79,7 @@ pub fn state_topic(server: Uuid) -> String {
 }
 
 /// The gossipsub topic every node subscribes to: users' signed
-/// revocations of delegations (spec/federation.md §10), as their JSON.
+/// revocations of delegations (spec/federation.md §11), as their JSON.
 pub const REVOCATIONS_TOPIC: &str = "together/v1/revocations";
 
 /// Largest signed revocation (JSON bytes) a node accepts, on the topic or

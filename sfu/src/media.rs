@@ -1,7 +1,7 @@
 //! The media profile every peer connection uses — Opus only, as browsers offer it —
 //! and how connections are built: the SFU's as sans-IO `rtc` cores its engine drives,
 //! the test client's with the async `webrtc` builder and the settings measured to work
-//! on this machine (design/BUILD-NOTES.md): explicit bind addresses, mDNS off.
+//! on loopback: explicit bind addresses, mDNS off.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ export const webDir = resolve(here, "..");
 export const repo = resolve(webDir, "../..");
 export const screenshotDir = join(here, "screenshots");
 
-/** Chromium flags that work as root on a closed network (shared/design/BUILD-NOTES.md). */
+/** Chromium flags that work as root on a closed network: no sandbox, no GPU, no QUIC, no background network traffic. */
 export const CHROMIUM_ARGS = [
   "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
   "--disable-component-update", "--disable-sync",
@@ -168,7 +168,7 @@ export async function launchBrowser() {
 /**
  * Chromium for voice tests: a fake microphone (a beeping tone), no
  * permission prompts, autoplay allowed, and loopback ICE candidates that
- * are not hidden behind mDNS names (shared/design/BUILD-NOTES.md).
+ * are not hidden behind mDNS names.
  */
 export async function launchMediaBrowser() {
   const { chromium } = await import("playwright-core");

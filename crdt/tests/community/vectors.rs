@@ -1,4 +1,4 @@
-//! The test vectors of `spec/community-state.md` §8, recomputed from the
+//! The test vectors of `spec/community-state.md` §9, recomputed from the
 //! code. Every `key = value` line of the spec's `vectors` block must match,
 //! and every computed value must be in the spec, so neither can drift.
 //! Run with `PRINT_VECTORS=1 -- --nocapture` to print the block.

@@ -1,4 +1,4 @@
-//! Revocations of delegations between nodes (spec/federation.md §10).
+//! Revocations of delegations between nodes (spec/federation.md §11).
 //!
 //! A user's signed revocation ([`SignedRevocation`]) reaches a node from a
 //! client (`POST /api/auth/revocations`), over the revocations topic that

@@ -7,7 +7,7 @@
 //!   community's ops yet asks with an invite code instead.
 //!   The answer also carries the revocations made by the community's
 //!   members when the asker's digest of them differs from the
-//!   responder's (spec/federation.md §10).
+//!   responder's (spec/federation.md §11).
 //! - `push_ops`: ops the sender believes the receiver lacks.
 //! - `history`: a page of a channel's signed message events in a range of
 //!   the responder's own sequence numbers, oldest or newest first, for

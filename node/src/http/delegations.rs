@@ -1,5 +1,5 @@
 //! A user's delegations and their revocation (spec/identity.md §5,
-//! spec/federation.md §10).
+//! spec/federation.md §11).
 //!
 //! - `GET /api/auth/delegations`: the caller's delegations this node knows
 //!   (to this node and to others), with the revocation of each, if any.
