@@ -7,105 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
 use together_protocol::identity::CanonicalWriter;
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
 use crate::codec::{DecodeError, Reader, WriterExt};
-
-/// The kind of a channel, as stored (`channels.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelKind {
-    Text,
-    Voice,
-    Category,
-}
-
-impl ChannelKind {
-    /// The name stored in the document and the `channels.kind` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Text => "text",
-            Self::Voice => "voice",
-            Self::Category => "category",
-        }
-    }
-
-    /// Parses the stored name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "text" => Some(Self::Text),
-            "voice" => Some(Self::Voice),
-            "category" => Some(Self::Category),
-            _ => None,
-        }
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Self::Text => 0,
-            Self::Voice => 1,
-            Self::Category => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> Result<Self, DecodeError> {
-        match code {
-            0 => Ok(Self::Text),
-            1 => Ok(Self::Voice),
-            2 => Ok(Self::Category),
-            _ => Err(DecodeError::Invalid("channel kind")),
-        }
-    }
-}
-
-/// Whom a channel permission override is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "type", content = "id", rename_all = "snake_case")]
-pub enum OverrideTarget {
-    /// A role (the `@everyone` role's id is the community id).
-    Role(Uuid),
-    /// One user, member or not.
-    Member(Uuid),
-}
-
-impl OverrideTarget {
-    /// The key of the override inside its channel's `overrides` map.
-    pub fn key(self) -> String {
-        match self {
-            Self::Role(id) => format!("role:{id}"),
-            Self::Member(id) => format!("member:{id}"),
-        }
-    }
-
-    /// Parses [`Self::key`].
-    pub fn parse_key(key: &str) -> Option<Self> {
-        if let Some(id) = key.strip_prefix("role:") {
-            Uuid::parse_str(id).ok().map(Self::Role)
-        } else if let Some(id) = key.strip_prefix("member:") {
-            Uuid::parse_str(id).ok().map(Self::Member)
-        } else {
-            None
-        }
-    }
-
-    fn write(self, w: CanonicalWriter) -> CanonicalWriter {
-        match self {
-            Self::Role(id) => w.u8(0).uuid(&id),
-            Self::Member(id) => w.u8(1).uuid(&id),
-        }
-    }
-
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        match r.u8()? {
-            0 => Ok(Self::Role(r.uuid()?)),
-            1 => Ok(Self::Member(r.uuid()?)),
-            _ => Err(DecodeError::Invalid("override target")),
-        }
-    }
-}
+use crate::types::Touched;
+pub use crate::types::{ChannelKind, OverrideTarget};
 
 /// The first op of a community: creates the server, its `@everyone` role
 /// and the owner's membership. The community id is derived from the owner's
@@ -219,6 +127,39 @@ pub enum Command {
     },
 }
 
+/// The one-byte code of a channel kind in a command's bytes.
+fn kind_code(kind: ChannelKind) -> u8 {
+    match kind {
+        ChannelKind::Text => 0,
+        ChannelKind::Voice => 1,
+        ChannelKind::Category => 2,
+    }
+}
+
+fn read_kind(code: u8) -> Result<ChannelKind, DecodeError> {
+    match code {
+        0 => Ok(ChannelKind::Text),
+        1 => Ok(ChannelKind::Voice),
+        2 => Ok(ChannelKind::Category),
+        _ => Err(DecodeError::Invalid("channel kind")),
+    }
+}
+
+fn write_target(target: OverrideTarget, w: CanonicalWriter) -> CanonicalWriter {
+    match target {
+        OverrideTarget::Role(id) => w.u8(0).uuid(&id),
+        OverrideTarget::Member(id) => w.u8(1).uuid(&id),
+    }
+}
+
+fn read_target(r: &mut Reader<'_>) -> Result<OverrideTarget, DecodeError> {
+    match r.u8()? {
+        0 => Ok(OverrideTarget::Role(r.uuid()?)),
+        1 => Ok(OverrideTarget::Member(r.uuid()?)),
+        _ => Err(DecodeError::Invalid("override target")),
+    }
+}
+
 fn write_str(w: CanonicalWriter, s: &str) -> CanonicalWriter {
     w.str(s)
 }
@@ -243,8 +184,8 @@ impl Command {
     /// The entries of the document this command writes into when made by
     /// `author`, or `None` when it may write anywhere (the genesis).
     /// [`crate::State::refresh`] re-reads just these after the change.
-    pub fn touched(&self, author: &Uuid) -> Option<Vec<crate::state::Touched>> {
-        use crate::state::Touched as T;
+    pub fn touched(&self, author: &Uuid) -> Option<Vec<Touched>> {
+        use Touched as T;
         Some(match self {
             Self::Genesis(_) => return None,
             Self::UpdateServer { .. } | Self::TransferOwnership { .. } => vec![T::Server],
@@ -327,7 +268,7 @@ impl Command {
                 topic,
                 position,
             } => {
-                let w = write_str(w.u8(3).uuid(id), name).u8(kind.code());
+                let w = write_str(w.u8(3).uuid(id), name).u8(kind_code(*kind));
                 let w = w.opt(parent.as_ref(), |w, p| w.uuid(p));
                 let w = write_opt_str(w, topic.as_ref());
                 write_i32(w, *position)
@@ -407,11 +348,10 @@ impl Command {
                 target,
                 allow,
                 deny,
-            } => target
-                .write(w.u8(18).uuid(channel))
+            } => write_target(*target, w.u8(18).uuid(channel))
                 .u64(allow.bits())
                 .u64(deny.bits()),
-            Self::DeleteOverride { channel, target } => target.write(w.u8(19).uuid(channel)),
+            Self::DeleteOverride { channel, target } => write_target(*target, w.u8(19).uuid(channel)),
         }
         .finish()
     }
@@ -445,7 +385,7 @@ impl Command {
             3 => Self::CreateChannel {
                 id: r.uuid()?,
                 name: r.string()?,
-                kind: ChannelKind::from_code(r.u8()?)?,
+                kind: read_kind(r.u8()?)?,
                 parent: r.opt(Reader::uuid)?,
                 topic: r.opt(Reader::string)?,
                 position: read_i32(r)?,
@@ -515,13 +455,13 @@ impl Command {
             17 => Self::RevokeInvite { code: r.string()? },
             18 => Self::SetOverride {
                 channel: r.uuid()?,
-                target: OverrideTarget::read(r)?,
+                target: read_target(r)?,
                 allow: read_perms(r)?,
                 deny: read_perms(r)?,
             },
             19 => Self::DeleteOverride {
                 channel: r.uuid()?,
-                target: OverrideTarget::read(r)?,
+                target: read_target(r)?,
             },
             _ => return Err(DecodeError::Invalid("command tag")),
         })

@@ -9,11 +9,13 @@
 //!
 //! A tour, in the order data flows:
 //!
+//! - [`types`]: the leaf every other module may use: [`OpId`], [`Actor`],
+//!   [`ChannelKind`], [`OverrideTarget`] and the document entries a command
+//!   touches.
 //! - [`command`]: [`Command`], every structural change as the node asks for
 //!   it, and its canonical bytes.
 //! - [`op`]: [`Op`], the signed envelope ([`OpBody`] inside a protocol
-//!   `SignedEvent` of kind `op`), [`OpId`], [`Actor`] ids bound to a node,
-//!   [`community_id`], and the wire form.
+//!   `SignedEvent` of kind `op`), [`community_id`], and the wire form.
 //! - [`authz`]: [`authorize`], the validity rules (permissions, role
 //!   hierarchy, invites, bans), and [`Limits`].
 //! - [`schema`]: how a command is written into the automerge document, and
@@ -22,7 +24,9 @@
 //!   each user's [`Standing`] (rank and permissions).
 //! - [`resolver`]: [`Resolver`], the op store: pending ops, static checks,
 //!   strong removal, the valid set, the materialized document, sync helpers
-//!   and the command builder ([`Resolver::prepare`], [`genesis_op`]).
+//!   and the command builder ([`Resolver::prepare`], [`genesis_op`]), one
+//!   file per stage under `resolver/` (`pending`, `check`, `resolve`,
+//!   `materialize`, `build`).
 //! - [`projection`]: [`Projection`], the rows the node's tables hold, with a
 //!   canonical JSON form.
 //! - [`error`]: [`Rejection`] (every reason an op is invalid, with a stable
@@ -41,6 +45,7 @@ pub mod projection;
 pub mod resolver;
 pub mod schema;
 pub mod state;
+pub mod types;
 
 pub use authz::{Limits, authorize};
 pub use codec::DecodeError;

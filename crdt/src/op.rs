@@ -13,8 +13,6 @@
 //! key, and usable by one node key only, so nobody can fork another node's
 //! automerge sequence numbers.
 
-use std::fmt;
-
 use ed25519_dalek::SigningKey;
 use together_protocol::identity::{
     CanonicalWriter, DelegationHash, EventKind, IdentityError, NodePublicKey, Signature,
@@ -24,6 +22,7 @@ use uuid::Uuid;
 
 use crate::codec::{DecodeError, Reader, WriterExt};
 use crate::command::Command;
+pub use crate::types::{ACTOR_CONTEXT, Actor, OpId};
 
 /// The event kind ops are signed as: tag `together/v1/event/op\0`.
 pub const OP_KIND: &str = "op";
@@ -35,8 +34,6 @@ pub const MAX_OP_BYTES: usize = 64 * 1024;
 pub const MAX_PARENTS: usize = 64;
 /// Context of [`community_id`].
 pub const COMMUNITY_ID_CONTEXT: &str = "together community id v1";
-/// Context of the actor mac.
-pub const ACTOR_CONTEXT: &str = "together community actor v1";
 
 /// Why bytes are not an op.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,34 +54,6 @@ pub enum OpError {
     Identity(#[from] IdentityError),
 }
 
-/// The id of an op: the blake3 hash of its signed event.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OpId(pub [u8; 32]);
-
-impl OpId {
-    /// The 32 hash bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OpId({})", &self.to_hex()[..12])
-    }
-}
-
 /// The id of the community owned by `owner` and created with `nonce`:
 /// the first 16 bytes of `blake3::derive_key("together community id v1",
 /// owner key || nonce)`, marked as a UUIDv8.
@@ -96,51 +65,6 @@ pub fn community_id(owner: &UserPublicKey, nonce: &[u8; 16]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest.as_bytes()[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
-/// An automerge actor id bound to one node key and one community.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Actor(pub [u8; 32]);
-
-impl Actor {
-    /// A fresh actor for `node` in `community`, from a random salt.
-    pub fn generate(node: &NodePublicKey, community: Uuid) -> Self {
-        Self::from_salt(node, community, rand::random())
-    }
-
-    /// The actor with the given salt (deterministic; for tests and vectors).
-    pub fn from_salt(node: &NodePublicKey, community: Uuid, salt: [u8; 16]) -> Self {
-        let mut out = [0u8; 32];
-        out[..16].copy_from_slice(&salt);
-        out[16..].copy_from_slice(&Self::mac(node, community, &salt));
-        Self(out)
-    }
-
-    fn mac(node: &NodePublicKey, community: Uuid, salt: &[u8]) -> [u8; 16] {
-        let mut hasher = blake3::Hasher::new_derive_key(ACTOR_CONTEXT);
-        hasher.update(node.as_bytes());
-        hasher.update(community.as_bytes());
-        hasher.update(salt);
-        let mut mac = [0u8; 16];
-        mac.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-        mac
-    }
-
-    /// Whether this actor belongs to `node` in `community`.
-    pub fn belongs_to(&self, node: &NodePublicKey, community: Uuid) -> bool {
-        Self::mac(node, community, &self.0[..16])[..] == self.0[16..]
-    }
-
-    /// The automerge actor id.
-    pub fn actor_id(&self) -> automerge::ActorId {
-        automerge::ActorId::from(self.0)
-    }
-}
-
-impl fmt::Debug for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Actor({})", hex::encode(&self.0[..6]))
-    }
 }
 
 /// What an op says, before it is signed: the payload of its event.
@@ -474,12 +398,5 @@ mod tests {
         let mut bytes = body.to_bytes();
         bytes[0] = 2;
         assert_eq!(OpBody::from_bytes(&bytes), Err(OpError::Version(2)));
-    }
-
-    #[test]
-    fn resolvers_can_move_between_threads() {
-        fn send<T: Send>() {}
-        send::<crate::Resolver>();
-        send::<Op>();
     }
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::command::{Command, Genesis};
 use crate::error::Rejection;
 use crate::op::Actor;
+use crate::types::ROLE_KEY;
 
 type Result<T> = std::result::Result<T, Rejection>;
 
@@ -161,9 +162,6 @@ fn write_member(
         .map(|_| ())
         .map_err(doc_err)
 }
-
-/// The prefix of a member map's keys that name a role the member holds.
-pub(crate) const ROLE_KEY: &str = "role:";
 
 /// Writes `command` (already authorized) into the transaction.
 pub(crate) fn write(

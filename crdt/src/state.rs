@@ -25,7 +25,8 @@ use together_protocol::permissions::{
 };
 use uuid::Uuid;
 
-use crate::command::{ChannelKind, OverrideTarget};
+pub use crate::types::Touched;
+use crate::types::{ChannelKind, OverrideTarget, ROLE_KEY};
 
 /// The rank of the owner: above every role position.
 pub const OWNER_RANK: i64 = i64::MAX;
@@ -398,21 +399,6 @@ impl State {
     }
 }
 
-/// One entry of the document layout that a command writes into.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Touched {
-    /// The `server` map.
-    Server,
-    Channel(Uuid),
-    Role(Uuid),
-    Member(Uuid),
-    Ban(Uuid),
-    Invite(String),
-    /// One user in an invite's `used` set (a join with it): re-read without
-    /// hydrating the whole set.
-    InviteUse(String, Uuid),
-}
-
 /// The current value of `section` (or of `section[key]`) as a hydrated
 /// map, if it is a map.
 fn hydrate_entry(doc: &Automerge, section: &str, key: Option<&str>) -> Option<Map> {
@@ -575,7 +561,7 @@ fn read_member(m: &Map) -> Member {
     let roles = m
         .iter()
         .filter(|(_, v)| matches!(v.value, Value::Scalar(ScalarValue::Boolean(true))))
-        .filter_map(|(k, _)| k.strip_prefix(crate::schema::ROLE_KEY))
+        .filter_map(|(k, _)| k.strip_prefix(ROLE_KEY))
         .filter_map(|id| Uuid::parse_str(id).ok())
         .collect();
     Member {

@@ -31,7 +31,10 @@
 //!   participants' connections, runs the offer/answer state (the server always
 //!   offers; outgoing sections are reused when people leave, so the SDP stays small),
 //!   and removes participants whose connection fails or whose deadlines pass. Nothing
-//!   in the packet path waits: a datagram the socket cannot take is dropped.
+//!   in the packet path waits: a datagram the socket cannot take is dropped. Its
+//!   parts: `engine/packets.rs` (the datagram and media path), `engine/rooms.rs`
+//!   (joins, leaves, remote participants), `engine/negotiation.rs` (slots, offers,
+//!   answers, ICE candidates).
 //! - `forward.rs`: the IO-free packet logic — counters, speaking detection, and the
 //!   sequence/timestamp line of each outgoing slot.
 //! - `sdp.rs`: checks and facts read from SDP (answers are validated before the media

@@ -13,7 +13,9 @@
 //! - `tls.rs`: authentication with the nodes' ed25519 keys (raw public keys).
 //! - `manager.rs`: the task that owns the links, announces local tracks to the nodes
 //!   sharing their room, subscribes to remote tracks while a local listener is there,
-//!   and wires both into the SFU's workers; plus the per-connection tasks.
+//!   and wires both into the SFU's workers (`manager/links.rs`: dialing and a link's
+//!   life; `manager/reconcile.rs`: what flows over it; `manager/connection.rs`: the
+//!   accept loop and the per-connection tasks).
 //!
 //! The node tells the relay which nodes exist ([`Relay::connect`]) and which rooms it
 //! shares with which node ([`Relay::share_room`]); everything else follows from who is
