@@ -1720,3 +1720,69 @@ async fn revocation_timings() {
     );
     net.stop().await;
 }
+
+/// A message or an edit with a control character is refused the same way
+/// whether it comes by REST or by gossip from a peer: both are judged by
+/// `together_node::messages::rules`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_gossip_judge_messages_by_the_same_rules() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let alice_id = uuid(&json!(s.alice.user_id));
+    let id = post(&s.http, &s.alice, s.channel, "plain").await;
+    wait_content(net[1].db(), id, Some(("plain", false))).await;
+
+    // By REST, on either node: 400.
+    let bell = "ring\u{7}bell";
+    let reply = s
+        .alice
+        .patch(&s.http, &format!("/api/messages/{id}"), json!({"content": bell}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let reply = s
+        .bob
+        .post(&s.http, &format!("/api/channels/{}/messages", s.channel), json!({"content": bell}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.body);
+
+    // By gossip, correctly signed for alice: refused as invalid_content.
+    let before = rejected_count(&s.http, &net[1], "invalid_content").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let scope = Scope {
+        server: s.server,
+        channel: s.channel,
+        message: id,
+        at: now,
+    };
+    let edit = MessageEvent::Edit {
+        scope,
+        content: bell.into(),
+    };
+    let topic = messages_topic(s.server);
+    net[0]
+        .net()
+        .publish(&topic, signed_on_node0(&net, alice_id, &edit).await.to_bytes())
+        .await
+        .unwrap();
+    wait_rejected(&s.http, &net[1], "invalid_content", before).await;
+    let create = MessageEvent::Create {
+        scope: Scope {
+            message: Uuid::now_v7(),
+            ..scope
+        },
+        reply_to: None,
+        content: bell.into(),
+        attachments: Vec::new(),
+    };
+    net[0]
+        .net()
+        .publish(&topic, signed_on_node0(&net, alice_id, &create).await.to_bytes())
+        .await
+        .unwrap();
+    wait_rejected(&s.http, &net[1], "invalid_content", before + 1).await;
+    assert_eq!(message_content(net[1].db(), id).await, Some(("plain".to_string(), false)));
+    assert_eq!(message_content(net[1].db(), create.scope().message).await, None);
+    net.stop().await;
+}
