@@ -17,8 +17,11 @@ ensure_postgres_server
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 wait_for_postgres "$DATABASE_URL"
 
-echo "== Rust tests (cargo nextest, workspace)"
 status=0
+echo "== module imports: no cycles"
+python3 scripts/check-module-cycles.py protocol crdt sfu || status=1
+
+echo "== Rust tests (cargo nextest, workspace)"
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 
 if [ "${SKIP_CLIENTS:-0}" != 1 ]; then

@@ -26,8 +26,7 @@ use crate::model::{Attachment, Message, ReactionSummary, User, user_tag};
 pub const MAX_PAGE: i64 = 100;
 /// History page size when the client does not ask for one.
 pub const DEFAULT_PAGE: i64 = 50;
-/// Longest message, in characters after trimming.
-pub const MAX_CONTENT_CHARS: usize = 4000;
+pub use rules::MAX_CONTENT_CHARS;
 /// Most attachments on one message.
 pub const MAX_ATTACHMENTS: usize = 10;
 /// Most distinct emojis on one message.

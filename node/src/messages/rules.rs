@@ -1,7 +1,8 @@
 //! The rules a message write must follow, for every origin: the REST API
 //! and events from peers are judged by these same functions.
 
-use super::MAX_CONTENT_CHARS;
+/// Longest message, in characters after trimming.
+pub const MAX_CONTENT_CHARS: usize = 4000;
 
 /// Why text or an emoji is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
