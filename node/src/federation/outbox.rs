@@ -2,23 +2,23 @@
 //! signed events on the community's topic.
 //!
 //! It listens to the local bus (every write commits before it publishes
-//! there). A message change is encoded as a [`MessageEvent`], signed by the
+//! there). A message change of a federated community (a message event
+//! variant of [`Event`]) is encoded as a [`MessageEvent`], signed by the
 //! node key under the actor's delegation, stored in `federation_events`
 //! (so peers can backfill it even when publishing fails) and published.
-//! Structural changes are not handled here: they travel as signed
-//! community ops ([`super::ops`]).
+//! Typing and presence go to [`super::ephemeral`]. Structural changes are
+//! not handled here: they travel as signed community ops ([`super::ops`]).
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use together_protocol::federation::{Envelope, FileRef, MessageEvent, Scope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{delegations, store};
-use crate::bus::{Audience, Event};
+use crate::bus::{Event, Published};
 use crate::net::NetClient;
 use crate::state::AppState;
 
@@ -28,7 +28,7 @@ pub fn spawn(state: AppState, client: NetClient) {
     tokio::spawn(run(state, client, events));
 }
 
-async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Event>>) {
+async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Published>>) {
     loop {
         let event = tokio::select! {
             _ = state.shutdown.cancelled() => break,
@@ -37,7 +37,7 @@ async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver
         match event {
             Ok(event) if !event.remote => {
                 if let Err(err) = handle(&state, &client, &event).await {
-                    tracing::warn!(kind = event.kind, error = %err, "federation outbox could not handle an event");
+                    tracing::warn!(kind = event.kind(), error = %err, "federation outbox could not handle an event");
                 }
             }
             Ok(_) => {}
@@ -53,28 +53,12 @@ async fn run(state: AppState, client: NetClient, mut events: broadcast::Receiver
 enum OutboxError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
-    #[error("unexpected payload: {0}")]
-    Payload(#[from] serde_json::Error),
     #[error(transparent)]
     Delegation(#[from] delegations::DelegationError),
     #[error("cannot sign: {0}")]
     Sign(#[from] together_protocol::identity::IdentityError),
     #[error("ephemeral event: {0}")]
     Ephemeral(String),
-}
-
-#[derive(Deserialize)]
-struct MessagePayload {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    author: AuthorPayload,
-    content: String,
-    reply_to: Option<Uuid>,
-    edited_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    attachments: Vec<serde::de::IgnoredAny>,
 }
 
 /// The files of a message as a create event names them.
@@ -99,66 +83,35 @@ async fn file_refs(db: &sqlx::PgPool, message: Uuid) -> Result<Vec<FileRef>, sql
         .collect())
 }
 
-#[derive(Deserialize)]
-struct AuthorPayload {
-    id: Uuid,
-}
-
-#[derive(Deserialize)]
-struct DeletedPayload {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-}
-
-#[derive(Deserialize)]
-struct ReactionPayload {
-    message_id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    user_id: Uuid,
-    emoji: String,
-}
-
-/// Dispatch names of structural changes (replicated as ops instead).
-fn is_structural(kind: &str) -> bool {
-    kind.starts_with("CHANNEL_")
-        || kind.starts_with("SERVER_ROLE_")
-        || kind.starts_with("SERVER_MEMBER_")
-        || kind.starts_with("SERVER_BAN_")
-        || kind == "SERVER_UPDATE"
-        || kind == "SERVER_DELETE"
-}
-
-fn server_of(audience: &Audience) -> Option<Uuid> {
-    match audience {
-        Audience::Channel { server_id, .. } => Some(*server_id),
-        Audience::Server(id) => Some(*id),
-        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
-        Audience::User(_) | Audience::Peers(_) => None,
+/// The server of a message change; `None` for every other event
+/// (structural changes travel as ops, the rest stays on this node).
+fn message_server(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::MessageCreated(_)
+        | Event::MessageUpdated(_)
+        | Event::MessageDeleted(_)
+        | Event::ReactionAdded(_)
+        | Event::ReactionRemoved(_) => event.server_id(),
+        _ => None,
     }
 }
 
-async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(), OutboxError> {
-    if super::ephemeral::is_ephemeral(event.kind) {
+async fn handle(state: &AppState, client: &NetClient, published: &Published) -> Result<(), OutboxError> {
+    let event = &published.event;
+    if super::ephemeral::is_ephemeral(event) {
         return super::ephemeral::outgoing(state, client, event)
             .await
             .map_err(|err| OutboxError::Ephemeral(err.to_string()));
     }
-    let Some(server_id) = server_of(&event.audience) else {
+    let Some(server_id) = message_server(event) else {
         return Ok(());
     };
-    let Some(home) = store::federation_of(&state.db, server_id).await? else {
-        return Ok(());
-    };
-    let _ = home;
-    if is_structural(event.kind) {
+    if store::federation_of(&state.db, server_id).await?.is_none() {
         return Ok(());
     }
     let now_ms = Utc::now().timestamp_millis();
-    let (actor, message_event) = match event.kind {
-        "MESSAGE_CREATE" => {
-            let m: MessagePayload = serde_json::from_str(&event.data)?;
+    let (actor, message_event) = match event {
+        Event::MessageCreated(m) => {
             let scope = Scope {
                 server: m.server_id,
                 channel: m.channel_id,
@@ -175,24 +128,28 @@ async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(
                 MessageEvent::Create {
                     scope,
                     reply_to: m.reply_to,
-                    content: m.content,
+                    content: m.content.clone(),
                     attachments,
                 },
             )
         }
-        "MESSAGE_UPDATE" => {
-            let m: MessagePayload = serde_json::from_str(&event.data)?;
+        Event::MessageUpdated(m) => {
             let scope = Scope {
                 server: m.server_id,
                 channel: m.channel_id,
                 message: m.id,
                 at: m.edited_at.map_or(now_ms, |t| t.timestamp_millis()),
             };
-            (m.author.id, MessageEvent::Edit { scope, content: m.content })
+            (
+                m.author.id,
+                MessageEvent::Edit {
+                    scope,
+                    content: m.content.clone(),
+                },
+            )
         }
-        "MESSAGE_DELETE" => {
-            let d: DeletedPayload = serde_json::from_str(&event.data)?;
-            let actor = match event.actor {
+        Event::MessageDeleted(d) => {
+            let actor = match published.actor {
                 Some(actor) => actor,
                 // Publishers that do not name the actor: the author deleted it.
                 None => match sqlx::query_scalar("SELECT author_id FROM messages WHERE id = $1")
@@ -212,23 +169,28 @@ async fn handle(state: &AppState, client: &NetClient, event: &Event) -> Result<(
             };
             (actor, MessageEvent::Delete { scope })
         }
-        "MESSAGE_REACTION_ADD" | "MESSAGE_REACTION_REMOVE" => {
-            let r: ReactionPayload = serde_json::from_str(&event.data)?;
+        Event::ReactionAdded(r) | Event::ReactionRemoved(r) => {
             let scope = Scope {
                 server: r.server_id,
                 channel: r.channel_id,
                 message: r.message_id,
                 at: now_ms,
             };
-            if event.kind == "MESSAGE_REACTION_ADD" {
-                (r.user_id, MessageEvent::ReactionAdd { scope, emoji: r.emoji })
+            if matches!(event, Event::ReactionAdded(_)) {
+                (
+                    r.user_id,
+                    MessageEvent::ReactionAdd {
+                        scope,
+                        emoji: r.emoji.clone(),
+                    },
+                )
             } else {
                 (
-                    event.actor.unwrap_or(r.user_id),
+                    published.actor.unwrap_or(r.user_id),
                     MessageEvent::ReactionRemove {
                         scope,
                         user: r.user_id,
-                        emoji: r.emoji,
+                        emoji: r.emoji.clone(),
                     },
                 )
             }
