@@ -8,7 +8,7 @@
 //! 2. lets the command lock its server row, check the actor's permissions
 //!    against the state *inside* that transaction and write the tables,
 //! 3. commits, and only then
-//! 4. publishes the events the command recorded to the bus.
+//! 4. publishes the typed events the command recorded to the bus.
 //!
 //! REST handlers build commands and call [`execute`]; they never write
 //! these tables themselves. That keeps one place where a change is judged.
@@ -40,12 +40,11 @@ pub mod servers;
 use std::future::Future;
 
 use axum::http::StatusCode;
-use serde::Serialize;
 use sqlx::PgConnection;
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::required_text;
 use crate::model::ChannelKind;
@@ -80,18 +79,15 @@ pub trait Command: Send {
 /// Events a command wants published once its transaction has committed.
 #[derive(Debug, Default)]
 pub struct Effects {
-    events: Vec<(&'static str, Audience, serde_json::Value)>,
+    events: Vec<(Audience, Event)>,
     ops: Vec<(Uuid, together_crdt::Command)>,
     forget: Vec<Uuid>,
 }
 
 impl Effects {
     /// Records an event; nothing is sent unless the transaction commits.
-    pub fn publish(&mut self, kind: &'static str, audience: Audience, payload: &impl Serialize) {
-        match serde_json::to_value(payload) {
-            Ok(value) => self.events.push((kind, audience, value)),
-            Err(err) => tracing::error!(kind, error = %err, "event payload failed to serialize"),
-        }
+    pub fn publish(&mut self, audience: Audience, event: Event) {
+        self.events.push((audience, event));
     }
 
     /// Records the state command this change makes to community
@@ -129,8 +125,8 @@ pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> A
         book.forget(*id);
     }
     drop(book);
-    for (kind, audience, payload) in effects.events {
-        state.bus.publish(kind, audience, &payload);
+    for (audience, event) in effects.events {
+        state.bus.publish(audience, event);
     }
     crate::federation::ops::publish(state, &ops).await;
     Ok(output)

@@ -125,12 +125,12 @@ impl Gateway {
 
     /// The presence of a user of another node, for the connected members
     /// of the servers it shares with them here.
-    pub async fn remote_presence(&self, presence: dispatcher::Presence, servers: Vec<Uuid>) {
+    pub async fn remote_presence(&self, presence: crate::model::Presence, servers: Vec<Uuid>) {
         self.command(Command::RemotePresence { presence, servers }).await;
     }
 
     /// Presences of the online members of a server.
-    pub async fn presences(&self, server_id: Uuid) -> Vec<dispatcher::Presence> {
+    pub async fn presences(&self, server_id: Uuid) -> Vec<crate::model::Presence> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.command(Command::Presences { server_id, reply }).await;
         rx.await.unwrap_or_default()
@@ -153,7 +153,7 @@ impl Gateway {
     /// Queues a dispatch built outside the bus on one session (voice
     /// signaling goes to the device that joined, not to every device of
     /// the user). Returns false when the session is gone.
-    pub(crate) fn push_to_session(&self, id: Uuid, event: Arc<crate::bus::Event>) -> bool {
+    pub(crate) fn push_to_session(&self, id: Uuid, event: Arc<crate::bus::Published>) -> bool {
         match self.find_session(id) {
             Some(session) => {
                 session.push(event);

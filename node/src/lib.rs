@@ -28,7 +28,8 @@
 //! - [`uploads`]: uploaded files stored once per blake3 hash, safe
 //!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
-//! - [`bus`]: committed changes, published once to every subscriber.
+//! - [`bus`]: committed changes as typed events, each serialized at most
+//!   once, when a gateway session first needs it.
 //! - [`net`]: the libp2p swarm in one task, and the client to talk to it.
 //! - [`federation`]: signed events between nodes, structure sync, backfill.
 //! - [`ratelimit`]: per-user, per-route request budgets.

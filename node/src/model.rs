@@ -1,5 +1,8 @@
 //! The JSON shapes of the API. REST responses, gateway READY and dispatch
-//! payloads all use these, so a client learns one shape per object.
+//! payloads all use these, so a client learns one shape per object. The
+//! payloads of bus events ([`crate::bus::Event`]) that are not objects of
+//! their own (deletions, reactions, typing, presence) are defined here too,
+//! once, whichever module publishes them.
 //!
 //! Rows map onto these with `sqlx::FromRow`; ids are UUIDs, times RFC 3339,
 //! permissions decimal strings (see `together_protocol::permissions`).
@@ -339,4 +342,50 @@ pub struct RoleEvent {
 pub struct RoleDeleted {
     pub server_id: Uuid,
     pub role_id: Uuid,
+}
+
+/// `MESSAGE_DELETE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageDeleted {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub server_id: Uuid,
+}
+
+/// `MESSAGE_REACTION_ADD` and `MESSAGE_REACTION_REMOVE` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReactionEvent {
+    pub message_id: Uuid,
+    pub channel_id: Uuid,
+    pub server_id: Uuid,
+    pub user_id: Uuid,
+    pub emoji: String,
+}
+
+/// `TYPING_START` payload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TypingStart {
+    pub channel_id: Uuid,
+    pub server_id: Uuid,
+    pub user_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A user's presence as others see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
+pub struct Presence {
+    pub user_id: Uuid,
+    /// `online`, `away`, `dnd` or `offline` (invisible users show offline).
+    pub status: String,
+    pub custom_status: Option<String>,
+}
+
+/// The `VOICE_STATE_UPDATE` payload when a user leaves.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VoiceLeft {
+    pub user_id: Uuid,
+    pub server_id: Uuid,
+    /// Always `null`.
+    pub channel_id: Option<Uuid>,
 }

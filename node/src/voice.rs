@@ -29,16 +29,15 @@ use together_sfu::{JoinError, PeerId, SfuConfig, SignalError, VoiceFlags};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::bus::Audience;
+use crate::bus::{Audience, Event, Published};
 use crate::error::{ApiError, ApiResult};
-use crate::gateway::dispatcher::make_ready_event;
 use crate::gateway::protocol::{self as p, Close};
 use crate::gateway::session::Session;
-use crate::model::{ChannelKind, VoiceState};
+use crate::model::{ChannelKind, VoiceLeft, VoiceState};
 use crate::perms::channel_access;
 use crate::state::AppState;
 use wire::{
-    VoiceAnswer, VoiceCandidate, VoiceErrorEvent, VoiceLeft, VoiceOfferEvent, VoiceRestart, VoiceSessionEnd,
+    VoiceAnswer, VoiceCandidate, VoiceErrorEvent, VoiceOfferEvent, VoiceRestart, VoiceSessionEnd,
     VoiceStateRequest,
 };
 
@@ -319,7 +318,7 @@ pub async fn gateway_op(state: &AppState, session: &Session, op: u8, data: &str)
             voice_session,
             channel_id,
         };
-        session.push(make_ready_event("VOICE_ERROR", Audience::User(session.user_id), &payload));
+        session.push(Published::direct("VOICE_ERROR", Audience::User(session.user_id), &payload));
     }
     Ok(())
 }
@@ -757,7 +756,7 @@ fn channel_audience(server_id: Uuid, channel_id: Uuid) -> Audience {
 fn announce_state(state: &AppState, row: &VoiceState) {
     state
         .bus
-        .publish("VOICE_STATE_UPDATE", channel_audience(row.server_id, row.channel_id), row);
+        .publish(channel_audience(row.server_id, row.channel_id), Event::VoiceStateUpdated(row.clone()));
 }
 
 fn announce_leave(state: &AppState, participant: Participant) {
@@ -767,9 +766,8 @@ fn announce_leave(state: &AppState, participant: Participant) {
         channel_id: None,
     };
     state.bus.publish(
-        "VOICE_STATE_UPDATE",
         channel_audience(participant.server_id, participant.channel_id),
-        &payload,
+        Event::VoiceStateLeft(payload),
     );
 }
 
@@ -778,14 +776,14 @@ fn end_session(state: &AppState, participant: Participant, reason: &'static str)
         voice_session: participant.voice_session,
         reason,
     };
-    let event = make_ready_event("VOICE_SESSION_END", Audience::User(participant.peer.user), &payload);
+    let event = Published::direct("VOICE_SESSION_END", Audience::User(participant.peer.user), &payload);
     state.gateway.push_to_session(participant.peer.session, event);
 }
 
 /// Relays an SFU offer to the device that must answer it.
 fn push_offer(state: &AppState, offer: &together_sfu::Offer, ice_servers: Option<Vec<together_sfu::IceServer>>) {
     let payload = VoiceOfferEvent::new(offer, ice_servers);
-    let event = make_ready_event("VOICE_OFFER", Audience::User(offer.peer.user), &payload);
+    let event = Published::direct("VOICE_OFFER", Audience::User(offer.peer.user), &payload);
     if !state.gateway.push_to_session(offer.peer.session, event) {
         tracing::debug!(peer = %offer.peer, "offer for a gateway session that is gone");
     }

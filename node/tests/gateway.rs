@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -14,7 +15,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use support::TestUser;
 use support::ws::{Client, Node, WAIT, start, start_with};
-use together_node::bus::Audience;
+use together_node::bus::{Audience, Event};
+use together_node::model::{self, Channel, ChannelKind, Role, RoleEvent, ServerUserEvent, User};
 use together_protocol::permissions::Permissions;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -72,11 +74,33 @@ async fn hide(pool: &PgPool, server: Uuid, channel: Uuid) {
         .unwrap();
 }
 
+/// A user as events name them, for events published straight to the bus.
+fn someone(id: Uuid) -> User {
+    User {
+        id,
+        username: "someone".into(),
+        tag: "someone#0000".into(),
+        avatar_url: None,
+        public_key: String::new(),
+    }
+}
+
 fn say(node: &Node, server: Uuid, channel: Uuid, text: &str) {
+    let message = model::Message {
+        id: Uuid::now_v7(),
+        channel_id: channel,
+        server_id: server,
+        author: someone(Uuid::nil()),
+        content: text.into(),
+        reply_to: None,
+        attachments: Vec::new(),
+        reactions: Vec::new(),
+        edited_at: None,
+        created_at: chrono::Utc::now(),
+    };
     node.app.state.bus.publish(
-        "MESSAGE_CREATE",
         Audience::Channel { server_id: server, channel_id: channel },
-        &json!({"channel_id": channel, "server_id": server, "content": text}),
+        Event::MessageCreated(Arc::new(message)),
     );
 }
 
@@ -153,10 +177,20 @@ async fn losing_and_gaining_access_takes_effect_at_once(pool: PgPool) {
 
     // #general becomes hidden from @everyone; the channel update says so.
     hide(&pool, server, general).await;
+    let channel = Channel {
+        id: general,
+        server_id: server,
+        name: "general".into(),
+        kind: ChannelKind::Text,
+        parent_id: None,
+        topic: None,
+        position: 0,
+        permission_overrides: Vec::new(),
+        created_at: chrono::Utc::now(),
+    };
     node.app.state.bus.publish(
-        "CHANNEL_UPDATE",
         Audience::Channel { server_id: server, channel_id: general },
-        &json!({"id": general, "server_id": server, "name": "general"}),
+        Event::ChannelUpdated(Arc::new(channel)),
     );
     let gone = bob_ws.dispatch("CHANNEL_DELETE").await;
     assert_eq!(gone["id"], general.to_string());
@@ -165,10 +199,19 @@ async fn losing_and_gaining_access_takes_effect_at_once(pool: PgPool) {
 
     // Visible again: bob gets the channel back and its messages.
     sqlx::query("DELETE FROM channel_permission_overrides").execute(&pool).await.unwrap();
+    let everyone = Role {
+        id: server,
+        server_id: server,
+        name: "@everyone".into(),
+        permissions: Permissions::DEFAULT_EVERYONE,
+        color: None,
+        hoist: false,
+        mentionable: false,
+        position: 0,
+    };
     node.app.state.bus.publish(
-        "SERVER_ROLE_UPDATE",
         Audience::Server(server),
-        &json!({"server_id": server, "role": {"id": server}}),
+        Event::RoleUpdated(RoleEvent { server_id: server, role: everyone }),
     );
     let back = bob_ws.dispatch("CHANNEL_CREATE").await;
     assert_eq!(back["id"], general.to_string());
@@ -192,9 +235,8 @@ async fn removed_members_get_server_delete_and_nothing_more(pool: PgPool) {
         .unwrap();
     let bob_id: Uuid = bob.id.parse().unwrap();
     node.app.state.bus.publish(
-        "SERVER_MEMBER_REMOVE",
         Audience::ServerAndUsers { server_id: server, users: vec![bob_id] },
-        &json!({"server_id": server, "user": {"id": bob_id}}),
+        Event::ServerMemberRemoved(ServerUserEvent { server_id: server, user: someone(bob_id) }),
     );
     assert_eq!(bob_ws.dispatch("SERVER_MEMBER_REMOVE").await["user"]["id"], bob.id.as_str());
     assert_eq!(bob_ws.dispatch("SERVER_DELETE").await["id"], server.to_string());

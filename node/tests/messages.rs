@@ -42,12 +42,12 @@ async fn send_read_edit_and_delete(pool: PgPool) {
     let id = sent["id"].as_str().unwrap().to_string();
 
     let event = events.recv().await.unwrap();
-    assert_eq!(event.kind, "MESSAGE_CREATE");
+    assert_eq!(event.kind(), "MESSAGE_CREATE");
     assert_eq!(
         event.audience,
         together_node::bus::Audience::Channel { server_id, channel_id }
     );
-    let data: Value = serde_json::from_str(&event.data).unwrap();
+    let data: Value = serde_json::from_str(event.payload()).unwrap();
     assert_eq!(data["id"], id.as_str());
 
     let got = app.get(&format!("/api/messages/{id}"), &alice.token).await.expect(StatusCode::OK);
@@ -60,7 +60,7 @@ async fn send_read_edit_and_delete(pool: PgPool) {
     assert_eq!(edited["content"], "hello there");
     assert!(edited["edited_at"].is_string());
     let event = events.recv().await.unwrap();
-    assert_eq!(event.kind, "MESSAGE_UPDATE");
+    assert_eq!(event.kind(), "MESSAGE_UPDATE");
 
     let reply = app
         .post(
@@ -76,8 +76,8 @@ async fn send_read_edit_and_delete(pool: PgPool) {
     let reply = app.delete(&format!("/api/messages/{id}"), &alice.token).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let event = events.recv().await.unwrap();
-    assert_eq!(event.kind, "MESSAGE_DELETE");
-    let data: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(event.kind(), "MESSAGE_DELETE");
+    let data: Value = serde_json::from_str(event.payload()).unwrap();
     assert_eq!(data, json!({"id": id, "channel_id": channel_id, "server_id": server_id}));
 
     app.get(&format!("/api/messages/{id}"), &alice.token)

@@ -40,8 +40,8 @@ async fn reactions_are_idempotent_and_counted(pool: PgPool) {
         app.post(&url, &alice.token, json!({"emoji": "👍"})).await.expect(StatusCode::NO_CONTENT);
     }
     let event = events.recv().await.unwrap();
-    assert_eq!(event.kind, "MESSAGE_REACTION_ADD");
-    let data: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(event.kind(), "MESSAGE_REACTION_ADD");
+    let data: Value = serde_json::from_str(event.payload()).unwrap();
     assert_eq!(
         data,
         json!({"message_id": mid, "channel_id": channel_id, "server_id": server_id, "user_id": alice.id, "emoji": "👍"})
@@ -105,7 +105,7 @@ async fn removing_others_needs_manage_messages(pool: PgPool) {
     let mut events = app.state.bus.subscribe();
     assert_eq!(app.delete(&target, &moderator.token).await.status, StatusCode::NO_CONTENT);
     let event = events.recv().await.unwrap();
-    assert_eq!(event.kind, "MESSAGE_REACTION_REMOVE");
+    assert_eq!(event.kind(), "MESSAGE_REACTION_REMOVE");
     let msg = app.get(&format!("/api/messages/{}", m["id"].as_str().unwrap()), &alice.token).await.expect(StatusCode::OK);
     assert_eq!(msg["reactions"], json!([]));
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::members::remove_member;
 use super::{Command, Effects, actor_access, hierarchy, member_access};
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::http::users::fetch_user;
@@ -90,12 +90,11 @@ impl Command for BanMember {
             remove_member(conn, effects, self.server_id, self.user_id).await?;
         }
         effects.publish(
-            "SERVER_BAN_ADD",
             Audience::Server(self.server_id),
-            &ServerUserEvent {
+            Event::ServerBanAdded(ServerUserEvent {
                 server_id: self.server_id,
                 user,
-            },
+            }),
         );
         tracing::info!(server = %self.server_id, user = %self.user_id, by = %actor, "user banned");
         Ok(())
@@ -127,12 +126,11 @@ impl Command for UnbanUser {
         effects.op(self.server_id, StateCommand::Unban { user: self.user_id });
         let user = fetch_user(&mut *conn, self.user_id).await?;
         effects.publish(
-            "SERVER_BAN_REMOVE",
             Audience::Server(self.server_id),
-            &ServerUserEvent {
+            Event::ServerBanRemoved(ServerUserEvent {
                 server_id: self.server_id,
                 user,
-            },
+            }),
         );
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! overrides, and reading them back with their overrides.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -13,7 +14,7 @@ use super::{
     Command, Effects, MAX_CHANNELS, TOPIC_MAX, actor_access, actor_channel_access, channel_access_locked, channel_name,
     require_bits, unknown_channel, unknown_member, unknown_role,
 };
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::model::{Channel, ChannelDeleted, ChannelKind, OverrideKind, PermissionOverride};
@@ -99,7 +100,7 @@ impl Command for CreateChannel {
             },
         );
         let channel = load_channel(conn, id).await?;
-        effects.publish("CHANNEL_CREATE", channel_audience(&channel), &channel);
+        effects.publish(channel_audience(&channel), Event::ChannelCreated(Arc::new(channel.clone())));
         Ok(channel)
     }
 }
@@ -175,7 +176,7 @@ impl Command for UpdateChannel {
             },
         );
         let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
+        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
         Ok(channel)
     }
 }
@@ -272,7 +273,7 @@ impl Command for ReorderChannels {
         }
         let all = list_visible_channels(conn, &access).await?;
         for channel in all.iter().filter(|c| changed.contains(&c.id)) {
-            effects.publish("CHANNEL_UPDATE", channel_audience(channel), channel);
+            effects.publish(channel_audience(channel), Event::ChannelUpdated(Arc::new(channel.clone())));
         }
         Ok(all)
     }
@@ -303,16 +304,15 @@ impl Command for DeleteChannel {
         let server_id = access.server.server_id;
         effects.op(server_id, StateCommand::DeleteChannel { id: self.channel_id });
         effects.publish(
-            "CHANNEL_DELETE",
             Audience::Server(server_id),
-            &ChannelDeleted {
+            Event::ChannelDeleted(ChannelDeleted {
                 id: self.channel_id,
                 server_id,
-            },
+            }),
         );
         for child in children {
             let channel = load_channel(conn, child).await?;
-            effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
+            effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
         }
         Ok(())
     }
@@ -432,7 +432,7 @@ impl Command for SetOverride {
             }
         }
         let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
+        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
         Ok(channel)
     }
 }
@@ -470,7 +470,7 @@ impl Command for DeleteOverride {
             },
         );
         let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish("CHANNEL_UPDATE", channel_audience(&channel), &channel);
+        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
         Ok(channel)
     }
 }

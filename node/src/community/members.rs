@@ -3,6 +3,7 @@
 
 use together_crdt::Command as StateCommand;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
@@ -12,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Command, Effects, actor_access, hierarchy, member_access, unknown_member, unknown_role};
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::http::users::fetch_user;
@@ -107,7 +108,7 @@ impl Command for UpdateMember {
         }
         let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
         if changed {
-            effects.publish("SERVER_MEMBER_UPDATE", Audience::Server(self.server_id), &member);
+            effects.publish(Audience::Server(self.server_id), Event::ServerMemberUpdated(Arc::new(member.clone())));
         }
         Ok(member)
     }
@@ -141,7 +142,7 @@ impl Command for ChangeMemberRoles {
         let changed = change_roles(conn, effects, &access, &target, self.change).await?;
         let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
         if changed {
-            effects.publish("SERVER_MEMBER_UPDATE", Audience::Server(self.server_id), &member);
+            effects.publish(Audience::Server(self.server_id), Event::ServerMemberUpdated(Arc::new(member.clone())));
         }
         Ok(member)
     }
@@ -310,12 +311,11 @@ pub(crate) async fn remove_member(
         .await?;
     let user = fetch_user(&mut *conn, user_id).await?;
     effects.publish(
-        "SERVER_MEMBER_REMOVE",
         Audience::ServerAndUsers {
             server_id,
             users: vec![user_id],
         },
-        &ServerUserEvent { server_id, user },
+        Event::ServerMemberRemoved(ServerUserEvent { server_id, user }),
     );
     Ok(())
 }
@@ -335,8 +335,8 @@ pub(crate) async fn add_member(
         .await?;
     let member = fetch_member(&mut *conn, server_id, user_id).await?;
     let server = super::servers::fetch_server(&mut *conn, server_id).await?;
-    effects.publish("SERVER_MEMBER_ADD", Audience::Server(server_id), &member);
-    effects.publish("SERVER_CREATE", Audience::User(user_id), &server);
+    effects.publish(Audience::Server(server_id), Event::ServerMemberAdded(Arc::new(member.clone())));
+    effects.publish(Audience::User(user_id), Event::ServerCreated(Arc::new(server)));
     Ok(member)
 }
 

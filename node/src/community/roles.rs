@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{
     Command, Effects, MAX_ROLES, actor_access, actor_access_or, hierarchy, require_bits, unknown_role, validate_name,
 };
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ROLE_COLUMNS, Role, RoleDeleted, RoleEvent, RoleRow};
 use crate::perms::ServerAccess;
@@ -110,12 +110,11 @@ impl Command for CreateRole {
         );
         let role = fetch_role(&mut *conn, id).await?;
         effects.publish(
-            "SERVER_ROLE_CREATE",
             Audience::Server(self.server_id),
-            &RoleEvent {
+            Event::RoleCreated(RoleEvent {
                 server_id: self.server_id,
                 role: role.clone(),
-            },
+            }),
         );
         Ok(role)
     }
@@ -199,12 +198,11 @@ impl Command for UpdateRole {
         }
         let updated = fetch_role(&mut *conn, role.id).await?;
         effects.publish(
-            "SERVER_ROLE_UPDATE",
             Audience::Server(role.server_id),
-            &RoleEvent {
+            Event::RoleUpdated(RoleEvent {
                 server_id: role.server_id,
                 role: updated.clone(),
-            },
+            }),
         );
         Ok(updated)
     }
@@ -240,12 +238,11 @@ impl Command for DeleteRole {
         let after = positions(conn, role.server_id).await?;
         position_ops(effects, &access, &before, &after);
         effects.publish(
-            "SERVER_ROLE_DELETE",
             Audience::Server(role.server_id),
-            &RoleDeleted {
+            Event::RoleDeleted(RoleDeleted {
                 server_id: role.server_id,
                 role_id: role.id,
-            },
+            }),
         );
         Ok(())
     }
@@ -345,12 +342,11 @@ impl Command for ReorderRoles {
         let roles = list_roles(&mut *conn, self.server_id).await?;
         for role in roles.iter().filter(|r| changed.contains(&r.id)) {
             effects.publish(
-                "SERVER_ROLE_UPDATE",
                 Audience::Server(self.server_id),
-                &RoleEvent {
+                Event::RoleUpdated(RoleEvent {
                     server_id: self.server_id,
                     role: role.clone(),
-                },
+                }),
             );
         }
         Ok(roles)

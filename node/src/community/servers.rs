@@ -1,5 +1,7 @@
 //! Creating, editing and deleting a server, and reading it back.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sqlx::PgConnection;
 use together_protocol::permissions::Permissions;
@@ -7,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Command, Effects, TOPIC_MAX, actor_access, validate_name};
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::http::users::validate_url;
@@ -121,7 +123,7 @@ impl Command for CreateServer {
             .await?;
         }
         let server = fetch_server(&mut *conn, server_id).await?;
-        effects.publish("SERVER_CREATE", Audience::User(actor), &server);
+        effects.publish(Audience::User(actor), Event::ServerCreated(Arc::new(server.clone())));
         tracing::info!(server = %server_id, owner = %actor, "server created");
         Ok(server)
     }
@@ -183,7 +185,7 @@ impl Command for UpdateServer {
             },
         );
         let server = fetch_server(&mut *conn, self.server_id).await?;
-        effects.publish("SERVER_UPDATE", Audience::Server(self.server_id), &server);
+        effects.publish(Audience::Server(self.server_id), Event::ServerUpdated(Arc::new(server.clone())));
         Ok(server)
     }
 }
@@ -218,12 +220,11 @@ impl Command for DeleteServer {
             .await?;
         effects.forget(self.server_id);
         effects.publish(
-            "SERVER_DELETE",
             Audience::ServerAndUsers {
                 server_id: self.server_id,
                 users: members,
             },
-            &ServerDeleted { id: self.server_id },
+            Event::ServerDeleted(ServerDeleted { id: self.server_id }),
         );
         tracing::info!(server = %self.server_id, "server deleted");
         Ok(())

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
-use serde::Deserialize;
 use together_protocol::ephemeral::EphemeralEvent;
 use together_protocol::federation::{Envelope, messages_topic};
 use together_protocol::identity::{EventKind, SignedEvent};
@@ -32,8 +31,7 @@ use uuid::Uuid;
 
 use super::{delegations, store};
 use crate::bus::{Audience, Event};
-use crate::gateway::dispatcher::Presence;
-use crate::http::typing::TypingStart;
+use crate::model::{Presence, TypingStart};
 use crate::net::{self, NetClient};
 use crate::state::AppState;
 
@@ -103,28 +101,19 @@ impl Limits {
     }
 }
 
-/// Whether a bus dispatch is one [`outgoing`] publishes.
-pub fn is_ephemeral(kind: &str) -> bool {
-    matches!(kind, "TYPING_START" | "PRESENCE_UPDATE")
+/// Whether a bus event is one [`outgoing`] publishes.
+pub fn is_ephemeral(event: &Event) -> bool {
+    matches!(event, Event::TypingStarted(_) | Event::PresenceUpdated(_))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EphemeralError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
-    #[error("unexpected payload: {0}")]
-    Payload(#[from] serde_json::Error),
     #[error(transparent)]
     Delegation(#[from] delegations::DelegationError),
     #[error("cannot sign: {0}")]
     Sign(#[from] together_protocol::identity::IdentityError),
-}
-
-#[derive(Deserialize)]
-struct PresencePayload {
-    user_id: Uuid,
-    status: String,
-    custom_status: Option<String>,
 }
 
 /// Signs and publishes a local TYPING_START or PRESENCE_UPDATE for the
@@ -132,9 +121,8 @@ struct PresencePayload {
 /// (no delegation) are skipped.
 pub async fn outgoing(state: &AppState, client: &NetClient, event: &Event) -> Result<(), EphemeralError> {
     let now = Utc::now().timestamp_millis();
-    let (user, events) = match event.kind {
-        "TYPING_START" => {
-            let t: TypingStart = serde_json::from_str(&event.data)?;
+    let (user, events) = match event {
+        Event::TypingStarted(t) => {
             if store::federation_of(&state.db, t.server_id).await?.is_none() {
                 return Ok(());
             }
@@ -145,8 +133,7 @@ pub async fn outgoing(state: &AppState, client: &NetClient, event: &Event) -> Re
             };
             (t.user_id, vec![typing])
         }
-        "PRESENCE_UPDATE" => {
-            let p: PresencePayload = serde_json::from_str(&event.data)?;
+        Event::PresenceUpdated(p) => {
             let servers: Vec<Uuid> = sqlx::query_scalar(
                 "SELECT m.server_id FROM server_members m JOIN federated_servers f ON f.server_id = m.server_id
                   WHERE m.user_id = $1 ORDER BY m.server_id LIMIT $2",
@@ -299,12 +286,11 @@ async fn check_and_apply(
                 expires_at: Utc::now() + chrono::Duration::from_std(left).unwrap_or_default(),
             };
             state.bus.publish_remote(
-                "TYPING_START",
                 Audience::Channel {
                     server_id: server,
                     channel_id: channel,
                 },
-                &payload,
+                Event::TypingStarted(payload),
             );
             Ok(Ok(true))
         }

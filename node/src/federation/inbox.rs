@@ -23,10 +23,11 @@
 //! (`INSERT .. ON CONFLICT DO NOTHING`, so duplicates are harmless), and
 //! published on the local bus for this node's gateway sessions.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeZone, Utc};
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
-use serde::Serialize;
 use sqlx::PgConnection;
 use together_protocol::federation::{
     Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, REVOCATIONS_TOPIC, Scope,
@@ -36,9 +37,9 @@ use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
 use super::store;
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::messages::rules;
-use crate::model::{ChannelKind, Message};
+use crate::model::{ChannelKind, Message, MessageDeleted, ReactionEvent};
 use crate::net::NetClient;
 use crate::state::AppState;
 
@@ -607,22 +608,6 @@ async fn apply(
     Ok(Ok(applied))
 }
 
-#[derive(Serialize)]
-struct MessageDeleted {
-    id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-}
-
-#[derive(Serialize)]
-struct ReactionEvent {
-    message_id: Uuid,
-    channel_id: Uuid,
-    server_id: Uuid,
-    user_id: Uuid,
-    emoji: String,
-}
-
 /// Publishes what applied events changed to the local bus, in order; the
 /// messages they created or edited are loaded in one statement.
 async fn publish(state: &AppState, applied: Vec<Applied>) {
@@ -650,11 +635,6 @@ async fn publish(state: &AppState, applied: Vec<Applied>) {
 fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections::HashMap<Uuid, Message>) {
     match applied {
         Applied::Created(id) | Applied::Edited(Some(id)) => {
-            let kind = if matches!(applied, Applied::Created(_)) {
-                "MESSAGE_CREATE"
-            } else {
-                "MESSAGE_UPDATE"
-            };
             // Published once, as it is now, however often the batch
             // touched it (and not at all once deleted).
             if let Some(message) = loaded.remove(&id) {
@@ -662,7 +642,13 @@ fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections
                     server_id: message.server_id,
                     channel_id: message.channel_id,
                 };
-                state.bus.publish_remote(kind, audience, &message);
+                let message = Arc::new(message);
+                let event = if matches!(applied, Applied::Created(_)) {
+                    Event::MessageCreated(message)
+                } else {
+                    Event::MessageUpdated(message)
+                };
+                state.bus.publish_remote(audience, event);
             }
         }
         Applied::Edited(None) => {}
@@ -676,7 +662,7 @@ fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections
                 channel_id: scope.channel,
                 server_id: scope.server,
             };
-            state.bus.publish_remote("MESSAGE_DELETE", audience, &payload);
+            state.bus.publish_remote(audience, Event::MessageDeleted(payload));
         }
         Applied::Reaction {
             add,
@@ -699,8 +685,12 @@ fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections
                 user_id: user,
                 emoji,
             };
-            let kind = if add { "MESSAGE_REACTION_ADD" } else { "MESSAGE_REACTION_REMOVE" };
-            state.bus.publish_remote(kind, audience, &payload);
+            let event = if add {
+                Event::ReactionAdded(payload)
+            } else {
+                Event::ReactionRemoved(payload)
+            };
+            state.bus.publish_remote(audience, event);
         }
     }
 }

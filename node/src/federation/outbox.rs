@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{delegations, store};
-use crate::bus::Event;
+use crate::bus::Published;
 use crate::net::NetClient;
 use crate::state::AppState;
 
@@ -132,16 +132,16 @@ async fn publish_pending(
 }
 
 /// Forwards local typing and presence to peers.
-async fn forward_ephemeral(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Event>>) {
+async fn forward_ephemeral(state: AppState, client: NetClient, mut events: broadcast::Receiver<Arc<Published>>) {
     loop {
         let event = tokio::select! {
             _ = state.shutdown.cancelled() => break,
             event = events.recv() => event,
         };
         match event {
-            Ok(event) if !event.remote && super::ephemeral::is_ephemeral(event.kind) => {
-                if let Err(err) = super::ephemeral::outgoing(&state, &client, &event).await {
-                    tracing::debug!(kind = event.kind, error = %err, "ephemeral event not forwarded");
+            Ok(published) if !published.remote && super::ephemeral::is_ephemeral(&published.event) => {
+                if let Err(err) = super::ephemeral::outgoing(&state, &client, &published.event).await {
+                    tracing::debug!(kind = published.event.kind(), error = %err, "ephemeral event not forwarded");
                 }
             }
             Ok(_) => {}

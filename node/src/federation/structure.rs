@@ -16,6 +16,7 @@
 //! author's permission in a channel; it does not care where they came from.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sqlx::PgConnection;
 use together_crdt::Projection;
@@ -23,8 +24,8 @@ use together_crdt::projection::{BanRow, ChannelRow, InviteRow, MemberRoleRow, Me
 use together_protocol::identity::{base64url, user_id_of};
 use uuid::Uuid;
 
-use crate::bus::Audience;
-use crate::model::{ChannelDeleted, ServerDeleted, ServerUserEvent};
+use crate::bus::{Audience, Event};
+use crate::model::{Channel, ChannelDeleted, Member, RoleDeleted, RoleEvent, ServerDeleted, ServerUserEvent};
 use crate::state::AppState;
 
 /// What a projection write changed, for the local gateway.
@@ -682,57 +683,62 @@ pub async fn announce(state: &AppState, changes: &Changes) {
 }
 
 async fn announce_all(state: &AppState, changes: &Changes) {
-    use crate::model::{RoleDeleted, RoleEvent};
     let bus = &state.bus;
     let server_id = changes.server_id;
     for id in &changes.removed_channels {
         bus.publish_remote(
-            "CHANNEL_DELETE",
             Audience::Server(server_id),
-            &ChannelDeleted { id: *id, server_id },
+            Event::ChannelDeleted(ChannelDeleted { id: *id, server_id }),
         );
     }
     for id in &changes.removed_roles {
         bus.publish_remote(
-            "SERVER_ROLE_DELETE",
             Audience::Server(server_id),
-            &RoleDeleted {
+            Event::RoleDeleted(RoleDeleted {
                 server_id,
                 role_id: *id,
-            },
+            }),
         );
     }
     for id in &changes.removed_members {
         if let Ok(user) = crate::http::users::fetch_user(&state.db, *id).await {
             bus.publish_remote(
-                "SERVER_MEMBER_REMOVE",
                 Audience::ServerAndUsers {
                     server_id,
                     users: vec![*id],
                 },
-                &ServerUserEvent { server_id, user },
+                Event::ServerMemberRemoved(ServerUserEvent { server_id, user }),
             );
         }
         // The removed user's own sessions drop the community.
-        bus.publish_remote("SERVER_DELETE", Audience::User(*id), &ServerDeleted { id: server_id });
+        bus.publish_remote(Audience::User(*id), Event::ServerDeleted(ServerDeleted { id: server_id }));
     }
-    for (kind, ids) in [("SERVER_BAN_ADD", &changes.added_bans), ("SERVER_BAN_REMOVE", &changes.removed_bans)] {
+    let bans: [(fn(ServerUserEvent) -> Event, _); 2] = [
+        (Event::ServerBanAdded, &changes.added_bans),
+        (Event::ServerBanRemoved, &changes.removed_bans),
+    ];
+    for (event, ids) in bans {
         for id in ids {
             if let Ok(user) = crate::http::users::fetch_user(&state.db, *id).await {
-                bus.publish_remote(kind, Audience::Server(server_id), &ServerUserEvent { server_id, user });
+                bus.publish_remote(Audience::Server(server_id), event(ServerUserEvent { server_id, user }));
             }
         }
     }
     let Ok(server) = crate::community::servers::fetch_server(&state.db, server_id).await else {
         return;
     };
+    let server = Arc::new(server);
     if changes.server_changed {
-        bus.publish_remote("SERVER_UPDATE", Audience::Server(server_id), &server);
+        bus.publish_remote(Audience::Server(server_id), Event::ServerUpdated(server.clone()));
     }
-    for (kind, ids) in [("SERVER_ROLE_CREATE", &changes.added_roles), ("SERVER_ROLE_UPDATE", &changes.updated_roles)] {
+    let roles: [(fn(RoleEvent) -> Event, _); 2] = [
+        (Event::RoleCreated, &changes.added_roles),
+        (Event::RoleUpdated, &changes.updated_roles),
+    ];
+    for (event, ids) in roles {
         for id in ids {
             if let Ok(role) = crate::community::roles::fetch_role(&state.db, *id).await {
-                bus.publish_remote(kind, Audience::Server(server_id), &RoleEvent { server_id, role });
+                bus.publish_remote(Audience::Server(server_id), event(RoleEvent { server_id, role }));
             }
         }
     }
@@ -744,38 +750,38 @@ async fn announce_all(state: &AppState, changes: &Changes) {
     let added = signed_in(state, &changes.added_members).await;
     let members_changed = !changes.added_members.is_empty() || !changes.updated_members.is_empty();
     let listening = !added.is_empty() || (members_changed && members_signed_in(state, server_id).await);
-    let member_events = [
-        ("SERVER_MEMBER_ADD", &changes.added_members),
-        ("SERVER_MEMBER_UPDATE", &changes.updated_members),
+    let member_events: [(fn(Arc<Member>) -> Event, _); 2] = [
+        (Event::ServerMemberAdded, &changes.added_members),
+        (Event::ServerMemberUpdated, &changes.updated_members),
     ];
-    for (kind, ids) in member_events.into_iter().filter(|_| listening) {
+    for (event, ids) in member_events.into_iter().filter(|_| listening) {
         for chunk in ids.chunks(ANNOUNCE_BATCH) {
             if let Ok(members) = crate::community::members::fetch_members(&state.db, server_id, chunk).await {
                 for member in members {
-                    bus.publish_remote(kind, Audience::Server(server_id), &member);
+                    bus.publish_remote(Audience::Server(server_id), event(Arc::new(member)));
                 }
             }
         }
     }
     for id in added {
-        bus.publish_remote("SERVER_CREATE", Audience::User(id), &server);
+        bus.publish_remote(Audience::User(id), Event::ServerCreated(server.clone()));
     }
-    for (kind, ids) in [
-        ("CHANNEL_CREATE", &changes.added_channels),
-        ("CHANNEL_UPDATE", &changes.updated_channels),
-    ] {
+    let channel_events: [(fn(Arc<Channel>) -> Event, _); 2] = [
+        (Event::ChannelCreated, &changes.added_channels),
+        (Event::ChannelUpdated, &changes.updated_channels),
+    ];
+    for (event, ids) in channel_events {
         for id in ids {
             let Ok(mut conn) = state.db.acquire().await else {
                 return;
             };
             if let Ok(channel) = crate::community::channels::load_channel(&mut conn, *id).await {
                 bus.publish_remote(
-                    kind,
                     Audience::Channel {
                         server_id,
                         channel_id: *id,
                     },
-                    &channel,
+                    event(Arc::new(channel)),
                 );
             }
         }

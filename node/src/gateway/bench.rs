@@ -11,6 +11,8 @@
 //! production: its messages are not stored and skip permission checks
 //! beyond being signed in.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,7 +20,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::model::Message;
@@ -75,7 +77,7 @@ async fn publish_messages(
         };
         // As from a peer: the gateway delivers it, the federation outbox
         // leaves it alone (it would look up the server per message).
-        state.bus.publish_remote("MESSAGE_CREATE", audience.clone(), &message);
+        state.bus.publish_remote(audience.clone(), Event::MessageCreated(Arc::new(message)));
     }
     Ok(StatusCode::ACCEPTED)
 }

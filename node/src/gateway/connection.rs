@@ -11,13 +11,13 @@ use serde_json::json;
 use tokio::time::{Instant, sleep_until, timeout};
 use uuid::Uuid;
 
-use super::dispatcher::{Command, make_ready_event};
+use super::dispatcher::Command;
 use super::protocol::{self as p, Close, Identify, Inbound, PresenceUpdate, Resume};
 use super::session::{Outbound, Session};
 use super::socket::{GatewaySocket, WriteError};
 use super::{INBOUND_PER_MINUTE, MAX_INBOUND_FRAME, MAX_VOICE_ANSWER_FRAME, VOICE_SIGNALING_PER_MINUTE, views};
 use crate::auth::authenticate;
-use crate::bus::Audience;
+use crate::bus::{Audience, Published};
 use crate::state::AppState;
 
 /// Why a connection's loop ended.
@@ -251,7 +251,7 @@ async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<S
         user,
         servers,
     };
-    session.activate(make_ready_event("READY", Audience::User(auth.user_id), &ready));
+    session.activate(Published::direct("READY", Audience::User(auth.user_id), &ready));
     let generation = session.attach(None).ok_or(End::Close(Close::UnknownError))?;
     tracing::debug!(user = %auth.user_id, session = %session.id, "gateway session identified");
     Ok((session, generation))
@@ -271,7 +271,7 @@ async fn resume_session(state: &AppState, resume: Resume) -> Result<Option<(Arc<
         expire(state, &session).await;
         return Ok(None);
     };
-    session.push(make_ready_event("RESUMED", Audience::User(auth.user_id), &json!({})));
+    session.push(Published::direct("RESUMED", Audience::User(auth.user_id), &json!({})));
     Ok(Some((session, generation)))
 }
 

@@ -13,8 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +21,8 @@ use uuid::Uuid;
 use super::protocol::Close;
 use super::session::Session;
 use super::views::{self, View};
-use crate::bus::{Audience, Bus, Event};
+use crate::bus::{Audience, Bus, Event, Published};
+use crate::model::{Channel, ChannelDeleted, Presence, ServerDeleted};
 
 /// Servers with more connected members than this are "large": READY
 /// leaves their presences out and presence changes are not fanned out to
@@ -42,15 +41,6 @@ pub const PRESENCE_REFRESH: Duration = Duration::from_secs(240);
 pub const REMOTE_PRESENCE_TTL: Duration = Duration::from_secs(600);
 /// Most users of other nodes whose presence is kept.
 pub const MAX_REMOTE_PRESENCES: usize = 20_000;
-
-/// A user's presence as others see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct Presence {
-    pub user_id: Uuid,
-    /// `online`, `away`, `dnd` or `offline` (invisible users show offline).
-    pub status: String,
-    pub custom_status: Option<String>,
-}
 
 #[derive(Debug)]
 pub enum Command {
@@ -149,7 +139,7 @@ impl Dispatcher {
 
     async fn run(
         mut self,
-        mut events: broadcast::Receiver<Arc<Event>>,
+        mut events: broadcast::Receiver<Arc<Published>>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -206,8 +196,8 @@ impl Dispatcher {
     /// Handles bus events in order. Consecutive events of a kind that only
     /// needs delivering ([`routes_plainly`]) to the same channel go out as
     /// one run.
-    async fn events(&mut self, batch: Vec<Arc<Event>>) {
-        let mut run: Vec<Arc<Event>> = Vec::new();
+    async fn events(&mut self, batch: Vec<Arc<Published>>) {
+        let mut run: Vec<Arc<Published>> = Vec::new();
         for event in batch {
             if routes_plainly(&event) {
                 if run.first().is_some_and(|first| first.audience != event.audience) {
@@ -229,7 +219,7 @@ impl Dispatcher {
     }
 
     /// Delivers events that share one channel audience.
-    fn deliver_run(&self, run: &[Arc<Event>]) {
+    fn deliver_run(&self, run: &[Arc<Published>]) {
         let (Some(first), true) = (run.first(), run.len() > 1) else {
             run.iter().for_each(|event| self.deliver(event));
             return;
@@ -382,7 +372,7 @@ impl Dispatcher {
         if !changed {
             return;
         }
-        let event = make_event("PRESENCE_UPDATE", Audience::Peers(user_id), &presence);
+        let event = Published::new(Event::PresenceUpdated(presence), Audience::Peers(user_id));
         let mut seen = HashSet::new();
         for server_id in servers.iter().filter(|s| !self.is_large(**s)) {
             for peer in self.servers.get(server_id).into_iter().flatten() {
@@ -402,7 +392,8 @@ impl Dispatcher {
     fn refresh_presences(&self) {
         for entry in self.users.values() {
             if let Some(shown) = entry.shown.as_ref().filter(|p| p.status != "offline") {
-                self.bus.publish("PRESENCE_UPDATE", Audience::Peers(shown.user_id), shown);
+                self.bus
+                    .publish(Audience::Peers(shown.user_id), Event::PresenceUpdated(shown.clone()));
             }
         }
     }
@@ -453,8 +444,9 @@ impl Dispatcher {
     /// rather than through the bus; the bus carries it on to the
     /// federation outbox (and this dispatcher skips it there).
     fn broadcast_presence(&self, user_id: Uuid, presence: &Presence) {
-        self.bus.publish("PRESENCE_UPDATE", Audience::Peers(user_id), presence);
-        let event = make_event("PRESENCE_UPDATE", Audience::Peers(user_id), presence);
+        self.bus
+            .publish(Audience::Peers(user_id), Event::PresenceUpdated(presence.clone()));
+        let event = Published::new(Event::PresenceUpdated(presence.clone()), Audience::Peers(user_id));
         let Some(entry) = self.users.get(&user_id) else {
             return;
         };
@@ -476,86 +468,78 @@ impl Dispatcher {
         }
     }
 
-    async fn event(&mut self, event: Arc<Event>) {
-        match event.kind {
-            "SESSION_REVOKED" => return self.revoke(&event),
+    async fn event(&mut self, event: Arc<Published>) {
+        match &event.event {
+            Event::SessionRevoked { session_id } => return self.revoke(&event.audience, *session_id),
             // Delivered when it was published (see `broadcast_presence`).
-            "PRESENCE_UPDATE" => return,
-            "CHANNEL_CREATE" | "CHANNEL_UPDATE" => {
-                let Some(server_id) = server_of(&event) else { return };
-                let channel_id = id_field(&event, "id");
-                self.recompute(server_id, None, channel_id).await;
+            Event::PresenceUpdated(_) => return,
+            Event::ChannelCreated(channel) | Event::ChannelUpdated(channel) => {
+                let (server_id, channel_id) = (channel.server_id, channel.id);
+                self.recompute(server_id, None, Some(channel_id)).await;
             }
-            "CHANNEL_DELETE" => {
+            Event::ChannelDeleted(ChannelDeleted { id: channel_id, server_id }) => {
                 // Only those who could see the channel learn it is gone.
-                if let (Some(server_id), Some(channel_id)) = (server_of(&event), id_field(&event, "id")) {
-                    let viewers: Vec<Uuid> = self
-                        .servers
-                        .get(&server_id)
-                        .into_iter()
-                        .flatten()
-                        .filter(|u| {
-                            self.users
-                                .get(u)
-                                .and_then(|e| e.views.get(&server_id))
-                                .is_some_and(|v| v.contains(&channel_id))
-                        })
-                        .copied()
-                        .collect();
-                    for user in viewers {
-                        if let Some(entry) = self.users.get_mut(&user) {
-                            for s in &entry.sessions {
-                                s.push(event.clone());
-                            }
-                            if let Some(view) = entry.views.get_mut(&server_id) {
-                                view.remove(&channel_id);
-                            }
+                let viewers: Vec<Uuid> = self
+                    .servers
+                    .get(server_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|u| {
+                        self.users
+                            .get(u)
+                            .and_then(|e| e.views.get(server_id))
+                            .is_some_and(|v| v.contains(channel_id))
+                    })
+                    .copied()
+                    .collect();
+                for user in viewers {
+                    if let Some(entry) = self.users.get_mut(&user) {
+                        for s in &entry.sessions {
+                            s.push(event.clone());
+                        }
+                        if let Some(view) = entry.views.get_mut(server_id) {
+                            view.remove(channel_id);
                         }
                     }
                 }
                 return;
             }
-            "SERVER_ROLE_CREATE" | "SERVER_ROLE_UPDATE" | "SERVER_ROLE_DELETE" | "SERVER_UPDATE" => {
+            Event::RoleCreated(_) | Event::RoleUpdated(_) | Event::RoleDeleted(_) | Event::ServerUpdated(_) => {
                 self.deliver(&event);
-                if let Some(server_id) = server_of(&event) {
+                if let Some(server_id) = event.event.server_id() {
                     self.recompute(server_id, None, None).await;
                 }
                 return;
             }
-            "SERVER_MEMBER_UPDATE" => {
+            Event::ServerMemberUpdated(member) => {
                 self.deliver(&event);
-                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
-                    self.recompute(server_id, Some(user_id), None).await;
+                self.recompute(member.server_id, Some(member.user.id), None).await;
+                return;
+            }
+            Event::ServerMemberAdded(member) => {
+                let (server_id, user_id) = (member.server_id, member.user.id);
+                self.join(server_id, user_id).await;
+                self.deliver(&event);
+                // The server's members learn whether the newcomer is online.
+                if !self.is_large(server_id)
+                    && let Some(entry) = self.users.get(&user_id)
+                {
+                    let presence = entry.presence(user_id);
+                    if presence.status != "offline" {
+                        self.deliver(&Published::new(Event::PresenceUpdated(presence), Audience::Server(server_id)));
+                    }
                 }
                 return;
             }
-            "SERVER_MEMBER_ADD" => {
-                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
-                    self.join(server_id, user_id).await;
-                    self.deliver(&event);
-                    // The server's members learn whether the newcomer is online.
-                    if !self.is_large(server_id)
-                        && let Some(entry) = self.users.get(&user_id)
-                    {
-                        let presence = entry.presence(user_id);
-                        if presence.status != "offline" {
-                            let update = make_event("PRESENCE_UPDATE", Audience::Server(server_id), &presence);
-                            self.deliver(&update);
-                        }
-                    }
-                    return;
-                }
-            }
-            "SERVER_CREATE" => {
-                if let (Audience::User(user_id), Some(server_id)) = (&event.audience, id_field(&event, "id")) {
-                    let user_id = *user_id;
+            Event::ServerCreated(server) => {
+                if let Audience::User(user_id) = event.audience {
+                    let server_id = server.id;
                     self.join(server_id, user_id).await;
                     if let Some(view) = self.users.get(&user_id).and_then(|e| e.views.get(&server_id)).cloned() {
                         let presences = self.online_in(server_id);
                         match super::ready::server_object(&self.db, server_id, user_id, &view, presences).await {
                             Ok(object) => {
-                                let full = make_event("SERVER_CREATE", event.audience.clone(), &object);
-                                self.deliver(&full);
+                                self.deliver(&Published::direct("SERVER_CREATE", event.audience.clone(), &object));
                             }
                             Err(err) => tracing::warn!(error = ?err, "cannot build SERVER_CREATE"),
                         }
@@ -563,20 +547,16 @@ impl Dispatcher {
                 }
                 return;
             }
-            "SERVER_MEMBER_REMOVE" => {
+            Event::ServerMemberRemoved(removed) => {
                 self.deliver(&event);
-                if let (Some(server_id), Some(user_id)) = (server_of(&event), member_user(&event)) {
-                    self.leave(server_id, user_id);
-                }
+                self.leave(removed.server_id, removed.user.id);
                 return;
             }
-            "SERVER_DELETE" => {
+            Event::ServerDeleted(ServerDeleted { id: server_id }) => {
                 self.deliver(&event);
-                if let Some(server_id) = id_field(&event, "id") {
-                    let users: Vec<Uuid> = self.servers.get(&server_id).into_iter().flatten().copied().collect();
-                    for user_id in users {
-                        self.leave_silently(server_id, user_id);
-                    }
+                let users: Vec<Uuid> = self.servers.get(server_id).into_iter().flatten().copied().collect();
+                for user_id in users {
+                    self.leave_silently(*server_id, user_id);
                 }
                 return;
             }
@@ -586,7 +566,7 @@ impl Dispatcher {
     }
 
     /// Pushes an event onto every session allowed to see it.
-    fn deliver(&self, event: &Arc<Event>) {
+    fn deliver(&self, event: &Arc<Published>) {
         let push_user = |user: &Uuid| {
             if let Some(entry) = self.users.get(user) {
                 for s in &entry.sessions {
@@ -666,12 +646,8 @@ impl Dispatcher {
         }
         for (user_id, lost) in lost_any {
             for channel_id in lost {
-                let ev = make_event(
-                    "CHANNEL_DELETE",
-                    Audience::User(user_id),
-                    &serde_json::json!({"id": channel_id, "server_id": server_id}),
-                );
-                self.deliver(&ev);
+                let deleted = ChannelDeleted { id: channel_id, server_id };
+                self.deliver(&Published::new(Event::ChannelDeleted(deleted), Audience::User(user_id)));
             }
         }
         if gained_any.is_empty() {
@@ -680,11 +656,13 @@ impl Dispatcher {
         let ids: Vec<Uuid> = gained_any.values().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
         match super::ready::channels_by_id(&self.db, &ids).await {
             Ok(channels) => {
+                let channels: HashMap<Uuid, Arc<Channel>> =
+                    channels.into_iter().map(|(id, channel)| (id, Arc::new(channel))).collect();
                 for (user_id, gained) in gained_any {
                     for channel_id in gained {
                         if let Some(channel) = channels.get(&channel_id) {
-                            let ev = make_event("CHANNEL_CREATE", Audience::User(user_id), channel);
-                            self.deliver(&ev);
+                            let created = Event::ChannelCreated(channel.clone());
+                            self.deliver(&Published::new(created, Audience::User(user_id)));
                         }
                     }
                 }
@@ -712,8 +690,8 @@ impl Dispatcher {
     /// A user left or was removed: they learn the server is gone for them.
     fn leave(&mut self, server_id: Uuid, user_id: Uuid) {
         if self.leave_silently(server_id, user_id) {
-            let ev = make_event("SERVER_DELETE", Audience::User(user_id), &serde_json::json!({"id": server_id}));
-            self.deliver(&ev);
+            let deleted = Event::ServerDeleted(ServerDeleted { id: server_id });
+            self.deliver(&Published::new(deleted, Audience::User(user_id)));
         }
     }
 
@@ -729,8 +707,8 @@ impl Dispatcher {
             .is_some_and(|e| e.views.remove(&server_id).is_some())
     }
 
-    fn revoke(&self, event: &Event) {
-        let (Audience::User(user_id), Some(session)) = (&event.audience, id_field(event, "session_id")) else {
+    fn revoke(&self, audience: &Audience, session: Uuid) {
+        let Audience::User(user_id) = audience else {
             return;
         };
         if let Some(entry) = self.users.get(user_id) {
@@ -747,57 +725,15 @@ const MAX_BATCH: usize = 256;
 /// Events that change no routing state and go to a channel's viewers: the
 /// dispatcher may deliver runs of them together. Anything [`Dispatcher::event`]
 /// treats specially must not be listed.
-fn routes_plainly(event: &Event) -> bool {
+fn routes_plainly(event: &Published) -> bool {
     matches!(event.audience, Audience::Channel { .. })
         && matches!(
-            event.kind,
-            "MESSAGE_CREATE"
-                | "MESSAGE_UPDATE"
-                | "MESSAGE_DELETE"
-                | "MESSAGE_REACTION_ADD"
-                | "MESSAGE_REACTION_REMOVE"
-                | "TYPING_START"
+            event.event,
+            Event::MessageCreated(_)
+                | Event::MessageUpdated(_)
+                | Event::MessageDeleted(_)
+                | Event::ReactionAdded(_)
+                | Event::ReactionRemoved(_)
+                | Event::TypingStarted(_)
         )
-}
-
-fn make_event(kind: &'static str, audience: Audience, payload: &impl Serialize) -> Arc<Event> {
-    Arc::new(Event {
-        kind,
-        audience,
-        data: serde_json::to_string(payload).unwrap_or_else(|_| "null".into()).into(),
-        actor: None,
-        remote: false,
-    })
-}
-
-fn parse(event: &Event) -> Value {
-    serde_json::from_str(&event.data).unwrap_or(Value::Null)
-}
-
-fn id_field(event: &Event, field: &str) -> Option<Uuid> {
-    parse(event).get(field)?.as_str()?.parse().ok()
-}
-
-/// The server an event concerns, from its audience or payload.
-fn server_of(event: &Event) -> Option<Uuid> {
-    match &event.audience {
-        Audience::Channel { server_id, .. } | Audience::Server(server_id) => Some(*server_id),
-        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
-        _ => id_field(event, "server_id"),
-    }
-}
-
-/// The user a member event concerns: `user.id` or `user_id`.
-fn member_user(event: &Event) -> Option<Uuid> {
-    let v = parse(event);
-    v.get("user")
-        .and_then(|u| u.get("id"))
-        .or_else(|| v.get("user_id"))
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-}
-
-/// An event built outside the bus (READY, RESUMED).
-pub fn make_ready_event(kind: &'static str, audience: Audience, payload: &impl Serialize) -> Arc<Event> {
-    make_event(kind, audience, payload)
 }

@@ -6,12 +6,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::dispatcher::Presence;
 use super::views::View;
 use crate::error::ApiError;
 use crate::community::channels::{channels_with_overrides, load_channel};
 use crate::community::members::fetch_member;
-use crate::model::{Channel, CurrentUser, Member, ROLE_COLUMNS, Role, RoleRow, Server, VoiceState};
+use crate::model::{Channel, CurrentUser, Member, Presence, ROLE_COLUMNS, Role, RoleRow, Server, VoiceState};
 
 /// One server as READY and SERVER_CREATE describe it.
 #[derive(Debug, Serialize)]

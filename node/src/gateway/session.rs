@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::protocol::Close;
-use crate::bus::Event;
+use crate::bus::Published;
 
 /// Dispatches kept for replay.
 pub const MAX_FRAMES: usize = 4096;
@@ -38,10 +38,10 @@ pub struct Session {
 struct Buffer {
     /// READY has been queued; until then events wait in `pending`.
     ready: bool,
-    pending: Vec<Arc<Event>>,
+    pending: Vec<Arc<Published>>,
     /// Sequence number of the next dispatch.
     next_seq: u64,
-    frames: VecDeque<(u64, Arc<Event>)>,
+    frames: VecDeque<(u64, Arc<Published>)>,
     bytes: usize,
     /// Highest sequence number handed to the current connection.
     sent: u64,
@@ -61,16 +61,16 @@ impl Buffer {
         }
     }
 
-    fn append(&mut self, event: Arc<Event>) {
+    fn append(&mut self, event: Arc<Published>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += event.data.len();
+        self.bytes += event.payload().len();
         self.frames.push_back((seq, event));
         while self.frames.len() > MAX_FRAMES || self.bytes > MAX_BYTES {
             let Some((seq, old)) = self.frames.pop_front() else {
                 break;
             };
-            self.bytes -= old.data.len();
+            self.bytes -= old.payload().len();
             if seq > self.sent && !self.connected {
                 // A parked session lost events it never delivered.
                 self.invalid = true;
@@ -85,7 +85,7 @@ impl Buffer {
 /// Outcome of taking the next batch for a connection.
 #[derive(Debug)]
 pub enum Outbound {
-    Frames(Vec<(u64, Arc<Event>)>),
+    Frames(Vec<(u64, Arc<Published>)>),
     Close(Close),
 }
 
@@ -108,7 +108,10 @@ impl Session {
     }
 
     /// Queues one dispatch. Never blocks; memory stays bounded.
-    pub fn push(&self, event: Arc<Event>) {
+    pub fn push(&self, event: Arc<Published>) {
+        // The payload is made (once, for all sessions) before the lock is
+        // taken, so the connection task never waits on serialization.
+        let _ = event.payload();
         {
             let mut b = self.lock();
             if b.invalid {
@@ -129,7 +132,10 @@ impl Session {
 
     /// Queues several dispatches in order: one lock and one wake-up for
     /// the lot (the dispatcher's fan-out of a run of messages).
-    pub fn push_many(&self, events: &[Arc<Event>]) {
+    pub fn push_many(&self, events: &[Arc<Published>]) {
+        for event in events {
+            let _ = event.payload();
+        }
         {
             let mut b = self.lock();
             for event in events {
@@ -154,7 +160,7 @@ impl Session {
     }
 
     /// Queues READY as dispatch 1, then whatever arrived while it was built.
-    pub fn activate(&self, ready: Arc<Event>) {
+    pub fn activate(&self, ready: Arc<Published>) {
         {
             let mut b = self.lock();
             b.ready = true;
@@ -250,10 +256,10 @@ impl Session {
         // READY is never replayed: a client that did not get it cannot know
         // the session id to resume with. Dropping it as soon as it is handed
         // out keeps the largest dispatch out of every idle session.
-        if b.frames.front().is_some_and(|f| f.1.kind == "READY" && f.0 <= b.sent)
+        if b.frames.front().is_some_and(|f| f.1.kind() == "READY" && f.0 <= b.sent)
             && let Some((_, ready)) = b.frames.pop_front()
         {
-            b.bytes -= ready.data.len();
+            b.bytes -= ready.payload().len();
             b.release_if_empty();
         }
         Outbound::Frames(batch)
@@ -265,7 +271,7 @@ impl Session {
         let upto = seq.min(b.sent);
         while b.frames.front().is_some_and(|f| f.0 <= upto) {
             if let Some((_, old)) = b.frames.pop_front() {
-                b.bytes -= old.data.len();
+                b.bytes -= old.payload().len();
             }
         }
         b.release_if_empty();
@@ -294,18 +300,12 @@ mod tests {
     use super::*;
     use crate::bus::Audience;
 
-    fn event(n: usize) -> Arc<Event> {
+    fn event(n: usize) -> Arc<Published> {
         event_of("TEST", n)
     }
 
-    fn event_of(kind: &'static str, n: usize) -> Arc<Event> {
-        Arc::new(Event {
-            kind,
-            audience: Audience::User(Uuid::nil()),
-            data: format!("{n}").into(),
-            actor: None,
-            remote: false,
-        })
+    fn event_of(kind: &'static str, n: usize) -> Arc<Published> {
+        Published::direct(kind, Audience::User(Uuid::nil()), &n)
     }
 
     fn frames(out: Outbound) -> Vec<u64> {

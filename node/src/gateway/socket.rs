@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig};
 
-use crate::bus::Event;
+use crate::bus::Published;
 use crate::error::ApiError;
 
 /// Bytes tungstenite reads at a time. Client frames are small (heartbeats
@@ -234,7 +234,7 @@ impl GatewaySocket {
 
     /// Writes a batch of dispatches: one buffer, as few writes as the
     /// kernel allows, and nothing kept afterwards.
-    pub async fn write_dispatches(&mut self, frames: &[(u64, Arc<Event>)]) -> Result<(), WriteError> {
+    pub async fn write_dispatches(&mut self, frames: &[(u64, Arc<Published>)]) -> Result<(), WriteError> {
         // Anything tungstenite holds (a pong) goes first, whole. Skipped
         // when nothing can be there: a fan-out writes to every connection,
         // and each flush touches tungstenite's state and wakers.
@@ -244,11 +244,11 @@ impl GatewaySocket {
         }
         let size = frames
             .iter()
-            .map(|(_, e)| FRAME_OVERHEAD + e.kind.len() + e.data.len())
+            .map(|(_, e)| FRAME_OVERHEAD + e.kind().len() + e.payload().len())
             .sum();
         let mut buffer = Vec::with_capacity(size);
         for (seq, event) in frames {
-            encode_dispatch(&mut buffer, *seq, event.kind, &event.data);
+            encode_dispatch(&mut buffer, *seq, event.kind(), event.payload());
         }
         let mut write = std::pin::pin!(self.ws.get_mut().write_all(&buffer));
         // Usually the kernel takes it all at once: no timer for that.

@@ -304,11 +304,9 @@ async fn delete_session(
 /// Tells the gateway to close connections of a signed-out session. This
 /// event is internal: the dispatcher consumes it and never forwards it.
 fn announce_revoked(state: &AppState, user_id: Uuid, session_id: Uuid) {
-    state.bus.publish(
-        "SESSION_REVOKED",
-        crate::bus::Audience::User(user_id),
-        &serde_json::json!({"session_id": session_id}),
-    );
+    state
+        .bus
+        .publish(crate::bus::Audience::User(user_id), crate::bus::Event::SessionRevoked { session_id });
 }
 
 fn user_agent(headers: &HeaderMap) -> Option<String> {

@@ -7,6 +7,8 @@
 //! READ_MESSAGE_HISTORY. Deleted messages are tombstones that no endpoint
 //! returns.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -19,13 +21,13 @@ use together_protocol::federation::{MessageEvent, Scope};
 use together_protocol::identity::SignedDelegation;
 
 use crate::auth::AuthUser;
+use crate::bus::{Audience, Event};
 use crate::federation::outbox;
-use crate::bus::Audience;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 use crate::messages::rules::validate_content;
 use crate::messages::{self as store, Cursor, MessageRow, SearchQuery};
-use crate::model::{ChannelKind, Message};
+use crate::model::{ChannelKind, Message, MessageDeleted};
 use crate::perms::{self, ChannelAccess};
 use crate::state::AppState;
 use crate::uploads::FileStore;
@@ -101,14 +103,6 @@ pub struct SearchResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_estimate: Option<i64>,
     pub messages: Vec<Message>,
-}
-
-/// The payload of MESSAGE_DELETE.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct MessageDeleted {
-    pub id: Uuid,
-    pub channel_id: Uuid,
-    pub server_id: Uuid,
 }
 
 /// The identity of a live message, for permission checks.
@@ -283,7 +277,7 @@ async fn create_message(
         message
     };
     state.gateway.stop_typing(message.channel_id, auth.user_id);
-    state.bus.publish("MESSAGE_CREATE", channel_audience(&message), &message);
+    state.bus.publish(channel_audience(&message), Event::MessageCreated(Arc::new(message.clone())));
     Ok((StatusCode::CREATED, Json(message)))
 }
 
@@ -388,7 +382,7 @@ async fn update_message(
         state.federation.outbox_written();
     }
     let message = load_one(&state, auth.user_id, message_id).await?;
-    state.bus.publish("MESSAGE_UPDATE", channel_audience(&message), &message);
+    state.bus.publish(channel_audience(&message), Event::MessageUpdated(Arc::new(message.clone())));
     Ok(Json(message))
 }
 
@@ -442,16 +436,15 @@ async fn delete_message(
     }
     state.bus.publish_as(
         auth.user_id,
-        "MESSAGE_DELETE",
         Audience::Channel {
             server_id: message.server_id,
             channel_id: message.channel_id,
         },
-        &MessageDeleted {
+        Event::MessageDeleted(MessageDeleted {
             id: message.id,
             channel_id: message.channel_id,
             server_id: message.server_id,
-        },
+        }),
     );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
-use crate::gateway::dispatcher::Presence;
+use crate::model::Presence;
 use crate::perms::server_access;
 use crate::state::AppState;
 

@@ -7,21 +7,21 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use together_protocol::permissions::Permissions;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 use crate::http::messages::{MessageRef, message_access, sign_into, unknown_message};
 use together_protocol::federation::{MessageEvent, Scope};
 use crate::messages::MAX_DISTINCT_REACTIONS;
 use crate::messages::rules::validate_emoji;
-use crate::model::{USER_COLUMNS, User, UserRow};
+use crate::model::{ReactionEvent, USER_COLUMNS, User, UserRow};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -36,16 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct AddReactionRequest {
     /// A Unicode emoji, or `name:id` for a custom one; at most 64 bytes.
-    pub emoji: String,
-}
-
-/// The payload of MESSAGE_REACTION_ADD and MESSAGE_REACTION_REMOVE.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ReactionEvent {
-    pub message_id: Uuid,
-    pub channel_id: Uuid,
-    pub server_id: Uuid,
-    pub user_id: Uuid,
     pub emoji: String,
 }
 
@@ -148,7 +138,7 @@ async fn add_reaction(
     if changed {
         state
             .bus
-            .publish("MESSAGE_REACTION_ADD", audience(&message), &event(&message, auth.user_id, emoji));
+            .publish(audience(&message), Event::ReactionAdded(event(&message, auth.user_id, emoji)));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -184,12 +174,9 @@ async fn remove_reaction(
         if delegation.is_some() {
             state.federation.outbox_written();
         }
-        state.bus.publish_as(
-            actor,
-            "MESSAGE_REACTION_REMOVE",
-            audience(message),
-            &event(message, user_id, emoji),
-        );
+        state
+            .bus
+            .publish_as(actor, audience(message), Event::ReactionRemoved(event(message, user_id, emoji)));
     }
     Ok(())
 }

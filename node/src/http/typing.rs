@@ -10,24 +10,15 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::model::TypingStart;
 use crate::perms::channel_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(start_typing, list_typing))
-}
-
-/// The TYPING_START payload.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TypingStart {
-    pub channel_id: Uuid,
-    pub server_id: Uuid,
-    pub user_id: Uuid,
-    pub timestamp: chrono::DateTime<chrono::Utc>,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One user typing now.
@@ -54,12 +45,11 @@ async fn start_typing(State(state): State<AppState>, auth: AuthUser, Path(channe
         expires_at: now + chrono::Duration::from_std(left).unwrap_or_default(),
     };
     state.bus.publish(
-        "TYPING_START",
         Audience::Channel {
             server_id: access.server.server_id,
             channel_id,
         },
-        &payload,
+        Event::TypingStarted(payload),
     );
     Ok(StatusCode::NO_CONTENT)
 }

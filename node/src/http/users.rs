@@ -1,5 +1,7 @@
 //! Profiles: the caller's own (`@me`) and other users'.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -8,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::{AuthUser, password};
-use crate::bus::Audience;
+use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, optional_text};
 use crate::http::auth::{fetch_current_user, validate_email, validate_username};
@@ -102,7 +104,7 @@ async fn update_me(
     }
     result?;
     let me = fetch_current_user(&state.db, auth.user_id).await?;
-    state.bus.publish("USER_UPDATE", Audience::User(auth.user_id), &me);
+    state.bus.publish(Audience::User(auth.user_id), Event::CurrentUserUpdated(Arc::new(me.clone())));
     if req.status.is_some() || req.custom_status.is_some() {
         state
             .gateway
@@ -117,7 +119,7 @@ async fn update_me(
             avatar_url: me.avatar_url.clone(),
             public_key: me.public_key.clone(),
         };
-        state.bus.publish("USER_UPDATE", Audience::Peers(auth.user_id), &public);
+        state.bus.publish(Audience::Peers(auth.user_id), Event::UserUpdated(public));
     }
     Ok(Json(me))
 }

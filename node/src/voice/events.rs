@@ -18,8 +18,7 @@ use uuid::Uuid;
 
 use super::wire::VoiceSpeaking;
 use super::{Participant, VOICE_STATE_COLUMNS, apply_flags, announce_state, disconnect, push_offer, remove_and_announce};
-use crate::bus::{Audience, Event};
-use crate::gateway::dispatcher::make_ready_event;
+use crate::bus::{Audience, Event, Published};
 use crate::model::VoiceState;
 use crate::perms::channel_access;
 use crate::state::AppState;
@@ -51,7 +50,7 @@ pub async fn run_sfu_events(state: AppState, mut events: SfuEvents) {
                     user_id: peer.user,
                     speaking,
                 };
-                let event = make_ready_event("VOICE_SPEAKING", Audience::User(peer.user), &payload);
+                let event = Published::direct("VOICE_SPEAKING", Audience::User(peer.user), &payload);
                 for listener in state.voice.participants_in_channel(room) {
                     state.gateway.push_to_session(listener.peer.session, Arc::clone(&event));
                 }
@@ -79,31 +78,18 @@ pub async fn run_sfu_events(state: AppState, mut events: SfuEvents) {
 
 /// Events after which someone may have lost (or changed) access to a
 /// voice channel.
-fn changes_access(kind: &str) -> bool {
+fn changes_access(event: &Event) -> bool {
     matches!(
-        kind,
-        "CHANNEL_UPDATE"
-            | "CHANNEL_DELETE"
-            | "SERVER_ROLE_UPDATE"
-            | "SERVER_ROLE_DELETE"
-            | "SERVER_MEMBER_UPDATE"
-            | "SERVER_MEMBER_REMOVE"
-            | "SERVER_BAN_ADD"
-            | "SERVER_DELETE"
+        event,
+        Event::ChannelUpdated(_)
+            | Event::ChannelDeleted(_)
+            | Event::RoleUpdated(_)
+            | Event::RoleDeleted(_)
+            | Event::ServerMemberUpdated(_)
+            | Event::ServerMemberRemoved(_)
+            | Event::ServerBanAdded(_)
+            | Event::ServerDeleted(_)
     )
-}
-
-fn server_of(event: &Event) -> Option<Uuid> {
-    match &event.audience {
-        Audience::Channel { server_id, .. } | Audience::Server(server_id) => Some(*server_id),
-        Audience::ServerAndUsers { server_id, .. } => Some(*server_id),
-        _ => serde_json::from_str::<serde_json::Value>(&event.data)
-            .ok()?
-            .get("server_id")?
-            .as_str()?
-            .parse()
-            .ok(),
-    }
 }
 
 /// Follows the bus and re-checks voice access where it may have changed.
@@ -117,10 +103,10 @@ pub async fn watch_access(state: AppState) {
         };
         match event {
             Ok(event) => {
-                if !changes_access(event.kind) {
+                if !changes_access(&event.event) {
                     continue;
                 }
-                if let Some(server_id) = server_of(&event)
+                if let Some(server_id) = event.event.server_id()
                     && state.voice.has_server(server_id)
                 {
                     recheck_server(&state, server_id).await;

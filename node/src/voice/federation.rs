@@ -33,9 +33,9 @@ use together_sfu::{NodeKey, Relay, RelayEvent, RelayEvents, VoiceFlags};
 use uuid::Uuid;
 
 use super::channel_audience;
-use super::wire::VoiceLeft;
+use crate::bus::Event;
 use crate::federation::wire::{SyncRequest, SyncResponse};
-use crate::model::VoiceState;
+use crate::model::{VoiceLeft, VoiceState};
 use crate::net::{self, NetClient};
 use crate::state::AppState;
 
@@ -352,7 +352,7 @@ async fn server_of_channel(state: &AppState, channel_id: Uuid) -> Result<Option<
 fn announce(state: &AppState, row: &VoiceState) {
     state
         .bus
-        .publish("VOICE_STATE_UPDATE", channel_audience(row.server_id, row.channel_id), row);
+        .publish(channel_audience(row.server_id, row.channel_id), Event::VoiceStateUpdated(row.clone()));
 }
 
 fn announce_left(state: &AppState, old: &VoiceState) {
@@ -363,7 +363,7 @@ fn announce_left(state: &AppState, old: &VoiceState) {
     };
     state
         .bus
-        .publish("VOICE_STATE_UPDATE", channel_audience(old.server_id, old.channel_id), &payload);
+        .publish(channel_audience(old.server_id, old.channel_id), Event::VoiceStateLeft(payload));
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 use together_sfu::{IceCandidate, IceServer, Offer};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Op 4 VOICE_STATE_UPDATE.
@@ -42,15 +41,6 @@ pub struct VoiceCandidate {
 #[serde(deny_unknown_fields)]
 pub struct VoiceRestart {
     pub voice_session: Uuid,
-}
-
-/// The VOICE_STATE_UPDATE dispatch when a user leaves.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct VoiceLeft {
-    pub user_id: Uuid,
-    pub server_id: Uuid,
-    /// Always `null`.
-    pub channel_id: Option<Uuid>,
 }
 
 /// One incoming audio stream of an offer: which media section carries

@@ -265,8 +265,8 @@ impl TestApp {
 
 /// Every event published so far that `rx` has not yet seen.
 pub fn drain(
-    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<together_node::bus::Event>>,
-) -> Vec<std::sync::Arc<together_node::bus::Event>> {
+    rx: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<together_node::bus::Published>>,
+) -> Vec<std::sync::Arc<together_node::bus::Published>> {
     let mut events = Vec::new();
     while let Ok(event) = rx.try_recv() {
         events.push(event);
@@ -276,13 +276,13 @@ pub fn drain(
 
 /// The events of one kind, with their payloads parsed.
 pub fn events_of(
-    events: &[std::sync::Arc<together_node::bus::Event>],
+    events: &[std::sync::Arc<together_node::bus::Published>],
     kind: &str,
 ) -> Vec<(together_node::bus::Audience, Value)> {
     events
         .iter()
-        .filter(|e| e.kind == kind)
-        .map(|e| (e.audience.clone(), serde_json::from_str(&e.data).unwrap()))
+        .filter(|e| e.kind() == kind)
+        .map(|e| (e.audience.clone(), serde_json::from_str(e.payload()).unwrap()))
         .collect()
 }
 
