@@ -1105,8 +1105,8 @@ export interface components {
             duplicates: number;
             /**
              * Format: int64
-             * @description Events stored but not published (no peer on the topic yet); peers
-             *     get them by backfill.
+             * @description Events stored but not gossiped (no peer on the topic yet); peers
+             *     get them by catch-up.
              */
             publish_failed: number;
             /**
