@@ -11,9 +11,11 @@
 //! that are common and asks the GIN index for words that are rare, so it
 //! never reads every match of a common word or sorts a large set.
 //!
-//! [`rules`]: what a message write must satisfy, whoever makes it.
+//! [`rules`]: what a message write must satisfy, whoever makes it;
+//! [`write`]: the one write path of message changes, for every origin.
 
 pub mod rules;
+pub mod write;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

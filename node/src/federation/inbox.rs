@@ -25,7 +25,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::Utc;
 use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use super::store;
 use crate::bus::{Audience, Event};
-use crate::messages::rules;
+use crate::messages::write;
 use crate::model::{ChannelKind, Message, MessageDeleted, ReactionEvent};
 use crate::net::NetClient;
 use crate::state::AppState;
@@ -380,7 +380,8 @@ async fn check_and_apply_page(state: &AppState, server: Uuid, page: &[&Envelope]
 enum Applied {
     Created(Uuid),
     Edited(Option<Uuid>),
-    Deleted(Scope),
+    /// With the content hashes of the files the message held.
+    Deleted(Scope, Vec<Vec<u8>>),
     Reaction {
         add: bool,
         scope: Scope,
@@ -390,9 +391,6 @@ enum Applied {
     },
 }
 
-fn millis(at: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(at).single().unwrap_or_else(Utc::now)
-}
 
 /// The actor's permissions in the event's channel, on this node's
 /// projection; `None` when the channel is not a text channel of the
@@ -439,8 +437,9 @@ async fn permissions_of(
     Ok(out)
 }
 
-/// Applies a verified event inside `tx`, checking it against the
-/// projection. `Err(outcome)` rolls back.
+/// Applies a verified event inside `tx` through the one write path of
+/// message changes ([`write::execute`], the same rules as the REST API),
+/// judged on this node's projection. `Err(outcome)` rolls back.
 async fn apply(
     tx: &mut PgConnection,
     actor: Uuid,
@@ -448,164 +447,44 @@ async fn apply(
     event: &MessageEvent,
     max_file_bytes: u64,
 ) -> Result<Result<Applied, Outcome>, sqlx::Error> {
-    use Outcome::{Deferred, Rejected};
+    let rights = perms.map(|permissions| write::Rights {
+        text: true,
+        permissions,
+    });
     let scope = *event.scope();
-    let Some(perms) = perms else {
-        return Ok(Err(Rejected("not_permitted")));
-    };
-    // The target message of anything but a create: its author and whether
-    // it is live.
-    let target: Option<(Uuid, Uuid, bool)> = if matches!(event, MessageEvent::Create { .. }) {
-        None
-    } else {
-        sqlx::query_as("SELECT author_id, channel_id, deleted FROM messages WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(scope.message)
-            .fetch_optional(&mut *tx)
-            .await?
-    };
-    let live_target = |target: Option<(Uuid, Uuid, bool)>| match target {
-        None => Err(Deferred("unknown_message")),
-        Some((_, channel, _)) if channel != scope.channel => Err(Rejected("wrong_channel")),
-        Some((_, _, true)) => Err(Deferred("deleted_message")),
-        Some((author, _, false)) => Ok(author),
-    };
-    let applied = match event {
-        MessageEvent::Create {
-            reply_to,
-            content,
-            attachments,
-            ..
-        } => {
-            if !perms.contains(Permissions::SEND_MESSAGES)
-                || (!attachments.is_empty() && !perms.contains(Permissions::ATTACH_FILES))
-            {
-                return Ok(Err(Rejected("not_permitted")));
-            }
-            // The rules of a local write (empty text only with files).
-            let content = match rules::validate_content(content, !attachments.is_empty()) {
-                Ok(content) => content,
-                Err(invalid) => return Ok(Err(Rejected(invalid.reason()))),
-            };
-            let inserted = sqlx::query(
-                "INSERT INTO messages (id, channel_id, server_id, author_id, content, reply_to, created_at)
-                 VALUES ($1, $2, $3, $4, $5,
-                         (SELECT id FROM messages WHERE id = $6 AND channel_id = $2), $7)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(scope.message)
-            .bind(scope.channel)
-            .bind(scope.server)
-            .bind(actor)
-            .bind(content)
-            .bind(*reply_to)
-            .bind(millis(scope.at))
-            .execute(&mut *tx)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                return Ok(Err(Rejected("message_exists")));
-            }
-            if let Err(reason) =
-                super::blobs::record_remote_files(tx, actor, &scope, attachments, max_file_bytes).await?
-            {
-                return Ok(Err(Rejected(reason)));
-            }
-            Applied::Created(scope.message)
-        }
-        MessageEvent::Edit { content, .. } => {
-            let author = match live_target(target) {
-                Ok(a) => a,
-                Err(o) => return Ok(Err(o)),
-            };
-            if author != actor {
-                return Ok(Err(Rejected("not_permitted")));
-            }
-            // The rules of a local edit.
-            let content = match rules::validate_content(content, true) {
-                Ok(content) => content,
-                Err(invalid) => return Ok(Err(Rejected(invalid.reason()))),
-            };
-            // Last writer wins by the edit's own time.
-            let updated = sqlx::query(
-                "UPDATE messages SET content = $2, edited_at = $3
-                  WHERE id = $1 AND NOT deleted AND (edited_at IS NULL OR edited_at < $3)
-                    AND ($2 <> '' OR EXISTS (SELECT 1 FROM attachments WHERE message_id = $1))",
-            )
-            .bind(scope.message)
-            .bind(content)
-            .bind(millis(scope.at))
-            .execute(&mut *tx)
-            .await?;
-            Applied::Edited((updated.rows_affected() > 0).then_some(scope.message))
-        }
-        MessageEvent::Delete { .. } => {
-            let author = match live_target(target) {
-                Ok(a) => a,
-                Err(o) => return Ok(Err(o)),
-            };
-            if author != actor && !perms.contains(Permissions::MANAGE_MESSAGES) {
-                return Ok(Err(Rejected("not_permitted")));
-            }
-            sqlx::query("UPDATE messages SET deleted = true, content = '' WHERE id = $1")
-                .bind(scope.message)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-                .bind(scope.message)
-                .execute(&mut *tx)
-                .await?;
-            Applied::Deleted(scope)
-        }
-        MessageEvent::ReactionAdd { emoji, .. } => {
-            if let Err(o) = live_target(target) {
-                return Ok(Err(o));
-            }
-            if !perms.contains(Permissions::ADD_REACTIONS) {
-                return Ok(Err(Rejected("not_permitted")));
-            }
-            if let Err(invalid) = rules::validate_emoji(emoji) {
-                return Ok(Err(Rejected(invalid.reason())));
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO reactions (message_id, emoji, user_id, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(scope.message)
-            .bind(emoji)
-            .bind(actor)
-            .bind(millis(scope.at))
-            .execute(&mut *tx)
-            .await?;
-            Applied::Reaction {
-                add: true,
-                scope,
-                user: actor,
-                emoji: emoji.clone(),
-                changed: inserted.rows_affected() > 0,
-            }
-        }
-        MessageEvent::ReactionRemove { user, emoji, .. } => {
-            if let Err(o) = live_target(target) {
-                return Ok(Err(o));
-            }
-            if *user != actor && !perms.contains(Permissions::MANAGE_MESSAGES) {
-                return Ok(Err(Rejected("not_permitted")));
-            }
-            let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
-                .bind(scope.message)
-                .bind(emoji)
-                .bind(*user)
-                .execute(&mut *tx)
-                .await?;
-            Applied::Reaction {
-                add: false,
-                scope,
-                user: *user,
-                emoji: emoji.clone(),
-                changed: removed.rows_affected() > 0,
-            }
+    let origin = write::Origin::Peer { max_file_bytes };
+    let done = match write::execute(tx, actor, rights, event.clone(), origin).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(refused)) if refused.may_apply_later() => return Ok(Err(Outcome::Deferred(refused.reason()))),
+        Ok(Err(refused)) => return Ok(Err(Outcome::Rejected(refused.reason()))),
+        Err(write::WriteError::Db(err)) => return Err(err),
+        // A peer's change is never signed here.
+        Err(write::WriteError::Sign(err)) => {
+            tracing::error!(error = %err, "signing a peer's change");
+            return Ok(Err(Outcome::Deferred("internal")));
         }
     };
-    Ok(Ok(applied))
+    let changed = done.changed();
+    Ok(Ok(match (event, done) {
+        (_, write::Applied::Created(_)) => Applied::Created(scope.message),
+        (_, write::Applied::Edited { changed }) => Applied::Edited(changed.then_some(scope.message)),
+        (_, write::Applied::Deleted { files }) => Applied::Deleted(scope, files),
+        (MessageEvent::ReactionRemove { user, emoji, .. }, _) => Applied::Reaction {
+            add: false,
+            scope,
+            user: *user,
+            emoji: emoji.clone(),
+            changed,
+        },
+        (MessageEvent::ReactionAdd { emoji, .. }, _) => Applied::Reaction {
+            add: true,
+            scope,
+            user: actor,
+            emoji: emoji.clone(),
+            changed,
+        },
+        (_, write::Applied::Reaction { .. }) => Applied::Edited(None),
+    }))
 }
 
 /// Publishes what applied events changed to the local bus, in order; the
@@ -627,6 +506,19 @@ async fn publish(state: &AppState, applied: Vec<Applied>) {
                 return;
             }
         };
+    // Files of deleted messages no other message holds leave the disk.
+    let files: Vec<Vec<u8>> = applied
+        .iter()
+        .flat_map(|a| match a {
+            Applied::Deleted(_, files) => files.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if !files.is_empty()
+        && let Err(err) = crate::uploads::FileStore::new(&state.config.data_dir).release(&state.db, &files).await
+    {
+        tracing::warn!(error = ?err, "files of deleted messages not released");
+    }
     for a in applied {
         publish_one(state, a, &mut loaded);
     }
@@ -652,7 +544,7 @@ fn publish_one(state: &AppState, applied: Applied, loaded: &mut std::collections
             }
         }
         Applied::Edited(None) => {}
-        Applied::Deleted(scope) => {
+        Applied::Deleted(scope, _) => {
             let audience = Audience::Channel {
                 server_id: scope.server,
                 channel_id: scope.channel,

@@ -22,11 +22,11 @@ use together_protocol::identity::SignedDelegation;
 
 use crate::auth::AuthUser;
 use crate::bus::{Audience, Event};
-use crate::federation::outbox;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 use crate::messages::rules::validate_content;
-use crate::messages::{self as store, Cursor, MessageRow, SearchQuery};
+use crate::messages::write;
+use crate::messages::{self as store, Cursor, SearchQuery};
 use crate::model::{ChannelKind, Message, MessageDeleted};
 use crate::perms::{self, ChannelAccess};
 use crate::state::AppState;
@@ -114,6 +114,18 @@ pub struct MessageRef {
     pub author_id: Uuid,
 }
 
+impl MessageRef {
+    /// The scope of a change to this message made now.
+    pub fn scope_now(&self) -> Scope {
+        Scope {
+            server: self.server_id,
+            channel: self.channel_id,
+            message: self.id,
+            at: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+}
+
 pub(crate) fn unknown_message() -> ApiError {
     ApiError::not_found("unknown_message", "no such message")
 }
@@ -189,123 +201,78 @@ async fn create_message(
     Path(channel_id): Path<Uuid>,
     Json(req): Json<CreateMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    let mut attachment_ids = req.attachment_ids;
-    attachment_ids.sort();
-    attachment_ids.dedup();
-    if attachment_ids.len() > store::MAX_ATTACHMENTS {
+    let mut uploads = req.attachment_ids;
+    uploads.sort();
+    uploads.dedup();
+    if uploads.len() > store::MAX_ATTACHMENTS {
         return Err(ApiError::invalid(format!(
             "a message may carry at most {} attachments",
             store::MAX_ATTACHMENTS
         )));
     }
-    let content = validate_content(&req.content, !attachment_ids.is_empty())?;
-
+    // Cheap refusals before any database work; `execute` checks again.
+    validate_content(&req.content, !uploads.is_empty())?;
     let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
-    if access.kind != ChannelKind::Text {
-        return Err(ApiError::bad_request(
-            "invalid_channel_type",
-            "messages can only be sent to text channels",
-        ));
-    }
-    access.require(Permissions::SEND_MESSAGES)?;
-    if !attachment_ids.is_empty() {
-        access.require(Permissions::ATTACH_FILES)?;
-    }
     let delegation =
         crate::federation::delegations::require_for_server(&state, auth.user_id, access.server.server_id).await?;
-
-    let id = Uuid::now_v7();
-    let insert = format!(
-        "WITH m AS (
-             INSERT INTO messages (id, channel_id, server_id, author_id, content, reply_to)
-             SELECT $1, $2, $3, $4, $5, $6
-              WHERE $6::uuid IS NULL OR EXISTS (
-                    SELECT 1 FROM messages r WHERE r.id = $6 AND r.channel_id = $2 AND NOT r.deleted)
-             RETURNING id, channel_id, server_id, author_id, content, reply_to, edited_at, created_at)
-         SELECT {} FROM m JOIN users u ON u.id = m.author_id",
-        store::MESSAGE_COLUMNS
-    );
-    let query = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(insert))
-        .bind(id)
-        .bind(channel_id)
-        .bind(access.server.server_id)
-        .bind(auth.user_id)
-        .bind(&content)
-        .bind(req.reply_to);
-    let bad_reply = || ApiError::bad_request("invalid_reply", "reply_to must be a message in this channel");
-
-    let message = if attachment_ids.is_empty() && delegation.is_none() {
-        query.fetch_optional(&state.db).await?.ok_or_else(bad_reply)?.into_message()
-    } else {
-        let mut tx = state.db.begin().await?;
-        let row = query.fetch_optional(&mut *tx).await?.ok_or_else(bad_reply)?;
-        let sql = format!(
-            "UPDATE attachments SET message_id = $1
-              WHERE id = ANY($2) AND uploader_id = $3 AND channel_id = $4 AND message_id IS NULL
-              RETURNING {}",
-            store::ATTACHMENT_COLUMNS
-        );
-        let mut attached: Vec<store::AttachmentRow> = if attachment_ids.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .bind(&attachment_ids)
-                .bind(auth.user_id)
-                .bind(channel_id)
-                .fetch_all(&mut *tx)
-                .await?
-        };
-        if attached.len() != attachment_ids.len() {
-            return Err(ApiError::bad_request(
-                "invalid_attachments",
-                "attachment_ids must be your own uploads to this channel that no message uses yet",
-            ));
-        }
-        attached.sort_by_key(|a| (a.created_at, a.id));
-        let mut message = row.into_message();
-        message.attachments = attached.iter().map(store::AttachmentRow::to_model).collect();
-        let event = || MessageEvent::Create {
-            scope: scope_of(&message, message.created_at),
-            reply_to: message.reply_to,
-            content: message.content.clone(),
-            attachments: attached.iter().filter_map(store::AttachmentRow::file_ref).collect(),
-        };
-        sign_into(&state, &mut tx, delegation.as_ref(), event).await?;
-        tx.commit().await?;
-        state.federation.outbox_written();
-        message
+    let event = MessageEvent::Create {
+        scope: Scope {
+            server: access.server.server_id,
+            channel: channel_id,
+            message: Uuid::now_v7(),
+            at: chrono::Utc::now().timestamp_millis(),
+        },
+        reply_to: req.reply_to,
+        content: req.content,
+        attachments: Vec::new(),
     };
+    let applied = execute_local(&state, auth.user_id, &access, delegation.as_ref(), &uploads, event).await?;
+    let write::Applied::Created(message) = applied else {
+        return Err(ApiError::internal("a create did not create"));
+    };
+    let message = Arc::new(*message);
     state.gateway.stop_typing(message.channel_id, auth.user_id);
-    state.bus.publish(channel_audience(&message), Event::MessageCreated(Arc::new(message.clone())));
-    Ok((StatusCode::CREATED, Json(message)))
+    state
+        .bus
+        .publish(channel_audience(&message), Event::MessageCreated(message.clone()));
+    Ok((StatusCode::CREATED, Json(Arc::unwrap_or_clone(message))))
 }
 
-/// The scope of a federation event about `message`, at `at`.
-fn scope_of(message: &Message, at: chrono::DateTime<chrono::Utc>) -> Scope {
-    Scope {
-        server: message.server_id,
-        channel: message.channel_id,
-        message: message.id,
-        at: at.timestamp_millis(),
-    }
-}
-
-/// In a federated community (`delegation` given): signs the write's event
-/// and stores it for the outbox inside the write's transaction, so the
-/// event is as durable as the write.
-pub(crate) async fn sign_into(
+/// Runs a change of a user of this node through the one write path
+/// ([`write::execute`]): in a transaction when it needs one, with its
+/// federation event signed into the outbox in a federated community.
+pub(crate) async fn execute_local(
     state: &AppState,
-    tx: &mut sqlx::PgConnection,
+    actor: Uuid,
+    access: &ChannelAccess,
     delegation: Option<&SignedDelegation>,
-    event: impl FnOnce() -> MessageEvent,
-) -> ApiResult<()> {
-    if let Some(delegation) = delegation {
-        outbox::enqueue(tx, &state.keys.node_key, delegation, &event())
-            .await
-            .map_err(ApiError::internal)?;
-    }
-    Ok(())
+    uploads: &[Uuid],
+    event: MessageEvent,
+) -> ApiResult<write::Applied> {
+    let origin = write::Origin::Local {
+        uploads,
+        signer: delegation.map(|delegation| write::Signer {
+            node_key: &state.keys.node_key,
+            delegation,
+        }),
+    };
+    let rights = Some(write::Rights {
+        text: access.kind == ChannelKind::Text,
+        permissions: access.permissions,
+    });
+    let applied = if write::needs_transaction(&event, &origin) {
+        let mut tx = state.db.begin().await?;
+        let applied = write::execute(&mut tx, actor, rights, event, origin).await??;
+        tx.commit().await?;
+        if delegation.is_some() && applied.changed() {
+            state.federation.outbox_written();
+        }
+        applied
+    } else {
+        let mut conn = state.db.acquire().await?;
+        write::execute(&mut conn, actor, rights, event, origin).await??
+    };
+    Ok(applied)
 }
 
 fn channel_audience(message: &Message) -> Audience {
@@ -345,45 +312,22 @@ async fn update_message(
     Path(message_id): Path<Uuid>,
     Json(req): Json<UpdateMessageRequest>,
 ) -> ApiResult<Json<Message>> {
-    let (message, _) = message_access(&state, auth.user_id, message_id).await?;
+    let (message, access) = message_access(&state, auth.user_id, message_id).await?;
     if message.author_id != auth.user_id {
         return Err(ApiError::forbidden("not_author", "only the author can edit a message"));
     }
     let delegation =
         crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
-    let content = validate_content(&req.content, true)?;
-    let mut tx = state.db.begin().await?;
-    let edited_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "UPDATE messages SET content = $2, edited_at = now()
-          WHERE id = $1 AND NOT deleted
-            AND ($2 <> '' OR EXISTS (SELECT 1 FROM attachments WHERE message_id = $1))
-          RETURNING edited_at",
-    )
-    .bind(message_id)
-    .bind(&content)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(edited_at) = edited_at else {
-        return Err(if content.is_empty() {
-            ApiError::invalid("content must not be empty")
-        } else {
-            unknown_message()
-        });
+    let event = MessageEvent::Edit {
+        scope: message.scope_now(),
+        content: req.content,
     };
-    let scope = Scope {
-        server: message.server_id,
-        channel: message.channel_id,
-        message: message.id,
-        at: edited_at.timestamp_millis(),
-    };
-    sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::Edit { scope, content }).await?;
-    tx.commit().await?;
-    if delegation.is_some() {
-        state.federation.outbox_written();
-    }
-    let message = load_one(&state, auth.user_id, message_id).await?;
-    state.bus.publish(channel_audience(&message), Event::MessageUpdated(Arc::new(message.clone())));
-    Ok(Json(message))
+    execute_local(&state, auth.user_id, &access, delegation.as_ref(), &[], event).await?;
+    let message = Arc::new(load_one(&state, auth.user_id, message_id).await?);
+    state
+        .bus
+        .publish(channel_audience(&message), Event::MessageUpdated(message.clone()));
+    Ok(Json(Arc::unwrap_or_clone(message)))
 }
 
 /// `DELETE /api/messages/{message_id}`: delete a message (its author, or
@@ -398,41 +342,16 @@ async fn delete_message(
     Path(message_id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let (message, access) = message_access(&state, auth.user_id, message_id).await?;
-    if message.author_id != auth.user_id {
-        access.require(Permissions::MANAGE_MESSAGES)?;
-    }
     let delegation =
         crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
-    let mut tx = state.db.begin().await?;
-    let deleted = sqlx::query("UPDATE messages SET deleted = true, content = '' WHERE id = $1 AND NOT deleted")
-        .bind(message_id)
-        .execute(&mut *tx)
-        .await?;
-    if deleted.rows_affected() == 0 {
-        return Err(unknown_message());
-    }
-    sqlx::query("DELETE FROM reactions WHERE message_id = $1")
-        .bind(message_id)
-        .execute(&mut *tx)
-        .await?;
-    let hashes: Vec<Vec<u8>> =
-        sqlx::query_scalar("DELETE FROM attachments WHERE message_id = $1 RETURNING content_hash")
-            .bind(message_id)
-            .fetch_all(&mut *tx)
-            .await?;
-    let scope = Scope {
-        server: message.server_id,
-        channel: message.channel_id,
-        message: message.id,
-        at: chrono::Utc::now().timestamp_millis(),
+    let event = MessageEvent::Delete {
+        scope: message.scope_now(),
     };
-    sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::Delete { scope }).await?;
-    tx.commit().await?;
-    if delegation.is_some() {
-        state.federation.outbox_written();
-    }
-    if !hashes.is_empty() {
-        FileStore::new(&state.config.data_dir).release(&state.db, &hashes).await?;
+    let applied = execute_local(&state, auth.user_id, &access, delegation.as_ref(), &[], event).await?;
+    if let write::Applied::Deleted { files } = applied
+        && !files.is_empty()
+    {
+        FileStore::new(&state.config.data_dir).release(&state.db, &files).await?;
     }
     state.bus.publish_as(
         auth.user_id,

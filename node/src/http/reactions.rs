@@ -17,9 +17,9 @@ use crate::auth::AuthUser;
 use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
-use crate::http::messages::{MessageRef, message_access, sign_into, unknown_message};
-use together_protocol::federation::{MessageEvent, Scope};
-use crate::messages::MAX_DISTINCT_REACTIONS;
+use crate::http::messages::{MessageRef, execute_local, message_access};
+use crate::perms::ChannelAccess;
+use together_protocol::federation::MessageEvent;
 use crate::messages::rules::validate_emoji;
 use crate::model::{ReactionEvent, USER_COLUMNS, User, UserRow};
 use crate::state::AppState;
@@ -50,16 +50,6 @@ pub struct ReactionUsersParams {
     pub limit: Option<i64>,
 }
 
-
-/// The scope of a federation event about `message`, now.
-fn scope_now(message: &MessageRef) -> Scope {
-    Scope {
-        server: message.server_id,
-        channel: message.channel_id,
-        message: message.id,
-        at: chrono::Utc::now().timestamp_millis(),
-    }
-}
 
 fn audience(message: &MessageRef) -> Audience {
     Audience::Channel {
@@ -94,48 +84,12 @@ async fn add_reaction(
     access.require(Permissions::ADD_REACTIONS)?;
     let delegation =
         crate::federation::delegations::require_for_server(&state, auth.user_id, message.server_id).await?;
-
-    let mut tx = state.db.begin().await?;
-    // Serialise reactions on this message so the distinct-emoji cap holds.
-    let live: Option<bool> = sqlx::query_scalar("SELECT NOT deleted FROM messages WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(message_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if live != Some(true) {
-        return Err(unknown_message());
-    }
-    let (distinct, present): (i64, bool) = sqlx::query_as(
-        "SELECT count(DISTINCT emoji), COALESCE(bool_or(emoji = $2), false) FROM reactions WHERE message_id = $1",
-    )
-    .bind(message_id)
-    .bind(&emoji)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !present && distinct >= MAX_DISTINCT_REACTIONS {
-        return Err(ApiError::bad_request(
-            "too_many_reactions",
-            format!("a message may carry at most {MAX_DISTINCT_REACTIONS} different emojis"),
-        ));
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO reactions (message_id, emoji, user_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(message_id)
-    .bind(&emoji)
-    .bind(auth.user_id)
-    .execute(&mut *tx)
-    .await?;
-    let changed = inserted.rows_affected() > 0;
-    if changed {
-        let scope = scope_now(&message);
-        let emoji = emoji.clone();
-        sign_into(&state, &mut tx, delegation.as_ref(), || MessageEvent::ReactionAdd { scope, emoji }).await?;
-    }
-    tx.commit().await?;
-    if changed && delegation.is_some() {
-        state.federation.outbox_written();
-    }
-    if changed {
+    let change = MessageEvent::ReactionAdd {
+        scope: message.scope_now(),
+        emoji: emoji.clone(),
+    };
+    let applied = execute_local(&state, auth.user_id, &access, delegation.as_ref(), &[], change).await?;
+    if applied.changed() {
         state
             .bus
             .publish(audience(&message), Event::ReactionAdded(event(&message, auth.user_id, emoji)));
@@ -143,40 +97,25 @@ async fn add_reaction(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Removes `user_id`'s reaction; `actor` is who asked (for federation).
+/// Removes `user_id`'s reaction; `actor` is who asked.
 async fn remove_reaction(
     state: &AppState,
     actor: Uuid,
-    message: &MessageRef,
+    (message, access): (MessageRef, ChannelAccess),
     user_id: Uuid,
     emoji: String,
 ) -> ApiResult<()> {
     let delegation = crate::federation::delegations::require_for_server(state, actor, message.server_id).await?;
-    let mut tx = state.db.begin().await?;
-    let removed = sqlx::query("DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3")
-        .bind(message.id)
-        .bind(&emoji)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-    if removed.rows_affected() > 0 {
-        let scope = scope_now(message);
-        let emoji = emoji.clone();
-        let event = || MessageEvent::ReactionRemove {
-            scope,
-            user: user_id,
-            emoji,
-        };
-        sign_into(state, &mut tx, delegation.as_ref(), event).await?;
-    }
-    tx.commit().await?;
-    if removed.rows_affected() > 0 {
-        if delegation.is_some() {
-            state.federation.outbox_written();
-        }
+    let change = MessageEvent::ReactionRemove {
+        scope: message.scope_now(),
+        user: user_id,
+        emoji: emoji.clone(),
+    };
+    let applied = execute_local(state, actor, &access, delegation.as_ref(), &[], change).await?;
+    if applied.changed() {
         state
             .bus
-            .publish_as(actor, audience(message), Event::ReactionRemoved(event(message, user_id, emoji)));
+            .publish_as(actor, audience(&message), Event::ReactionRemoved(event(&message, user_id, emoji)));
     }
     Ok(())
 }
@@ -192,8 +131,8 @@ async fn delete_own_reaction(
     Path((message_id, emoji)): Path<(Uuid, String)>,
 ) -> ApiResult<StatusCode> {
     let emoji = validate_emoji(&emoji)?;
-    let (message, _) = message_access(&state, auth.user_id, message_id).await?;
-    remove_reaction(&state, auth.user_id, &message, auth.user_id, emoji).await?;
+    let target = message_access(&state, auth.user_id, message_id).await?;
+    remove_reaction(&state, auth.user_id, target, auth.user_id, emoji).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -208,11 +147,11 @@ async fn delete_user_reaction(
     Path((message_id, emoji, user_id)): Path<(Uuid, String, Uuid)>,
 ) -> ApiResult<StatusCode> {
     let emoji = validate_emoji(&emoji)?;
-    let (message, access) = message_access(&state, auth.user_id, message_id).await?;
+    let target = message_access(&state, auth.user_id, message_id).await?;
     if user_id != auth.user_id {
-        access.require(Permissions::MANAGE_MESSAGES)?;
+        target.1.require(Permissions::MANAGE_MESSAGES)?;
     }
-    remove_reaction(&state, auth.user_id, &message, user_id, emoji).await?;
+    remove_reaction(&state, auth.user_id, target, user_id, emoji).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
