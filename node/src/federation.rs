@@ -7,7 +7,10 @@
 //! - [`store`]: the federation tables (peers, delegations, events, cursors,
 //!   federated communities).
 //! - [`delegations`]: the delegation this node acts under for a user.
-//! - [`outbox`]: committed local changes → signed events → gossip.
+//! - [`events`]: this node's events signed into the event table inside
+//!   the write's transaction.
+//! - [`outbox`]: this node's stored events → gossip, in order, resumed
+//!   after a crash.
 //! - [`inbox`]: validating and applying signed message events from peers,
 //!   the same way for gossip and backfill.
 //! - [`ops`]: signed community ops (`together-crdt`): the op log, one
@@ -26,6 +29,7 @@
 pub mod blobs;
 pub mod delegations;
 pub mod ephemeral;
+pub mod events;
 pub mod inbox;
 pub mod ops;
 pub mod links;

@@ -23,6 +23,8 @@ use sqlx::{PgConnection, PgPool};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
+use together_protocol::federation::{FileRef, Scope};
+
 use crate::error::ApiError;
 
 /// Longest stored filename, in characters.
@@ -353,6 +355,49 @@ fn rfc5987_encode(value: &str) -> String {
         }
     }
     out
+}
+
+/// Records the files of a replicated message (inside the transaction that
+/// inserts it). `Err(reason)` refuses the whole event: a file larger than
+/// this node accepts, an empty one, or an attachment id already used.
+pub async fn record_remote_files(
+    tx: &mut PgConnection,
+    actor: Uuid,
+    scope: &Scope,
+    files: &[FileRef],
+    max_file_bytes: u64,
+) -> Result<Result<(), &'static str>, sqlx::Error> {
+    for file in files {
+        if file.size == 0 || file.size > max_file_bytes {
+            return Ok(Err("invalid_attachment"));
+        }
+        let filename = sanitize_filename(&file.filename);
+        let content_type = if safe_content_type(&file.content_type) == "application/octet-stream" {
+            "application/octet-stream"
+        } else {
+            file.content_type.as_str()
+        };
+        lock_hash(tx, &file.hash).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO attachments (id, channel_id, uploader_id, message_id, filename, content_hash, file_size,
+                                      mime_type)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(file.id)
+        .bind(scope.channel)
+        .bind(actor)
+        .bind(scope.message)
+        .bind(&filename)
+        .bind(file.hash.as_slice())
+        .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
+        .bind(content_type)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(Err("attachment_exists"));
+        }
+    }
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! A `message.create` event names its files by blake3 hash, size, name and
 //! type; the receiver records them as attachment rows of the message
-//! ([`record_remote_files`]) without the bytes. The bytes are fetched
+//! ([`crate::uploads::record_remote_files`]) without the bytes. The bytes are fetched
 //! lazily, on the first download on this node ([`ensure_local`]): over the
 //! request-response protocol `/together/blob/1`, in chunks of at most
 //! [`CHUNK_BYTES`], from a peer on the community's topic. The download is
@@ -20,8 +20,7 @@ use base64::Engine;
 use futures::StreamExt;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
-use together_protocol::federation::{FileRef, Scope, messages_topic};
+use together_protocol::federation::messages_topic;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -73,49 +72,6 @@ impl BlobResponse {
             message: message.to_string(),
         }
     }
-}
-
-/// Records the files of a replicated message (inside the transaction that
-/// inserts it). `Err(reason)` refuses the whole event: a file larger than
-/// this node accepts, an empty one, or an attachment id already used.
-pub async fn record_remote_files(
-    tx: &mut PgConnection,
-    actor: Uuid,
-    scope: &Scope,
-    files: &[FileRef],
-    max_file_bytes: u64,
-) -> Result<Result<(), &'static str>, sqlx::Error> {
-    for file in files {
-        if file.size == 0 || file.size > max_file_bytes {
-            return Ok(Err("invalid_attachment"));
-        }
-        let filename = uploads::sanitize_filename(&file.filename);
-        let content_type = if uploads::safe_content_type(&file.content_type) == "application/octet-stream" {
-            "application/octet-stream"
-        } else {
-            file.content_type.as_str()
-        };
-        uploads::lock_hash(tx, &file.hash).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO attachments (id, channel_id, uploader_id, message_id, filename, content_hash, file_size,
-                                      mime_type)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(file.id)
-        .bind(scope.channel)
-        .bind(actor)
-        .bind(scope.message)
-        .bind(&filename)
-        .bind(file.hash.as_slice())
-        .bind(i64::try_from(file.size).unwrap_or(i64::MAX))
-        .bind(content_type)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(Err("attachment_exists"));
-        }
-    }
-    Ok(Ok(()))
 }
 
 /// The attachments of a message in the API's shape.

@@ -18,10 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::SigningKey;
-use sqlx::PgConnection;
 use together_protocol::federation::{Envelope, FileRef, MessageEvent, Scope, messages_topic};
-use together_protocol::identity::{EventKind, IdentityError, SignedDelegation, SignedEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -44,40 +41,7 @@ pub fn spawn(state: AppState, client: NetClient) {
     tokio::spawn(publisher(state, client));
 }
 
-/// Signs `event` for the user of `delegation` with the node key.
-pub fn sign(node_key: &SigningKey, delegation: &SignedDelegation, event: &MessageEvent) -> Result<Envelope, IdentityError> {
-    let kind = EventKind::new(event.kind())?;
-    let signed = SignedEvent::sign(kind, node_key, delegation, event.encode())?;
-    Ok(Envelope {
-        event: signed,
-        delegation: Some(*delegation),
-    })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    #[error("cannot sign: {0}")]
-    Sign(#[from] IdentityError),
-    #[error(transparent)]
-    Delegation(#[from] delegations::DelegationError),
-}
-
-/// Signs `event` and stores it for the publisher inside the write's
-/// transaction `conn`; the caller wakes the publisher after commit
-/// ([`crate::federation::Federation::outbox_written`]).
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    node_key: &SigningKey,
-    delegation: &SignedDelegation,
-    event: &MessageEvent,
-) -> Result<(), OutboxError> {
-    let envelope = sign(node_key, delegation, event)?;
-    let scope = event.scope();
-    store::insert_local_event(&mut *conn, &envelope.event.hash(), scope.server, scope.channel, &envelope).await?;
-    Ok(())
-}
+pub use super::events::{OutboxError, enqueue, sign};
 
 /// Gossips this node's stored events in order, from where it last
 /// stopped, until the node shuts down.

@@ -408,29 +408,6 @@ pub type EventPosition = (i64, i64);
 /// are all visible and none can still appear.
 const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
-/// Stores an event this node signed, in the transaction of the write it
-/// describes; the publisher gossips it after commit.
-pub async fn insert_local_event(
-    db: impl PgExecutor<'_>,
-    hash: &[u8; 32],
-    server: Uuid,
-    channel: Uuid,
-    envelope: &Envelope,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO federation_events (hash, server_id, channel_id, kind, envelope, local)
-         VALUES ($1, $2, $3, $4, $5, true) ON CONFLICT (hash) DO NOTHING",
-    )
-    .bind(hash.as_slice())
-    .bind(server)
-    .bind(channel)
-    .bind(envelope.event.kind.as_str())
-    .bind(sqlx::types::Json(envelope))
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// An event this node signed, waiting to be gossiped.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {

@@ -126,6 +126,47 @@ impl MessageRef {
     }
 }
 
+// How the message write path's refusals answer over the API.
+
+impl From<crate::messages::rules::Invalid> for ApiError {
+    fn from(err: crate::messages::rules::Invalid) -> Self {
+        match err {
+            crate::messages::rules::Invalid::Emoji => ApiError::bad_request("invalid_emoji", err.to_string()),
+            _ => ApiError::invalid(err.to_string()),
+        }
+    }
+}
+
+impl From<crate::messages::write::Refused> for ApiError {
+    fn from(refused: crate::messages::write::Refused) -> Self {
+        use crate::messages::write::Refused;
+        let message = refused.to_string();
+        match refused {
+            Refused::NotVisible => ApiError::not_found("unknown_channel", "no such channel"),
+            Refused::NotText => ApiError::bad_request("invalid_channel_type", message),
+            Refused::Missing(perm) => ApiError::missing_permission(&perm.names().join(" and ")),
+            Refused::NotAuthor => ApiError::forbidden("not_author", message),
+            Refused::Invalid(invalid) => invalid.into(),
+            Refused::InvalidReply => ApiError::bad_request("invalid_reply", message),
+            Refused::InvalidAttachments | Refused::InvalidFile => ApiError::bad_request("invalid_attachments", message),
+            Refused::TooManyReactions => ApiError::bad_request("too_many_reactions", message),
+            Refused::UnknownMessage | Refused::DeletedMessage | Refused::WrongChannel => {
+                ApiError::not_found("unknown_message", "no such message")
+            }
+            Refused::MessageExists => ApiError::conflict("message_exists", message),
+        }
+    }
+}
+
+impl From<crate::messages::write::WriteError> for ApiError {
+    fn from(err: crate::messages::write::WriteError) -> Self {
+        match err {
+            crate::messages::write::WriteError::Db(err) => err.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 pub(crate) fn unknown_message() -> ApiError {
     ApiError::not_found("unknown_message", "no such message")
 }

@@ -8,7 +8,7 @@
 //! ([`super::rules`] for text and emojis, the permissions, authorship and
 //! the reaction cap below). A local change of a federated community is
 //! signed and stored for the outbox in the same transaction
-//! (`crate::federation::outbox::enqueue`).
+//! (`crate::federation::events::enqueue`).
 //!
 //! What differs by origin is only what the origin carries: a local create
 //! attaches the author's pending uploads, a peer's create records the
@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::rules::{self, Invalid};
 use super::{ATTACHMENT_COLUMNS, AttachmentRow, MAX_DISTINCT_REACTIONS, MESSAGE_COLUMNS, MessageRow};
-use crate::federation::outbox::{self, OutboxError};
+use crate::federation::events::{self, OutboxError};
 use crate::model::Message;
 
 /// Where a change comes from.
@@ -386,7 +386,7 @@ async fn create(
     match origin {
         Origin::Peer { max_file_bytes } => {
             if let Err(_reason) =
-                crate::federation::blobs::record_remote_files(conn, actor, &scope, &files, max_file_bytes).await?
+                crate::uploads::record_remote_files(conn, actor, &scope, &files, max_file_bytes).await?
             {
                 return Err(RefusedOr::Refused(Refused::InvalidFile));
             }
@@ -461,7 +461,7 @@ async fn sign(conn: &mut PgConnection, origin: Origin<'_>, event: impl FnOnce() 
         signer: Some(signer), ..
     } = origin
     {
-        outbox::enqueue(conn, signer.node_key, signer.delegation, &event()).await?;
+        events::enqueue(conn, signer.node_key, signer.delegation, &event()).await?;
     }
     Ok(())
 }
