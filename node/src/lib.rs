@@ -3,7 +3,9 @@
 //! The Together node as a library; `main.rs` is a thin shell over [`cli`],
 //! so tests and tools start exactly the code the binary runs.
 //!
-//! A tour of the files, in the order a request meets them:
+//! A tour of the files, in the order a request meets them
+//! (`docs/architecture.md` draws the floors and follows one message from
+//! `POST` to a peer's gateway):
 //!
 //! - [`cli`]: the `together-node` command line (`run`, `migrate`,
 //!   `seed-dev-data`, `identity`).
@@ -23,15 +25,19 @@
 //! - [`gateway`]: the WebSocket gateway: sessions, dispatch, presence.
 //! - [`voice`]: voice channels: the SFU, signaling over the gateway,
 //!   moderators' mute/deafen/move, disconnecting who loses access.
-//! - [`messages`]: message storage: history pages, batched loading of
-//!   attachments and reactions, full-text search (recent walk or GIN).
+//! - [`messages`]: the one write path of message changes for local users
+//!   and peers alike (`messages::write`, with the rules of
+//!   `messages::rules`), and message storage: history pages, batched
+//!   loading of attachments and reactions, full-text search.
 //! - [`uploads`]: uploaded files stored once per blake3 hash, safe
 //!   download headers, removal of stale uploads.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes as typed events, each serialized at most
 //!   once, when a gateway session first needs it.
 //! - [`net`]: the libp2p swarm in one task, and the client to talk to it.
-//! - [`federation`]: signed events between nodes, structure sync, backfill.
+//! - [`federation`]: signed events between nodes (stored with the write,
+//!   gossiped from the table, caught up on by peers), structure sync,
+//!   backfill.
 //! - [`ratelimit`]: per-user, per-route request budgets.
 //! - [`seed`]: development data.
 
