@@ -54,6 +54,12 @@ pub enum OpError {
     Identity(#[from] IdentityError),
 }
 
+impl From<together_protocol::bytes::ReadError> for OpError {
+    fn from(err: together_protocol::bytes::ReadError) -> Self {
+        OpError::Decode(err.into())
+    }
+}
+
 /// The id of the community owned by `owner` and created with `nonce`:
 /// the first 16 bytes of `blake3::derive_key("together community id v1",
 /// owner key || nonce)`, marked as a UUIDv8.
@@ -295,7 +301,7 @@ impl Op {
             let issued = r.i64()?;
             let expires = r.i64()?;
             let signature = r.array::<64>()?;
-            Ok((user, node, issued, expires, signature))
+            Ok::<_, DecodeError>((user, node, issued, expires, signature))
         })?;
         r.finish()?;
         // Keys are points to decompress; the delegation usually names the

@@ -21,6 +21,7 @@
 
 use uuid::Uuid;
 
+use crate::bytes::Reader;
 use crate::federation::PayloadError;
 use crate::identity::CanonicalWriter;
 
@@ -100,7 +101,7 @@ impl EphemeralEvent {
 
     /// Decodes the payload of an event of `kind`, strictly.
     pub fn decode(kind: &str, payload: &[u8]) -> Result<EphemeralEvent, PayloadError> {
-        let mut r = Reader { rest: payload };
+        let mut r = Reader::new(payload);
         let version = r.u8()?;
         if version != EPHEMERAL_VERSION {
             return Err(PayloadError::Version(version));
@@ -135,49 +136,10 @@ impl EphemeralEvent {
             }
             _ => return Err(PayloadError::UnknownKind),
         };
-        if !r.rest.is_empty() {
+        if !r.is_empty() {
             return Err(PayloadError::Trailing);
         }
         Ok(event)
-    }
-}
-
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
-        if self.rest.len() < n {
-            return Err(PayloadError::Truncated);
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, PayloadError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn i64(&mut self) -> Result<i64, PayloadError> {
-        let bytes: [u8; 8] = self.take(8)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        Ok(i64::from_be_bytes(bytes))
-    }
-
-    fn uuid(&mut self) -> Result<Uuid, PayloadError> {
-        let bytes: [u8; 16] = self.take(16)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        Ok(Uuid::from_bytes(bytes))
-    }
-
-    fn text(&mut self, what: &'static str, max: usize) -> Result<String, PayloadError> {
-        let len: [u8; 8] = self.take(8)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        let len = u64::from_be_bytes(len);
-        if len > max as u64 {
-            return Err(PayloadError::TooLong(what));
-        }
-        let bytes = self.take(len as usize)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| PayloadError::NotUtf8(what))
     }
 }
 

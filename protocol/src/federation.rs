@@ -32,6 +32,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::bytes::Reader;
 use crate::identity::{CanonicalWriter, SignedDelegation, SignedEvent};
 
 /// Version byte at the start of every payload.
@@ -143,8 +144,23 @@ pub enum PayloadError {
     NotUtf8(&'static str),
     #[error("invalid reply flag")]
     ReplyFlag,
+    #[error("invalid {0}")]
+    Invalid(&'static str),
     #[error("invalid number of files")]
     FileCount,
+}
+
+impl From<crate::bytes::ReadError> for PayloadError {
+    fn from(err: crate::bytes::ReadError) -> Self {
+        use crate::bytes::ReadError;
+        match err {
+            ReadError::Truncated => PayloadError::Truncated,
+            ReadError::Trailing => PayloadError::Trailing,
+            ReadError::TooLong(what) => PayloadError::TooLong(what),
+            ReadError::NotUtf8(what) => PayloadError::NotUtf8(what),
+            ReadError::Invalid(what) => PayloadError::Invalid(what),
+        }
+    }
 }
 
 impl MessageEvent {
@@ -223,7 +239,7 @@ impl MessageEvent {
         if !MessageEvent::is_kind(kind) {
             return Err(PayloadError::UnknownKind);
         }
-        let mut r = Reader { rest: payload };
+        let mut r = Reader::new(payload);
         let version = r.u8()?;
         if version != PAYLOAD_VERSION {
             return Err(PayloadError::Version(version));
@@ -243,7 +259,7 @@ impl MessageEvent {
                 };
                 let content = r.text("content", MAX_CONTENT_BYTES)?;
                 let mut attachments = Vec::new();
-                if !r.rest.is_empty() {
+                if !r.is_empty() {
                     let count = usize::from(r.u8()?);
                     if count == 0 || count > MAX_FILES {
                         return Err(PayloadError::FileCount);
@@ -282,7 +298,7 @@ impl MessageEvent {
                 emoji: r.text("emoji", MAX_EMOJI_BYTES)?,
             },
         };
-        if !r.rest.is_empty() {
+        if !r.is_empty() {
             return Err(PayloadError::Trailing);
         }
         Ok(event)
@@ -322,49 +338,6 @@ pub enum EnvelopeError {
     Oversized(usize),
     #[error("envelope is not valid JSON of the expected shape")]
     Malformed,
-}
-
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
-        if self.rest.len() < n {
-            return Err(PayloadError::Truncated);
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, PayloadError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn i64(&mut self) -> Result<i64, PayloadError> {
-        let bytes: [u8; 8] = self.take(8)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        Ok(i64::from_be_bytes(bytes))
-    }
-
-    fn u64(&mut self) -> Result<u64, PayloadError> {
-        let bytes: [u8; 8] = self.take(8)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        Ok(u64::from_be_bytes(bytes))
-    }
-
-    fn uuid(&mut self) -> Result<Uuid, PayloadError> {
-        let bytes: [u8; 16] = self.take(16)?.try_into().map_err(|_| PayloadError::Truncated)?;
-        Ok(Uuid::from_bytes(bytes))
-    }
-
-    fn text(&mut self, what: &'static str, max: usize) -> Result<String, PayloadError> {
-        let len = self.u64()?;
-        if len > max as u64 {
-            return Err(PayloadError::TooLong(what));
-        }
-        let bytes = self.take(len as usize)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| PayloadError::NotUtf8(what))
-    }
 }
 
 #[cfg(test)]

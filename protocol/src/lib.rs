@@ -7,9 +7,11 @@
 //! - [`federation`]: message events nodes sign and replicate, and the
 //!   envelope they travel in.
 //! - [`ephemeral`]: typing and presence events, gossiped and never stored.
+//! - [`bytes`]: the strict reader of canonical bytes all decoders share.
 //! - [`permissions`]: the permission bit flags and the effective-permission
 //!   computation (owner, administrator, roles, channel overrides).
 
+pub mod bytes;
 pub mod ephemeral;
 pub mod federation;
 pub mod identity;
