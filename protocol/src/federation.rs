@@ -83,6 +83,41 @@ pub fn state_topic(server: Uuid) -> String {
 /// revocations of delegations (spec/federation.md §11), as their JSON.
 pub const REVOCATIONS_TOPIC: &str = "together/v1/revocations";
 
+/// A gossipsub topic of the protocol, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// A community's message (and typing/presence) events.
+    Messages(Uuid),
+    /// A community's signed state ops.
+    State(Uuid),
+    /// Users' revocations of delegations.
+    Revocations,
+}
+
+impl Topic {
+    /// The topic a name stands for; `None` for anything else (an unknown
+    /// topic, or a community id that is not a UUID).
+    pub fn parse(name: &str) -> Option<Topic> {
+        if name == REVOCATIONS_TOPIC {
+            return Some(Topic::Revocations);
+        }
+        let rest = name.strip_prefix("together/v1/community/")?;
+        if let Some(id) = rest.strip_suffix("/messages") {
+            return id.parse().ok().map(Topic::Messages);
+        }
+        rest.strip_suffix("/state")?.parse().ok().map(Topic::State)
+    }
+
+    /// The topic's name on the wire.
+    pub fn name(self) -> String {
+        match self {
+            Topic::Messages(server) => messages_topic(server),
+            Topic::State(server) => state_topic(server),
+            Topic::Revocations => REVOCATIONS_TOPIC.to_string(),
+        }
+    }
+}
+
 /// Largest signed revocation (JSON bytes) a node accepts, on the topic or
 /// from a client. The spec's JSON form is about 250 bytes.
 pub const MAX_REVOCATION_BYTES: usize = 1024;
@@ -343,6 +378,22 @@ pub enum EnvelopeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topics_parse_back_from_their_names() {
+        let id = Uuid::from_bytes([7; 16]);
+        for topic in [Topic::Messages(id), Topic::State(id), Topic::Revocations] {
+            assert_eq!(Topic::parse(&topic.name()), Some(topic));
+        }
+        for name in [
+            "together/v1/community/not-a-uuid/messages",
+            "together/v1/community//state",
+            "together/v1/community/00000000-0000-0000-0000-000000000000/other",
+            "elsewhere",
+        ] {
+            assert_eq!(Topic::parse(name), None, "{name}");
+        }
+    }
 
     fn scope() -> Scope {
         Scope {

@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
 use together_protocol::federation::{
-    Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, REVOCATIONS_TOPIC, Scope,
+    Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, Scope, Topic,
 };
 use together_protocol::identity::{IdentityError, SignedDelegation};
 use together_protocol::permissions::Permissions;
@@ -75,32 +75,22 @@ pub async fn on_gossip(
     topic: &str,
     data: &[u8],
 ) -> MessageAcceptance {
-    if let Some(rest) = topic.strip_prefix("together/v1/community/") {
-        if let Some(server) = rest.strip_suffix("/messages") {
-            let Ok(server) = server.parse::<Uuid>() else {
-                return reject(state, "wrong_topic");
-            };
+    match Topic::parse(topic) {
+        Some(Topic::Messages(server)) => {
             if let Some(acceptance) = super::ephemeral::on_gossip(state, author, server, data).await {
                 return acceptance;
             }
-            return match receive(state, server, data, Source::Gossip).await {
+            match receive(state, server, data, Source::Gossip).await {
                 Outcome::Applied => MessageAcceptance::Accept,
                 Outcome::Known => MessageAcceptance::Ignore,
                 Outcome::Rejected(_) => MessageAcceptance::Reject,
                 Outcome::Deferred(_) => MessageAcceptance::Ignore,
-            };
+            }
         }
-        if let Some(server) = rest.strip_suffix("/state") {
-            let Ok(server) = server.parse::<Uuid>() else {
-                return reject(state, "wrong_topic");
-            };
-            return super::ops::on_gossip(state, client, author, server, data).await;
-        }
+        Some(Topic::State(server)) => super::ops::on_gossip(state, client, author, server, data).await,
+        Some(Topic::Revocations) => super::revocations::on_gossip(state, data).await,
+        None => reject(state, "unknown_topic"),
     }
-    if topic == REVOCATIONS_TOPIC {
-        return super::revocations::on_gossip(state, data).await;
-    }
-    reject(state, "unknown_topic")
 }
 
 fn reject(state: &AppState, reason: &'static str) -> MessageAcceptance {
