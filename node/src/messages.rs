@@ -21,7 +21,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::model::{Attachment, Message, ReactionSummary, User, user_tag};
 
 /// Largest history page.
@@ -247,7 +246,7 @@ pub async fn page(
     channel_id: Uuid,
     cursor: Cursor,
     limit: i64,
-) -> Result<Vec<Message>, ApiError> {
+) -> Result<Vec<Message>, sqlx::Error> {
     // $1 viewer, $2 channel, $3 cursor. The limits are validated integers
     // written into the text: with them known, PostgreSQL settles on one
     // generic plan per statement after a few runs instead of planning every
@@ -370,7 +369,7 @@ pub const WALK_ROWS_PER_MATCH: i64 = 4;
 /// Apart from the first walk, the statements are sent unnamed
 /// (`persistent(false)`) so PostgreSQL plans each with the actual words and
 /// never reuses a generic plan that ignores how common they are.
-pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, ApiError> {
+pub async fn search(db: &PgPool, q: &SearchQuery) -> Result<SearchHits, sqlx::Error> {
     if q.channels.is_empty() {
         return Ok(SearchHits {
             phase: "walk",
