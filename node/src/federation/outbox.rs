@@ -40,8 +40,8 @@ const PUBLISH_POLL: Duration = Duration::from_millis(200);
 /// with the node.
 pub fn spawn(state: AppState, client: NetClient) {
     let events = state.bus.subscribe();
-    tokio::spawn(forward_ephemeral(state.clone(), client.clone(), events));
-    tokio::spawn(publisher(state, client));
+    state.tasks.spawn(crate::tasks::Stage::Federation, forward_ephemeral(state.clone(), client.clone(), events));
+    state.tasks.clone().spawn(crate::tasks::Stage::Federation, publisher(state, client));
 }
 
 /// Signs `event` for the user of `delegation` with the node key.
@@ -92,7 +92,7 @@ async fn publisher(state: AppState, client: NetClient) {
     loop {
         match publish_pending(&state, &client, cursor).await {
             Ok(next) => cursor = next,
-            Err(err) => super::log_db_error(&err, "publishing stored events"),
+            Err(err) => tracing::error!(error = %err, doing = "publishing stored events", "database error"),
         }
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
