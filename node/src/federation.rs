@@ -51,19 +51,22 @@ use uuid::Uuid;
 
 use crate::net::{self, NetClient, NetEvent};
 use crate::state::AppState;
+use crate::tasks::{Stage, Tasks};
 
 /// How many gossip messages and requests are handled at once.
 pub const MAX_CONCURRENT_HANDLERS: usize = 64;
 
 /// Cheap handle to the federation layer; the network is absent until
 /// [`start`] ran (and in nodes started without it, as in most tests).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Federation {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Where announcements run ([`Stage::Federation`]).
+    tasks: Tasks,
     net: OnceLock<NetClient>,
     counters: Counters,
     ops: ops::OpBook,
@@ -103,6 +106,21 @@ pub struct CounterSnapshot {
 }
 
 impl Federation {
+    /// An idle federation layer whose tasks run on `tasks`.
+    pub fn new(tasks: Tasks) -> Federation {
+        Federation {
+            inner: Arc::new(Inner {
+                tasks,
+                net: OnceLock::new(),
+                counters: Counters::default(),
+                ops: ops::OpBook::default(),
+                ephemeral: ephemeral::Limits::default(),
+                outbox: tokio::sync::Notify::new(),
+                announcements: Mutex::new(None),
+            }),
+        }
+    }
+
     pub fn net(&self) -> Option<&NetClient> {
         self.inner.net.get()
     }
@@ -122,7 +140,7 @@ impl Federation {
     pub fn announce_in_order(&self, announce: impl Future<Output = ()> + Send + 'static) {
         let mut last = self.inner.announcements.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let previous = last.take();
-        *last = Some(tokio::spawn(async move {
+        *last = Some(self.inner.tasks.spawn(Stage::Federation, async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
@@ -193,15 +211,15 @@ pub struct P2pSettings {
     pub peers: Vec<Multiaddr>,
 }
 
-/// Starts the network and the federation tasks for `state`; they stop with
-/// `state.shutdown`. Redials remembered peers and the bootstrap peers, and
+/// Starts the network ([`Stage::Network`]) and the federation tasks for
+/// `state` ([`Stage::Federation`]). Redials remembered peers and the bootstrap peers, and
 /// subscribes to the topics of every federated community.
 pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient, net::NetError> {
-    let (client, events) = net::start(&state.keys.node_key, &settings.listen, state.shutdown.clone())?;
+    let (client, events) = net::start(&state.keys.node_key, &settings.listen, &state.tasks)?;
     if state.federation.inner.net.set(client.clone()).is_err() {
         return Err(net::NetError::Build("the network was already started".into()));
     }
-    tokio::spawn(handle_events(state.clone(), client.clone(), events));
+    state.tasks.spawn(Stage::Federation, handle_events(state.clone(), client.clone(), events));
     outbox::spawn(state.clone(), client.clone());
     ops::spawn_anti_entropy(state.clone(), client.clone());
     let topic = together_protocol::federation::REVOCATIONS_TOPIC;
@@ -223,7 +241,7 @@ pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient
     }
     for addr in dial {
         let client = client.clone();
-        tokio::spawn(async move {
+        state.tasks.spawn(Stage::Federation, async move {
             if let Err(err) = client.dial(addr.clone()).await {
                 tracing::info!(%addr, error = %err, "peer not reachable");
             }
@@ -257,9 +275,10 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
+        let tasks = state.tasks.clone();
         let state = state.clone();
         let client = client.clone();
-        tokio::spawn(async move {
+        tasks.spawn(Stage::Federation, async move {
             match event {
                 NetEvent::Gossip {
                     source,
@@ -282,7 +301,7 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
                 NetEvent::Connected { peer, dialed, remote } => {
                     crate::voice::federation::note_connection(&state, peer, &remote);
                     // The voice relay's exchange must not hold up sync.
-                    tokio::spawn({
+                    state.tasks.spawn(Stage::Federation, {
                         let (state, client) = (state.clone(), client.clone());
                         async move { crate::voice::federation::on_connected(&state, &client, peer, &remote).await }
                     });
@@ -333,16 +352,5 @@ async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Rec
             }
             drop(permit);
         });
-    }
-}
-
-/// Logs a database error met while handling a peer's request or event:
-/// an error, except once the pool is closed (the node is shutting down and
-/// the work is simply dropped; peers retry by sync).
-pub(crate) fn log_db_error(err: &sqlx::Error, doing: &'static str) {
-    if matches!(err, sqlx::Error::PoolClosed) {
-        tracing::debug!(doing, "database closed (shutting down); peer work dropped");
-    } else {
-        tracing::error!(error = %err, doing, "database error");
     }
 }

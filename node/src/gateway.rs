@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::state::AppState;
+use crate::tasks::{Stage, Tasks};
 use dispatcher::{Command, Dispatcher};
 use session::Session;
 
@@ -87,13 +88,18 @@ struct Inner {
     identifies: Mutex<HashMap<Uuid, (Instant, u32)>>,
     typing: Mutex<HashMap<Uuid, Vec<(Uuid, Instant)>>>,
     settings: GatewaySettings,
+    /// The node's tasks: every connection runs in [`Stage::Gateway`].
+    tasks: Tasks,
     shutdown: CancellationToken,
 }
 
 impl Gateway {
-    /// Starts the dispatcher; it stops when `shutdown` is cancelled.
-    pub fn start(db: PgPool, bus: Bus, settings: GatewaySettings, shutdown: CancellationToken) -> Gateway {
-        let commands = Dispatcher::spawn(db, bus, shutdown.clone());
+    /// Starts the dispatcher on `tasks`; it and every connection stop, the
+    /// sessions closed with 4013 (node shutting down), when
+    /// [`Stage::Gateway`] stops.
+    pub fn start(db: PgPool, bus: Bus, settings: GatewaySettings, tasks: &Tasks) -> Gateway {
+        let shutdown = tasks.token(Stage::Gateway);
+        let commands = Dispatcher::spawn(db, bus, tasks);
         Gateway {
             inner: Arc::new(Inner {
                 commands,
@@ -101,6 +107,7 @@ impl Gateway {
                 identifies: Mutex::new(HashMap::new()),
                 typing: Mutex::new(HashMap::new()),
                 settings,
+                tasks: tasks.clone(),
                 shutdown,
             }),
         }
@@ -112,6 +119,14 @@ impl Gateway {
 
     pub fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Runs `task` with the gateway's tasks ([`Stage::Gateway`]).
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(Stage::Gateway, task);
     }
 
     async fn command(&self, command: Command) {
@@ -243,5 +258,8 @@ pub fn websocket_config() -> WebSocketConfig {
 
 /// `GET /gateway`: upgrade to a gateway WebSocket.
 pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
-    socket::upgrade(request, websocket_config(), move |socket| connection::serve(socket, state))
+    let gateway = state.gateway.clone();
+    socket::upgrade(request, websocket_config(), |task| gateway.spawn(task), move |socket| {
+        connection::serve(socket, state)
+    })
 }

@@ -11,6 +11,7 @@
 //!   `seed-dev-data`, `identity`).
 //! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file.
 //! - [`server`]: start-up and ordered shutdown of a running node.
+//! - [`tasks`]: every background task, tracked, and the stages they stop in.
 //! - [`db`] and [`embedded_pg`]: PostgreSQL, either `DATABASE_URL` or a
 //!   private cluster in the data directory; migrations.
 //! - [`keys`]: the node's key and secrets in the data directory.
@@ -62,5 +63,6 @@ pub mod ratelimit;
 pub mod seed;
 pub mod server;
 pub mod state;
+pub mod tasks;
 pub mod uploads;
 pub mod voice;

@@ -23,10 +23,10 @@ use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::federation::blobs::{BlobRequest, BlobResponse};
 use crate::federation::wire::{SyncRequest, SyncResponse};
+use crate::tasks::{Stage, Tasks};
 
 /// Capacity of the command queue into the swarm task.
 pub const COMMAND_CAPACITY: usize = 1024;
@@ -306,12 +306,13 @@ fn peer_id_key_bytes(peer: &PeerId) -> Option<Vec<u8>> {
     }
 }
 
-/// Starts the swarm task: listens on `listen`, dials `bootstrap`, and stops
-/// when `shutdown` is cancelled. Returns the client and the event stream.
+/// Starts the swarm task on `tasks` ([`Stage::Network`]): it listens on
+/// `listen` and stops, dropping every connection, when that stage stops.
+/// Returns the client and the event stream.
 pub fn start(
     node_key: &ed25519_dalek::SigningKey,
     listen: &[Multiaddr],
-    shutdown: CancellationToken,
+    tasks: &Tasks,
 ) -> Result<(NetClient, mpsc::Receiver<NetEvent>), NetError> {
     let keypair = keypair(node_key)?;
     let peer_id = keypair.public().to_peer_id();
@@ -324,7 +325,7 @@ pub fn start(
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
     let event_loop = event_loop::EventLoop::new(swarm, commands_rx, events_tx);
-    tokio::spawn(event_loop.run(shutdown));
+    tasks.spawn(Stage::Network, event_loop.run(tasks.token(Stage::Network)));
     Ok((
         NetClient {
             commands: commands_tx,

@@ -1,6 +1,19 @@
 //! Running a node: open the database, migrate, serve, and shut down in
-//! order (stop accepting, drain requests, disconnect voice and stop the
-//! SFU, close the pool, stop the private PostgreSQL) on SIGINT or SIGTERM.
+//! order on SIGINT or SIGTERM.
+//!
+//! The order, each step waiting for the one before to finish:
+//! 1. HTTP stops accepting; requests in flight finish (axum's graceful
+//!    shutdown; upgraded WebSockets are not HTTP requests any more).
+//! 2. The gateway ([`Stage::Gateway`]): every session is closed with 4013
+//!    (node shutting down, resumable), the dispatcher and its lookups end.
+//! 3. The libp2p swarm ([`Stage::Network`]): peers are disconnected.
+//! 4. Federation ([`Stage::Federation`]): handlers in flight finish, the
+//!    outbox publisher finishes the batch it is publishing.
+//! 5. Voice: participants are disconnected (their rows deleted), the SFU
+//!    stops, then its tasks ([`Stage::Voice`]).
+//! 6. Housekeeping, then a last wait on the one tracker of every task
+//!    ([`Tasks::finish`]): no task is left to use the database.
+//! 7. The PostgreSQL pool closes, then the private PostgreSQL stops.
 
 use std::net::SocketAddr;
 
@@ -11,38 +24,54 @@ use crate::config::Config;
 use crate::db::Database;
 use crate::keys::NodeKeys;
 use crate::state::AppState;
+use crate::tasks::{Stage, Tasks};
 
-/// Runs the node until `shutdown` is cancelled.
+/// Runs the node until `shutdown` is cancelled, then stops it in order.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let keys = NodeKeys::load_or_create(&config.data_dir)?;
     let database = Database::open(&config).await?;
-    let result = serve(&database, config, keys, shutdown).await;
-    database.close().await;
-    result
-}
-
-async fn serve(database: &Database, config: Config, keys: NodeKeys, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let node = start(database, config, keys, shutdown).await?;
-    let served = node.serving.await;
-    tracing::info!("node stopped accepting; shutting down");
-    // Voice before the database: leaving participants deletes their rows.
-    crate::voice::shutdown(&node.state).await;
-    served??;
-    Ok(())
+    match start(&database, config, keys, shutdown).await {
+        Ok(node) => node.serve(database).await,
+        Err(err) => {
+            database.close().await;
+            Err(err)
+        }
+    }
 }
 
 /// A node that is serving: its HTTP address, its state, and the task that
-/// serves until the shutdown token is cancelled.
+/// serves HTTP until the shutdown token is cancelled.
 #[derive(Debug)]
 pub struct RunningNode {
     pub addr: SocketAddr,
     pub state: AppState,
-    pub serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningNode {
+    /// Serves until the shutdown token given to [`start`] is cancelled,
+    /// then shuts down in order (see the module docs) and closes
+    /// `database`. Returns once nothing of the node runs any more.
+    pub async fn serve(self, database: Database) -> anyhow::Result<()> {
+        let served = self.serving.await;
+        tracing::info!("node stopped accepting; shutting down");
+        let tasks: &Tasks = &self.state.tasks;
+        tasks.stop(Stage::Gateway).await;
+        tasks.stop(Stage::Network).await;
+        tasks.stop(Stage::Federation).await;
+        crate::voice::shutdown(&self.state).await;
+        tasks.finish().await;
+        database.close().await;
+        tracing::info!("node stopped");
+        served??;
+        Ok(())
+    }
 }
 
 /// Migrates, binds the HTTP listener, starts the network (federation) and
-/// serves in a background task. Tests use this to run several nodes in one
-/// process.
+/// voice, and serves HTTP in a background task until `shutdown` is
+/// cancelled; [`RunningNode::serve`] then stops the rest in order. Tests
+/// use this to run several nodes in one process.
 pub async fn start(
     database: &Database,
     config: Config,
@@ -60,22 +89,35 @@ pub async fn start(
         "node serving"
     );
     let p2p = p2p_settings(&config)?;
+    // The stages stop one by one in `RunningNode::serve`, never all at
+    // once: this token is never cancelled.
+    let abort = CancellationToken::new();
     let state = AppState::build(
         database.pool.clone(),
         config,
         keys,
         crate::gateway::GatewaySettings::default(),
-        shutdown.clone(),
+        abort,
     );
-    crate::federation::start(&state, &p2p).await?;
-    crate::voice::start(&state, state.config.voice.clone()).await?;
-    tokio::spawn(crate::uploads::run_cleanup(
-        state.db.clone(),
-        crate::uploads::FileStore::new(&state.config.data_dir),
-        shutdown.clone(),
-    ));
+    let started = async {
+        crate::federation::start(&state, &p2p).await?;
+        crate::voice::start(&state, state.config.voice.clone()).await
+    };
+    if let Err(err) = started.await {
+        // What did start stops before the caller closes the database.
+        state.tasks.finish().await;
+        return Err(err);
+    }
+    state.tasks.spawn(
+        Stage::Housekeeping,
+        crate::uploads::run_cleanup(
+            state.db.clone(),
+            crate::uploads::FileStore::new(&state.config.data_dir),
+            state.tasks.token(Stage::Housekeeping),
+        ),
+    );
     let app = crate::http::app(state.clone());
-    let serving = tokio::spawn(async move {
+    let serving = state.tasks.tracker().spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

@@ -12,6 +12,7 @@ use crate::federation::Federation;
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::keys::NodeKeys;
 use crate::ratelimit::RateLimiter;
+use crate::tasks::{Stage, Tasks};
 use crate::voice::Voice;
 
 #[derive(Clone, Debug)]
@@ -29,7 +30,10 @@ pub struct AppState {
     /// Voice channels (the SFU and who is in which room); idle until
     /// [`crate::voice::start`] ran.
     pub voice: Voice,
-    /// Cancelled when the node shuts down; every background task watches it.
+    /// The node's background tasks and the order they stop in.
+    pub tasks: Tasks,
+    /// The token of the federation stage ([`Stage::Federation`]): cancelled
+    /// once the gateway and the network stopped; federation's loops watch it.
     pub shutdown: CancellationToken,
 }
 
@@ -40,16 +44,19 @@ impl AppState {
         AppState::build(db, config, keys, GatewaySettings::default(), CancellationToken::new())
     }
 
+    /// State whose tasks all stop when `abort` is cancelled, or stage by
+    /// stage through [`AppState::tasks`] (ordered shutdown, [`crate::server`]).
     pub fn build(
         db: PgPool,
         config: Config,
         keys: NodeKeys,
         gateway: GatewaySettings,
-        shutdown: CancellationToken,
+        abort: CancellationToken,
     ) -> AppState {
         let limiter = RateLimiter::new(config.rate_limit_per_minute);
         let bus = Bus::new();
-        let gateway = Gateway::start(db.clone(), bus.clone(), gateway, shutdown.clone());
+        let tasks = Tasks::new(&abort);
+        let gateway = Gateway::start(db.clone(), bus.clone(), gateway, &tasks);
         AppState {
             db,
             config: Arc::new(config),
@@ -58,9 +65,10 @@ impl AppState {
             limiter,
             gateway,
             challenges: ChallengeStore::default(),
-            federation: Federation::default(),
-            voice: Voice::default(),
-            shutdown,
+            federation: Federation::new(tasks.clone()),
+            voice: Voice::new(tasks.clone()),
+            shutdown: tasks.token(Stage::Federation),
+            tasks,
         }
     }
 }

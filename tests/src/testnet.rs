@@ -21,7 +21,6 @@ use together_node::config::Config;
 use together_node::db::Database;
 use together_node::keys::NodeKeys;
 use together_node::net::NetClient;
-use together_node::server::RunningNode;
 use together_node::state::AppState;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -36,10 +35,11 @@ pub struct TestNode {
     /// Where peers can dial it (`/p2p/<peer id>` included).
     pub addrs: Vec<Multiaddr>,
     shutdown: CancellationToken,
-    database: Option<Database>,
     db_name: String,
     data_dir: PathBuf,
-    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// [`together_node::server::RunningNode::serve`]: ends after the ordered shutdown, with the
+    /// database closed.
+    serving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl std::fmt::Debug for TestNode {
@@ -180,14 +180,20 @@ impl TestNet {
 
     /// Stops one node (its database and keys stay for a restart).
     pub async fn stop_node(&mut self, index: usize) {
+        let _ = self.shut_down_node(index).await;
+    }
+
+    /// Stops one node like [`TestNet::stop_node`] and says how its ordered
+    /// shutdown ([`together_node::server::RunningNode::serve`]) ended: an
+    /// error if it failed or took more than 30 s.
+    pub async fn shut_down_node(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         node.shutdown.cancel();
-        if let Some(serving) = node.serving.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
-        }
-        if let Some(db) = node.database.take() {
-            db.close().await;
-        }
+        let serving = node.serving.take().context("the node is not running")?;
+        tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .context("the node did not shut down within 30 s")?
+            .context("the shutdown task failed")?
     }
 
     /// Starts a stopped node again on its database and keys (new ports);
@@ -204,10 +210,7 @@ impl TestNet {
         for node in &mut self.nodes {
             node.shutdown.cancel();
             if let Some(serving) = node.serving.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
-            }
-            if let Some(db) = node.database.take() {
-                db.close().await;
+                let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
             }
             std::fs::remove_dir_all(&node.data_dir).ok();
         }
@@ -240,8 +243,15 @@ async fn boot(admin_url: &str, index: usize, db_name: String, data_dir: PathBuf)
     let keys = NodeKeys::load_or_create(&data_dir)?;
     let database = Database::open(&config).await?;
     let shutdown = CancellationToken::new();
-    let RunningNode { addr, state, serving } =
-        together_node::server::start(&database, config, keys, shutdown.clone()).await?;
+    let node = match together_node::server::start(&database, config, keys, shutdown.clone()).await {
+        Ok(node) => node,
+        Err(err) => {
+            database.close().await;
+            return Err(err);
+        }
+    };
+    let (addr, state) = (node.addr, node.state.clone());
+    let serving = tokio::spawn(node.serve(database));
     let net = match state.federation.net() {
         Some(net) => net.clone(),
         None => bail!("the node did not start its network"),
@@ -265,7 +275,6 @@ async fn boot(admin_url: &str, index: usize, db_name: String, data_dir: PathBuf)
         state,
         addrs,
         shutdown,
-        database: Some(database),
         db_name,
         data_dir,
         serving: Some(serving),

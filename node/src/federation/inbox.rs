@@ -104,7 +104,7 @@ pub async fn receive(state: &AppState, server: Uuid, data: &[u8], source: Source
     let outcome = match check_and_apply(state, server, data, source).await {
         Ok(outcome) => outcome,
         Err(err) => {
-            super::log_db_error(&err, "applying a federated event");
+            tracing::error!(error = %err, doing = "applying a federated event", "database error");
             Outcome::Deferred("database")
         }
     };
@@ -245,7 +245,7 @@ pub async fn receive_page(state: &AppState, server: Uuid, page: &[&Envelope]) ->
     let outcomes = match check_and_apply_page(state, server, page).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            super::log_db_error(&err, "applying backfilled events");
+            tracing::error!(error = %err, doing = "applying backfilled events", "database error");
             vec![Outcome::Deferred("database"); page.len()]
         }
     };
@@ -492,7 +492,7 @@ async fn publish(state: &AppState, applied: Vec<Applied>) {
         match crate::messages::load_by_ids(&state.db, Uuid::nil(), &ids).await {
             Ok(messages) => messages.into_iter().map(|m| (m.id, m)).collect(),
             Err(err) => {
-                super::log_db_error(&err, "loading applied messages");
+                tracing::error!(error = %err, doing = "loading applied messages", "database error");
                 return;
             }
         };

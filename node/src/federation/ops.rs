@@ -535,7 +535,7 @@ async fn intake(
     let turn = book.writes.clone().lock_owned().await;
     drop(book);
     let task_state = state.clone();
-    let written = tokio::spawn(async move {
+    let written = state.tasks.spawn(crate::tasks::Stage::Federation, async move {
         let _turn = turn;
         let state = task_state;
         if let Some(first) = first {
@@ -775,7 +775,7 @@ pub async fn on_gossip(
                 && let Some(peer) = source
             {
                 let (state, client) = (state.clone(), client.clone());
-                tokio::spawn(async move { sync_with(&state, &client, peer, server_id).await });
+                state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move { sync_with(&state, &client, peer, server_id).await });
             }
             MessageAcceptance::Accept
         }
@@ -1083,7 +1083,7 @@ pub async fn pull(
         let profiles = {
             let state = state.clone();
             let authors = authors_of(ops.ops());
-            tokio::spawn(async move { save_profiles(&state, &users, &authors).await })
+            state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move { save_profiles(&state, &users, &authors).await })
         };
         // Revocations first: ops signed after one are then judged revoked.
         super::revocations::admit_all(state, &revocations).await?;
@@ -1094,7 +1094,7 @@ pub async fn pull(
             have.extend(frontier(&ops));
             let request = ops_request(state, server, &have, invite.clone()).await?;
             let (client, task_state) = (client.clone(), state.clone());
-            prefetched = Some(tokio::spawn(async move {
+            prefetched = Some(state.tasks.spawn(crate::tasks::Stage::Federation, async move {
                 let mut response = client.request(peer, request).await.map_err(|e| e.to_string())?;
                 let hexes = match &mut response {
                     SyncResponse::Ops { ops, .. } => std::mem::take(ops),
@@ -1224,7 +1224,7 @@ pub async fn sync_with(state: &AppState, client: &NetClient, peer: PeerId, serve
 /// connected peer (ops that gossip lost, partitions that healed) and
 /// catches up on its message events ([`super::sync::catch_up`]).
 pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
-    tokio::spawn(async move {
+    state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move {
         let mut interval = tokio::time::interval(ANTI_ENTROPY_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

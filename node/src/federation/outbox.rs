@@ -37,8 +37,8 @@ const PUBLISH_POLL: Duration = Duration::from_millis(200);
 /// with the node.
 pub fn spawn(state: AppState, client: NetClient) {
     let events = state.bus.subscribe();
-    tokio::spawn(forward_ephemeral(state.clone(), client.clone(), events));
-    tokio::spawn(publisher(state, client));
+    state.tasks.spawn(crate::tasks::Stage::Federation, forward_ephemeral(state.clone(), client.clone(), events));
+    state.tasks.clone().spawn(crate::tasks::Stage::Federation, publisher(state, client));
 }
 
 pub use super::events::{OutboxError, enqueue, sign};
@@ -56,7 +56,7 @@ async fn publisher(state: AppState, client: NetClient) {
     loop {
         match publish_pending(&state, &client, cursor).await {
             Ok(next) => cursor = next,
-            Err(err) => super::log_db_error(&err, "publishing stored events"),
+            Err(err) => tracing::error!(error = %err, doing = "publishing stored events", "database error"),
         }
         tokio::select! {
             _ = state.shutdown.cancelled() => break,

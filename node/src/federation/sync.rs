@@ -56,7 +56,7 @@ pub async fn answer(state: &AppState, client: &NetClient, peer: PeerId, request:
         SyncRequest::VoiceRelay { port, addr } => Ok(crate::voice::federation::answer_relay(state, peer, port, addr).await),
     };
     result.unwrap_or_else(|err| {
-        super::log_db_error(&err, "answering a peer");
+        tracing::error!(error = %err, doing = "answering a peer", "database error");
         SyncResponse::error("internal", "the node could not answer")
     })
 }
@@ -287,7 +287,7 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
     );
     // The peer answers history requests once it knows the join.
     let (state, client) = (state.clone(), client.clone());
-    tokio::spawn(async move { backfill_server(&state, &client, peer, server_id).await });
+    state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move { backfill_server(&state, &client, peer, server_id).await });
     Ok(server)
 }
 

@@ -66,7 +66,7 @@ async fn finish(mut socket: GatewaySocket, state: AppState, session: Arc<Session
     // Keep the session for a resume, then let it go.
     let window = gateway.settings().resume_window;
     let parked = session.generation();
-    tokio::spawn(async move {
+    gateway.clone().spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(window) => {}
             _ = gateway.shutdown().cancelled() => {}

@@ -3,13 +3,30 @@
 //!
 //! Owning the tables in one task means the send path takes no global lock:
 //! per event it walks the connected members of one server and checks a
-//! per-user set of visible channels. Events that change who may see what
-//! (roles, overrides, membership) update those sets before or after they
-//! are delivered, and users gain or lose channels with synthesized
-//! CHANNEL_CREATE / CHANNEL_DELETE dispatches. Presence lives here too: it
-//! is derived from which sessions are connected.
+//! per-user set of visible channels. Presence lives here too: it is
+//! derived from which sessions are connected.
+//!
+//! The routing loop never waits on the database. Events that change who
+//! may see what (roles, overrides, channels, membership) ask a separate
+//! task for the new channel sets ([`lookups`]); until the answer is back,
+//! only the users it concerns are held: what would reach them waits in
+//! their queue, in order, while every other session keeps receiving.
+//!
+//! - this file: the tables, the commands from connections, the loop.
+//! - [`routing`]: delivering an event to its audience, and the per-user
+//!   queue of users waiting on a lookup.
+//! - [`structure`]: the events that change the tables (views, membership),
+//!   and applying lookup answers (CHANNEL_CREATE / CHANNEL_DELETE for
+//!   channels gained or lost, SERVER_CREATE).
+//! - [`lookups`]: the task that does the dispatcher's database reads.
+//! - [`presence`]: presences of this node's users and of other nodes'.
 
-use std::collections::{HashMap, HashSet};
+mod lookups;
+mod presence;
+mod routing;
+mod structure;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +37,13 @@ use uuid::Uuid;
 
 use super::protocol::Close;
 use super::session::Session;
-use super::views::{self, View};
-use crate::bus::{Audience, Bus, Event, Published};
-use crate::model::{Channel, ChannelDeleted, Presence, ServerDeleted};
+use super::views::View;
+use crate::bus::{Bus, Published};
+use crate::model::Presence;
+use crate::tasks::{Stage, Tasks};
+use lookups::{Lookup, Resolved};
+use presence::RemoteEntry;
+use routing::Pending;
 
 /// Servers with more connected members than this are "large": READY
 /// leaves their presences out and presence changes are not fanned out to
@@ -41,6 +62,9 @@ pub const PRESENCE_REFRESH: Duration = Duration::from_secs(240);
 pub const REMOTE_PRESENCE_TTL: Duration = Duration::from_secs(600);
 /// Most users of other nodes whose presence is kept.
 pub const MAX_REMOTE_PRESENCES: usize = 20_000;
+
+/// Bus events taken at once by the dispatcher.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug)]
 pub enum Command {
@@ -75,14 +99,6 @@ pub enum Command {
     RemotePresence { presence: Presence, servers: Vec<Uuid> },
 }
 
-/// A user of another node whose presence was gossiped here.
-#[derive(Debug)]
-struct RemoteEntry {
-    presence: Presence,
-    servers: Vec<Uuid>,
-    heard: std::time::Instant,
-}
-
 #[derive(Debug, Default)]
 struct UserEntry {
     sessions: Vec<Arc<Session>>,
@@ -93,47 +109,45 @@ struct UserEntry {
     /// What others were last told.
     shown: Option<Presence>,
     epoch: u64,
-}
-
-impl UserEntry {
-    fn presence(&self, user_id: Uuid) -> Presence {
-        let status = if self.connections == 0 || self.status == "invisible" {
-            "offline".to_string()
-        } else {
-            self.status.clone()
-        };
-        Presence {
-            user_id,
-            custom_status: if status == "offline" { None } else { self.custom_status.clone() },
-            status,
-        }
-    }
+    /// While a lookup for this user is outstanding: what must reach the
+    /// user after its answer, in order (see [`routing`]). Empty otherwise.
+    held: VecDeque<Pending>,
 }
 
 pub struct Dispatcher {
-    db: PgPool,
     /// Local presence changes go out here too, for the federation outbox.
     bus: Bus,
+    tasks: Tasks,
     remote: HashMap<Uuid, RemoteEntry>,
     commands: mpsc::Sender<Command>,
+    /// Database reads, answered on `resolved` (see [`lookups`]).
+    lookups: mpsc::UnboundedSender<Lookup>,
+    next_lookup: u64,
     users: HashMap<Uuid, UserEntry>,
     /// Connected users per server.
     servers: HashMap<Uuid, HashSet<Uuid>>,
 }
 
 impl Dispatcher {
-    pub fn spawn(db: PgPool, bus: Bus, shutdown: CancellationToken) -> mpsc::Sender<Command> {
+    /// Starts the dispatcher and its lookup task in [`Stage::Gateway`].
+    pub fn spawn(db: PgPool, bus: Bus, tasks: &Tasks) -> mpsc::Sender<Command> {
         let (tx, rx) = mpsc::channel(4096);
+        let (lookups, lookup_rx) = mpsc::unbounded_channel();
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
+        let shutdown = tasks.token(Stage::Gateway);
+        tasks.spawn(Stage::Gateway, lookups::run(db, lookup_rx, resolved_tx, shutdown.clone()));
         let events = bus.subscribe();
         let dispatcher = Dispatcher {
-            db,
             bus: bus.clone(),
+            tasks: tasks.clone(),
             remote: HashMap::new(),
             commands: tx.clone(),
+            lookups,
+            next_lookup: 0,
             users: HashMap::new(),
             servers: HashMap::new(),
         };
-        tokio::spawn(dispatcher.run(events, rx, shutdown));
+        tasks.spawn(Stage::Gateway, dispatcher.run(events, rx, resolved, shutdown));
         tx
     }
 
@@ -141,6 +155,7 @@ impl Dispatcher {
         mut self,
         mut events: broadcast::Receiver<Arc<Published>>,
         mut commands: mpsc::Receiver<Command>,
+        mut resolved: mpsc::UnboundedReceiver<Resolved>,
         shutdown: CancellationToken,
     ) {
         let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
@@ -149,6 +164,8 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // Answers first: they release held users.
+                Some(answer) = resolved.recv() => self.resolved(answer),
                 _ = refresh.tick() => self.refresh_presences(),
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
@@ -170,7 +187,7 @@ impl Dispatcher {
                                 Err(_) => break,
                             }
                         }
-                        self.events(batch).await;
+                        self.events(batch);
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => self.lagged(missed),
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -189,51 +206,6 @@ impl Dispatcher {
         for entry in self.users.values() {
             for s in &entry.sessions {
                 s.close(Close::UnknownError, true);
-            }
-        }
-    }
-
-    /// Handles bus events in order. Consecutive events of a kind that only
-    /// needs delivering ([`routes_plainly`]) to the same channel go out as
-    /// one run.
-    async fn events(&mut self, batch: Vec<Arc<Published>>) {
-        let mut run: Vec<Arc<Published>> = Vec::new();
-        for event in batch {
-            if routes_plainly(&event) {
-                if run.first().is_some_and(|first| first.audience != event.audience) {
-                    self.deliver_run(&run);
-                    run.clear();
-                }
-                run.push(event);
-            } else {
-                if !run.is_empty() {
-                    self.deliver_run(&run);
-                    run.clear();
-                }
-                self.event(event).await;
-            }
-        }
-        if !run.is_empty() {
-            self.deliver_run(&run);
-        }
-    }
-
-    /// Delivers events that share one channel audience.
-    fn deliver_run(&self, run: &[Arc<Published>]) {
-        let (Some(first), true) = (run.first(), run.len() > 1) else {
-            run.iter().for_each(|event| self.deliver(event));
-            return;
-        };
-        let Audience::Channel { server_id, channel_id } = &first.audience else {
-            run.iter().for_each(|event| self.deliver(event));
-            return;
-        };
-        for user in self.servers.get(server_id).into_iter().flatten() {
-            let Some(entry) = self.users.get(user) else { continue };
-            if entry.views.get(server_id).is_some_and(|v| v.contains(channel_id)) {
-                for s in &entry.sessions {
-                    s.push_many(run);
-                }
             }
         }
     }
@@ -271,9 +243,14 @@ impl Dispatcher {
                         entry.epoch += 1;
                         let epoch = entry.epoch;
                         let tx = self.commands.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(OFFLINE_GRACE).await;
-                            let _ = tx.send(Command::OfflineCheck { user_id, epoch }).await;
+                        let shutdown = self.tasks.token(Stage::Gateway);
+                        self.tasks.spawn(Stage::Gateway, async move {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => {}
+                                _ = tokio::time::sleep(OFFLINE_GRACE) => {
+                                    let _ = tx.send(Command::OfflineCheck { user_id, epoch }).await;
+                                }
+                            }
                         });
                     }
                 }
@@ -337,403 +314,4 @@ impl Dispatcher {
             Command::RemotePresence { presence, servers } => self.remote_presence(presence, servers),
         }
     }
-
-    /// A presence gossiped by another node: kept (online ones) and told to
-    /// the connected members of the servers the user shares, once each,
-    /// when it changed.
-    fn remote_presence(&mut self, presence: Presence, servers: Vec<Uuid>) {
-        let user_id = presence.user_id;
-        if self.users.contains_key(&user_id) {
-            // The user is also connected here; this node's own view wins.
-            return;
-        }
-        let now = std::time::Instant::now();
-        let changed = self.remote.get(&user_id).is_none_or(|e| {
-            e.presence != presence || now.duration_since(e.heard) >= REMOTE_PRESENCE_TTL
-        });
-        if presence.status == "offline" {
-            self.remote.remove(&user_id);
-        } else {
-            if self.remote.len() >= MAX_REMOTE_PRESENCES && !self.remote.contains_key(&user_id) {
-                self.remote.retain(|_, e| now.duration_since(e.heard) < REMOTE_PRESENCE_TTL);
-                if self.remote.len() >= MAX_REMOTE_PRESENCES {
-                    return;
-                }
-            }
-            self.remote.insert(
-                user_id,
-                RemoteEntry {
-                    presence: presence.clone(),
-                    servers: servers.clone(),
-                    heard: now,
-                },
-            );
-        }
-        if !changed {
-            return;
-        }
-        let event = Published::new(Event::PresenceUpdated(presence), Audience::Peers(user_id));
-        let mut seen = HashSet::new();
-        for server_id in servers.iter().filter(|s| !self.is_large(**s)) {
-            for peer in self.servers.get(server_id).into_iter().flatten() {
-                if seen.insert(*peer)
-                    && let Some(peer_entry) = self.users.get(peer)
-                {
-                    for s in &peer_entry.sessions {
-                        s.push(event.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publishes the presences of connected users again, so other nodes
-    /// keep them (see [`REMOTE_PRESENCE_TTL`]).
-    fn refresh_presences(&self) {
-        for entry in self.users.values() {
-            if let Some(shown) = entry.shown.as_ref().filter(|p| p.status != "offline") {
-                self.bus
-                    .publish(Audience::Peers(shown.user_id), Event::PresenceUpdated(shown.clone()));
-            }
-        }
-    }
-
-    /// Presences of the online members of a server; `None` when it is large.
-    fn online_in(&self, server_id: Uuid) -> Option<Vec<Presence>> {
-        if self.is_large(server_id) {
-            return None;
-        }
-        Some(self.all_online_in(server_id))
-    }
-
-    fn is_large(&self, server_id: Uuid) -> bool {
-        self.servers.get(&server_id).is_some_and(|s| s.len() > LARGE_THRESHOLD)
-    }
-
-    fn all_online_in(&self, server_id: Uuid) -> Vec<Presence> {
-        let now = std::time::Instant::now();
-        let remote = self
-            .remote
-            .values()
-            .filter(|e| e.servers.contains(&server_id) && now.duration_since(e.heard) < REMOTE_PRESENCE_TTL)
-            .map(|e| e.presence.clone());
-        self.servers
-            .get(&server_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|u| self.users.get(u).map(|e| e.presence(*u)))
-            .filter(|p| p.status != "offline")
-            .chain(remote)
-            .collect()
-    }
-
-    /// Tells peers the user's presence if it changed.
-    fn announce(&mut self, user_id: Uuid) {
-        let Some(entry) = self.users.get_mut(&user_id) else {
-            return;
-        };
-        let presence = entry.presence(user_id);
-        if entry.shown.as_ref() == Some(&presence) {
-            return;
-        }
-        entry.shown = Some(presence.clone());
-        self.broadcast_presence(user_id, &presence);
-    }
-
-    /// Presence is ephemeral and derived here, so it is delivered at once
-    /// rather than through the bus; the bus carries it on to the
-    /// federation outbox (and this dispatcher skips it there).
-    fn broadcast_presence(&self, user_id: Uuid, presence: &Presence) {
-        self.bus
-            .publish(Audience::Peers(user_id), Event::PresenceUpdated(presence.clone()));
-        let event = Published::new(Event::PresenceUpdated(presence.clone()), Audience::Peers(user_id));
-        let Some(entry) = self.users.get(&user_id) else {
-            return;
-        };
-        let mut seen = HashSet::new();
-        seen.insert(user_id);
-        for s in &entry.sessions {
-            s.push(event.clone());
-        }
-        for server_id in entry.views.keys().filter(|s| !self.is_large(**s)) {
-            for peer in self.servers.get(server_id).into_iter().flatten() {
-                if seen.insert(*peer)
-                    && let Some(peer_entry) = self.users.get(peer)
-                {
-                    for s in &peer_entry.sessions {
-                        s.push(event.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn event(&mut self, event: Arc<Published>) {
-        match &event.event {
-            Event::SessionRevoked { session_id } => return self.revoke(&event.audience, *session_id),
-            // Delivered when it was published (see `broadcast_presence`).
-            Event::PresenceUpdated(_) => return,
-            Event::ChannelCreated(channel) | Event::ChannelUpdated(channel) => {
-                let (server_id, channel_id) = (channel.server_id, channel.id);
-                self.recompute(server_id, None, Some(channel_id)).await;
-            }
-            Event::ChannelDeleted(ChannelDeleted { id: channel_id, server_id }) => {
-                // Only those who could see the channel learn it is gone.
-                let viewers: Vec<Uuid> = self
-                    .servers
-                    .get(server_id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|u| {
-                        self.users
-                            .get(u)
-                            .and_then(|e| e.views.get(server_id))
-                            .is_some_and(|v| v.contains(channel_id))
-                    })
-                    .copied()
-                    .collect();
-                for user in viewers {
-                    if let Some(entry) = self.users.get_mut(&user) {
-                        for s in &entry.sessions {
-                            s.push(event.clone());
-                        }
-                        if let Some(view) = entry.views.get_mut(server_id) {
-                            view.remove(channel_id);
-                        }
-                    }
-                }
-                return;
-            }
-            Event::RoleCreated(_) | Event::RoleUpdated(_) | Event::RoleDeleted(_) | Event::ServerUpdated(_) => {
-                self.deliver(&event);
-                if let Some(server_id) = event.event.server_id() {
-                    self.recompute(server_id, None, None).await;
-                }
-                return;
-            }
-            Event::ServerMemberUpdated(member) => {
-                self.deliver(&event);
-                self.recompute(member.server_id, Some(member.user.id), None).await;
-                return;
-            }
-            Event::ServerMemberAdded(member) => {
-                let (server_id, user_id) = (member.server_id, member.user.id);
-                self.join(server_id, user_id).await;
-                self.deliver(&event);
-                // The server's members learn whether the newcomer is online.
-                if !self.is_large(server_id)
-                    && let Some(entry) = self.users.get(&user_id)
-                {
-                    let presence = entry.presence(user_id);
-                    if presence.status != "offline" {
-                        self.deliver(&Published::new(Event::PresenceUpdated(presence), Audience::Server(server_id)));
-                    }
-                }
-                return;
-            }
-            Event::ServerCreated(server) => {
-                if let Audience::User(user_id) = event.audience {
-                    let server_id = server.id;
-                    self.join(server_id, user_id).await;
-                    if let Some(view) = self.users.get(&user_id).and_then(|e| e.views.get(&server_id)).cloned() {
-                        let presences = self.online_in(server_id);
-                        match super::ready::server_object(&self.db, server_id, user_id, &view, presences).await {
-                            Ok(object) => {
-                                self.deliver(&Published::direct("SERVER_CREATE", event.audience.clone(), &object));
-                            }
-                            Err(err) => tracing::warn!(error = ?err, "cannot build SERVER_CREATE"),
-                        }
-                    }
-                }
-                return;
-            }
-            Event::ServerMemberRemoved(removed) => {
-                self.deliver(&event);
-                self.leave(removed.server_id, removed.user.id);
-                return;
-            }
-            Event::ServerDeleted(ServerDeleted { id: server_id }) => {
-                self.deliver(&event);
-                let users: Vec<Uuid> = self.servers.get(server_id).into_iter().flatten().copied().collect();
-                for user_id in users {
-                    self.leave_silently(*server_id, user_id);
-                }
-                return;
-            }
-            _ => {}
-        }
-        self.deliver(&event);
-    }
-
-    /// Pushes an event onto every session allowed to see it.
-    fn deliver(&self, event: &Arc<Published>) {
-        let push_user = |user: &Uuid| {
-            if let Some(entry) = self.users.get(user) {
-                for s in &entry.sessions {
-                    s.push(event.clone());
-                }
-            }
-        };
-        match &event.audience {
-            Audience::Channel { server_id, channel_id } => {
-                for user in self.servers.get(server_id).into_iter().flatten() {
-                    let Some(entry) = self.users.get(user) else { continue };
-                    if entry.views.get(server_id).is_some_and(|v| v.contains(channel_id)) {
-                        for s in &entry.sessions {
-                            s.push(event.clone());
-                        }
-                    }
-                }
-            }
-            Audience::Server(server_id) => self.servers.get(server_id).into_iter().flatten().for_each(push_user),
-            Audience::ServerAndUsers { server_id, users } => {
-                let members = self.servers.get(server_id);
-                members.into_iter().flatten().for_each(push_user);
-                users
-                    .iter()
-                    .filter(|u| !members.is_some_and(|m| m.contains(u)))
-                    .for_each(push_user);
-            }
-            Audience::User(user) => push_user(user),
-            Audience::Peers(user) => {
-                let mut seen = HashSet::new();
-                seen.insert(*user);
-                push_user(user);
-                if let Some(entry) = self.users.get(user) {
-                    for server_id in entry.views.keys() {
-                        for peer in self.servers.get(server_id).into_iter().flatten() {
-                            if seen.insert(*peer) {
-                                push_user(peer);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Recomputes views in a server (all connected members, or one user),
-    /// then tells users about channels they gained or lost. `event_channel`
-    /// is the channel whose own CHANNEL_CREATE/UPDATE is being delivered,
-    /// so gaining it needs no extra dispatch.
-    async fn recompute(&mut self, server_id: Uuid, only: Option<Uuid>, event_channel: Option<Uuid>) {
-        let users: Vec<Uuid> = match only {
-            Some(u) if self.servers.get(&server_id).is_some_and(|s| s.contains(&u)) => vec![u],
-            Some(_) => return,
-            None => self.servers.get(&server_id).into_iter().flatten().copied().collect(),
-        };
-        let fresh = match views::compute(&self.db, server_id, &users).await {
-            Ok(v) => v,
-            Err(err) => {
-                tracing::warn!(error = ?err, "cannot recompute channel views");
-                return;
-            }
-        };
-        let mut gained_any: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        let mut lost_any: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        for user_id in users {
-            let Some(entry) = self.users.get_mut(&user_id) else { continue };
-            let new = fresh.get(&user_id).cloned().unwrap_or_default();
-            let old = entry.views.insert(server_id, new.clone()).unwrap_or_default();
-            let gained: Vec<Uuid> = new.difference(&old).copied().filter(|c| Some(*c) != event_channel).collect();
-            let lost: Vec<Uuid> = old.difference(&new).copied().collect();
-            if !gained.is_empty() {
-                gained_any.insert(user_id, gained);
-            }
-            if !lost.is_empty() {
-                lost_any.insert(user_id, lost);
-            }
-        }
-        for (user_id, lost) in lost_any {
-            for channel_id in lost {
-                let deleted = ChannelDeleted { id: channel_id, server_id };
-                self.deliver(&Published::new(Event::ChannelDeleted(deleted), Audience::User(user_id)));
-            }
-        }
-        if gained_any.is_empty() {
-            return;
-        }
-        let ids: Vec<Uuid> = gained_any.values().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
-        match super::ready::channels_by_id(&self.db, &ids).await {
-            Ok(channels) => {
-                let channels: HashMap<Uuid, Arc<Channel>> =
-                    channels.into_iter().map(|(id, channel)| (id, Arc::new(channel))).collect();
-                for (user_id, gained) in gained_any {
-                    for channel_id in gained {
-                        if let Some(channel) = channels.get(&channel_id) {
-                            let created = Event::ChannelCreated(channel.clone());
-                            self.deliver(&Published::new(created, Audience::User(user_id)));
-                        }
-                    }
-                }
-            }
-            Err(err) => tracing::warn!(error = ?err, "cannot load gained channels"),
-        }
-    }
-
-    /// A connected user became a member of a server.
-    async fn join(&mut self, server_id: Uuid, user_id: Uuid) {
-        if !self.users.contains_key(&user_id) {
-            return;
-        }
-        match views::compute(&self.db, server_id, &[user_id]).await {
-            Ok(mut fresh) => {
-                if let (Some(view), Some(entry)) = (fresh.remove(&user_id), self.users.get_mut(&user_id)) {
-                    entry.views.insert(server_id, view);
-                    self.servers.entry(server_id).or_default().insert(user_id);
-                }
-            }
-            Err(err) => tracing::warn!(error = ?err, "cannot compute the view of a new member"),
-        }
-    }
-
-    /// A user left or was removed: they learn the server is gone for them.
-    fn leave(&mut self, server_id: Uuid, user_id: Uuid) {
-        if self.leave_silently(server_id, user_id) {
-            let deleted = Event::ServerDeleted(ServerDeleted { id: server_id });
-            self.deliver(&Published::new(deleted, Audience::User(user_id)));
-        }
-    }
-
-    fn leave_silently(&mut self, server_id: Uuid, user_id: Uuid) -> bool {
-        if let Some(set) = self.servers.get_mut(&server_id) {
-            set.remove(&user_id);
-            if set.is_empty() {
-                self.servers.remove(&server_id);
-            }
-        }
-        self.users
-            .get_mut(&user_id)
-            .is_some_and(|e| e.views.remove(&server_id).is_some())
-    }
-
-    fn revoke(&self, audience: &Audience, session: Uuid) {
-        let Audience::User(user_id) = audience else {
-            return;
-        };
-        if let Some(entry) = self.users.get(user_id) {
-            for s in entry.sessions.iter().filter(|s| s.auth_session == session) {
-                s.close(Close::SessionRevoked, true);
-            }
-        }
-    }
-}
-
-/// Bus events taken at once by the dispatcher.
-const MAX_BATCH: usize = 256;
-
-/// Events that change no routing state and go to a channel's viewers: the
-/// dispatcher may deliver runs of them together. Anything [`Dispatcher::event`]
-/// treats specially must not be listed.
-fn routes_plainly(event: &Published) -> bool {
-    matches!(event.audience, Audience::Channel { .. })
-        && matches!(
-            event.event,
-            Event::MessageCreated(_)
-                | Event::MessageUpdated(_)
-                | Event::MessageDeleted(_)
-                | Event::ReactionAdded(_)
-                | Event::ReactionRemoved(_)
-                | Event::TypingStarted(_)
-        )
 }

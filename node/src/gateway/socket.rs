@@ -89,9 +89,10 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Accepts a WebSocket upgrade (RFC 6455 over HTTP/1.1) and runs `serve`
-/// on the connection in its own task.
-pub fn upgrade<F, Fut>(mut request: Request, config: WebSocketConfig, serve: F) -> Response
+/// on the connection in its own task, started with `spawn`.
+pub fn upgrade<S, F, Fut>(mut request: Request, config: WebSocketConfig, spawn: S, serve: F) -> Response
 where
+    S: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
     F: FnOnce(GatewaySocket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -111,7 +112,7 @@ where
         return refuse(StatusCode::BAD_REQUEST, "websocket_upgrade", "this connection cannot be upgraded");
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
+    spawn(Box::pin(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -125,7 +126,7 @@ where
             }),
         })
         .await;
-    });
+    }));
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));

@@ -57,8 +57,9 @@ pub async fn run_sfu_events(state: AppState, mut events: SfuEvents) {
             }
             SfuEvent::PeerGone { room, peer, session, reason } => {
                 // Database work must not hold up the SFU's queue.
+                let voice = state.voice.clone();
                 let state = state.clone();
-                state.voice.inner.tasks.clone().spawn(async move {
+                voice.spawn(async move {
                     let _guard = state.voice.lock_user(peer.user).await;
                     let Some(current) = state.voice.participant(peer.user) else { return };
                     if current.peer == peer && current.voice_session == session && current.channel_id == room {
