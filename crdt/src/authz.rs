@@ -15,8 +15,26 @@ use crate::command::{ChannelKind, Command, OverrideTarget};
 use crate::error::Rejection;
 use crate::state::{Standing, State};
 
-/// Size limits (the node's: 500 channels, 250 roles). They decide validity,
-/// so they are part of the protocol: every replica uses [`Limits::default`].
+/// Longest server, channel or role name, in characters.
+pub const NAME_MAX: usize = 100;
+/// Longest channel topic or server description, in characters.
+pub const TOPIC_MAX: usize = 1024;
+/// Longest icon URL, in characters.
+pub const ICON_MAX: usize = 2048;
+/// Longest nickname, in characters.
+pub const NICKNAME_MAX: usize = 32;
+/// Longest ban reason, in characters.
+pub const REASON_MAX: usize = 512;
+/// Most channels (categories included) one community may have.
+pub const MAX_CHANNELS: usize = 500;
+/// Most roles (`@everyone` included) one community may have.
+pub const MAX_ROLES: usize = 250;
+/// Most invites one community may have at once.
+pub const MAX_INVITES: usize = 1000;
+
+/// Size limits. They decide validity, so they are part of the protocol:
+/// every replica uses [`Limits::default`]. The text limits are the
+/// constants above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_channels: usize,
@@ -29,9 +47,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_channels: 500,
-            max_roles: 250,
-            max_invites: 1000,
+            max_channels: MAX_CHANNELS,
+            max_roles: MAX_ROLES,
+            max_invites: MAX_INVITES,
             max_members: 250_000,
             max_bans: 250_000,
         }
@@ -131,9 +149,9 @@ pub fn authorize(
     let Some(server) = state.server.as_ref() else {
         return match command {
             Command::Genesis(g) => {
-                text(&g.name, 1, 100, "name")?;
-                opt_text(g.icon.as_ref(), 2048, "icon")?;
-                opt_text(g.description.as_ref(), 1024, "description")
+                text(&g.name, 1, NAME_MAX, "name")?;
+                opt_text(g.icon.as_ref(), ICON_MAX, "icon")?;
+                opt_text(g.description.as_ref(), TOPIC_MAX, "description")
             }
             _ => Err(Rejection::GenesisShape),
         };
@@ -151,12 +169,12 @@ pub fn authorize(
                 return Err(Rejection::Empty);
             }
             if let Some(name) = name {
-                text(name, 1, 100, "name")?;
+                text(name, 1, NAME_MAX, "name")?;
             }
-            opt_text(icon.as_ref().and_then(Option::as_ref), 2048, "icon")?;
+            opt_text(icon.as_ref().and_then(Option::as_ref), ICON_MAX, "icon")?;
             opt_text(
                 description.as_ref().and_then(Option::as_ref),
-                1024,
+                TOPIC_MAX,
                 "description",
             )
         }
@@ -184,8 +202,8 @@ pub fn authorize(
             if state.channels.contains_key(id) || *id == state.id {
                 return Err(Rejection::AlreadyExists);
             }
-            text(name, 1, 100, "name")?;
-            opt_text(topic.as_ref(), 1024, "topic")?;
+            text(name, 1, NAME_MAX, "name")?;
+            opt_text(topic.as_ref(), TOPIC_MAX, "topic")?;
             if let Some(parent) = parent {
                 check_parent(state, *kind, id, parent)?;
             }
@@ -207,9 +225,9 @@ pub fn authorize(
                 return Err(Rejection::Empty);
             }
             if let Some(name) = name {
-                text(name, 1, 100, "name")?;
+                text(name, 1, NAME_MAX, "name")?;
             }
-            opt_text(topic.as_ref().and_then(Option::as_ref), 1024, "topic")?;
+            opt_text(topic.as_ref().and_then(Option::as_ref), TOPIC_MAX, "topic")?;
             if let Some(Some(parent)) = parent {
                 check_parent(state, channel.kind, id, parent)?;
             }
@@ -233,7 +251,7 @@ pub fn authorize(
             if state.roles.contains_key(id) || *id == state.id {
                 return Err(Rejection::AlreadyExists);
             }
-            text(name, 1, 100, "name")?;
+            text(name, 1, NAME_MAX, "name")?;
             color(*c)?;
             if *position < 1 {
                 return Err(Rejection::InvalidField("position"));
@@ -270,7 +288,7 @@ pub fn authorize(
             }
             above(standing, i64::from(role.position))?;
             if let Some(name) = name {
-                text(name, 1, 100, "name")?;
+                text(name, 1, NAME_MAX, "name")?;
             }
             if let Some(c) = c {
                 color(*c)?;
@@ -336,7 +354,7 @@ pub fn authorize(
                 return Err(Rejection::UnknownMember);
             }
             if let Some(nick) = nickname {
-                text(nick, 1, 32, "nickname")?;
+                text(nick, 1, NICKNAME_MAX, "nickname")?;
             }
             if *user == me {
                 member(standing)?;
@@ -414,7 +432,7 @@ pub fn authorize(
             if state.bans.contains_key(user) {
                 return Err(Rejection::AlreadyBanned);
             }
-            opt_text(reason.as_ref(), 512, "reason")?;
+            opt_text(reason.as_ref(), REASON_MAX, "reason")?;
             above(standing, target_rank(state, user))?;
             if state.bans.len() >= limits.max_bans {
                 return Err(Rejection::Limit("bans"));

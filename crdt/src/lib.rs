@@ -17,7 +17,8 @@
 //! - [`op`]: [`Op`], the signed envelope ([`OpBody`] inside a protocol
 //!   `SignedEvent` of kind `op`), [`community_id`], and the wire form.
 //! - [`authz`]: [`authorize`], the validity rules (permissions, role
-//!   hierarchy, invites, bans), and [`Limits`].
+//!   hierarchy, invites, bans), [`Limits`] and the text limits
+//!   ([`authz::NAME_MAX`], ...): the one place they live.
 //! - [`schema`]: how a command is written into the automerge document, and
 //!   the deterministic derivation of an op's change.
 //! - [`state`]: [`State`], the typed view read back from the document, and
@@ -51,7 +52,9 @@ pub use authz::{Limits, authorize};
 pub use codec::DecodeError;
 pub use command::{ChannelKind, Command, Genesis, OverrideTarget};
 pub use error::{BuildError, Rejection};
-pub use op::{Actor, MAX_OP_BYTES, OP_KIND, Op, OpBody, OpError, OpId, UnsignedOp, community_id};
+pub use op::{
+    ADOPTION_NONCE, Actor, MAX_OP_BYTES, OP_KIND, Op, OpBody, OpError, OpId, UnsignedOp, community_id, genesis_fits,
+};
 pub use projection::Projection;
-pub use resolver::{Added, CheckedOp, DEFAULT_MAX_PENDING, OpStatus, Resolver, genesis_op};
+pub use resolver::{Added, CheckedOp, DEFAULT_MAX_PENDING, OpStatus, Resolver, adoption_op, genesis_op};
 pub use state::{Standing, State};

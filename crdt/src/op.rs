@@ -73,6 +73,23 @@ pub fn community_id(owner: &UserPublicKey, nonce: &[u8; 16]) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// Whether a genesis with `nonce` by `owner` may create `community`:
+/// the id derives from them ([`community_id`]), or the genesis *adopts*
+/// a community made before signed community state. Such a community has
+/// a UUIDv7 id (never a derived one, which is a UUIDv8), and its genesis
+/// has an all-zero nonce. Nothing binds an adopted id to its owner's key:
+/// two geneses for one id are both invalid, as for any community.
+pub fn genesis_fits(community: Uuid, owner: &UserPublicKey, nonce: &[u8; 16]) -> bool {
+    if *nonce == ADOPTION_NONCE && community.get_version_num() == 7 {
+        return true;
+    }
+    community_id(owner, nonce) == community
+}
+
+/// The nonce of a genesis that adopts a community made before signed
+/// community state (see [`genesis_fits`]).
+pub const ADOPTION_NONCE: [u8; 16] = [0; 16];
+
 /// What an op says, before it is signed: the payload of its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpBody {

@@ -60,7 +60,7 @@ mod materialize;
 mod pending;
 mod resolve;
 
-pub use build::genesis_op;
+pub use build::{adoption_op, genesis_op};
 
 /// A sensible bound for [`Resolver::new`]'s pending set.
 pub const DEFAULT_MAX_PENDING: usize = 10_000;

@@ -2,31 +2,33 @@
 //! categories, roles, members, channel overrides, invites and bans.
 //!
 //! Every change is a typed command (one struct per change, each
-//! implementing [`Command`]) run by [`execute`], which
+//! implementing [`Command`]) run by [`execute`]. A command only says what
+//! it stands for in community state: one or more [`StateCommand`]s. It is
+//! judged once, by the `together_crdt` rules:
 //!
-//! 1. opens a transaction,
-//! 2. lets the command lock its server row, check the actor's permissions
-//!    against the state *inside* that transaction and write the tables,
-//! 3. commits, and only then
-//! 4. publishes the typed events the command recorded to the bus.
+//! 1. under the op book's lock, [`execute`] opens a transaction and finds
+//!    the command's community ([`Command::community`]); a community made
+//!    before signed state gets its genesis first
+//!    ([`crate::federation::ops::adopt`]);
+//! 2. the command reads the community's state and makes its state
+//!    commands ([`Command::plan`]). It may answer 404 for what the caller
+//!    cannot see (a non-member sees no server, a member no hidden
+//!    channel) and validate the request's shape, but who may change what
+//!    is not its business;
+//! 3. each state command is prepared on the community's resolver (where
+//!    `together_crdt::authorize` judges it), signed by this node under the
+//!    acting user's delegation, logged, and the difference it makes to the
+//!    projection is written to the tables
+//!    ([`crate::federation::ops::commit`]);
+//! 4. the command reads its answer back ([`Command::output`]), the
+//!    transaction commits, and only then the typed bus events are
+//!    announced from the projection's difference
+//!    ([`crate::federation::structure::announce`], the same function that
+//!    announces changes from peers) and the ops are gossiped.
 //!
-//! REST handlers build commands and call [`execute`]; they never write
-//! these tables themselves. That keeps one place where a change is judged.
-//!
-//! Each command also records the community state commands
-//! ([`together_crdt::Command`]) it stands for ([`Effects::op`]). Before
-//! the commit, [`execute`] turns them into signed ops, adds them to the
-//! community's resolver and rewrites the community's tables from the
-//! resolver's projection, in the same transaction
-//! ([`crate::federation::ops::commit_local`]); after it, the ops are
-//! gossiped to the community's other nodes. So the tables always equal the
-//! projection of the valid ops, whichever node a change was made on.
-//!
-//! Locking: a command takes `FOR NO KEY UPDATE` on its server's row before
-//! it reads anything it checks, so changes to one server apply one at a
-//! time (a permission check never races the change that would invalidate
-//! it), while message inserts, which only take `KEY SHARE` through their
-//! foreign key, are not blocked.
+//! A rejection becomes an [`ApiError`] in one place (its `From` impl in
+//! [`crate::error`]). The limits live in [`together_crdt::authz`]; the
+//! constants here re-export them for the REST docs and messages.
 //!
 //! The submodules hold the commands and the read queries of each resource.
 
@@ -39,149 +41,186 @@ pub mod servers;
 
 use std::future::Future;
 
-use axum::http::StatusCode;
 use sqlx::PgConnection;
+use together_crdt::{Command as StateCommand, Standing, State};
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
-use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::required_text;
 use crate::model::ChannelKind;
-use crate::perms::{self, ChannelAccess, OverrideRow, ServerAccess};
 use crate::state::AppState;
 
 /// Most channels (categories included) one server may have.
-pub const MAX_CHANNELS: i64 = 500;
+pub const MAX_CHANNELS: usize = together_crdt::authz::MAX_CHANNELS;
 /// Most roles (`@everyone` included) one server may have.
-pub const MAX_ROLES: i64 = 250;
+pub const MAX_ROLES: usize = together_crdt::authz::MAX_ROLES;
 /// Longest server, channel or role name, in characters.
-pub const NAME_MAX: usize = 100;
+pub const NAME_MAX: usize = together_crdt::authz::NAME_MAX;
 /// Longest channel topic or server description, in characters.
-pub const TOPIC_MAX: usize = 1024;
+pub const TOPIC_MAX: usize = together_crdt::authz::TOPIC_MAX;
 
-/// One structural change, judged and applied inside a transaction.
+/// What a command sees of its community while it plans.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub actor: Uuid,
+    pub server_id: Uuid,
+    /// The community as its valid ops have it (the tables hold the same).
+    pub state: &'a State,
+}
+
+impl View<'_> {
+    /// The actor's standing in the community.
+    pub fn standing(&self) -> Standing {
+        self.state.standing(&self.actor)
+    }
+
+    /// Whether the actor is a member (or the owner).
+    pub fn is_member(&self) -> bool {
+        self.state.members.contains_key(&self.actor)
+    }
+
+    /// Asks the community's rules whether the actor may make `command`
+    /// now, without making it: for a request that names something it
+    /// would leave as it is (a reorder that moves nothing still needs the
+    /// permission to move). "Nothing to change" passes.
+    pub fn judge(&self, command: &StateCommand) -> ApiResult<()> {
+        let key = self
+            .state
+            .members
+            .get(&self.actor)
+            .and_then(|m| m.key)
+            .and_then(|k| together_protocol::identity::UserPublicKey::from_bytes(&k).ok())
+            .ok_or_else(unknown_server)?;
+        let now = chrono::Utc::now().timestamp();
+        let limits = together_crdt::Limits::default();
+        match together_crdt::authorize(self.state, &self.standing(), &key, command, now, &limits) {
+            Ok(()) | Err(together_crdt::Rejection::Empty) => Ok(()),
+            Err(rejection) => Err(rejection.into()),
+        }
+    }
+
+    /// 404 `unknown_channel` unless the channel is in this community and
+    /// the actor can view it; its kind otherwise.
+    pub fn visible_channel(&self, channel: Uuid) -> ApiResult<together_crdt::ChannelKind> {
+        let found = self.state.channels.get(&channel).ok_or_else(unknown_channel)?;
+        if self.standing().in_channel(&channel).contains(Permissions::VIEW_CHANNEL) {
+            Ok(found.kind)
+        } else {
+            Err(unknown_channel())
+        }
+    }
+}
+
+/// One structural change.
 pub trait Command: Send {
     /// What the caller gets back once the change has committed.
     type Output: Send;
 
-    /// Checks that `actor` may make this change on the state seen through
-    /// `conn` (a transaction), writes it, and records the events to publish
-    /// after commit. An error rolls everything back.
-    fn apply(
+    /// Whether only a member of the community may ask (a non-member gets
+    /// [`Command::not_found`]). Joining and creating do not.
+    const MEMBERS_ONLY: bool = true;
+
+    /// The 404 a caller who may not see the community gets.
+    fn not_found() -> ApiError {
+        unknown_server()
+    }
+
+    /// The community this change is to, found from what the command
+    /// names (read in `conn`, the change's transaction).
+    fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> impl Future<Output = ApiResult<Uuid>> + Send;
+
+    /// The state commands this change stands for, in order, made on the
+    /// community's current state. An empty list changes nothing.
+    fn plan(
+        &mut self,
+        conn: &mut PgConnection,
+        view: View<'_>,
+    ) -> impl Future<Output = ApiResult<Vec<StateCommand>>> + Send;
+
+    /// The answer, read back from the tables after the change.
+    fn output(
         self,
         conn: &mut PgConnection,
         actor: Uuid,
-        effects: &mut Effects,
+        server_id: Uuid,
     ) -> impl Future<Output = ApiResult<Self::Output>> + Send;
 }
 
-/// Events a command wants published once its transaction has committed.
-#[derive(Debug, Default)]
-pub struct Effects {
-    events: Vec<(Audience, Event)>,
-    ops: Vec<(Uuid, together_crdt::Command)>,
-    forget: Vec<Uuid>,
-}
-
-impl Effects {
-    /// Records an event; nothing is sent unless the transaction commits.
-    pub fn publish(&mut self, audience: Audience, event: Event) {
-        self.events.push((audience, event));
-    }
-
-    /// Records the state command this change makes to community
-    /// `server_id`; it becomes a signed op in the same transaction.
-    pub fn op(&mut self, server_id: Uuid, command: together_crdt::Command) {
-        self.ops.push((server_id, command));
-    }
-
-    /// Drops a deleted community's resolver once the transaction commits.
-    pub fn forget(&mut self, server_id: Uuid) {
-        self.forget.push(server_id);
-    }
-}
-
-/// Runs `command` for `actor`: one transaction, then the events.
+/// Runs `command` for `actor`: plan, judge and write in one transaction,
+/// then announce and gossip.
 ///
 /// Structural changes of the node (these and ops from peers) run one at a
 /// time under the op book's lock, taken before any database lock.
-pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> ApiResult<C::Output> {
+pub async fn execute<C: Command>(state: &AppState, actor: Uuid, mut command: C) -> ApiResult<C::Output> {
     let mut book = state.federation.ops().lock().await;
     book.settle().await;
     let mut tx = state.db.begin().await?;
-    let mut effects = Effects::default();
-    let output = command.apply(&mut tx, actor, &mut effects).await?;
-    let touched: Vec<Uuid> = effects.ops.iter().map(|(id, _)| *id).collect();
-    let ops =
-        crate::federation::ops::commit_local(state, &mut book, &mut tx, actor, std::mem::take(&mut effects.ops)).await?;
-    if let Err(err) = tx.commit().await {
-        for id in touched {
-            book.forget(id);
+    let server_id = command.community(&mut tx, actor).await?;
+    let result = async {
+        let mut committed = crate::federation::ops::adopt::adopt_if_needed(state, &mut book, &mut tx, server_id).await?;
+        let commands = {
+            let resolver = book.resolver(state, server_id).await?;
+            let view = View {
+                actor,
+                server_id,
+                state: resolver.state(),
+            };
+            if C::MEMBERS_ONLY && !view.is_member() {
+                return Err(C::not_found());
+            }
+            command.plan(&mut tx, view).await?
+        };
+        let made = crate::federation::ops::commit(state, &mut book, &mut tx, actor, server_id, commands).await?;
+        committed.absorb(made);
+        let output = command.output(&mut tx, actor, server_id).await?;
+        Ok((committed, output))
+    }
+    .await;
+    let (committed, output) = match result {
+        Ok(done) => done,
+        Err(err) => {
+            book.forget(server_id);
+            return Err(err);
         }
+    };
+    if let Err(err) = tx.commit().await {
+        book.forget(server_id);
         return Err(err.into());
     }
-    for id in &effects.forget {
-        book.forget(*id);
-    }
     drop(book);
-    for (audience, event) in effects.events {
-        state.bus.publish(audience, event);
-    }
-    crate::federation::ops::publish(state, &ops).await;
+    committed.announce(state).await;
     Ok(output)
 }
 
-/// Locks a server's row until the transaction ends; 404 `unknown_server`.
-pub(crate) async fn lock_server(conn: &mut PgConnection, server_id: Uuid) -> ApiResult<()> {
-    let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM servers WHERE id = $1 FOR NO KEY UPDATE")
+/// The community a server id names; 404 `not_found()` when this node has
+/// no such server.
+pub(crate) async fn server_named(
+    conn: &mut PgConnection,
+    server_id: Uuid,
+    not_found: fn() -> ApiError,
+) -> ApiResult<Uuid> {
+    let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM servers WHERE id = $1")
         .bind(server_id)
         .fetch_optional(&mut *conn)
         .await?;
-    found.map(|_| ()).ok_or_else(unknown_server)
+    found.ok_or_else(not_found)
 }
 
-/// Locks the server and loads the actor's standing in it; 404
-/// `unknown_server` when it does not exist or the actor is not a member.
-pub(crate) async fn actor_access(conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<ServerAccess> {
-    lock_server(conn, server_id).await?;
-    perms::server_access(&mut *conn, actor, server_id).await
-}
-
-/// Like [`actor_access`], but a failure is reported as `not_found` (the
-/// object named in the path), so a non-member learns nothing.
-pub(crate) async fn actor_access_or(
-    conn: &mut PgConnection,
-    actor: Uuid,
-    server_id: Uuid,
-    not_found: fn() -> ApiError,
-) -> ApiResult<ServerAccess> {
-    actor_access(conn, actor, server_id)
-        .await
-        .map_err(|err| not_found_as(err, not_found))
-}
-
-/// Replaces a 404 with `not_found()`, keeping every other error.
-pub(crate) fn not_found_as(err: ApiError, not_found: fn() -> ApiError) -> ApiError {
-    if err.status == StatusCode::NOT_FOUND {
-        not_found()
-    } else {
-        err
-    }
-}
-
-/// A member's standing, for hierarchy checks on them; 404 `unknown_member`.
-pub(crate) async fn member_access(conn: &mut PgConnection, server_id: Uuid, user_id: Uuid) -> ApiResult<ServerAccess> {
-    perms::server_access(&mut *conn, user_id, server_id)
-        .await
-        .map_err(|err| not_found_as(err, unknown_member))
+/// The community a channel belongs to; 404 `unknown_channel`.
+pub(crate) async fn server_of_channel(conn: &mut PgConnection, channel_id: Uuid) -> ApiResult<Uuid> {
+    let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM channels WHERE id = $1")
+        .bind(channel_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    found.ok_or_else(unknown_channel)
 }
 
 /// Every override of one channel.
 pub(crate) async fn channel_override_rows(
     conn: &mut PgConnection,
     channel_id: Uuid,
-) -> Result<Vec<OverrideRow>, sqlx::Error> {
+) -> Result<Vec<crate::perms::OverrideRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, channel_id, role_id, user_id, allow, deny
            FROM channel_permission_overrides WHERE channel_id = $1",
@@ -191,61 +230,21 @@ pub(crate) async fn channel_override_rows(
     .await
 }
 
-/// Locks the channel's server and loads the actor's access to the channel;
-/// 404 `unknown_channel` when it does not exist, the actor is not a member
-/// or cannot view it.
-pub(crate) async fn actor_channel_access(
-    conn: &mut PgConnection,
-    actor: Uuid,
-    channel_id: Uuid,
-) -> ApiResult<ChannelAccess> {
-    let server_id: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM channels WHERE id = $1")
-        .bind(channel_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let server_id = server_id.ok_or_else(unknown_channel)?;
-    let server = actor_access_or(conn, actor, server_id, unknown_channel).await?;
-    channel_access_locked(conn, server, channel_id).await
-}
-
-/// The access of an already-checked member to one channel of their
-/// (locked) server; 404 `unknown_channel` if it is not there or hidden.
-pub(crate) async fn channel_access_locked(
-    conn: &mut PgConnection,
-    server: ServerAccess,
-    channel_id: Uuid,
-) -> ApiResult<ChannelAccess> {
-    // Read again under the lock: the channel may have gone meanwhile.
-    let kind: Option<ChannelKind> = sqlx::query_scalar("SELECT kind FROM channels WHERE id = $1 AND server_id = $2")
-        .bind(channel_id)
-        .bind(server.server_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let kind = kind.ok_or_else(unknown_channel)?;
-    let overrides = channel_override_rows(conn, channel_id).await?;
-    let permissions = server.in_channel(&overrides);
-    if !permissions.contains(Permissions::VIEW_CHANNEL) {
-        return Err(unknown_channel());
+/// The state-command form of a channel kind.
+pub(crate) fn state_kind(kind: ChannelKind) -> together_crdt::ChannelKind {
+    match kind {
+        ChannelKind::Text => together_crdt::ChannelKind::Text,
+        ChannelKind::Voice => together_crdt::ChannelKind::Voice,
+        ChannelKind::Category => together_crdt::ChannelKind::Category,
     }
-    Ok(ChannelAccess {
-        channel_id,
-        kind,
-        server,
-        permissions,
-    })
 }
 
-/// 403 unless every bit in `changed` is one the actor holds (owners and
-/// administrators hold them all).
-pub(crate) fn require_bits(held: Permissions, changed: Permissions) -> ApiResult<()> {
-    let missing = changed - held;
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "missing_permissions",
-            format!("you cannot grant or change permissions you do not have: {}", missing.names().join(", ")),
-        ))
+/// The API form of a state channel kind.
+pub(crate) fn api_kind(kind: together_crdt::ChannelKind) -> ChannelKind {
+    match kind {
+        together_crdt::ChannelKind::Text => ChannelKind::Text,
+        together_crdt::ChannelKind::Voice => ChannelKind::Voice,
+        together_crdt::ChannelKind::Category => ChannelKind::Category,
     }
 }
 
@@ -286,11 +285,6 @@ pub fn channel_name(kind: ChannelKind, value: &str) -> ApiResult<String> {
         return Err(ApiError::invalid(format!("name must be 1 to {NAME_MAX} characters")));
     }
     Ok(out)
-}
-
-/// 403 for acting on a role or member at or above one's own top role.
-pub(crate) fn hierarchy(message: impl Into<String>) -> ApiError {
-    ApiError::forbidden("role_hierarchy", message)
 }
 
 pub(crate) fn unknown_server() -> ApiError {

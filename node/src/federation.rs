@@ -14,10 +14,10 @@
 //! - [`inbox`]: validating and applying signed message events from peers,
 //!   the same way for gossip and backfill.
 //! - [`ops`]: signed community ops (`together-crdt`): the op log, one
-//!   resolver per community, local commands to ops, ops from peers,
-//!   heads/ops sync.
+//!   resolver per community, local commands to ops, communities from
+//!   before signed state adopted, ops from peers, heads/ops sync.
 //! - [`structure`]: a community's projection written into the tables, and
-//!   the gateway events for changes from peers.
+//!   the gateway events for what changed, local or from peers.
 //! - [`sync`]: answering peers' requests, cross-node joins, and backfill.
 //! - [`ephemeral`]: typing and presence between nodes (gossiped, never
 //!   stored).

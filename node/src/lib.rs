@@ -22,7 +22,8 @@
 //! - [`error`]: [`error::ApiError`], the one error shape of the API.
 //! - [`perms`]: who may see and do what, from roles and overrides.
 //! - [`community`]: every structural change to a server (channels, roles,
-//!   members, invites, bans) goes through this one module.
+//!   members, invites, bans) goes through this one module, as community
+//!   state commands judged once, by `together-crdt`.
 //! - [`gateway`]: the WebSocket gateway: sessions, dispatch, presence.
 //! - [`voice`]: voice channels: the SFU, signaling over the gateway,
 //!   moderators' mute/deafen/move, disconnecting who loses access.

@@ -450,14 +450,22 @@ async fn bad_channel_input_is_a_json_4xx(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_channel");
 
     // At most 500 channels per server.
-    sqlx::query(
-        "INSERT INTO channels (id, server_id, name, kind, position)
-         SELECT gen_random_uuid(), $1, 'c' || n, 'text', n FROM generate_series(1, 496) AS n",
-    )
-    .bind(sid.parse::<Uuid>().unwrap())
-    .execute(&pool)
-    .await
-    .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM channels WHERE server_id = $1")
+        .bind(sid.parse::<Uuid>().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let fill = (1..=500 - count as i32)
+        .map(|n| together_crdt::Command::CreateChannel {
+            id: Uuid::now_v7(),
+            name: format!("c{n}"),
+            kind: together_crdt::ChannelKind::Text,
+            parent: None,
+            topic: None,
+            position: n,
+        })
+        .collect();
+    support::commit_as(&app, &alice, &sid, fill).await;
     app.post(&path, &alice.token, json!({"name": "one-too-many", "kind": "text"}))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "too_many_channels");

@@ -160,12 +160,15 @@ async fn expired_invites_stop_working(pool: PgPool) {
         .await
         .expect(StatusCode::CREATED);
     assert!(forever["expires_at"].is_null());
-    let code = app.invite(&alice, &sid).await;
-    sqlx::query("UPDATE invites SET expires_at = now() - interval '1 second' WHERE code = $1")
-        .bind(&code)
-        .execute(&pool)
+    // An invite that lives one second, then has expired.
+    let code = app
+        .post(&format!("/api/servers/{sid}/invites"), &alice.token, json!({"max_age_seconds": 1}))
         .await
-        .unwrap();
+        .expect(StatusCode::CREATED)["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let bob = app.register("bob").await;
     app.get(&format!("/api/invites/{code}"), &bob.token)
         .await

@@ -439,14 +439,23 @@ async fn bad_role_input_is_a_json_4xx(pool: PgPool) {
         .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
 
     // At most 250 roles per server.
-    sqlx::query(
-        "INSERT INTO roles (id, server_id, name, position)
-         SELECT gen_random_uuid(), $1, 'r' || n, n FROM generate_series(1, 249) AS n",
-    )
-    .bind(sid.parse::<Uuid>().unwrap())
-    .execute(&pool)
-    .await
-    .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM roles WHERE server_id = $1")
+        .bind(sid.parse::<Uuid>().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let fill = (count as i32..250)
+        .map(|n| together_crdt::Command::CreateRole {
+            id: Uuid::now_v7(),
+            name: format!("r{n}"),
+            permissions: Permissions::empty(),
+            color: None,
+            hoist: false,
+            mentionable: false,
+            position: n,
+        })
+        .collect();
+    support::commit_as(&app, &alice, &sid, fill).await;
     app.post(&path, &alice.token, json!({"name": "one-too-many"}))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "too_many_roles");

@@ -1109,13 +1109,17 @@ async fn forged_ops_are_rejected_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn communities_from_before_community_ops_still_work_locally() {
+async fn communities_from_before_community_ops_get_signed_state() {
     let net = TestNet::start(2).await.unwrap();
     let http = reqwest::Client::new();
     let alice = register(&http, &net[0].url, "alice").await.unwrap();
     let alice_id = uuid(&json!(alice.user_id));
-    // A community as older versions made it: rows only, no ops.
+    let carol = register(&http, &net[0].url, "carol").await.unwrap();
+    let carol_id = uuid(&json!(carol.user_id));
+    // A community as older versions made it: rows only, no ops, with a
+    // channel, a second member and her nickname.
     let sid = Uuid::now_v7();
+    let old_channel = Uuid::now_v7();
     let db = net[0].db();
     sqlx::query("INSERT INTO servers (id, name, owner_id) VALUES ($1, 'old', $2)")
         .bind(sid)
@@ -1135,29 +1139,63 @@ async fn communities_from_before_community_ops_still_work_locally() {
         .execute(db)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO server_members (server_id, user_id, nickname) VALUES ($1, $2, 'caz')")
+        .bind(sid)
+        .bind(carol_id)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO channels (id, server_id, name, kind, position) VALUES ($1, $2, 'old-chat', 'text', 0)")
+        .bind(old_channel)
+        .bind(sid)
+        .execute(db)
+        .await
+        .unwrap();
+    // The first structural write gives it signed state first, keeping its id.
     let channel = ok(alice
         .post(&http, &format!("/api/servers/{sid}/channels"), json!({"name": "still works", "kind": "text"}))
         .await
         .unwrap());
     assert_eq!(channel["name"], "still-works");
-    let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1")
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM community_ops WHERE server_id = $1")
         .bind(sid)
-        .fetch_one(db)
+        .fetch_all(db)
         .await
         .unwrap();
-    assert_eq!(ops, 0);
-    // Nobody on another node can join it, and is told why.
+    assert!(statuses.len() >= 6, "genesis, everyone, channel, carol's join and nickname, private: {statuses:?}");
+    assert!(statuses.iter().all(|s| s == "valid"), "{statuses:?}");
+    let nickname: Option<String> =
+        sqlx::query_scalar("SELECT nickname FROM server_members WHERE server_id = $1 AND user_id = $2")
+            .bind(sid)
+            .bind(carol_id)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(nickname.as_deref(), Some("caz"));
+    // Someone on another node can join it now, and sees what it had.
     let invite = ok(alice
         .post(&http, &format!("/api/servers/{sid}/invites"), json!({}))
         .await
         .unwrap());
     let bob = register(&http, &net[1].url, "bob").await.unwrap();
-    let refused = bob
+    let joined = ok(bob
         .post(&http, "/api/federation/join", json!({"code": invite["code"], "peer": net[0].addr()}))
         .await
+        .unwrap());
+    assert_eq!(uuid(&joined["id"]), sid);
+    let db1 = net[1].db();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM channels WHERE server_id = $1 ORDER BY name")
+        .bind(sid)
+        .fetch_all(db1)
+        .await
         .unwrap();
-    assert_eq!(refused.status, 409, "{}", refused.body);
-    assert_eq!(refused.body["code"], "local_only_server");
+    assert_eq!(names, vec!["old-chat".to_string(), "still-works".to_string()]);
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM server_members WHERE server_id = $1")
+        .bind(sid)
+        .fetch_one(db1)
+        .await
+        .unwrap();
+    assert_eq!(members, 3, "alice, carol and bob");
     // New communities are made of ops from the start.
     let fresh = ok(alice.post(&http, "/api/servers", json!({"name": "new"})).await.unwrap());
     let ops: i64 = sqlx::query_scalar("SELECT count(*) FROM community_ops WHERE server_id = $1 AND status = 'valid'")

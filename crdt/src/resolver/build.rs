@@ -9,7 +9,7 @@ use super::Resolver;
 use crate::authz::{Limits, authorize};
 use crate::command::{Command, Genesis};
 use crate::error::{BuildError, Rejection};
-use crate::op::{Actor, Op, OpBody, OpId, UnsignedOp, community_id};
+use crate::op::{ADOPTION_NONCE, Actor, Op, OpBody, OpId, UnsignedOp, community_id, genesis_fits};
 use crate::schema::derive_change;
 use crate::state::State;
 
@@ -22,6 +22,36 @@ pub fn genesis_op(
     time: i64,
 ) -> Result<UnsignedOp, BuildError> {
     let community = community_id(owner, &genesis.nonce);
+    genesis_of(community, owner, actor, genesis, time)
+}
+
+/// The genesis op that adopts `community`, made before signed community
+/// state, for its `owner` (see [`crate::op::genesis_fits`]): the nonce is
+/// [`ADOPTION_NONCE`] whatever `genesis` says.
+pub fn adoption_op(
+    community: uuid::Uuid,
+    owner: &UserPublicKey,
+    actor: &Actor,
+    genesis: Genesis,
+    time: i64,
+) -> Result<UnsignedOp, BuildError> {
+    let genesis = Genesis {
+        nonce: ADOPTION_NONCE,
+        ..genesis
+    };
+    if !genesis_fits(community, owner, &genesis.nonce) {
+        return Err(BuildError::Rejected(Rejection::BadCommunityId));
+    }
+    genesis_of(community, owner, actor, genesis, time)
+}
+
+fn genesis_of(
+    community: uuid::Uuid,
+    owner: &UserPublicKey,
+    actor: &Actor,
+    genesis: Genesis,
+    time: i64,
+) -> Result<UnsignedOp, BuildError> {
     let command = Command::Genesis(genesis);
     let state = State {
         id: community,

@@ -13,7 +13,7 @@ use super::{Checked, Resolver, Work};
 use crate::authz::authorize;
 use crate::command::Command;
 use crate::error::Rejection;
-use crate::op::{Op, community_id};
+use crate::op::{Op, genesis_fits};
 use crate::schema::{Sections, derive_change_hash};
 use crate::state::State;
 use crate::types::OverrideTarget;
@@ -29,7 +29,7 @@ impl Resolver {
             return Err(Rejection::GenesisShape);
         }
         if let Command::Genesis(g) = op.command() {
-            if community_id(&body.author, &g.nonce) != self.community {
+            if !genesis_fits(self.community, &body.author, &g.nonce) {
                 return Err(Rejection::BadCommunityId);
             }
             // Two geneses (only one can be valid) make two sets of

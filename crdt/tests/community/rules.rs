@@ -815,3 +815,30 @@ fn an_invite_counts_each_user_once_and_concurrent_joins_all_count() {
     assert_eq!(n.json(), m.json());
     refused(&mut n, &User::new(5), join(), Rejection::InviteUsedUp);
 }
+
+#[test]
+fn an_adoption_genesis_keeps_an_underived_id_and_only_such_an_id() {
+    let owner = User::new(1);
+    // A community from before signed state: a UUIDv7 id, derived from nothing.
+    let old = uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    assert_eq!(old.get_version_num(), 7);
+    let mut n = Node::new(100, old);
+    let unsigned = together_crdt::adoption_op(old, &owner.public, &n.actor, genesis("Old", true), T0)
+        .unwrap_or_else(|e| panic!("adoption: {e}"));
+    let op = unsigned
+        .sign(&n.key, &delegation(&owner, &n.public), true)
+        .unwrap_or_else(|e| panic!("sign: {e}"));
+    n.resolver.add_op(op.clone());
+    assert_eq!(n.status(&op), Some(OpStatus::Valid));
+    assert_eq!(n.resolver.projection().server.as_ref().map(|s| s.owner_id), Some(owner.id));
+    n.must(&owner, create_channel(1, "kept"));
+    assert_eq!(replica(200, &n).json(), n.json());
+
+    // A derived (UUIDv8) id cannot be adopted: it belongs to its owner's key.
+    let derived = together_crdt::community_id(&User::new(2).public, &[9; 16]);
+    let m = Node::new(101, derived);
+    assert_eq!(
+        together_crdt::adoption_op(derived, &owner.public, &m.actor, genesis("Theirs", true), T0).err(),
+        Some(BuildError::Rejected(Rejection::BadCommunityId))
+    );
+}

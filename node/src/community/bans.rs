@@ -1,24 +1,21 @@
 //! Bans: banning (which also removes the member), unbanning, listing.
 //! A banned user cannot join again, with any invite, until unbanned.
 
-use together_crdt::Command as StateCommand;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgConnection;
-use together_protocol::permissions::Permissions;
+use together_crdt::Command as StateCommand;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::members::remove_member;
-use super::{Command, Effects, actor_access, hierarchy, member_access};
-use crate::bus::{Audience, Event};
-use crate::error::{ApiError, ApiResult};
+use super::{Command, View, server_named, unknown_server};
+use crate::error::ApiResult;
 use crate::extract::optional_text;
 use crate::http::users::fetch_user;
-use crate::model::{Ban, ServerUserEvent, UserRow};
+use crate::model::{Ban, UserRow};
 
 /// Longest ban reason, in characters.
-pub const REASON_MAX: usize = 512;
+pub const REASON_MAX: usize = together_crdt::authz::REASON_MAX;
 
 /// Body of `PUT /api/servers/{server_id}/bans/{user_id}`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -40,63 +37,28 @@ pub struct BanMember {
 impl Command for BanMember {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::BAN_MEMBERS)?;
-        if self.user_id == actor {
-            return Err(ApiError::bad_request("cannot_target_self", "you cannot ban yourself"));
-        }
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
         let reason = optional_text("reason", self.reason.as_deref(), REASON_MAX)?;
-        let user = fetch_user(&mut *conn, self.user_id).await?;
-        if self.user_id == access.owner_id {
-            return Err(hierarchy("the owner cannot be banned"));
-        }
-        let is_member = match member_access(conn, self.server_id, self.user_id).await {
-            Ok(target) if !access.outranks(target.top_position) => {
-                return Err(hierarchy("you can only ban members below you"));
-            }
-            Ok(_) => true,
-            Err(err) if err.code == "unknown_member" => false,
-            Err(err) => return Err(err),
-        };
-        let banned_before: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2)")
-                .bind(self.server_id)
-                .bind(self.user_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        if banned_before {
+        // Only users this node knows can be banned here (404 `unknown_user`).
+        fetch_user(&mut *conn, self.user_id).await?;
+        let mut commands = Vec::new();
+        if view.state.bans.contains_key(&self.user_id) && self.user_id != view.actor {
             // A new reason: lift the old ban and ban again.
-            effects.op(self.server_id, StateCommand::Unban { user: self.user_id });
+            commands.push(StateCommand::Unban { user: self.user_id });
         }
-        sqlx::query(
-            "INSERT INTO bans (server_id, user_id, reason, banned_by) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (server_id, user_id) DO UPDATE SET reason = EXCLUDED.reason, banned_by = EXCLUDED.banned_by",
-        )
-        .bind(self.server_id)
-        .bind(self.user_id)
-        .bind(&reason)
-        .bind(actor)
-        .execute(&mut *conn)
-        .await?;
-        effects.op(
-            self.server_id,
-            StateCommand::Ban {
-                user: self.user_id,
-                reason: reason.clone(),
-            },
-        );
-        if is_member {
-            remove_member(conn, effects, self.server_id, self.user_id).await?;
-        }
-        effects.publish(
-            Audience::Server(self.server_id),
-            Event::ServerBanAdded(ServerUserEvent {
-                server_id: self.server_id,
-                user,
-            }),
-        );
-        tracing::info!(server = %self.server_id, user = %self.user_id, by = %actor, "user banned");
+        commands.push(StateCommand::Ban {
+            user: self.user_id,
+            reason,
+        });
+        Ok(commands)
+    }
+
+    async fn output(self, _conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<()> {
+        tracing::info!(server = %server_id, user = %self.user_id, by = %actor, "user banned");
         Ok(())
     }
 }
@@ -111,27 +73,15 @@ pub struct UnbanUser {
 impl Command for UnbanUser {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::BAN_MEMBERS)?;
-        let deleted = sqlx::query("DELETE FROM bans WHERE server_id = $1 AND user_id = $2")
-            .bind(self.server_id)
-            .bind(self.user_id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Err(ApiError::not_found("unknown_ban", "that user is not banned here"));
-        }
-        effects.op(self.server_id, StateCommand::Unban { user: self.user_id });
-        let user = fetch_user(&mut *conn, self.user_id).await?;
-        effects.publish(
-            Audience::Server(self.server_id),
-            Event::ServerBanRemoved(ServerUserEvent {
-                server_id: self.server_id,
-                user,
-            }),
-        );
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        Ok(vec![StateCommand::Unban { user: self.user_id }])
+    }
+
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
         Ok(())
     }
 }

@@ -1,26 +1,23 @@
 //! Channels and categories: create, edit, reorder, delete, permission
 //! overrides, and reading them back with their overrides.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use sqlx::PgConnection;
+use together_crdt::{Command as StateCommand, OverrideTarget};
 use together_protocol::permissions::Permissions;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
-    Command, Effects, MAX_CHANNELS, TOPIC_MAX, actor_access, actor_channel_access, channel_access_locked, channel_name,
-    require_bits, unknown_channel, unknown_member, unknown_role,
+    Command, MAX_CHANNELS, TOPIC_MAX, View, api_kind, channel_name, server_named, server_of_channel, state_kind,
+    unknown_channel, unknown_member, unknown_server,
 };
-use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
-use crate::model::{Channel, ChannelDeleted, ChannelKind, OverrideKind, PermissionOverride};
+use crate::model::{Channel, ChannelKind, OverrideKind, PermissionOverride};
 use crate::perms::{OverrideRow, ServerAccess};
-use super::servers::state_kind;
-use together_crdt::{Command as StateCommand, OverrideTarget};
 
 /// Largest `position` a channel may be given.
 pub const MAX_POSITION: i32 = 1_000_000;
@@ -45,63 +42,50 @@ pub struct NewChannel {
 pub struct CreateChannel {
     pub server_id: Uuid,
     pub channel: NewChannel,
+    /// The new channel's id, chosen when planned.
+    id: Uuid,
+}
+
+impl CreateChannel {
+    pub fn new(server_id: Uuid, channel: NewChannel) -> Self {
+        Self {
+            server_id,
+            channel,
+            id: Uuid::now_v7(),
+        }
+    }
 }
 
 impl Command for CreateChannel {
     type Output = Channel;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Channel> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_CHANNELS)?;
-        let c = self.channel;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let c = &self.channel;
         let name = channel_name(c.kind, &c.name)?;
         let topic = validate_topic(c.kind, c.topic.as_deref())?;
         if let Some(position) = c.position {
             validate_position(position)?;
         }
         if let Some(parent) = c.parent_id {
-            check_parent(conn, &access, c.kind, parent).await?;
+            view.visible_channel(parent)?;
         }
-        let (count, next_position): (i64, i32) =
-            sqlx::query_as("SELECT count(*), COALESCE(max(position) + 1, 0) FROM channels WHERE server_id = $1")
-                .bind(self.server_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        if count >= MAX_CHANNELS {
-            return Err(ApiError::bad_request(
-                "too_many_channels",
-                format!("a server can have at most {MAX_CHANNELS} channels"),
-            ));
-        }
-        let id = Uuid::now_v7();
-        let position = c.position.unwrap_or(next_position.min(MAX_POSITION));
-        sqlx::query(
-            "INSERT INTO channels (id, server_id, name, kind, parent_id, topic, position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(self.server_id)
-        .bind(&name)
-        .bind(c.kind)
-        .bind(c.parent_id)
-        .bind(&topic)
-        .bind(position)
-        .execute(&mut *conn)
-        .await?;
-        effects.op(
-            self.server_id,
-            StateCommand::CreateChannel {
-                id,
-                name: name.clone(),
-                kind: state_kind(c.kind),
-                parent: c.parent_id,
-                topic: topic.clone(),
-                position,
-            },
-        );
-        let channel = load_channel(conn, id).await?;
-        effects.publish(channel_audience(&channel), Event::ChannelCreated(Arc::new(channel.clone())));
-        Ok(channel)
+        let next = view.state.channels.values().map(|c| c.position + 1).max().unwrap_or(0);
+        Ok(vec![StateCommand::CreateChannel {
+            id: self.id,
+            name,
+            kind: state_kind(c.kind),
+            parent: c.parent_id,
+            topic,
+            position: c.position.unwrap_or(next.clamp(0, MAX_POSITION)),
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+        load_channel(conn, self.id).await
     }
 }
 
@@ -129,55 +113,38 @@ pub struct UpdateChannel {
 impl Command for UpdateChannel {
     type Output = Channel;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Channel> {
-        let access = actor_channel_access(conn, actor, self.channel_id).await?;
-        access.require(Permissions::MANAGE_CHANNELS)?;
-        let c = self.changes;
-        let name = c.name.as_deref().map(|n| channel_name(access.kind, n)).transpose()?;
-        let topic = c
-            .topic
-            .as_deref()
-            .map(|t| validate_topic(access.kind, Some(t)))
-            .transpose()?;
+    fn not_found() -> ApiError {
+        unknown_channel()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_channel(conn, self.channel_id).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let kind = api_kind(view.visible_channel(self.channel_id)?);
+        let c = &self.changes;
+        let name = c.name.as_deref().map(|n| channel_name(kind, n)).transpose()?;
+        let topic = c.topic.as_deref().map(|t| validate_topic(kind, Some(t))).transpose()?;
         if let Some(position) = c.position {
             validate_position(position)?;
         }
-        if let Some(Some(parent)) = c.parent_id {
-            if parent == self.channel_id {
-                return Err(invalid_parent("a channel cannot be its own parent"));
-            }
-            check_parent(conn, &access.server, access.kind, parent).await?;
+        if let Some(Some(parent)) = c.parent_id
+            && parent != self.channel_id
+        {
+            view.visible_channel(parent)?;
         }
-        sqlx::query(
-            "UPDATE channels SET
-                name = COALESCE($2, name),
-                topic = CASE WHEN $3 THEN $4 ELSE topic END,
-                parent_id = CASE WHEN $5 THEN $6 ELSE parent_id END,
-                position = COALESCE($7, position)
-             WHERE id = $1",
-        )
-        .bind(self.channel_id)
-        .bind(&name)
-        .bind(topic.is_some())
-        .bind(topic.clone().flatten())
-        .bind(c.parent_id.is_some())
-        .bind(c.parent_id.flatten())
-        .bind(c.position)
-        .execute(&mut *conn)
-        .await?;
-        effects.op(
-            access.server.server_id,
-            StateCommand::UpdateChannel {
-                id: self.channel_id,
-                name,
-                parent: c.parent_id,
-                topic,
-                position: c.position,
-            },
-        );
-        let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
-        Ok(channel)
+        Ok(vec![StateCommand::UpdateChannel {
+            id: self.channel_id,
+            name,
+            parent: c.parent_id,
+            topic,
+            position: c.position,
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+        load_channel(conn, self.channel_id).await
     }
 }
 
@@ -204,10 +171,12 @@ impl Command for ReorderChannels {
     /// The channels the actor can see afterwards, in order.
     type Output = Vec<Channel>;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Vec<Channel>> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_CHANNELS)?;
-        if self.moves.len() > MAX_CHANNELS as usize {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        if self.moves.len() > MAX_CHANNELS {
             return Err(ApiError::invalid(format!("at most {MAX_CHANNELS} channels can be moved at once")));
         }
         let mut seen = HashSet::new();
@@ -217,65 +186,35 @@ impl Command for ReorderChannels {
                 return Err(ApiError::invalid(format!("channel {} is listed twice", m.id)));
             }
         }
-        // The channels the actor can see, by id, with their kinds and the
-        // actor's permissions in each.
-        let visible: HashMap<Uuid, (ChannelKind, Permissions)> = channels_with_overrides(conn, self.server_id)
-            .await?
-            .into_iter()
-            .map(|(c, rows)| (c.id, (c.kind, access.in_channel(&rows))))
-            .filter(|(_, (_, perms))| perms.contains(Permissions::VIEW_CHANNEL))
-            .collect();
+        let mut commands = Vec::new();
         for m in &self.moves {
-            let (kind, perms) = *visible.get(&m.id).ok_or_else(unknown_channel)?;
-            if !perms.contains(Permissions::MANAGE_CHANNELS) {
-                return Err(ApiError::missing_permission("MANAGE_CHANNELS"));
-            }
+            view.visible_channel(m.id)?;
             if let Some(Some(parent)) = m.parent_id {
-                if kind == ChannelKind::Category {
-                    return Err(invalid_parent("a category cannot be inside another category"));
-                }
-                match visible.get(&parent).map(|(kind, _)| kind) {
-                    None => return Err(unknown_channel()),
-                    Some(ChannelKind::Category) => {}
-                    Some(_) => return Err(invalid_parent("the parent must be a category")),
-                }
+                view.visible_channel(parent)?;
+            }
+            let Some(current) = view.state.channels.get(&m.id) else {
+                return Err(unknown_channel());
+            };
+            let moves_parent = m.parent_id.is_some_and(|p| p != current.parent);
+            let command = StateCommand::UpdateChannel {
+                id: m.id,
+                name: None,
+                parent: m.parent_id.filter(|_| moves_parent),
+                topic: None,
+                position: Some(m.position),
+            };
+            if current.position == m.position && !moves_parent {
+                view.judge(&command)?;
+            } else {
+                commands.push(command);
             }
         }
-        let mut changed = Vec::new();
-        for m in &self.moves {
-            let updated = sqlx::query(
-                "UPDATE channels SET
-                    position = $2,
-                    parent_id = CASE WHEN $3 THEN $4 ELSE parent_id END
-                 WHERE id = $1
-                   AND (position <> $2 OR ($3 AND parent_id IS DISTINCT FROM $4))",
-            )
-            .bind(m.id)
-            .bind(m.position)
-            .bind(m.parent_id.is_some())
-            .bind(m.parent_id.flatten())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if updated > 0 {
-                changed.push(m.id);
-                effects.op(
-                    self.server_id,
-                    StateCommand::UpdateChannel {
-                        id: m.id,
-                        name: None,
-                        parent: m.parent_id,
-                        topic: None,
-                        position: Some(m.position),
-                    },
-                );
-            }
-        }
-        let all = list_visible_channels(conn, &access).await?;
-        for channel in all.iter().filter(|c| changed.contains(&c.id)) {
-            effects.publish(channel_audience(channel), Event::ChannelUpdated(Arc::new(channel.clone())));
-        }
-        Ok(all)
+        Ok(commands)
+    }
+
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Vec<Channel>> {
+        let access = crate::perms::server_access(&mut *conn, actor, server_id).await?;
+        list_visible_channels(conn, &access).await
     }
 }
 
@@ -289,31 +228,20 @@ pub struct DeleteChannel {
 impl Command for DeleteChannel {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_channel_access(conn, actor, self.channel_id).await?;
-        access.require(Permissions::MANAGE_CHANNELS)?;
-        let children: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM channels WHERE parent_id = $1")
-            .bind(self.channel_id)
-            .fetch_all(&mut *conn)
-            .await?;
-        // parent_id is ON DELETE SET NULL: the children stay, uncategorised.
-        sqlx::query("DELETE FROM channels WHERE id = $1")
-            .bind(self.channel_id)
-            .execute(&mut *conn)
-            .await?;
-        let server_id = access.server.server_id;
-        effects.op(server_id, StateCommand::DeleteChannel { id: self.channel_id });
-        effects.publish(
-            Audience::Server(server_id),
-            Event::ChannelDeleted(ChannelDeleted {
-                id: self.channel_id,
-                server_id,
-            }),
-        );
-        for child in children {
-            let channel = load_channel(conn, child).await?;
-            effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
-        }
+    fn not_found() -> ApiError {
+        unknown_channel()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_channel(conn, self.channel_id).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        view.visible_channel(self.channel_id)?;
+        Ok(vec![StateCommand::DeleteChannel { id: self.channel_id }])
+    }
+
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
         Ok(())
     }
 }
@@ -347,93 +275,38 @@ pub struct SetOverride {
 impl Command for SetOverride {
     type Output = Channel;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Channel> {
-        let access = actor_channel_access(conn, actor, self.channel_id).await?;
-        access.require(Permissions::MANAGE_ROLES)?;
-        let OverrideInput { kind, allow, deny } = self.input;
-        if allow.intersects(deny) {
-            return Err(ApiError::invalid(format!("allow and deny overlap: {}", (allow & deny).names().join(", "))));
-        }
-        let not_channel = (allow | deny) - Permissions::CHANNEL_SCOPED;
-        if !not_channel.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "these permissions cannot be set per channel: {}",
-                not_channel.names().join(", ")
-            )));
-        }
-        let server_id = access.server.server_id;
-        let target_exists: bool = match kind {
-            OverrideKind::Role => {
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM roles WHERE id = $1 AND server_id = $2)")
-                    .bind(self.target_id)
-                    .bind(server_id)
-                    .fetch_one(&mut *conn)
-                    .await?
-            }
-            OverrideKind::Member => {
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM server_members WHERE user_id = $1 AND server_id = $2)")
-                    .bind(self.target_id)
-                    .bind(server_id)
-                    .fetch_one(&mut *conn)
-                    .await?
-            }
-        };
-        if !target_exists {
-            return Err(match kind {
-                OverrideKind::Role => unknown_role(),
-                OverrideKind::Member => unknown_member(),
-            });
-        }
+    fn not_found() -> ApiError {
+        unknown_channel()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_channel(conn, self.channel_id).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        view.visible_channel(self.channel_id)?;
+        let OverrideInput { kind, allow, deny } = self.input.clone();
         let target = match kind {
             OverrideKind::Role => OverrideTarget::Role(self.target_id),
-            OverrideKind::Member => OverrideTarget::Member(self.target_id),
+            OverrideKind::Member => {
+                // The rules allow an override for someone not (yet) a
+                // member; the API asks for a member.
+                if !view.state.members.contains_key(&self.target_id) {
+                    return Err(unknown_member());
+                }
+                OverrideTarget::Member(self.target_id)
+            }
         };
-        let existing = find_override(conn, self.channel_id, self.target_id).await?;
-        let (old_allow, old_deny) = existing
-            .as_ref()
-            .map(|o| (Permissions::from_stored(o.allow), Permissions::from_stored(o.deny)))
-            .unwrap_or_default();
-        require_bits(access.permissions, (old_allow ^ allow) | (old_deny ^ deny))?;
-        effects.op(
-            server_id,
-            StateCommand::SetOverride {
-                channel: self.channel_id,
-                target,
-                allow,
-                deny,
-            },
-        );
-        match existing {
-            Some(row) => {
-                sqlx::query("UPDATE channel_permission_overrides SET allow = $2, deny = $3 WHERE id = $1")
-                    .bind(row.id)
-                    .bind(allow.to_stored())
-                    .bind(deny.to_stored())
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            None => {
-                let (role_id, user_id) = match kind {
-                    OverrideKind::Role => (Some(self.target_id), None),
-                    OverrideKind::Member => (None, Some(self.target_id)),
-                };
-                sqlx::query(
-                    "INSERT INTO channel_permission_overrides (id, channel_id, role_id, user_id, allow, deny)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(together_crdt::projection::override_id(&self.channel_id, &target))
-                .bind(self.channel_id)
-                .bind(role_id)
-                .bind(user_id)
-                .bind(allow.to_stored())
-                .bind(deny.to_stored())
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
-        Ok(channel)
+        Ok(vec![StateCommand::SetOverride {
+            channel: self.channel_id,
+            target,
+            allow,
+            deny,
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+        load_channel(conn, self.channel_id).await
     }
 }
 
@@ -447,72 +320,31 @@ pub struct DeleteOverride {
 impl Command for DeleteOverride {
     type Output = Channel;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Channel> {
-        let access = actor_channel_access(conn, actor, self.channel_id).await?;
-        access.require(Permissions::MANAGE_ROLES)?;
-        let row = find_override(conn, self.channel_id, self.target_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("unknown_override", "this channel has no override for that target"))?;
-        require_bits(access.permissions, Permissions::from_stored(row.allow) | Permissions::from_stored(row.deny))?;
-        sqlx::query("DELETE FROM channel_permission_overrides WHERE id = $1")
-            .bind(row.id)
-            .execute(&mut *conn)
-            .await?;
-        let target = match row.role_id {
-            Some(role) => OverrideTarget::Role(role),
-            None => OverrideTarget::Member(self.target_id),
-        };
-        effects.op(
-            access.server.server_id,
-            StateCommand::DeleteOverride {
-                channel: self.channel_id,
-                target,
-            },
-        );
-        let channel = load_channel(conn, self.channel_id).await?;
-        effects.publish(channel_audience(&channel), Event::ChannelUpdated(Arc::new(channel.clone())));
-        Ok(channel)
+    fn not_found() -> ApiError {
+        unknown_channel()
     }
-}
 
-async fn find_override(conn: &mut PgConnection, channel_id: Uuid, target_id: Uuid) -> ApiResult<Option<OverrideRow>> {
-    Ok(sqlx::query_as(
-        "SELECT id, channel_id, role_id, user_id, allow, deny FROM channel_permission_overrides
-          WHERE channel_id = $1 AND (role_id = $2 OR user_id = $2)",
-    )
-    .bind(channel_id)
-    .bind(target_id)
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
-fn channel_audience(channel: &Channel) -> Audience {
-    Audience::Channel {
-        server_id: channel.server_id,
-        channel_id: channel.id,
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_channel(conn, self.channel_id).await
     }
-}
 
-fn invalid_parent(message: &str) -> ApiError {
-    ApiError::bad_request("invalid_parent", message)
-}
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        view.visible_channel(self.channel_id)?;
+        let overrides = view.state.channels.get(&self.channel_id).map(|c| &c.overrides);
+        // The path names a role or a member; whichever has an override.
+        let target = [OverrideTarget::Role(self.target_id), OverrideTarget::Member(self.target_id)]
+            .into_iter()
+            .find(|t| overrides.is_some_and(|o| o.contains_key(t)))
+            .unwrap_or(OverrideTarget::Role(self.target_id));
+        Ok(vec![StateCommand::DeleteOverride {
+            channel: self.channel_id,
+            target,
+        }])
+    }
 
-/// The parent must be a category of the same server that the actor can
-/// see, and only non-categories can have one.
-async fn check_parent(
-    conn: &mut PgConnection,
-    access: &ServerAccess,
-    kind: ChannelKind,
-    parent: Uuid,
-) -> ApiResult<()> {
-    if kind == ChannelKind::Category {
-        return Err(invalid_parent("a category cannot be inside another category"));
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+        load_channel(conn, self.channel_id).await
     }
-    let parent = channel_access_locked(conn, access.clone(), parent).await?;
-    if parent.kind != ChannelKind::Category {
-        return Err(invalid_parent("the parent must be a category"));
-    }
-    Ok(())
 }
 
 fn validate_position(position: i32) -> ApiResult<()> {
@@ -554,8 +386,6 @@ fn attach_overrides(channel: &mut Channel, rows: &[OverrideRow]) {
     channel.permission_overrides = overrides;
 }
 
-/// Every channel of a server in order, each with its overrides (filled in)
-/// and the raw override rows for permission checks.
 /// Every channel of a server, ordered by position, with its overrides
 /// (both as shown to clients and as rows for permission checks).
 pub async fn channels_with_overrides(

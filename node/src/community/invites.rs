@@ -2,8 +2,9 @@
 //!
 //! A code is 8 random base62 characters. An invite is *live* while it has
 //! not expired and, if it has a use limit, has been used fewer times than
-//! that; only live invites can be previewed or used. Using one checks and
-//! counts the use in a single conditional `UPDATE`, so with `max_uses = n`
+//! that; only live invites can be previewed or used. A join is a `Join`
+//! op naming the code: the community's rules count its uses, and since
+//! structural writes of a node run one at a time, with `max_uses = n`
 //! exactly `n` joins succeed however many race.
 
 use chrono::{DateTime, Duration, Utc};
@@ -11,15 +12,11 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde::Deserialize;
 use sqlx::PgConnection;
-use together_protocol::permissions::Permissions;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::members::add_member;
 use super::servers::fetch_server;
-use super::{
-    Command, Effects, actor_access, actor_access_or, channel_access_locked, lock_server, not_found_as, unknown_invite,
-};
+use super::{Command, View, server_named, unknown_invite, unknown_server};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Invite, InviteServer, Server};
 use together_crdt::Command as StateCommand;
@@ -50,19 +47,31 @@ pub struct NewInvite {
 pub struct CreateInvite {
     pub server_id: Uuid,
     pub invite: NewInvite,
+    /// The code, chosen when planned.
+    code: String,
+}
+
+impl CreateInvite {
+    pub fn new(server_id: Uuid, invite: NewInvite) -> Self {
+        Self {
+            server_id,
+            invite,
+            code: String::new(),
+        }
+    }
 }
 
 impl Command for CreateInvite {
     type Output = Invite;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Invite> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::CREATE_INVITE)?;
-        let input = self.invite;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let input = &self.invite;
         if let Some(channel_id) = input.channel_id {
-            channel_access_locked(conn, access.clone(), channel_id)
-                .await?
-                .require(Permissions::CREATE_INVITE)?;
+            view.visible_channel(channel_id)?;
         }
         let max_age = input.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS);
         if !(0..=MAX_AGE_SECONDS).contains(&max_age) {
@@ -78,33 +87,27 @@ impl Command for CreateInvite {
         let expires_at: Option<DateTime<Utc>> = (max_age > 0).then(|| Utc::now() + Duration::seconds(max_age));
         for _ in 0..8 {
             let code = new_code();
-            let inserted = sqlx::query(
-                "INSERT INTO invites (code, server_id, channel_id, inviter_id, max_uses, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (code) DO NOTHING",
-            )
-            .bind(&code)
-            .bind(self.server_id)
-            .bind(input.channel_id)
-            .bind(actor)
-            .bind(max_uses)
-            .bind(expires_at)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                effects.op(
-                    self.server_id,
-                    StateCommand::CreateInvite {
-                        code: code.clone(),
-                        channel: input.channel_id,
-                        max_uses,
-                        expires_at: expires_at.map(|t| t.timestamp()),
-                    },
-                );
-                return fetch_invite(&mut *conn, &code, false).await;
+            // Codes are unique across every community of this node.
+            let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM invites WHERE code = $1)")
+                .bind(&code)
+                .fetch_one(&mut *conn)
+                .await?;
+            if taken || view.state.invites.contains_key(&code) {
+                continue;
             }
+            self.code = code.clone();
+            return Ok(vec![StateCommand::CreateInvite {
+                code,
+                channel: input.channel_id,
+                max_uses,
+                expires_at: expires_at.map(|t| t.timestamp()),
+            }]);
         }
         Err(ApiError::internal("no free invite code after 8 tries"))
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Invite> {
+        fetch_invite(&mut *conn, &self.code, false).await
     }
 }
 
@@ -117,23 +120,19 @@ pub struct DeleteInvite {
 impl Command for DeleteInvite {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        check_code(&self.code)?;
-        let found: Option<(Uuid, Option<Uuid>)> =
-            sqlx::query_as("SELECT server_id, inviter_id FROM invites WHERE code = $1")
-                .bind(&self.code)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let (server_id, inviter) = found.ok_or_else(unknown_invite)?;
-        let access = actor_access_or(conn, actor, server_id, unknown_invite).await?;
-        if inviter != Some(actor) {
-            access.require(Permissions::MANAGE_SERVER)?;
-        }
-        sqlx::query("DELETE FROM invites WHERE code = $1")
-            .bind(&self.code)
-            .execute(&mut *conn)
-            .await?;
-        effects.op(server_id, StateCommand::RevokeInvite { code: self.code });
+    fn not_found() -> ApiError {
+        unknown_invite()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_invite(conn, &self.code).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        Ok(vec![StateCommand::RevokeInvite { code: self.code.clone() }])
+    }
+
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
         Ok(())
     }
 }
@@ -155,63 +154,55 @@ pub struct Joined {
 }
 
 impl Command for JoinServer {
+    /// The server, and whether the caller was not a member before.
     type Output = Joined;
+    const MEMBERS_ONLY: bool = false;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Joined> {
-        check_code(&self.code)?;
-        let server_id: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM invites WHERE code = $1")
-            .bind(&self.code)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let server_id = server_id
-            .filter(|id| self.server_id.is_none_or(|wanted| wanted == *id))
-            .ok_or_else(unknown_invite)?;
-        lock_server(conn, server_id)
-            .await
-            .map_err(|err| not_found_as(err, unknown_invite))?;
-        let (banned, member): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM bans WHERE server_id = $1 AND user_id = $2),
-                    EXISTS (SELECT 1 FROM server_members WHERE server_id = $1 AND user_id = $2)",
-        )
-        .bind(server_id)
-        .bind(actor)
-        .fetch_one(&mut *conn)
-        .await?;
-        if banned {
-            return Err(ApiError::forbidden("banned", "you are banned from this server"));
-        }
-        if member {
-            return Ok(Joined {
-                server: fetch_server(&mut *conn, server_id).await?,
-                new_member: false,
-            });
-        }
-        let used = sqlx::query(
-            "UPDATE invites SET uses = uses + 1
-              WHERE code = $1
-                AND (expires_at IS NULL OR expires_at > now())
-                AND (max_uses IS NULL OR uses < max_uses)",
-        )
-        .bind(&self.code)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if used == 0 {
+    fn not_found() -> ApiError {
+        unknown_invite()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        let server_id = server_of_invite(conn, &self.code).await?;
+        if self.server_id.is_some_and(|wanted| wanted != server_id) {
             return Err(unknown_invite());
         }
-        effects.op(
-            server_id,
-            StateCommand::Join {
-                invite: Some(self.code.clone()),
-            },
-        );
-        add_member(conn, effects, server_id, actor).await?;
-        tracing::info!(server = %server_id, user = %actor, "member joined by invite");
+        self.server_id = Some(server_id);
+        Ok(server_id)
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        if view.is_member() {
+            // Already in: nothing to do, and no use is counted.
+            self.code.clear();
+            return Ok(Vec::new());
+        }
+        Ok(vec![StateCommand::Join {
+            invite: Some(self.code.clone()),
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Joined> {
+        let new_member = !self.code.is_empty();
+        if new_member {
+            tracing::info!(server = %server_id, user = %actor, "member joined by invite");
+        }
         Ok(Joined {
             server: fetch_server(&mut *conn, server_id).await?,
-            new_member: true,
+            new_member,
         })
     }
+}
+
+/// The community an invite is for; 404 `unknown_invite`.
+async fn server_of_invite(conn: &mut PgConnection, code: &str) -> ApiResult<Uuid> {
+    check_code(code)?;
+    let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM invites WHERE code = $1")
+        .bind(code)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let server_id = found.ok_or_else(unknown_invite)?;
+    server_named(conn, server_id, unknown_invite).await
 }
 
 /// A code that cannot exist (wrong length or characters) is unknown,

@@ -1,27 +1,23 @@
 //! Members: nicknames, role assignments, leaving, kicks, and reading
 //! members back. Joining is in [`super::invites`].
 
-use together_crdt::Command as StateCommand;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use sqlx::PgConnection;
-use together_protocol::permissions::Permissions;
+use together_crdt::Command as StateCommand;
+use together_crdt::authz::NICKNAME_MAX as CRDT_NICKNAME_MAX;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Command, Effects, actor_access, hierarchy, member_access, unknown_member, unknown_role};
-use crate::bus::{Audience, Event};
+use super::{Command, MAX_ROLES, View, server_named, unknown_member, unknown_server};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
-use crate::http::users::fetch_user;
-use crate::model::{Member, ServerUserEvent, UserRow};
-use crate::perms::ServerAccess;
+use crate::model::{Member, UserRow};
 
 /// Longest nickname, in characters.
-pub const NICKNAME_MAX: usize = 32;
+pub const NICKNAME_MAX: usize = CRDT_NICKNAME_MAX;
 
 /// A member in a path: a user id or `@me`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,43 +70,26 @@ pub struct UpdateMember {
 impl Command for UpdateMember {
     type Output = Member;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Member> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        let target = member_access(conn, self.server_id, self.user_id).await?;
-        let mut changed = false;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let mut commands = Vec::new();
         if let Some(nickname) = self.changes.nickname.as_deref() {
-            if self.user_id == actor {
-                access.require(Permissions::CHANGE_NICKNAME)?;
-            } else {
-                access.require(Permissions::MANAGE_NICKNAMES)?;
-                if !access.outranks(target.top_position) {
-                    return Err(hierarchy("you can only change the nicknames of members below you"));
-                }
-            }
-            let nickname = optional_text("nickname", Some(nickname), NICKNAME_MAX)?;
-            effects.op(
-                self.server_id,
-                StateCommand::SetNickname {
-                    user: self.user_id,
-                    nickname: nickname.clone(),
-                },
-            );
-            sqlx::query("UPDATE server_members SET nickname = $3 WHERE server_id = $1 AND user_id = $2")
-                .bind(self.server_id)
-                .bind(self.user_id)
-                .bind(&nickname)
-                .execute(&mut *conn)
-                .await?;
-            changed = true;
+            commands.push(StateCommand::SetNickname {
+                user: self.user_id,
+                nickname: optional_text("nickname", Some(nickname), NICKNAME_MAX)?,
+            });
         }
-        if let Some(roles) = self.changes.roles {
-            changed |= change_roles(conn, effects, &access, &target, RoleChange::Set(roles)).await?;
+        if let Some(roles) = &self.changes.roles {
+            commands.extend(role_change(&view, self.user_id, RoleChange::Set(roles.clone()))?);
         }
-        let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
-        if changed {
-            effects.publish(Audience::Server(self.server_id), Event::ServerMemberUpdated(Arc::new(member.clone())));
-        }
-        Ok(member)
+        Ok(commands)
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Member> {
+        fetch_member(&mut *conn, server_id, self.user_id).await
     }
 }
 
@@ -135,106 +114,48 @@ pub struct ChangeMemberRoles {
 impl Command for ChangeMemberRoles {
     type Output = Member;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Member> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_ROLES)?;
-        let target = member_access(conn, self.server_id, self.user_id).await?;
-        let changed = change_roles(conn, effects, &access, &target, self.change).await?;
-        let member = fetch_member(&mut *conn, self.server_id, self.user_id).await?;
-        if changed {
-            effects.publish(Audience::Server(self.server_id), Event::ServerMemberUpdated(Arc::new(member.clone())));
-        }
-        Ok(member)
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        role_change(&view, self.user_id, self.change.clone())
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Member> {
+        fetch_member(&mut *conn, server_id, self.user_id).await
     }
 }
 
-/// Applies a role change after the checks; whether anything changed.
-async fn change_roles(
-    conn: &mut PgConnection,
-    effects: &mut Effects,
-    access: &ServerAccess,
-    target: &ServerAccess,
-    change: RoleChange,
-) -> ApiResult<bool> {
-    access.require(Permissions::MANAGE_ROLES)?;
-    let server_id = access.server_id;
+/// The member's whole role set after `change`, as a state command.
+fn role_change(view: &View<'_>, user_id: Uuid, change: RoleChange) -> ApiResult<Vec<StateCommand>> {
     let named: Vec<Uuid> = match &change {
         RoleChange::Set(ids) => ids.clone(),
         RoleChange::Add(id) | RoleChange::Remove(id) => vec![*id],
     };
-    if named.len() > super::MAX_ROLES as usize {
+    if named.len() > MAX_ROLES {
         return Err(ApiError::invalid("too many roles"));
     }
-    // Positions of the roles named and of those the member holds now.
-    let lookup: Vec<Uuid> = named.iter().chain(&target.role_ids).copied().collect();
-    let positions: HashMap<Uuid, i32> =
-        sqlx::query_as::<_, (Uuid, i32)>("SELECT id, position FROM roles WHERE server_id = $1 AND id = ANY($2)")
-            .bind(server_id)
-            .bind(&lookup)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-    for id in &named {
-        if *id == server_id {
-            return Err(ApiError::bad_request(
-                "everyone_role",
-                "every member holds @everyone; it cannot be assigned or removed",
-            ));
-        }
-        if !positions.contains_key(id) {
-            return Err(unknown_role());
-        }
-    }
-    let current: HashSet<Uuid> = target.role_ids.iter().copied().collect();
-    let wanted: HashSet<Uuid> = match &change {
-        RoleChange::Set(ids) => ids.iter().copied().collect(),
-        RoleChange::Add(id) => current.iter().copied().chain([*id]).collect(),
-        RoleChange::Remove(id) => current.iter().copied().filter(|r| r != id).collect(),
-    };
-    let added: Vec<Uuid> = wanted.difference(&current).copied().collect();
-    let removed: Vec<Uuid> = current.difference(&wanted).copied().collect();
-    // Every role added or removed, and a single role named explicitly even
-    // when it changes nothing, must be below the actor's highest role.
-    let mut touched: HashSet<Uuid> = added.iter().chain(&removed).copied().collect();
-    if !matches!(change, RoleChange::Set(_)) {
-        touched.extend(named.iter().copied());
-    }
-    if touched
+    let member = view.state.members.get(&user_id).ok_or_else(unknown_member)?;
+    let current: BTreeSet<Uuid> = member
+        .roles
         .iter()
-        .any(|id| positions.get(id).is_some_and(|position| !access.outranks(*position)))
-    {
-        return Err(hierarchy("you can only give or take roles below your highest role"));
+        .filter(|r| view.state.roles.contains_key(r) && **r != view.server_id)
+        .copied()
+        .collect();
+    let roles: BTreeSet<Uuid> = match change {
+        RoleChange::Set(ids) => ids.into_iter().collect(),
+        RoleChange::Add(id) => current.iter().copied().chain([id]).collect(),
+        RoleChange::Remove(id) => current.iter().copied().filter(|r| *r != id).collect(),
+    };
+    let unchanged = roles == current;
+    let command = StateCommand::SetMemberRoles { user: user_id, roles };
+    if unchanged {
+        // A change that changes nothing is not made, but still judged.
+        view.judge(&command)?;
+        return Ok(Vec::new());
     }
-    if !added.is_empty() {
-        sqlx::query(
-            "INSERT INTO member_roles (server_id, user_id, role_id)
-             SELECT $1, $2, unnest($3::uuid[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(server_id)
-        .bind(target.user_id)
-        .bind(&added)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !removed.is_empty() {
-        sqlx::query("DELETE FROM member_roles WHERE server_id = $1 AND user_id = $2 AND role_id = ANY($3)")
-            .bind(server_id)
-            .bind(target.user_id)
-            .bind(&removed)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if !added.is_empty() || !removed.is_empty() {
-        effects.op(
-            server_id,
-            StateCommand::SetMemberRoles {
-                user: target.user_id,
-                roles: wanted.iter().copied().collect(),
-            },
-        );
-    }
-    Ok(!added.is_empty() || !removed.is_empty())
+    Ok(vec![command])
 }
 
 /// The actor leaves a server; the owner cannot.
@@ -246,16 +167,16 @@ pub struct LeaveServer {
 impl Command for LeaveServer {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        if access.is_owner() {
-            return Err(ApiError::bad_request(
-                "owner_cannot_leave",
-                "the owner cannot leave their server; delete it instead",
-            ));
-        }
-        effects.op(self.server_id, StateCommand::Leave);
-        remove_member(conn, effects, self.server_id, actor).await
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        Ok(vec![StateCommand::Leave])
+    }
+
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+        Ok(())
     }
 }
 
@@ -269,75 +190,17 @@ pub struct KickMember {
 impl Command for KickMember {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::KICK_MEMBERS)?;
-        if self.user_id == actor {
-            return Err(ApiError::bad_request(
-                "cannot_target_self",
-                "you cannot kick yourself; leave with DELETE .../members/@me",
-            ));
-        }
-        let target = member_access(conn, self.server_id, self.user_id).await?;
-        if target.is_owner() || !access.outranks(target.top_position) {
-            return Err(hierarchy("you can only kick members below you"));
-        }
-        effects.op(self.server_id, StateCommand::Kick { user: self.user_id });
-        remove_member(conn, effects, self.server_id, self.user_id).await
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
     }
-}
 
-/// Deletes a membership (its roles go with it) and any voice state in the
-/// server, and records `SERVER_MEMBER_REMOVE` for the server and the user.
-pub(crate) async fn remove_member(
-    conn: &mut PgConnection,
-    effects: &mut Effects,
-    server_id: Uuid,
-    user_id: Uuid,
-) -> ApiResult<()> {
-    let removed = sqlx::query("DELETE FROM server_members WHERE server_id = $1 AND user_id = $2")
-        .bind(server_id)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if removed == 0 {
-        return Err(unknown_member());
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        Ok(vec![StateCommand::Kick { user: self.user_id }])
     }
-    sqlx::query("DELETE FROM voice_states WHERE server_id = $1 AND user_id = $2")
-        .bind(server_id)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
-    let user = fetch_user(&mut *conn, user_id).await?;
-    effects.publish(
-        Audience::ServerAndUsers {
-            server_id,
-            users: vec![user_id],
-        },
-        Event::ServerMemberRemoved(ServerUserEvent { server_id, user }),
-    );
-    Ok(())
-}
 
-/// Adds a membership and records `SERVER_MEMBER_ADD` for the server and
-/// `SERVER_CREATE` for the new member.
-pub(crate) async fn add_member(
-    conn: &mut PgConnection,
-    effects: &mut Effects,
-    server_id: Uuid,
-    user_id: Uuid,
-) -> ApiResult<Member> {
-    sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
-        .bind(server_id)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
-    let member = fetch_member(&mut *conn, server_id, user_id).await?;
-    let server = super::servers::fetch_server(&mut *conn, server_id).await?;
-    effects.publish(Audience::Server(server_id), Event::ServerMemberAdded(Arc::new(member.clone())));
-    effects.publish(Audience::User(user_id), Event::ServerCreated(Arc::new(server)));
-    Ok(member)
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+        Ok(())
+    }
 }
 
 #[derive(sqlx::FromRow)]

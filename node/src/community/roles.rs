@@ -5,7 +5,7 @@
 //! here keeps it that way. A member acts only on roles strictly below
 //! their own highest role; the owner acts on all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -13,13 +13,9 @@ use together_protocol::permissions::Permissions;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{
-    Command, Effects, MAX_ROLES, actor_access, actor_access_or, hierarchy, require_bits, unknown_role, validate_name,
-};
-use crate::bus::{Audience, Event};
+use super::{Command, MAX_ROLES, View, server_named, unknown_role, unknown_server, validate_name};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{ROLE_COLUMNS, Role, RoleDeleted, RoleEvent, RoleRow};
-use crate::perms::ServerAccess;
+use crate::model::{ROLE_COLUMNS, Role, RoleRow};
 use together_crdt::Command as StateCommand;
 
 /// Body of `POST /api/servers/{server_id}/roles`.
@@ -47,76 +43,46 @@ pub struct NewRole {
 pub struct CreateRole {
     pub server_id: Uuid,
     pub role: NewRole,
+    /// The new role's id, chosen when planned.
+    id: Uuid,
+}
+
+impl CreateRole {
+    pub fn new(server_id: Uuid, role: NewRole) -> Self {
+        Self {
+            server_id,
+            role,
+            id: Uuid::now_v7(),
+        }
+    }
 }
 
 impl Command for CreateRole {
     type Output = Role;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Role> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_ROLES)?;
-        let r = self.role;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let r = &self.role;
         let name = validate_name("name", &r.name)?;
-        validate_color(r.color)?;
-        let permissions = r.permissions.unwrap_or_default();
-        require_bits(access.permissions, permissions)?;
-        // The new role lands at 1 and everything else moves up, so it is
-        // below the actor's top role as long as they hold any role.
-        if !access.is_owner() && access.top_position < 1 {
-            return Err(hierarchy("you need a role of your own to create roles below it"));
-        }
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM roles WHERE server_id = $1")
-            .bind(self.server_id)
-            .fetch_one(&mut *conn)
-            .await?;
-        if count >= MAX_ROLES {
-            return Err(ApiError::bad_request(
-                "too_many_roles",
-                format!("a server can have at most {MAX_ROLES} roles"),
-            ));
-        }
-        let before = positions(conn, self.server_id).await?;
-        sqlx::query("UPDATE roles SET position = position + 1 WHERE server_id = $1 AND position >= 1")
-            .bind(self.server_id)
-            .execute(&mut *conn)
-            .await?;
-        let after = positions(conn, self.server_id).await?;
-        position_ops(effects, &access, &before, &after);
-        let id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO roles (id, server_id, name, permissions, color, hoist, mentionable, position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
-        )
-        .bind(id)
-        .bind(self.server_id)
-        .bind(&name)
-        .bind(permissions.to_stored())
-        .bind(r.color)
-        .bind(r.hoist)
-        .bind(r.mentionable)
-        .execute(&mut *conn)
-        .await?;
-        effects.op(
-            self.server_id,
-            StateCommand::CreateRole {
-                id,
-                name: name.clone(),
-                permissions,
-                color: r.color,
-                hoist: r.hoist,
-                mentionable: r.mentionable,
-                position: 1,
-            },
-        );
-        let role = fetch_role(&mut *conn, id).await?;
-        effects.publish(
-            Audience::Server(self.server_id),
-            Event::RoleCreated(RoleEvent {
-                server_id: self.server_id,
-                role: role.clone(),
-            }),
-        );
-        Ok(role)
+        // The new role lands at 1 and the others move up one.
+        let mut commands = shifted(&view, |position| (position >= 1).then_some(position + 1));
+        commands.push(StateCommand::CreateRole {
+            id: self.id,
+            name,
+            permissions: r.permissions.unwrap_or_default(),
+            color: r.color,
+            hoist: r.hoist,
+            mentionable: r.mentionable,
+            position: 1,
+        });
+        Ok(commands)
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Role> {
+        fetch_role(&mut *conn, self.id).await
     }
 }
 
@@ -146,65 +112,30 @@ pub struct UpdateRole {
 impl Command for UpdateRole {
     type Output = Role;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Role> {
-        let (access, role) = role_access(conn, actor, self.role_id).await?;
-        let c = self.changes;
-        let is_everyone = role.id == role.server_id;
-        let name = match c.name.as_deref() {
-            Some(_) if is_everyone => {
-                return Err(ApiError::bad_request("everyone_role", "the @everyone role cannot be renamed"));
-            }
-            Some(n) => Some(validate_name("name", n)?),
-            None => None,
-        };
-        if let Some(permissions) = c.permissions {
-            require_bits(access.permissions, permissions ^ role.permissions)?;
-        }
-        if let Some(color) = c.color {
-            validate_color(color)?;
-        }
-        sqlx::query(
-            "UPDATE roles SET
-                name = COALESCE($2, name),
-                permissions = COALESCE($3, permissions),
-                color = CASE WHEN $4 THEN $5 ELSE color END,
-                hoist = COALESCE($6, hoist),
-                mentionable = COALESCE($7, mentionable)
-             WHERE id = $1",
-        )
-        .bind(role.id)
-        .bind(name.clone())
-        .bind(c.permissions.map(Permissions::to_stored))
-        .bind(c.color.is_some())
-        .bind(c.color.flatten())
-        .bind(c.hoist)
-        .bind(c.mentionable)
-        .execute(&mut *conn)
-        .await?;
-        if name.is_some() || c.permissions.is_some() || c.color.is_some() || c.hoist.is_some() || c.mentionable.is_some()
-        {
-            effects.op(
-                role.server_id,
-                StateCommand::UpdateRole {
-                    id: role.id,
-                    name,
-                    permissions: c.permissions,
-                    color: c.color,
-                    hoist: c.hoist,
-                    mentionable: c.mentionable,
-                    position: None,
-                },
-            );
-        }
-        let updated = fetch_role(&mut *conn, role.id).await?;
-        effects.publish(
-            Audience::Server(role.server_id),
-            Event::RoleUpdated(RoleEvent {
-                server_id: role.server_id,
-                role: updated.clone(),
-            }),
-        );
-        Ok(updated)
+    fn not_found() -> ApiError {
+        unknown_role()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_role(conn, self.role_id).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let c = &self.changes;
+        let name = c.name.as_deref().map(|n| validate_name("name", n)).transpose()?;
+        Ok(vec![StateCommand::UpdateRole {
+            id: self.role_id,
+            name,
+            permissions: c.permissions,
+            color: c.color,
+            hoist: c.hoist,
+            mentionable: c.mentionable,
+            position: None,
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Role> {
+        fetch_role(&mut *conn, self.role_id).await
     }
 }
 
@@ -218,32 +149,25 @@ pub struct DeleteRole {
 impl Command for DeleteRole {
     type Output = ();
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let (access, role) = role_access(conn, actor, self.role_id).await?;
-        if role.id == role.server_id {
-            return Err(ApiError::bad_request("everyone_role", "the @everyone role cannot be deleted"));
+    fn not_found() -> ApiError {
+        unknown_role()
+    }
+
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_of_role(conn, self.role_id).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let mut commands = vec![StateCommand::DeleteRole { id: self.role_id }];
+        // The roles above it close up.
+        if let Some(gone) = view.state.roles.get(&self.role_id).filter(|_| self.role_id != view.server_id) {
+            let gone = gone.position;
+            commands.extend(shifted(&view, |position| (position > gone).then_some(position - 1)));
         }
-        effects.op(role.server_id, StateCommand::DeleteRole { id: role.id });
-        let before = positions(conn, role.server_id).await?;
-        // member_roles and channel overrides go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM roles WHERE id = $1")
-            .bind(role.id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("UPDATE roles SET position = position - 1 WHERE server_id = $1 AND position > $2")
-            .bind(role.server_id)
-            .bind(role.position)
-            .execute(&mut *conn)
-            .await?;
-        let after = positions(conn, role.server_id).await?;
-        position_ops(effects, &access, &before, &after);
-        effects.publish(
-            Audience::Server(role.server_id),
-            Event::RoleDeleted(RoleDeleted {
-                server_id: role.server_id,
-                role_id: role.id,
-            }),
-        );
+        Ok(commands)
+    }
+
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
         Ok(())
     }
 }
@@ -270,28 +194,29 @@ impl Command for ReorderRoles {
     /// Every role of the server afterwards, by position.
     type Output = Vec<Role>;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Vec<Role>> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_ROLES)?;
-        let roles = list_roles(&mut *conn, self.server_id).await?;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let roles = &view.state.roles;
         let mut seen = HashSet::new();
         let mut moves = Vec::new();
         for m in &self.moves {
             if !seen.insert(m.id) {
                 return Err(ApiError::invalid(format!("role {} is listed twice", m.id)));
             }
-            let role = roles.iter().find(|r| r.id == m.id).ok_or_else(unknown_role)?;
-            if role.id == self.server_id {
+            if !roles.contains_key(&m.id) {
+                return Err(unknown_role());
+            }
+            if m.id == view.server_id {
                 if m.position != 0 {
                     return Err(ApiError::bad_request("everyone_role", "@everyone always stays at position 0"));
                 }
                 continue;
             }
-            if m.position < 1 || m.position as i64 > MAX_ROLES {
+            if m.position < 1 || m.position as usize > MAX_ROLES {
                 return Err(ApiError::invalid(format!("role positions run from 1 to {MAX_ROLES}")));
-            }
-            if !access.outranks(role.position) || !access.outranks(m.position) {
-                return Err(hierarchy("you can only move roles below your highest role, to places below it"));
             }
             moves.push((m.position, m.id));
         }
@@ -299,121 +224,73 @@ impl Command for ReorderRoles {
         // its slot, lowest slot first.
         moves.sort();
         let moved: HashSet<Uuid> = moves.iter().map(|(_, id)| *id).collect();
-        let mut order: Vec<Uuid> = roles
+        let mut rest: Vec<(i32, Uuid)> = roles
             .iter()
-            .filter(|r| r.id != self.server_id && !moved.contains(&r.id))
-            .map(|r| r.id)
+            .filter(|(id, _)| **id != view.server_id && !moved.contains(id))
+            .map(|(id, r)| (r.position, *id))
             .collect();
+        rest.sort();
+        let mut order: Vec<Uuid> = rest.into_iter().map(|(_, id)| id).collect();
         for (position, id) in moves {
             let index = (position as usize - 1).min(order.len());
             order.insert(index, id);
         }
-        let mut changed = Vec::new();
+        let mut commands = Vec::new();
         for (index, id) in order.iter().enumerate() {
             let new_position = index as i32 + 1;
-            let Some(role) = roles.iter().find(|r| r.id == *id) else {
-                continue;
-            };
-            if role.position == new_position {
-                continue;
+            if roles.get(id).is_some_and(|r| r.position != new_position) {
+                commands.push(move_role(*id, new_position));
+            } else if moved.contains(id) {
+                view.judge(&move_role(*id, new_position))?;
             }
-            if !access.outranks(role.position) || !access.outranks(new_position) {
-                return Err(hierarchy("that order would move a role at or above your highest role"));
-            }
-            sqlx::query("UPDATE roles SET position = $2 WHERE id = $1")
-                .bind(id)
-                .bind(new_position)
-                .execute(&mut *conn)
-                .await?;
-            effects.op(
-                self.server_id,
-                StateCommand::UpdateRole {
-                    id: *id,
-                    name: None,
-                    permissions: None,
-                    color: None,
-                    hoist: None,
-                    mentionable: None,
-                    position: Some(new_position),
-                },
-            );
-            changed.push(*id);
         }
-        let roles = list_roles(&mut *conn, self.server_id).await?;
-        for role in roles.iter().filter(|r| changed.contains(&r.id)) {
-            effects.publish(
-                Audience::Server(self.server_id),
-                Event::RoleUpdated(RoleEvent {
-                    server_id: self.server_id,
-                    role: role.clone(),
-                }),
-            );
-        }
-        Ok(roles)
+        Ok(commands)
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Vec<Role>> {
+        list_roles(&mut *conn, server_id).await
     }
 }
 
-/// Every role's position in a server (`@everyone` left out).
-async fn positions(conn: &mut PgConnection, server_id: Uuid) -> ApiResult<HashMap<Uuid, i32>> {
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as("SELECT id, position FROM roles WHERE server_id = $1 AND id <> $1")
-        .bind(server_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(rows.into_iter().collect())
+fn move_role(id: Uuid, position: i32) -> StateCommand {
+    StateCommand::UpdateRole {
+        id,
+        name: None,
+        permissions: None,
+        color: None,
+        hoist: None,
+        mentionable: None,
+        position: Some(position),
+    }
 }
 
-/// State commands for roles that a shift moved. Only moves the actor's
-/// standing allows are recorded (a role at or above their own stays where
-/// it was in the community state); the projection then decides.
-fn position_ops(effects: &mut Effects, access: &ServerAccess, before: &HashMap<Uuid, i32>, after: &HashMap<Uuid, i32>) {
-    let mut moved: Vec<(Uuid, i32)> = after
+/// Moves for the roles a shift moves (`@everyone` never moves). A role at
+/// or above the actor's highest role stays where it is, old or new place:
+/// the rules would refuse to move it, and the shift is the node's doing,
+/// not the caller's request.
+fn shifted(view: &View<'_>, shift: impl Fn(i32) -> Option<i32>) -> Vec<StateCommand> {
+    let standing = view.standing();
+    let below = |position: i32| standing.owner || standing.rank > i64::from(position);
+    let mut moved: Vec<(Uuid, i32)> = view
+        .state
+        .roles
         .iter()
-        .filter(|(id, position)| before.get(id).is_some_and(|old| old != *position))
-        .filter(|(id, position)| {
-            access.outranks(**position) && before.get(id).is_some_and(|old| access.outranks(*old))
-        })
-        .map(|(id, position)| (*id, *position))
+        .filter(|(id, _)| **id != view.server_id)
+        .filter_map(|(id, r)| shift(r.position).map(|to| (*id, r.position, to)))
+        .filter(|(_, from, to)| below(*from) && below(*to))
+        .map(|(id, _, to)| (id, to))
         .collect();
     moved.sort();
-    for (id, position) in moved {
-        effects.op(
-            access.server_id,
-            StateCommand::UpdateRole {
-                id,
-                name: None,
-                permissions: None,
-                color: None,
-                hoist: None,
-                mentionable: None,
-                position: Some(position),
-            },
-        );
-    }
+    moved.into_iter().map(|(id, to)| move_role(id, to)).collect()
 }
 
-/// Locks the role's server and checks the actor may manage this role:
-/// member (else 404 `unknown_role`), MANAGE_ROLES, and strictly above it.
-async fn role_access(conn: &mut PgConnection, actor: Uuid, role_id: Uuid) -> ApiResult<(ServerAccess, Role)> {
-    let server_id: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM roles WHERE id = $1")
+/// The community a role belongs to; 404 `unknown_role`.
+async fn server_of_role(conn: &mut PgConnection, role_id: Uuid) -> ApiResult<Uuid> {
+    let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM roles WHERE id = $1")
         .bind(role_id)
         .fetch_optional(&mut *conn)
         .await?;
-    let server_id = server_id.ok_or_else(unknown_role)?;
-    let access = actor_access_or(conn, actor, server_id, unknown_role).await?;
-    access.require(Permissions::MANAGE_ROLES)?;
-    // Read again under the lock.
-    let role = fetch_role(&mut *conn, role_id).await?;
-    if !access.outranks(role.position) {
-        return Err(hierarchy("you can only manage roles below your highest role"));
-    }
-    Ok((access, role))
-}
-
-fn validate_color(color: Option<i32>) -> ApiResult<()> {
-    match color {
-        Some(c) if !(0..=0xFF_FFFF).contains(&c) => Err(ApiError::invalid("color must be 0 to 16777215")),
-        _ => Ok(()),
-    }
+    found.ok_or_else(unknown_role)
 }
 
 /// Every role of a server, `@everyone` first, by position.

@@ -1,31 +1,20 @@
 //! Creating, editing and deleting a server, and reading it back.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 use sqlx::PgConnection;
-use together_protocol::permissions::Permissions;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Command, Effects, TOPIC_MAX, actor_access, validate_name};
+use super::{Command, TOPIC_MAX, View, server_named, state_kind, unknown_server, validate_name};
 use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
 use crate::http::users::validate_url;
 use crate::model::{ChannelKind, EffectivePermissions, Server, ServerDeleted};
 use crate::perms;
+use crate::state::AppState;
 use together_crdt::{Command as StateCommand, Genesis};
 use together_protocol::identity::UserPublicKey;
-
-/// The state-command form of a channel kind.
-pub(crate) fn state_kind(kind: ChannelKind) -> together_crdt::ChannelKind {
-    match kind {
-        ChannelKind::Text => together_crdt::ChannelKind::Text,
-        ChannelKind::Voice => together_crdt::ChannelKind::Voice,
-        ChannelKind::Category => together_crdt::ChannelKind::Category,
-    }
-}
 
 /// `POST /api/servers`: a new server owned by the actor, with an
 /// `@everyone` role, a "Text Channels" category holding `#general` and a
@@ -39,57 +28,41 @@ pub struct CreateServer {
     pub icon_url: Option<String>,
     /// Up to 1024 characters.
     pub description: Option<String>,
+    /// The genesis nonce, chosen when the community is found.
+    #[serde(skip)]
+    nonce: [u8; 16],
 }
 
 impl Command for CreateServer {
     type Output = Server;
+    const MEMBERS_ONLY: bool = false;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Server> {
-        let name = validate_name("name", &self.name)?;
-        let icon_url = match self.icon_url.as_deref() {
-            Some(url) => validate_url("icon_url", url)?,
-            None => None,
-        };
-        let description = optional_text("description", self.description.as_deref(), TOPIC_MAX)?;
-        // The community id derives from the owner's key and a fresh nonce,
-        // so every node can check the genesis op that creates it.
+    /// The community id derives from the owner's key and a fresh nonce,
+    /// so every node can check the genesis op that creates it.
+    async fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> ApiResult<Uuid> {
         let key: Vec<u8> = sqlx::query_scalar("SELECT public_key FROM users WHERE id = $1")
             .bind(actor)
             .fetch_one(&mut *conn)
             .await?;
         let owner = UserPublicKey::from_bytes(&key).map_err(ApiError::internal)?;
-        let nonce: [u8; 16] = rand::random();
-        let server_id = together_crdt::community_id(&owner, &nonce);
-        effects.op(
-            server_id,
-            StateCommand::Genesis(Genesis {
-                nonce,
-                name: name.clone(),
-                icon: icon_url.clone(),
-                description: description.clone(),
-                public: false,
-            }),
-        );
-        sqlx::query("INSERT INTO servers (id, name, owner_id, icon_url, description) VALUES ($1, $2, $3, $4, $5)")
-            .bind(server_id)
-            .bind(&name)
-            .bind(actor)
-            .bind(&icon_url)
-            .bind(&description)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO roles (id, server_id, name, permissions, position) VALUES ($1, $1, '@everyone', $2, 0)",
-        )
-        .bind(server_id)
-        .bind(Permissions::DEFAULT_EVERYONE.to_stored())
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("INSERT INTO server_members (server_id, user_id) VALUES ($1, $2)")
-            .bind(server_id)
-            .bind(actor)
-            .execute(&mut *conn)
-            .await?;
+        self.nonce = rand::random();
+        Ok(together_crdt::community_id(&owner, &self.nonce))
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let name = validate_name("name", &self.name)?;
+        let icon = match self.icon_url.as_deref() {
+            Some(url) => validate_url("icon_url", url)?,
+            None => None,
+        };
+        let description = optional_text("description", self.description.as_deref(), TOPIC_MAX)?;
+        let mut commands = vec![StateCommand::Genesis(Genesis {
+            nonce: self.nonce,
+            name,
+            icon,
+            description,
+            public: false,
+        })];
         let text_category = Uuid::now_v7();
         let voice_category = Uuid::now_v7();
         let layout = [
@@ -99,33 +72,21 @@ impl Command for CreateServer {
             (Uuid::now_v7(), "General", ChannelKind::Voice, Some(voice_category)),
         ];
         for (position, (id, name, kind, parent)) in layout.into_iter().enumerate() {
-            effects.op(
-                server_id,
-                StateCommand::CreateChannel {
-                    id,
-                    name: name.to_string(),
-                    kind: state_kind(kind),
-                    parent,
-                    topic: None,
-                    position: position as i32,
-                },
-            );
-            sqlx::query(
-                "INSERT INTO channels (id, server_id, name, kind, parent_id, position) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(server_id)
-            .bind(name)
-            .bind(kind)
-            .bind(parent)
-            .bind(position as i32)
-            .execute(&mut *conn)
-            .await?;
+            commands.push(StateCommand::CreateChannel {
+                id,
+                name: name.to_string(),
+                kind: state_kind(kind),
+                parent,
+                topic: None,
+                position: position as i32,
+            });
         }
-        let server = fetch_server(&mut *conn, server_id).await?;
-        effects.publish(Audience::User(actor), Event::ServerCreated(Arc::new(server.clone())));
+        Ok(commands)
+    }
+
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Server> {
         tracing::info!(server = %server_id, owner = %actor, "server created");
-        Ok(server)
+        fetch_server(&mut *conn, server_id).await
     }
 }
 
@@ -149,86 +110,88 @@ pub struct UpdateServer {
 impl Command for UpdateServer {
     type Output = Server;
 
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<Server> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        access.require(Permissions::MANAGE_SERVER)?;
-        let c = self.changes;
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+        server_named(conn, self.server_id, unknown_server).await
+    }
+
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+        let c = &self.changes;
         let name = c.name.as_deref().map(|n| validate_name("name", n)).transpose()?;
-        let icon_url = c.icon_url.as_deref().map(|u| validate_url("icon_url", u)).transpose()?;
+        let icon = c.icon_url.as_deref().map(|u| validate_url("icon_url", u)).transpose()?;
         let description = c
             .description
             .as_deref()
             .map(|d| optional_text("description", Some(d), TOPIC_MAX))
             .transpose()?;
-        sqlx::query(
-            "UPDATE servers SET
-                name = COALESCE($2, name),
-                icon_url = CASE WHEN $3 THEN $4 ELSE icon_url END,
-                description = CASE WHEN $5 THEN $6 ELSE description END
-             WHERE id = $1",
-        )
-        .bind(self.server_id)
-        .bind(&name)
-        .bind(icon_url.is_some())
-        .bind(icon_url.clone().flatten())
-        .bind(description.is_some())
-        .bind(description.clone().flatten())
-        .execute(&mut *conn)
+        Ok(vec![StateCommand::UpdateServer {
+            name,
+            icon,
+            description,
+            public: None,
+        }])
+    }
+
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Server> {
+        fetch_server(&mut *conn, server_id).await
+    }
+}
+
+/// Deletes a server and everything in it on this node (owner only).
+///
+/// Deleting is local, not a change to the community's state: this node
+/// forgets the community's ops and stops taking new ones; other nodes
+/// keep their replicas. So it is not judged by the community's rules but
+/// here: only the owner (as the community's state has it) may.
+pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> ApiResult<()> {
+    let mut book = state.federation.ops().lock().await;
+    book.settle().await;
+    let owner = book
+        .resolver(state, server_id)
+        .await?
+        .state()
+        .server
+        .as_ref()
+        .map(|s| s.owner);
+    let mut tx = state.db.begin().await?;
+    let row: Option<Uuid> = sqlx::query_scalar("SELECT owner_id FROM servers WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(server_id)
+        .fetch_optional(&mut *tx)
         .await?;
-        effects.op(
-            self.server_id,
-            StateCommand::UpdateServer {
-                name,
-                icon: icon_url,
-                description,
-                public: None,
-            },
-        );
-        let server = fetch_server(&mut *conn, self.server_id).await?;
-        effects.publish(Audience::Server(self.server_id), Event::ServerUpdated(Arc::new(server.clone())));
-        Ok(server)
+    let members: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM server_members WHERE server_id = $1")
+        .bind(server_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    // A community from before signed state has no ops yet: its row says.
+    let Some(owner) = owner.or(row).filter(|_| row.is_some()) else {
+        return Err(unknown_server());
+    };
+    if owner != actor {
+        return Err(if members.contains(&actor) {
+            ApiError::forbidden("owner_only", "only the server's owner can delete it")
+        } else {
+            unknown_server()
+        });
     }
-}
-
-/// Deletes a server and everything in it (owner only).
-#[derive(Debug, Clone)]
-pub struct DeleteServer {
-    pub server_id: Uuid,
-}
-
-impl Command for DeleteServer {
-    type Output = ();
-
-    async fn apply(self, conn: &mut PgConnection, actor: Uuid, effects: &mut Effects) -> ApiResult<()> {
-        let access = actor_access(conn, actor, self.server_id).await?;
-        if !access.is_owner() {
-            return Err(ApiError::forbidden("owner_only", "only the server's owner can delete it"));
-        }
-        let members: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM server_members WHERE server_id = $1")
-            .bind(self.server_id)
-            .fetch_all(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM servers WHERE id = $1")
-            .bind(self.server_id)
-            .execute(&mut *conn)
-            .await?;
-        // Deleting is local: this node forgets the community's ops and stops
-        // taking new ones; other nodes keep their replicas.
-        sqlx::query("DELETE FROM community_ops WHERE server_id = $1")
-            .bind(self.server_id)
-            .execute(&mut *conn)
-            .await?;
-        effects.forget(self.server_id);
-        effects.publish(
-            Audience::ServerAndUsers {
-                server_id: self.server_id,
-                users: members,
-            },
-            Event::ServerDeleted(ServerDeleted { id: self.server_id }),
-        );
-        tracing::info!(server = %self.server_id, "server deleted");
-        Ok(())
-    }
+    sqlx::query("DELETE FROM servers WHERE id = $1")
+        .bind(server_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM community_ops WHERE server_id = $1")
+        .bind(server_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    book.forget(server_id);
+    drop(book);
+    state.bus.publish(
+        Audience::ServerAndUsers {
+            server_id,
+            users: members,
+        },
+        Event::ServerDeleted(ServerDeleted { id: server_id }),
+    );
+    tracing::info!(server = %server_id, "server deleted");
+    Ok(())
 }
 
 /// A server as the API shows it; 404 `unknown_server`.
@@ -238,7 +201,7 @@ pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> Api
             .bind(server_id)
             .fetch_optional(db)
             .await?;
-    server.ok_or_else(super::unknown_server)
+    server.ok_or_else(unknown_server)
 }
 
 /// The member's effective permissions: server-wide and in every channel

@@ -56,7 +56,7 @@ async fn create_channel(
     Path(server_id): Path<Uuid>,
     Json(channel): Json<NewChannel>,
 ) -> ApiResult<(StatusCode, Json<Channel>)> {
-    let channel = execute(&state, auth.user_id, CreateChannel { server_id, channel }).await?;
+    let channel = execute(&state, auth.user_id, CreateChannel::new(server_id, channel)).await?;
     Ok((StatusCode::CREATED, Json(channel)))
 }
 

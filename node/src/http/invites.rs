@@ -77,7 +77,7 @@ async fn create_invite(
     Path(server_id): Path<Uuid>,
     OptionalJson(invite): OptionalJson<NewInvite>,
 ) -> ApiResult<(StatusCode, Json<InviteWithLink>)> {
-    let invite = execute(&state, auth.user_id, CreateInvite { server_id, invite }).await?;
+    let invite = execute(&state, auth.user_id, CreateInvite::new(server_id, invite)).await?;
     Ok((StatusCode::CREATED, Json(with_link(&state, invite).await)))
 }
 

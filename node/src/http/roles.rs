@@ -49,7 +49,7 @@ async fn create_role(
     Path(server_id): Path<Uuid>,
     Json(role): Json<NewRole>,
 ) -> ApiResult<(StatusCode, Json<Role>)> {
-    let role = execute(&state, auth.user_id, CreateRole { server_id, role }).await?;
+    let role = execute(&state, auth.user_id, CreateRole::new(server_id, role)).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 

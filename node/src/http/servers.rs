@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::auth::AuthUser;
 use crate::community::execute;
 use crate::community::servers::{
-    CreateServer, DeleteServer, ServerPatch, UpdateServer, effective_permissions, fetch_server,
+    CreateServer, ServerPatch, UpdateServer, delete_server as remove_server, effective_permissions, fetch_server,
 };
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -77,7 +77,7 @@ async fn delete_server(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    execute(&state, auth.user_id, DeleteServer { server_id }).await?;
+    remove_server(&state, auth.user_id, server_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -421,3 +421,26 @@ impl TestApp {
         self.send(request).await
     }
 }
+
+/// Makes state commands in one community as `author`, through the same
+/// judge and write as the API, in one go: for filling a community up to
+/// its limits faster than one request per change.
+#[allow(dead_code)]
+pub async fn commit_as(app: &TestApp, author: &TestUser, sid: &str, commands: Vec<together_crdt::Command>) {
+    let state = &app.state;
+    let mut book = state.federation.ops().lock().await;
+    let mut tx = state.db.begin().await.unwrap();
+    let committed = together_node::federation::ops::commit(
+        state,
+        &mut book,
+        &mut tx,
+        author.id.parse().unwrap(),
+        sid.parse().unwrap(),
+        commands,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    drop(book);
+    committed.announce(state).await;
+}
