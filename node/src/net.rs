@@ -24,8 +24,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::federation::blobs::{BlobRequest, BlobResponse};
-use crate::federation::wire::{SyncRequest, SyncResponse};
+use together_protocol::sync::{BlobRequest, BlobResponse, SyncRequest, SyncResponse};
 use crate::tasks::{Stage, Tasks};
 
 /// Capacity of the command queue into the swarm task.

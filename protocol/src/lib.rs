@@ -8,6 +8,8 @@
 //!   envelope they travel in.
 //! - [`ephemeral`]: typing and presence events, gossiped and never stored.
 //! - [`bytes`]: the strict reader of canonical bytes all decoders share.
+//! - [`sync`]: the request-response messages between nodes (community
+//!   sync, history, catch-up, voice relay, attachment files).
 //! - [`permissions`]: the permission bit flags and the effective-permission
 //!   computation (owner, administrator, roles, channel overrides).
 
@@ -16,3 +18,4 @@ pub mod ephemeral;
 pub mod federation;
 pub mod identity;
 pub mod permissions;
+pub mod sync;

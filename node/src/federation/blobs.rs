@@ -19,7 +19,6 @@ use std::time::Duration;
 use base64::Engine;
 use futures::StreamExt;
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 use together_protocol::federation::messages_topic;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
@@ -27,52 +26,19 @@ use uuid::Uuid;
 
 use super::store;
 use crate::messages::{AttachmentRow, attachment_url};
+pub use together_protocol::sync::{BLOB_PROTOCOL, BlobRequest, BlobResponse, CHUNK_BYTES, MAX_BLOB_REQUEST_BYTES, MAX_BLOB_RESPONSE_BYTES};
+
 use crate::model::Attachment;
 use crate::net::{self, NetClient};
 use crate::state::AppState;
 use crate::uploads::{self, FileStore};
 
-/// The request-response protocol name.
-pub const BLOB_PROTOCOL: &str = "/together/blob/1";
-/// Largest chunk in one response.
-pub const CHUNK_BYTES: u64 = 1024 * 1024;
-/// Largest response on the wire (a base64 chunk and its JSON).
-pub const MAX_BLOB_RESPONSE_BYTES: u64 = 2 * 1024 * 1024;
-/// Largest request on the wire.
-pub const MAX_BLOB_REQUEST_BYTES: u64 = 1024;
 /// Files fetched from peers at once; further downloads wait.
 pub const MAX_CONCURRENT_FETCHES: usize = 8;
 /// How long one file's fetch may take in all.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 static FETCHES: Semaphore = Semaphore::const_new(MAX_CONCURRENT_FETCHES);
-
-/// `{"hash": <hex>, "offset": n}`: up to [`CHUNK_BYTES`] of a file from
-/// `offset`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobRequest {
-    pub hash: String,
-    pub offset: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum BlobResponse {
-    /// Bytes from the requested offset (standard base64), and the file's
-    /// total size.
-    Chunk { size: u64, data: String },
-    Error { code: String, message: String },
-}
-
-impl BlobResponse {
-    fn error(code: &str, message: &str) -> BlobResponse {
-        BlobResponse::Error {
-            code: code.to_string(),
-            message: message.to_string(),
-        }
-    }
-}
 
 /// The attachments of a message in the API's shape.
 pub async fn message_attachments(db: &sqlx::PgPool, message: Uuid) -> Result<Vec<Attachment>, sqlx::Error> {

@@ -15,8 +15,10 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, allow_block_list, identify, noise, request_response, tcp, yamux};
 
 use super::NetError;
-use crate::federation::blobs::{BLOB_PROTOCOL, BlobRequest, BlobResponse, MAX_BLOB_REQUEST_BYTES, MAX_BLOB_RESPONSE_BYTES};
-use crate::federation::wire::{SYNC_PROTOCOL, SyncRequest, SyncResponse};
+use together_protocol::sync::{
+    BLOB_PROTOCOL, BlobRequest, BlobResponse, MAX_BLOB_REQUEST_BYTES, MAX_BLOB_RESPONSE_BYTES, SYNC_PROTOCOL, SyncRequest,
+    SyncResponse,
+};
 
 /// Largest gossip message; the application refuses envelopes above its own,
 /// smaller limit (`MAX_ENVELOPE_BYTES`) so oversized input is counted.

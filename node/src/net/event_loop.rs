@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{Command, NetError, NetEvent, NodeInfo};
-use crate::federation::blobs::{BlobRequest, BlobResponse};
-use crate::federation::wire::{SyncRequest, SyncResponse};
+use together_protocol::sync::{BlobRequest, BlobResponse, SyncRequest, SyncResponse};
 
 /// Most inbound requests waiting for an answer at once; beyond this, new
 /// requests are dropped (the peer sees a timeout).

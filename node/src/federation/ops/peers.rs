@@ -48,10 +48,20 @@ pub(super) fn decode_ops(hexes: &[String], counters: &crate::federation::Counter
 /// Profiles of the users behind some ops, for the peer's `users` table.
 async fn profiles(state: &AppState, users: BTreeSet<Uuid>) -> Result<Vec<UserRow>, sqlx::Error> {
     let ids: Vec<Uuid> = users.into_iter().collect();
-    sqlx::query_as("SELECT id, encode(public_key, 'hex') AS public_key, username, avatar_url FROM users WHERE id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&state.db)
-        .await
+    let rows: Vec<(Uuid, String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, encode(public_key, 'hex'), username, avatar_url FROM users WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&state.db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, public_key, username, avatar_url)| UserRow {
+            id,
+            public_key,
+            username,
+            avatar_url,
+        })
+        .collect())
 }
 
 /// Most profiles stored from one answer.
