@@ -115,6 +115,7 @@ pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> A
     let touched: Vec<Uuid> = effects.ops.iter().map(|(id, _)| *id).collect();
     let ops =
         crate::federation::ops::commit_local(state, &mut book, &mut tx, actor, std::mem::take(&mut effects.ops)).await?;
+    let writing: Vec<_> = touched.iter().map(|id| state.caches.perms.writing(*id)).collect();
     if let Err(err) = tx.commit().await {
         for id in touched {
             book.forget(id);
@@ -124,6 +125,7 @@ pub async fn execute<C: Command>(state: &AppState, actor: Uuid, command: C) -> A
     for id in &effects.forget {
         book.forget(*id);
     }
+    drop(writing);
     drop(book);
     for (audience, event) in effects.events {
         state.bus.publish(audience, event);

@@ -625,7 +625,11 @@ async fn write_pending(
         Some(projection) => Some(structure::write_projection(&mut tx, pending.server_id, projection).await?),
         None => None,
     };
+    // Cached access to the server is not used until the change is in
+    // (the announcement that follows is queued).
+    let writing = changes.is_some().then(|| state.caches.perms.writing(pending.server_id));
     tx.commit().await?;
+    drop(writing);
     Ok(changes)
 }
 
@@ -672,7 +676,9 @@ pub async fn apply_revocation(state: &AppState, revocation: &SignedRevocation) -
                 } else {
                     None
                 };
+                let writing = changes.is_some().then(|| state.caches.perms.writing(server_id));
                 tx.commit().await?;
+                drop(writing);
                 Ok::<_, sqlx::Error>(changes)
             }
             .await;
@@ -966,7 +972,9 @@ pub async fn answer_ops(
         return Ok(SyncResponse::error("unknown_server", "no such community here"));
     }
     if store::federation_of(&state.db, server_id).await?.is_none() {
+        let writing = state.caches.perms.writing(server_id);
         store::mark_federated(&state.db, server_id, None, Utc::now().timestamp_millis()).await?;
+        drop(writing);
         let sealed = super::outbox::seal_history(state, server_id).await?;
         tracing::info!(server = %server_id, sealed, "community history signed for federation");
         super::subscribe_community(client, server_id).await;

@@ -171,7 +171,7 @@ async fn list_messages(
         (None, None, Some(id)) => Cursor::Around(id),
         _ => return Err(ApiError::invalid("give at most one of before, after and around")),
     };
-    let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     access.require(Permissions::READ_MESSAGE_HISTORY)?;
     let messages = store::page(&state.db, auth.user_id, channel_id, cursor, limit).await?;
     Ok(Json(messages))
@@ -200,7 +200,7 @@ async fn create_message(
     }
     let content = validate_content(&req.content, !attachment_ids.is_empty())?;
 
-    let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     if access.kind != ChannelKind::Text {
         return Err(ApiError::bad_request(
             "invalid_channel_type",
@@ -471,7 +471,7 @@ async fn search_messages(
     if text.chars().any(char::is_control) {
         return Err(ApiError::invalid("q must not contain control characters"));
     }
-    let access = perms::server_access(&state.db, auth.user_id, server_id).await?;
+    let access = state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     let readable: Vec<Uuid> = perms::visible_channels(&state.db, &access)
         .await?
         .into_iter()
