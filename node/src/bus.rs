@@ -17,6 +17,11 @@
 //! The channel is bounded: a subscriber that falls more than [`CAPACITY`]
 //! events behind is told it lagged and must resynchronise instead of
 //! growing memory.
+//!
+//! An [`Observer`] (the in-memory caches of sessions and permissions) sees
+//! every event synchronously, in the publisher's task, before the event is
+//! sent: it can never lag, and once `publish` returns what the event
+//! changed is forgotten.
 
 use std::sync::{Arc, OnceLock};
 
@@ -262,10 +267,18 @@ impl Published {
     }
 }
 
+/// Sees every published event in the publisher's task, before any
+/// subscriber does. Must be quick and must not block.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// Called once per event, after the change committed.
+    fn observe(&self, event: &Event);
+}
+
 /// Cheap handle to the bus.
 #[derive(Debug, Clone)]
 pub struct Bus {
     tx: broadcast::Sender<Arc<Published>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for Bus {
@@ -277,7 +290,16 @@ impl Default for Bus {
 impl Bus {
     pub fn new() -> Bus {
         let (tx, _) = broadcast::channel(CAPACITY);
-        Bus { tx }
+        Bus { tx, observer: None }
+    }
+
+    /// A bus whose every event `observer` sees first.
+    pub fn with_observer(observer: Arc<dyn Observer>) -> Bus {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Bus {
+            tx,
+            observer: Some(observer),
+        }
     }
 
     /// Publishes a committed change. With no subscriber this is a no-op.
@@ -296,6 +318,9 @@ impl Bus {
     }
 
     fn send(&self, audience: Audience, event: Event, actor: Option<Uuid>, remote: bool) {
+        if let Some(observer) = &self.observer {
+            observer.observe(&event);
+        }
         let _ = self.tx.send(Arc::new(Published {
             event,
             audience,

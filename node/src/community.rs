@@ -184,10 +184,14 @@ pub async fn execute<C: Command>(state: &AppState, actor: Uuid, mut command: C) 
             return Err(err);
         }
     };
+    // Nothing about the server is served from memory while it commits;
+    // dropping the guard invalidates it (`caches.rs`).
+    let writing = state.caches.perms.writing(server_id);
     if let Err(err) = tx.commit().await {
         book.forget(server_id);
         return Err(err.into());
     }
+    drop(writing);
     drop(book);
     committed.announce(state).await;
     Ok(output)

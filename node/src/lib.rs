@@ -21,6 +21,8 @@
 //! - [`extract`]: JSON, path and query extractors with JSON errors.
 //! - [`error`]: [`error::ApiError`], the one error shape of the API.
 //! - [`perms`]: who may see and do what, from roles and overrides.
+//! - [`caches`]: sessions and permissions kept in memory, forgotten when
+//!   an event on the bus changes them.
 //! - [`community`]: every structural change to a server (channels, roles,
 //!   members, invites, bans) goes through this one module, as community
 //!   state commands judged once, by `together-crdt`.
@@ -45,6 +47,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod caches;
 pub mod cli;
 pub mod community;
 pub mod config;

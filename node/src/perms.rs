@@ -5,6 +5,13 @@
 //! exist); a member who cannot view a channel learns nothing about it (404
 //! `unknown_channel`); a member who can view but lacks a permission gets
 //! 403 `missing_permissions` naming it.
+//!
+//! Handlers ask through [`cache::PermCache`], which remembers computed
+//! access until an event on the bus changes one of its inputs; the
+//! functions here always read the database (commands use them inside
+//! their transactions).
+
+pub mod cache;
 
 use std::collections::HashMap;
 
@@ -195,11 +202,21 @@ impl ChannelAccess {
 /// One query loads the channel, the caller's standing in its server and the
 /// channel's overrides: this runs on every message read and write.
 pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, ApiError> {
+    load_channel_access(db, user_id, channel_id).await.map(|(access, _)| access)
+}
+
+/// [`channel_access`], and whether the channel's server is federated.
+pub(crate) async fn load_channel_access(
+    db: &PgPool,
+    user_id: Uuid,
+    channel_id: Uuid,
+) -> Result<(ChannelAccess, bool), ApiError> {
     let unknown = || ApiError::not_found("unknown_channel", "no such channel");
     let row: Option<ChannelContextRow> = sqlx::query_as(
         "SELECT c.server_id, c.kind, s.owner_id,
                 (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
                 EXISTS (SELECT 1 FROM server_members m WHERE m.server_id = s.id AND m.user_id = $2) AS is_member,
+                EXISTS (SELECT 1 FROM federated_servers f WHERE f.server_id = s.id) AS federated,
                 r.role_ids, r.role_perms, r.top_position,
                 o.ids AS override_ids, o.role_ids AS override_roles, o.user_ids AS override_users,
                 o.allows AS override_allows, o.denies AS override_denies
@@ -251,12 +268,13 @@ pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Res
     if !permissions.contains(Permissions::VIEW_CHANNEL) {
         return Err(unknown());
     }
-    Ok(ChannelAccess {
+    let access = ChannelAccess {
         channel_id,
         kind: row.kind,
         server,
         permissions,
-    })
+    };
+    Ok((access, row.federated))
 }
 
 #[derive(sqlx::FromRow)]
@@ -266,6 +284,7 @@ struct ChannelContextRow {
     owner_id: Uuid,
     everyone: Option<i64>,
     is_member: bool,
+    federated: bool,
     role_ids: Option<Vec<Uuid>>,
     role_perms: Option<Vec<i64>>,
     top_position: Option<i32>,

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::challenges::ChallengeStore;
 use crate::bus::Bus;
+use crate::caches::Caches;
 use crate::config::Config;
 use crate::federation::Federation;
 use crate::gateway::{Gateway, GatewaySettings};
@@ -21,6 +22,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub keys: Arc<NodeKeys>,
     pub bus: Bus,
+    /// Sessions and permissions in memory; the bus invalidates them.
+    pub caches: Caches,
     pub limiter: RateLimiter,
     pub gateway: Gateway,
     /// Outstanding key sign-in challenges.
@@ -54,7 +57,8 @@ impl AppState {
         abort: CancellationToken,
     ) -> AppState {
         let limiter = RateLimiter::new(config.rate_limit_per_minute);
-        let bus = Bus::new();
+        let caches = Caches::default();
+        let bus = Bus::with_observer(Arc::new(caches.clone()));
         let tasks = Tasks::new(&abort);
         let gateway = Gateway::start(db.clone(), bus.clone(), gateway, &tasks);
         AppState {
@@ -62,6 +66,7 @@ impl AppState {
             config: Arc::new(config),
             keys: Arc::new(keys),
             bus,
+            caches,
             limiter,
             gateway,
             challenges: ChallengeStore::default(),

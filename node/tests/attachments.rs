@@ -120,6 +120,8 @@ async fn upload_attach_and_download(pool: PgPool) {
 
     // A member who cannot view the channel cannot download.
     member_override(&pool, channel_id, &bob.id, Permissions::empty(), Permissions::VIEW_CHANNEL).await;
+    // Written behind the node's back: it forgets what it had cached.
+    app.state.caches.clear();
     app.get(&format!("/api/attachments/{att_id}"), &bob.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_attachment");
@@ -215,6 +217,8 @@ async fn upload_limits_and_access(pool: PgPool) {
 
     // ATTACH_FILES is needed (and lost with SEND_MESSAGES).
     member_override(&pool, channel_id, &bob.id, Permissions::empty(), Permissions::SEND_MESSAGES).await;
+    // Written behind the node's back: it forgets what it had cached.
+    app.state.caches.clear();
     app.upload(channel_id, &bob.token, "x.txt", "text/plain", b"hi")
         .await
         .expect_error(StatusCode::FORBIDDEN, "missing_permissions");

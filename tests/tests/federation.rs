@@ -1824,3 +1824,48 @@ async fn rest_and_gossip_judge_messages_by_the_same_rules() {
     assert_eq!(message_content(net[1].db(), create.scope().message).await, None);
     net.stop().await;
 }
+
+const HAS_MEMBER_OVERRIDE: &str =
+    "SELECT EXISTS (SELECT 1 FROM channel_permission_overrides WHERE channel_id = $1 AND user_id = $2)";
+
+/// Each node keeps access in memory; a change made on another node takes
+/// effect on the next request once it is stored here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_from_another_node_takes_effect_on_the_next_request() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let (http, sid, channel) = (&s.http, s.server, s.channel);
+    let bob_id = uuid(&json!(s.bob.user_id));
+    let history = format!("/api/channels/{channel}/messages?limit=5");
+    let messages = format!("/api/channels/{channel}/messages");
+    let bob_override = format!("/api/channels/{channel}/permissions/{bob_id}");
+    // Bob reads and posts on node 1: his access is in node 1's memory.
+    for _ in 0..2 {
+        ok(s.bob.get(http, &history).await.unwrap());
+        post(http, &s.bob, channel, "hello").await;
+    }
+
+    // On node 0, alice stops bob from sending in the channel.
+    ok(s.alice
+        .put(http, &bob_override, json!({"type": "member", "deny": bits(Permissions::SEND_MESSAGES)}))
+        .await
+        .unwrap());
+    wait_exists(net[1].db(), HAS_MEMBER_OVERRIDE, channel, bob_id, true, "the override reached node 1").await;
+    let refused = s.bob.post(http, &messages, json!({"content": "still?"})).await.unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    ok(s.bob.get(http, &history).await.unwrap());
+
+    // She lifts it.
+    ok(s.alice.delete(http, &bob_override).await.unwrap());
+    wait_exists(net[1].db(), HAS_MEMBER_OVERRIDE, channel, bob_id, false, "the lift reached node 1").await;
+    post(http, &s.bob, channel, "allowed again").await;
+
+    // She kicks him.
+    ok(s.alice.delete(http, &format!("/api/servers/{sid}/members/{bob_id}")).await.unwrap());
+    wait_exists(net[1].db(), IS_MEMBER, sid, bob_id, false, "the kick reached node 1").await;
+    let gone = s.bob.get(http, &history).await.unwrap();
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let gone = s.bob.post(http, &messages, json!({"content": "out"})).await.unwrap();
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    net.stop().await;
+}

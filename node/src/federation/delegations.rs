@@ -100,7 +100,7 @@ pub fn no_delegation() -> ApiError {
 /// `user`, before anything is written. Communities that are not federated
 /// need no delegation (`None`).
 pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<Option<SignedDelegation>, ApiError> {
-    if store::federation_of(&state.db, server).await?.is_none() {
+    if !state.caches.perms.federated(&state.db, server).await? {
         return Ok(None);
     }
     match for_user(state, user).await {

@@ -247,7 +247,9 @@ pub async fn join_remote(state: &AppState, user: Uuid, code: &str, peer_addr: Mu
     };
     let pulled = started.elapsed();
     if store::federation_of(&state.db, server_id).await?.is_none() {
+        let writing = state.caches.perms.writing(server_id);
         store::mark_federated(&state.db, server_id, Some(&peer), 0).await?;
+        drop(writing);
     }
     super::subscribe_community(&client, server_id).await;
     let already: bool =

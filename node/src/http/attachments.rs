@@ -28,7 +28,6 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::messages::{ATTACHMENT_COLUMNS, AttachmentRow};
 use crate::model::{Attachment, ChannelKind};
-use crate::perms;
 use crate::state::AppState;
 use crate::uploads::{self, FileStore};
 
@@ -69,7 +68,7 @@ async fn upload_attachment(
     Path(channel_id): Path<Uuid>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
-    let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     if access.kind != ChannelKind::Text {
         return Err(ApiError::bad_request(
             "invalid_channel_type",
@@ -169,7 +168,7 @@ async fn download_attachment(
         None if row.uploader_id != auth.user_id => return Err(unknown_attachment()),
         None => {}
         Some(_) => {
-            let access = perms::channel_access(&state.db, auth.user_id, row.channel_id)
+            let access = state.caches.perms.channel_access(&state.db, auth.user_id, row.channel_id)
                 .await
                 .map_err(|err| if err.status == StatusCode::NOT_FOUND { unknown_attachment() } else { err })?;
             access.require(Permissions::READ_MESSAGE_HISTORY)?;

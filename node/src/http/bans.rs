@@ -12,7 +12,6 @@ use crate::community::execute;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, OptionalJson, Path};
 use crate::model::Ban;
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -30,7 +29,7 @@ async fn list_bans(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<Ban>>> {
-    server_access(&state.db, auth.user_id, server_id)
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id)
         .await?
         .require(Permissions::BAN_MEMBERS)?;
     Ok(Json(query_bans(&state.db, server_id).await?))

@@ -19,7 +19,6 @@ use crate::community::execute;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::Channel;
-use crate::perms::{channel_access, server_access};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,7 +38,7 @@ async fn list_channels(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<Channel>>> {
-    let access = server_access(&state.db, auth.user_id, server_id).await?;
+    let access = state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     let mut conn = state.db.acquire().await?;
     Ok(Json(list_visible_channels(&mut conn, &access).await?))
 }
@@ -85,7 +84,7 @@ async fn get_channel(
     auth: AuthUser,
     Path(channel_id): Path<Uuid>,
 ) -> ApiResult<Json<Channel>> {
-    channel_access(&state.db, auth.user_id, channel_id).await?;
+    state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     let mut conn = state.db.acquire().await?;
     Ok(Json(load_channel(&mut conn, channel_id).await?))
 }

@@ -22,7 +22,6 @@ use crate::community::invites::{
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, OptionalJson, Path};
 use crate::model::{Invite, Server};
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -91,7 +90,7 @@ async fn list_invites(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<Invite>>> {
-    server_access(&state.db, auth.user_id, server_id)
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id)
         .await?
         .require(Permissions::MANAGE_SERVER)?;
     Ok(Json(query_invites(&state.db, server_id).await?))

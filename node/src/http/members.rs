@@ -20,7 +20,6 @@ use crate::community::members::{
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 use crate::model::{Member, Server};
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -79,7 +78,7 @@ async fn list_members(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {MAX_PAGE}")));
     }
-    server_access(&state.db, auth.user_id, server_id).await?;
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(query_members(&state.db, server_id, query.after, limit).await?))
 }
 
@@ -117,7 +116,7 @@ async fn get_member(
     auth: AuthUser,
     Path((server_id, user)): Path<(Uuid, MemberRef)>,
 ) -> ApiResult<Json<Member>> {
-    server_access(&state.db, auth.user_id, server_id).await?;
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(fetch_member(&state.db, server_id, user.resolve(auth.user_id)).await?))
 }
 

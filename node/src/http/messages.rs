@@ -186,7 +186,7 @@ pub(crate) async fn message_access(
     .fetch_optional(&state.db)
     .await?;
     let message = message.ok_or_else(unknown_message)?;
-    let access = perms::channel_access(&state.db, user_id, message.channel_id)
+    let access = state.caches.perms.channel_access(&state.db, user_id, message.channel_id)
         .await
         .map_err(|err| if err.status == StatusCode::NOT_FOUND { unknown_message() } else { err })?;
     Ok((message, access))
@@ -224,7 +224,7 @@ async fn list_messages(
         (None, None, Some(id)) => Cursor::Around(id),
         _ => return Err(ApiError::invalid("give at most one of before, after and around")),
     };
-    let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     access.require(Permissions::READ_MESSAGE_HISTORY)?;
     let messages = store::page(&state.db, auth.user_id, channel_id, cursor, limit).await?;
     Ok(Json(messages))
@@ -253,7 +253,7 @@ async fn create_message(
     }
     // Cheap refusals before any database work; `execute` checks again.
     validate_content(&req.content, !uploads.is_empty())?;
-    let access = perms::channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     let delegation =
         crate::federation::delegations::require_for_server(&state, auth.user_id, access.server.server_id).await?;
     let event = MessageEvent::Create {
@@ -431,7 +431,7 @@ async fn search_messages(
     if text.chars().any(char::is_control) {
         return Err(ApiError::invalid("q must not contain control characters"));
     }
-    let access = perms::server_access(&state.db, auth.user_id, server_id).await?;
+    let access = state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     let readable: Vec<Uuid> = perms::visible_channels(&state.db, &access)
         .await?
         .into_iter()

@@ -9,7 +9,6 @@ use crate::auth::AuthUser;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::Presence;
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -21,6 +20,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("server_id" = Uuid, Path)),
     responses((status = 200, body = Vec<Presence>), (status = 404, body = ErrorBody)))]
 async fn list_presences(State(state): State<AppState>, auth: AuthUser, Path(server_id): Path<Uuid>) -> ApiResult<Json<Vec<Presence>>> {
-    server_access(&state.db, auth.user_id, server_id).await?;
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(state.gateway.presences(server_id).await))
 }

@@ -14,7 +14,6 @@ use crate::community::roles::{
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::Role;
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -33,7 +32,7 @@ async fn list_roles(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<Vec<Role>>> {
-    server_access(&state.db, auth.user_id, server_id).await?;
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(query_roles(&state.db, server_id).await?))
 }
 

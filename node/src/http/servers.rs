@@ -14,7 +14,6 @@ use crate::community::servers::{
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::{EffectivePermissions, Server};
-use crate::perms::server_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -47,7 +46,7 @@ async fn get_server(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<Server>> {
-    server_access(&state.db, auth.user_id, server_id).await?;
+    state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(fetch_server(&state.db, server_id).await?))
 }
 
@@ -91,6 +90,6 @@ async fn get_server_permissions(
     auth: AuthUser,
     Path(server_id): Path<Uuid>,
 ) -> ApiResult<Json<EffectivePermissions>> {
-    let access = server_access(&state.db, auth.user_id, server_id).await?;
+    let access = state.caches.perms.server_access(&state.db, auth.user_id, server_id).await?;
     Ok(Json(effective_permissions(&state.db, &access).await?))
 }

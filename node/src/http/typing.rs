@@ -14,7 +14,6 @@ use crate::bus::{Audience, Event};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::model::TypingStart;
-use crate::perms::channel_access;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -33,7 +32,7 @@ pub struct Typer {
     params(("channel_id" = Uuid, Path)),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn start_typing(State(state): State<AppState>, auth: AuthUser, Path(channel_id): Path<Uuid>) -> ApiResult<StatusCode> {
-    let access = channel_access(&state.db, auth.user_id, channel_id).await?;
+    let access = state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     access.require(Permissions::SEND_MESSAGES)?;
     let left = state.gateway.start_typing(channel_id, auth.user_id) - std::time::Instant::now();
     let now = chrono::Utc::now();
@@ -59,7 +58,7 @@ async fn start_typing(State(state): State<AppState>, auth: AuthUser, Path(channe
     params(("channel_id" = Uuid, Path)),
     responses((status = 200, body = Vec<Typer>), (status = 404, body = ErrorBody)))]
 async fn list_typing(State(state): State<AppState>, auth: AuthUser, Path(channel_id): Path<Uuid>) -> ApiResult<Json<Vec<Typer>>> {
-    channel_access(&state.db, auth.user_id, channel_id).await?;
+    state.caches.perms.channel_access(&state.db, auth.user_id, channel_id).await?;
     let now = chrono::Utc::now();
     Ok(Json(
         state

@@ -11,7 +11,8 @@
 //!    in twenty has one to three reactions.
 //! 3. Starts a node in this process on 127.0.0.1:0 and measures, over HTTP:
 //!    message POST at a paced rate, 50-message history pages at random
-//!    `before` cursors in `#general`, and search for each word.
+//!    `before` cursors in `#general`, and search for each word; last, as
+//!    the POST's yardstick, bare single-row INSERTs at the same rate.
 //!
 //! `--reuse` skips steps 1–2 when the database is already loaded.
 //! See docs/benchmarks.md for results.
@@ -195,6 +196,23 @@ async fn main() -> anyhow::Result<()> {
         measured.target = "(none)";
         results.push(measured);
     }
+    // The yardstick for POST: the same paced rate of bare single-row
+    // INSERTs into the same table, straight from a pool, no HTTP.
+    let post_p99 = results
+        .iter()
+        .find(|r| r.name.starts_with("message POST"))
+        .map(|r| percentile(&r.samples, 0.99));
+    let bare = with_cpu(bench_bare_insert(&pool, &fixture, args.post_rate, args.post_seconds)).await?;
+    if let Some(post_p99) = post_p99 {
+        let bare_p99 = percentile(&bare.samples, 0.99);
+        println!(
+            "POST p99 / bare INSERT p99: {:.2} ({} / {})",
+            post_p99.as_secs_f64() / bare_p99.as_secs_f64().max(1e-9),
+            ms(post_p99),
+            ms(bare_p99)
+        );
+    }
+    results.push(bare);
 
     println!("load average after: {}", load_average());
     println!(
@@ -690,7 +708,63 @@ async fn bench_post(
     Ok(Measured {
         name: format!("message POST at {rate}/s for {seconds} s"),
         samples: out,
-        target: "p99 < 3 ms",
+        target: "p99 < 3 ms; p99 ≤ 2 × bare INSERT p99",
+        cpu: None,
+    })
+}
+
+/// Single-row INSERTs of the same messages into the same table at the same
+/// paced rate, each its own (durable) transaction on the node's pool: what
+/// a message POST costs the database, without HTTP, authentication or
+/// permission checks.
+async fn bench_bare_insert(pool: &PgPool, fixture: &Fixture, rate: u64, seconds: u64) -> anyhow::Result<Measured> {
+    let author: Uuid = sqlx::query_scalar("SELECT owner_id FROM servers WHERE id = $1")
+        .bind(fixture.server_id)
+        .fetch_one(pool)
+        .await?;
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let warmup = rate; // one second
+    let total = warmup + rate * seconds;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let pool = pool.clone();
+        let (channel, server) = (fixture.post_channel, fixture.server_id);
+        tasks.spawn(async move {
+            let content = format!("benchmark message {i} about coffee and code");
+            let sent = Instant::now();
+            let inserted = sqlx::query(
+                "INSERT INTO messages (id, channel_id, server_id, author_id, content) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(channel)
+            .bind(server)
+            .bind(author)
+            .bind(content)
+            .execute(&pool)
+            .await;
+            (i, inserted.is_ok(), sent.elapsed())
+        });
+    }
+    let mut out = Vec::new();
+    let mut failures = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, ok, elapsed) = joined?;
+        if !ok {
+            failures += 1;
+        } else if i >= warmup {
+            out.push(elapsed);
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} bare INSERTs failed");
+    }
+    Ok(Measured {
+        name: format!("bare single-row INSERT at {rate}/s for {seconds} s (yardstick)"),
+        samples: out,
+        target: "(yardstick)",
         cpu: None,
     })
 }

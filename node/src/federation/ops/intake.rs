@@ -255,7 +255,11 @@ async fn write_pending(
         Some(projection) => Some(structure::write_projection(&mut tx, pending.server_id, projection).await?),
         None => None,
     };
+    // Cached access to the server is not used until the change is in
+    // (the announcement that follows is queued).
+    let writing = changes.is_some().then(|| state.caches.perms.writing(pending.server_id));
     tx.commit().await?;
+    drop(writing);
     Ok(changes)
 }
 
@@ -302,7 +306,9 @@ pub async fn apply_revocation(state: &AppState, revocation: &SignedRevocation) -
                 } else {
                     None
                 };
+                let writing = changes.is_some().then(|| state.caches.perms.writing(server_id));
                 tx.commit().await?;
+                drop(writing);
                 Ok::<_, sqlx::Error>(changes)
             }
             .await;

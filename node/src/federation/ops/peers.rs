@@ -199,7 +199,9 @@ pub async fn answer_ops(
         return Ok(SyncResponse::error("unknown_server", "no such community here"));
     }
     if store::federation_of(&state.db, server_id).await?.is_none() {
+        let writing = state.caches.perms.writing(server_id);
         store::mark_federated(&state.db, server_id, None, Utc::now().timestamp_millis()).await?;
+        drop(writing);
         let sealed = crate::federation::outbox::seal_history(state, server_id).await?;
         tracing::info!(server = %server_id, sealed, "community history signed for federation");
         crate::federation::subscribe_community(client, server_id).await;
