@@ -32,6 +32,8 @@ const PUBLISH_BATCH: i64 = 256;
 /// How often the publisher looks for events when nothing woke it (a
 /// transaction that committed while an older one still ran).
 const PUBLISH_POLL: Duration = Duration::from_millis(200);
+/// The first look again after a wake-up that found nothing yet.
+const PUBLISH_RETRY: Duration = Duration::from_millis(2);
 
 /// Starts the publisher and the forwarding of ephemeral events; both stop
 /// with the node.
@@ -53,15 +55,24 @@ async fn publisher(state: AppState, client: NetClient) {
             return;
         }
     };
+    // After a wake-up that found nothing (the new event's transaction is
+    // committed, but an older one elsewhere still runs, so the event is
+    // above the horizon), look again soon, backing off to the poll.
+    let mut wait = PUBLISH_POLL;
     loop {
         match publish_pending(&state, &client, cursor).await {
-            Ok(next) => cursor = next,
+            Ok(next) => {
+                if next != cursor {
+                    wait = PUBLISH_POLL;
+                }
+                cursor = next;
+            }
             Err(err) => tracing::error!(error = %err, doing = "publishing stored events", "database error"),
         }
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
-            _ = state.federation.outbox_wakeup() => {}
-            _ = tokio::time::sleep(PUBLISH_POLL) => {}
+            _ = state.federation.outbox_wakeup() => wait = PUBLISH_RETRY,
+            _ = tokio::time::sleep(wait) => wait = (wait * 2).min(PUBLISH_POLL),
         }
     }
 }
