@@ -108,7 +108,7 @@ pub fn app(state: AppState) -> Router {
     let (api_router, _) = api().split_for_parts();
     let (health_router, _) = health::router().split_for_parts();
     let api_router = api_router
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::ratelimit::limit))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     let mut router = Router::new()
         .merge(api_router)
@@ -179,4 +179,43 @@ pub fn openapi_json_pretty() -> String {
 
 async fn not_found() -> crate::error::ApiError {
     crate::error::ApiError::not_found("not_found", "no such route")
+}
+
+/// Middleware on every API route: the caller's budget on this route
+/// ([`crate::ratelimit`]); 429 with `Retry-After` when it is spent.
+async fn rate_limit(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.limiter.is_off() {
+        return next.run(request).await;
+    }
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or("?");
+    let route: std::sync::Arc<str> = format!("{} {}", request.method(), path).into();
+    let user = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| crate::auth::tokens::verify_access_token(state.keys.jwt_key(), t).ok());
+    let caller = match user {
+        Some(claims) => crate::ratelimit::Caller::User(claims.sub),
+        None => crate::ratelimit::Caller::Address(
+            request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        ),
+    };
+    match state.limiter.admit(caller, route) {
+        Ok(()) => next.run(request).await,
+        Err(secs) => crate::error::ApiError::too_many_requests(secs).into_response(),
+    }
 }

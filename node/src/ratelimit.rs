@@ -9,16 +9,11 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use crate::error::ApiError;
-use crate::state::AppState;
+use uuid::Uuid;
 
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
@@ -26,9 +21,12 @@ const MAX_ENTRIES_PER_SHARD: usize = 65_536;
 /// Requests per minute on `/api/auth/*` routes, per caller.
 pub const AUTH_ROUTE_LIMIT: u32 = 30;
 
+/// Who a request counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Caller {
-    User(uuid::Uuid),
+pub enum Caller {
+    /// A signed-in user (a valid access token).
+    User(Uuid),
+    /// Anyone else, by address.
     Address(IpAddr),
 }
 
@@ -103,46 +101,25 @@ impl RateLimiter {
     }
 }
 
-/// Middleware applied to every API route.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limiter = &state.limiter;
-    if limiter.per_minute == 0 {
-        return next.run(request).await;
+impl RateLimiter {
+    /// Counts one request of `caller` on `route` (`METHOD /matched/path`)
+    /// now; `Err(seconds)` until its window ends when over budget. Routes
+    /// under `/api/auth/` get at most [`AUTH_ROUTE_LIMIT`].
+    pub fn admit(&self, caller: Caller, route: Arc<str>) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let limit = if route.split_once(' ').is_some_and(|(_, path)| path.starts_with("/api/auth/")) {
+            self.per_minute.min(AUTH_ROUTE_LIMIT)
+        } else {
+            self.per_minute
+        };
+        self.check(Key { caller, route }, limit, Instant::now())
     }
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str())
-        .unwrap_or("?");
-    let route: Arc<str> = format!("{} {}", request.method(), path).into();
-    let limit = if path.starts_with("/api/auth/") {
-        limiter.per_minute.min(AUTH_ROUTE_LIMIT)
-    } else {
-        limiter.per_minute
-    };
-    let caller = caller_of(&state, &request);
-    match limiter.check(Key { caller, route }, limit, Instant::now()) {
-        Ok(()) => next.run(request).await,
-        Err(secs) => ApiError::too_many_requests(secs).into_response(),
-    }
-}
 
-fn caller_of(state: &AppState, request: &Request) -> Caller {
-    let user = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| crate::auth::tokens::verify_access_token(state.keys.jwt_key(), t).ok());
-    match user {
-        Some(claims) => Caller::User(claims.sub),
-        None => Caller::Address(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
-        ),
+    /// Whether limits are off (`per_minute == 0`).
+    pub fn is_off(&self) -> bool {
+        self.per_minute == 0
     }
 }
 
