@@ -35,6 +35,8 @@
 //!   loading of attachments and reactions, full-text search.
 //! - [`uploads`]: uploaded files stored once per blake3 hash, safe
 //!   download headers, removal of stale uploads.
+//! - [`users`]: loading users and the rules for names and links they
+//!   choose, for every service.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes as typed events, each serialized at most
 //!   once, when a gateway session first needs it.
@@ -69,4 +71,5 @@ pub mod server;
 pub mod state;
 pub mod tasks;
 pub mod uploads;
+pub mod users;
 pub mod voice;

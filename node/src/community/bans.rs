@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{Command, View, server_named, unknown_server};
 use crate::error::ApiResult;
 use crate::extract::optional_text;
-use crate::http::users::fetch_user;
+use crate::users::fetch_user;
 use crate::model::{Ban, UserRow};
 
 /// Longest ban reason, in characters.

@@ -9,7 +9,7 @@ use super::{Command, TOPIC_MAX, View, server_named, state_kind, unknown_server, 
 use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
-use crate::http::users::validate_url;
+use crate::users::validate_url;
 use crate::model::{ChannelKind, EffectivePermissions, Server, ServerDeleted};
 use crate::perms;
 use crate::state::AppState;

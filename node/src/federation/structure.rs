@@ -129,7 +129,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
         );
     }
     for id in &changes.removed_members {
-        if let Ok(user) = crate::http::users::fetch_user(&state.db, *id).await {
+        if let Ok(user) = crate::users::fetch_user(&state.db, *id).await {
             bus.publish(
                 Audience::ServerAndUsers {
                     server_id,
@@ -148,7 +148,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
     ];
     for (event, ids) in bans {
         for id in ids {
-            if let Ok(user) = crate::http::users::fetch_user(&state.db, *id).await {
+            if let Ok(user) = crate::users::fetch_user(&state.db, *id).await {
                 bus.publish(Audience::Server(server_id), event(ServerUserEvent { server_id, user }));
             }
         }

@@ -197,7 +197,7 @@ pub async fn catch_up(state: &AppState, client: &NetClient, peer: PeerId, server
 
 /// A username from another node, or `user-<hex>` when it does not fit.
 pub fn sanitize_username(name: &str, user_id: Uuid) -> String {
-    crate::http::auth::validate_username(name)
+    crate::users::validate_username(name)
         .unwrap_or_else(|_| format!("user-{}", &user_id.simple().to_string()[..8]))
 }
 

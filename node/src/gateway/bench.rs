@@ -57,7 +57,7 @@ async fn publish_messages(
         .await?
         .flatten();
     let server_id = server_id.ok_or_else(|| ApiError::not_found("unknown_channel", "no such channel"))?;
-    let author = crate::http::users::fetch_user(&state.db, auth.user_id).await?;
+    let author = crate::users::fetch_user(&state.db, auth.user_id).await?;
     let audience = Audience::Channel {
         server_id,
         channel_id: body.channel_id,

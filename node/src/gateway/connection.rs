@@ -201,7 +201,7 @@ async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<S
         tracing::warn!(error = ?err, "IDENTIFY failed");
         End::Close(Close::UnknownError)
     };
-    let user = crate::http::auth::fetch_current_user(&state.db, auth.user_id).await.map_err(failed)?;
+    let user = crate::users::fetch_current_user(&state.db, auth.user_id).await.map_err(failed)?;
     let (status, custom_status) = match identify.presence {
         Some(presence) => {
             let (status, custom) = validate_presence(&presence).ok_or(End::Close(Close::DecodeError))?;

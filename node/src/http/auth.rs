@@ -8,10 +8,11 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+pub use crate::users::{fetch_current_user, validate_username};
 use crate::auth::{AuthUser, password, tokens};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
-use crate::model::{CurrentUser, Session, USER_COLUMNS, UserRow};
+use crate::model::{CurrentUser, Session};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -59,21 +60,6 @@ pub struct AuthResponse {
     pub expires_in: i64,
     pub session_id: Uuid,
     pub user: CurrentUser,
-}
-
-/// Checks a username's form.
-pub fn validate_username(username: &str) -> ApiResult<String> {
-    let name = username.trim();
-    let ok_len = (2..=32).contains(&name.chars().count());
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !ok_len || !ok_chars {
-        return Err(ApiError::invalid(
-            "username must be 2 to 32 characters of letters, digits, _, . and -",
-        ));
-    }
-    Ok(name.to_string())
 }
 
 /// Checks an email address's form (loosely: one @, no spaces, ≤ 254).
@@ -349,13 +335,3 @@ pub async fn start_session(
     })
 }
 
-/// The caller's own profile.
-pub async fn fetch_current_user(db: impl sqlx::PgExecutor<'_>, user_id: Uuid) -> ApiResult<CurrentUser> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .fetch_optional(db)
-        .await?;
-    row.map(CurrentUser::from)
-        .ok_or_else(|| ApiError::not_found("unknown_user", "no such user"))
-}

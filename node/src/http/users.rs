@@ -9,12 +9,13 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+pub use crate::users::{fetch_user, validate_url};
 use crate::auth::{AuthUser, password};
 use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, optional_text};
 use crate::http::auth::{fetch_current_user, validate_email, validate_username};
-use crate::model::{CurrentUser, Server, USER_COLUMNS, User, UserRow};
+use crate::model::{CurrentUser, Server, User};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -124,21 +125,6 @@ async fn update_me(
     Ok(Json(me))
 }
 
-/// Accepts `http(s)://` URLs up to 2048 bytes; empty clears.
-pub fn validate_url(field: &str, url: &str) -> ApiResult<Option<String>> {
-    let url = url.trim();
-    if url.is_empty() {
-        return Ok(None);
-    }
-    let ok = url.len() <= 2048
-        && (url.starts_with("https://") || url.starts_with("http://") || url.starts_with("/api/"))
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !ok {
-        return Err(ApiError::invalid(format!("{field} must be an http(s) URL of at most 2048 bytes")));
-    }
-    Ok(Some(url.to_string()))
-}
-
 /// `GET /api/users/@me/servers`: the servers the caller is a member of.
 #[utoipa::path(get, path = "/api/users/@me/servers", tag = "users", security(("bearer" = [])),
     responses((status = 200, body = Vec<Server>), (status = 401, body = ErrorBody)))]
@@ -217,13 +203,3 @@ async fn get_user(State(state): State<AppState>, _auth: AuthUser, Path(user_id):
     fetch_user(&state.db, user_id).await.map(Json)
 }
 
-/// A user's public profile; 404 `unknown_user`.
-pub async fn fetch_user(db: impl sqlx::PgExecutor<'_>, user_id: Uuid) -> ApiResult<User> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-    let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(user_id)
-        .fetch_optional(db)
-        .await?;
-    row.map(User::from)
-        .ok_or_else(|| ApiError::not_found("unknown_user", "no such user"))
-}
