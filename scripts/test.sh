@@ -19,7 +19,7 @@ wait_for_postgres "$DATABASE_URL"
 
 status=0
 echo "== module imports: no cycles"
-python3 scripts/check-module-cycles.py protocol crdt sfu || status=1
+python3 scripts/check-module-cycles.py protocol crdt sfu node || status=1
 
 echo "== Rust tests (cargo nextest, workspace)"
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?

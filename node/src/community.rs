@@ -36,6 +36,7 @@ pub mod bans;
 pub mod channels;
 pub mod invites;
 pub mod members;
+pub mod read;
 pub mod roles;
 pub mod servers;
 
@@ -50,6 +51,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::required_text;
 use crate::model::ChannelKind;
 use crate::state::AppState;
+
+pub use read::channel_override_rows;
+pub(crate) use read::{unknown_channel, unknown_invite, unknown_member, unknown_role, unknown_server};
 
 /// Most channels (categories included) one server may have.
 pub const MAX_CHANNELS: usize = together_crdt::authz::MAX_CHANNELS;
@@ -220,20 +224,6 @@ pub(crate) async fn server_of_channel(conn: &mut PgConnection, channel_id: Uuid)
     found.ok_or_else(unknown_channel)
 }
 
-/// Every override of one channel.
-pub(crate) async fn channel_override_rows(
-    conn: &mut PgConnection,
-    channel_id: Uuid,
-) -> Result<Vec<crate::perms::OverrideRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, channel_id, role_id, user_id, allow, deny
-           FROM channel_permission_overrides WHERE channel_id = $1",
-    )
-    .bind(channel_id)
-    .fetch_all(&mut *conn)
-    .await
-}
-
 /// The state-command form of a channel kind.
 pub(crate) fn state_kind(kind: ChannelKind) -> together_crdt::ChannelKind {
     match kind {
@@ -291,25 +281,7 @@ pub fn channel_name(kind: ChannelKind, value: &str) -> ApiResult<String> {
     Ok(out)
 }
 
-pub(crate) fn unknown_server() -> ApiError {
-    ApiError::not_found("unknown_server", "no such server")
-}
 
-pub(crate) fn unknown_channel() -> ApiError {
-    ApiError::not_found("unknown_channel", "no such channel")
-}
-
-pub(crate) fn unknown_role() -> ApiError {
-    ApiError::not_found("unknown_role", "no such role")
-}
-
-pub(crate) fn unknown_member() -> ApiError {
-    ApiError::not_found("unknown_member", "no such member")
-}
-
-pub(crate) fn unknown_invite() -> ApiError {
-    ApiError::not_found("unknown_invite", "no such invite, or it has expired or been used up")
-}
 
 #[cfg(test)]
 mod tests {

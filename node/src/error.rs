@@ -214,3 +214,15 @@ impl From<together_crdt::BuildError> for ApiError {
         }
     }
 }
+
+impl From<crate::perms::AccessError> for ApiError {
+    fn from(err: crate::perms::AccessError) -> Self {
+        use crate::perms::AccessError;
+        match err {
+            AccessError::UnknownServer => Self::not_found("unknown_server", "no such server"),
+            AccessError::UnknownChannel => Self::not_found("unknown_channel", "no such channel"),
+            AccessError::Missing(perm) => Self::missing_permission(&perm.names().join(" and ")),
+            AccessError::Db(err) => err.into(),
+        }
+    }
+}

@@ -1,8 +1,12 @@
 //! Federation: replicating communities between nodes over [`crate::net`].
 //! `spec/federation.md` is the normative text.
 //!
-//! - this file: the [`Federation`] handle kept in [`AppState`], its
-//!   counters, and [`start`], which runs the network and the tasks below.
+//! - this file: the [`Federation`] handle kept in
+//!   [`AppState`](crate::state::AppState) and its counters. The handle
+//!   depends on nothing that holds it.
+//! - [`run`]: [`start`], which runs the network and the tasks below, and
+//!   the routing of what the network reports (gossip by topic, requests,
+//!   connections) to them.
 //! - [`wire`]: the request-response messages and the state-topic notices.
 //! - [`store`]: the federation tables (peers, delegations, events, cursors,
 //!   federated communities).
@@ -23,6 +27,8 @@
 //!   stored).
 //! - [`blobs`]: attachment files fetched from peers by content hash.
 //! - [`links`]: invite links naming a community, a code and peer addresses.
+//! - [`reconnect`]: dialing again the peers of shared communities whose
+//!   connection ended.
 //! - [`revocations`]: users' revocations of delegations, from clients,
 //!   gossip and sync.
 
@@ -34,7 +40,9 @@ pub mod inbox;
 pub mod ops;
 pub mod links;
 pub mod outbox;
+pub mod reconnect;
 pub mod revocations;
+mod run;
 pub mod store;
 pub mod structure;
 pub mod sync;
@@ -46,15 +54,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libp2p::Multiaddr;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::net::{self, NetClient, NetEvent};
-use crate::state::AppState;
+use crate::net::NetClient;
 use crate::tasks::{Stage, Tasks};
 
-/// How many gossip messages and requests are handled at once.
-pub const MAX_CONCURRENT_HANDLERS: usize = 64;
+pub use run::{MAX_CONCURRENT_HANDLERS, start};
 
 /// Cheap handle to the federation layer; the network is absent until
 /// [`start`] ran (and in nodes started without it, as in most tests).
@@ -211,45 +216,6 @@ pub struct P2pSettings {
     pub peers: Vec<Multiaddr>,
 }
 
-/// Starts the network ([`Stage::Network`]) and the federation tasks for
-/// `state` ([`Stage::Federation`]). Redials remembered peers and the bootstrap peers, and
-/// subscribes to the topics of every federated community.
-pub async fn start(state: &AppState, settings: &P2pSettings) -> Result<NetClient, net::NetError> {
-    let (client, events) = net::start(&state.keys.node_key, &settings.listen, &state.tasks)?;
-    if state.federation.inner.net.set(client.clone()).is_err() {
-        return Err(net::NetError::Build("the network was already started".into()));
-    }
-    state.tasks.spawn(Stage::Federation, handle_events(state.clone(), client.clone(), events));
-    outbox::spawn(state.clone(), client.clone());
-    ops::spawn_anti_entropy(state.clone(), client.clone());
-    let topic = together_protocol::federation::REVOCATIONS_TOPIC;
-    if let Err(err) = client.subscribe(topic).await {
-        tracing::warn!(%topic, error = %err, "cannot subscribe");
-    }
-    match store::federated_servers(&state.db).await {
-        Ok(servers) => {
-            for server_id in servers {
-                subscribe_community(&client, server_id).await;
-            }
-        }
-        Err(err) => tracing::error!(error = %err, "cannot load federated communities"),
-    }
-    let mut dial: Vec<Multiaddr> = settings.peers.clone();
-    match store::known_peer_addrs(&state.db).await {
-        Ok(addrs) => dial.extend(addrs),
-        Err(err) => tracing::error!(error = %err, "cannot load known peers"),
-    }
-    for addr in dial {
-        let client = client.clone();
-        state.tasks.spawn(Stage::Federation, async move {
-            if let Err(err) = client.dial(addr.clone()).await {
-                tracing::info!(%addr, error = %err, "peer not reachable");
-            }
-        });
-    }
-    Ok(client)
-}
-
 /// Subscribes to a community's message and state topics.
 pub async fn subscribe_community(client: &NetClient, server_id: Uuid) {
     use together_protocol::federation::{messages_topic, state_topic};
@@ -257,100 +223,5 @@ pub async fn subscribe_community(client: &NetClient, server_id: Uuid) {
         if let Err(err) = client.subscribe(&topic).await {
             tracing::warn!(%topic, error = %err, "cannot subscribe");
         }
-    }
-}
-
-/// Handles what the network reports, each gossip message and request in
-/// its own task (at most [`MAX_CONCURRENT_HANDLERS`] at once).
-async fn handle_events(state: AppState, client: NetClient, mut events: mpsc::Receiver<NetEvent>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDLERS));
-    loop {
-        let event = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
-        };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        let tasks = state.tasks.clone();
-        let state = state.clone();
-        let client = client.clone();
-        tasks.spawn(Stage::Federation, async move {
-            match event {
-                NetEvent::Gossip {
-                    source,
-                    author,
-                    message_id,
-                    topic,
-                    data,
-                } => {
-                    let acceptance = inbox::on_gossip(&state, &client, author, &topic, &data).await;
-                    let _ = client.report_validation(message_id, source, acceptance).await;
-                }
-                NetEvent::Request {
-                    peer,
-                    request_id,
-                    request,
-                } => {
-                    let response = sync::answer(&state, &client, peer, request).await;
-                    let _ = client.respond(request_id, response).await;
-                }
-                NetEvent::Connected { peer, dialed, remote } => {
-                    crate::voice::federation::note_connection(&state, peer, &remote);
-                    // The voice relay's exchange must not hold up sync.
-                    state.tasks.spawn(Stage::Federation, {
-                        let (state, client) = (state.clone(), client.clone());
-                        async move { crate::voice::federation::on_connected(&state, &client, peer, &remote).await }
-                    });
-                    if let Some(addr) = dialed
-                        && let Err(err) = store::remember_peer(&state.db, &peer, &[addr]).await
-                    {
-                        tracing::warn!(error = %err, "cannot remember peer");
-                    }
-                    sync::on_connected(&state, &client, peer).await;
-                }
-                NetEvent::Identified { peer, listen_addrs } => {
-                    let usable: Vec<Multiaddr> = listen_addrs.into_iter().filter(store::dialable).collect();
-                    if !usable.is_empty()
-                        && let Err(err) = store::remember_peer(&state.db, &peer, &usable).await
-                    {
-                        tracing::warn!(error = %err, "cannot remember peer");
-                    }
-                }
-                NetEvent::Subscribed { peer, topic } => {
-                    // Ops and events published before the peer joined the
-                    // topic reach it now, by sync and backfill.
-                    if let Some(server_id) = topic
-                        .strip_prefix("together/v1/community/")
-                        .and_then(|rest| rest.strip_suffix("/state"))
-                        .and_then(|id| id.parse::<Uuid>().ok())
-                        && matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_)))
-                    {
-                        ops::sync_with(&state, &client, peer, server_id).await;
-                    }
-                    if let Some(server_id) = topic
-                        .strip_prefix("together/v1/community/")
-                        .and_then(|rest| rest.strip_suffix("/messages"))
-                        .and_then(|id| id.parse::<Uuid>().ok())
-                        && matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_)))
-                    {
-                        sync::backfill_server(&state, &client, peer, server_id).await;
-                    }
-                }
-                NetEvent::BlobRequest {
-                    peer,
-                    request_id,
-                    request,
-                } => {
-                    let response = blobs::answer(&state, peer, request).await;
-                    let _ = client.respond_blob(request_id, response).await;
-                }
-                NetEvent::Disconnected { peer } => crate::voice::federation::forget_connection(&state, peer),
-            }
-            drop(permit);
-        });
     }
 }

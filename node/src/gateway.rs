@@ -26,8 +26,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::response::Response;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -35,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::Bus;
-use crate::state::AppState;
 use crate::tasks::{Stage, Tasks};
 use dispatcher::{Command, Dispatcher};
 use session::Session;
@@ -75,7 +72,7 @@ impl Default for GatewaySettings {
     }
 }
 
-/// Cheap handle to the gateway, kept in [`AppState`].
+/// Cheap handle to the gateway, kept in [`AppState`](crate::state::AppState).
 #[derive(Clone, Debug)]
 pub struct Gateway {
     inner: Arc<Inner>,
@@ -256,10 +253,3 @@ pub fn websocket_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_VOICE_ANSWER_FRAME))
 }
 
-/// `GET /gateway`: upgrade to a gateway WebSocket.
-pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
-    let gateway = state.gateway.clone();
-    socket::upgrade(request, websocket_config(), |task| gateway.spawn(task), move |socket| {
-        connection::serve(socket, state)
-    })
-}

@@ -114,7 +114,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api_router)
         .merge(health_router)
         .route("/api/openapi.json", axum::routing::get(openapi_json))
-        .route("/gateway", axum::routing::get(crate::gateway::upgrade))
+        .route("/gateway", axum::routing::get(crate::gateway::connection::upgrade))
         .fallback(not_found);
     if state.config.gateway_bench {
         router = router.merge(crate::gateway::bench::router());

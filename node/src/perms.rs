@@ -21,8 +21,25 @@ use together_protocol::permissions::{
 };
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::model::ChannelKind;
+
+/// Why an access check failed. The API answers the first two with 404s
+/// (a non-member or a member who cannot view learns nothing) and
+/// [`AccessError::Missing`] with 403 `missing_permissions`.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// No such server, or the caller is not a member.
+    #[error("no such server")]
+    UnknownServer,
+    /// No such channel, or the caller cannot view it.
+    #[error("no such channel")]
+    UnknownChannel,
+    /// The caller can see the thing but lacks these permissions.
+    #[error("you need the {} permission for this", .0.names().join(" and "))]
+    Missing(Permissions),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 /// A member's standing in a server.
 #[derive(Debug, Clone)]
@@ -45,11 +62,11 @@ impl ServerAccess {
     }
 
     /// 403 unless the member has `perm` server-wide.
-    pub fn require(&self, perm: Permissions) -> Result<(), ApiError> {
+    pub fn require(&self, perm: Permissions) -> Result<(), AccessError> {
         if self.permissions.contains(perm) {
             Ok(())
         } else {
-            Err(ApiError::missing_permission(&perm.names().join(" and ")))
+            Err(AccessError::Missing(perm))
         }
     }
 
@@ -110,11 +127,11 @@ pub async fn server_access(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
     server_id: Uuid,
-) -> Result<ServerAccess, ApiError> {
+) -> Result<ServerAccess, AccessError> {
     server_access_all(db, server_id, &[user_id])
         .await?
         .remove(&user_id)
-        .ok_or_else(|| ApiError::not_found("unknown_server", "no such server"))
+        .ok_or(AccessError::UnknownServer)
 }
 
 #[derive(sqlx::FromRow)]
@@ -187,11 +204,11 @@ pub struct ChannelAccess {
 
 impl ChannelAccess {
     /// 403 unless the caller has `perm` in this channel.
-    pub fn require(&self, perm: Permissions) -> Result<(), ApiError> {
+    pub fn require(&self, perm: Permissions) -> Result<(), AccessError> {
         if self.permissions.contains(perm) {
             Ok(())
         } else {
-            Err(ApiError::missing_permission(&perm.names().join(" and ")))
+            Err(AccessError::Missing(perm))
         }
     }
 }
@@ -201,7 +218,7 @@ impl ChannelAccess {
 ///
 /// One query loads the channel, the caller's standing in its server and the
 /// channel's overrides: this runs on every message read and write.
-pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, ApiError> {
+pub async fn channel_access(db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, AccessError> {
     load_channel_access(db, user_id, channel_id).await.map(|(access, _)| access)
 }
 
@@ -210,8 +227,7 @@ pub(crate) async fn load_channel_access(
     db: &PgPool,
     user_id: Uuid,
     channel_id: Uuid,
-) -> Result<(ChannelAccess, bool), ApiError> {
-    let unknown = || ApiError::not_found("unknown_channel", "no such channel");
+) -> Result<(ChannelAccess, bool), AccessError> {
     let row: Option<ChannelContextRow> = sqlx::query_as(
         "SELECT c.server_id, c.kind, s.owner_id,
                 (SELECT permissions FROM roles WHERE id = s.id) AS everyone,
@@ -237,7 +253,7 @@ pub(crate) async fn load_channel_access(
     .bind(user_id)
     .fetch_optional(db)
     .await?;
-    let row = row.filter(|r| r.is_member).ok_or_else(unknown)?;
+    let row = row.filter(|r| r.is_member).ok_or(AccessError::UnknownChannel)?;
     let server = member_standing(
         row.server_id,
         user_id,
@@ -266,7 +282,7 @@ pub(crate) async fn load_channel_access(
         .collect();
     let permissions = server.in_channel(&overrides);
     if !permissions.contains(Permissions::VIEW_CHANNEL) {
-        return Err(unknown());
+        return Err(AccessError::UnknownChannel);
     }
     let access = ChannelAccess {
         channel_id,
@@ -299,7 +315,7 @@ struct ChannelContextRow {
 pub async fn server_overrides(
     db: impl PgExecutor<'_>,
     server_id: Uuid,
-) -> Result<HashMap<Uuid, Vec<OverrideRow>>, ApiError> {
+) -> Result<HashMap<Uuid, Vec<OverrideRow>>, AccessError> {
     let rows: Vec<OverrideRow> = sqlx::query_as(
         "SELECT o.id, o.channel_id, o.role_id, o.user_id, o.allow, o.deny
            FROM channel_permission_overrides o
@@ -320,7 +336,7 @@ pub async fn server_overrides(
 pub async fn visible_channels(
     db: &PgPool,
     access: &ServerAccess,
-) -> Result<Vec<(Uuid, Permissions)>, ApiError> {
+) -> Result<Vec<(Uuid, Permissions)>, AccessError> {
     let channels: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM channels WHERE server_id = $1")
         .bind(access.server_id)
         .fetch_all(db)

@@ -1,8 +1,10 @@
 //! Voice channels on this node: the SFU (`together-sfu`) and the signaling
 //! that rides the gateway. `spec/voice.md` is the normative text.
 //!
-//! - this file: the [`Voice`] handle kept in [`AppState`] (the SFU and who
-//!   is in which room), [`start`] and [`shutdown`].
+//! - this file: the [`Voice`] handle kept in
+//!   [`AppState`](crate::state::AppState) (the SFU and who is in which
+//!   room).
+//! - [`run`]: [`start`] and [`shutdown`].
 //! - [`signaling`]: the gateway opcodes (joining, leaving, moving, one's
 //!   own mute; answers, candidates, ICE restarts) and the end of a gateway
 //!   session's voice connection.
@@ -26,23 +28,23 @@ pub mod events;
 pub mod federation;
 pub mod leaving;
 pub mod moderation;
+mod run;
 pub mod signaling;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use axum::http::StatusCode;
-use together_sfu::{PeerId, SfuConfig};
+use together_sfu::PeerId;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::perms::AccessError;
 use crate::tasks::{Stage, Tasks};
 
 pub(crate) use leaving::disconnect;
 use leaving::{announce_state, channel_audience, delete_row, push_offer, remove_and_announce};
 pub use moderation::{Moderation, channel_states, moderate};
+pub use run::{shutdown, start};
 use signaling::apply_flags;
 pub use signaling::{gateway_op, session_closed};
 
@@ -204,56 +206,6 @@ impl Voice {
     }
 }
 
-/// Starts the SFU with `config` and the tasks that serve it. Voice states
-/// left from an earlier run are cleared first: their media connections
-/// ended with that process.
-pub async fn start(state: &AppState, config: SfuConfig) -> anyhow::Result<()> {
-    let cleared = sqlx::query("DELETE FROM voice_states").execute(&state.db).await?.rows_affected();
-    if cleared > 0 {
-        tracing::info!(cleared, "cleared voice states of a previous run");
-    }
-    let (sfu, sfu_events) =
-        together_sfu::Sfu::new(config).map_err(|err| anyhow::anyhow!("cannot start voice: {err}"))?;
-    if state.voice.inner.sfu.set(sfu).is_err() {
-        anyhow::bail!("voice is already started");
-    }
-    let tasks = &state.voice;
-    tasks.spawn(events::run_sfu_events(state.clone(), sfu_events));
-    if let Some(sfu) = state.voice.sfu() {
-        let relay = together_sfu::RelayConfig::new(state.config.voice_relay, state.keys.node_key.to_bytes());
-        match sfu.start_relay(relay) {
-            Ok((relay, relay_events)) => {
-                tracing::info!(addr = %relay.local_addr(), "voice relay listening");
-                tasks.spawn(federation::run_relay_events(state.clone(), relay_events));
-                tasks.spawn(federation::share_rooms(state.clone(), relay, state.voice.rooms_changed()));
-            }
-            Err(err) => tracing::warn!(error = %err, "voice relay not started: voice stays local to this node"),
-        }
-    }
-    tasks.spawn(events::watch_access(state.clone()));
-    Ok(())
-}
-
-/// Voice's part of the node's ordered shutdown: every participant is
-/// disconnected (rows deleted), the SFU closes its connections and its
-/// workers end, then the event tasks ([`Stage::Voice`]).
-pub async fn shutdown(state: &AppState) {
-    let Some(sfu) = state.voice.sfu() else {
-        state.voice.inner.tasks.stop(Stage::Voice).await;
-        return;
-    };
-    let users: Vec<Uuid> = state.voice.table().by_user.keys().copied().collect();
-    for user in users {
-        let _guard = state.voice.lock_user(user).await;
-        let removed = state.voice.table().remove(user);
-        if let Some(participant) = removed {
-            delete_row(state, participant).await;
-        }
-    }
-    sfu.shutdown().await;
-    state.voice.inner.tasks.stop(Stage::Voice).await;
-}
-
 impl Voice {
     /// Cancelled when voice stops.
     pub(crate) fn stopping(&self) -> tokio_util::sync::CancellationToken {
@@ -269,18 +221,103 @@ impl Voice {
     }
 }
 
-fn unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "voice_unavailable",
-        "voice is not running on this node",
-    )
+/// Why a voice request was refused. The gateway sends it as a VOICE_ERROR
+/// dispatch ([`VoiceError::code`] and its text); REST maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum VoiceError {
+    #[error("voice is not running on this node")]
+    Unavailable,
+    #[error("this session is not connected to voice")]
+    NotInVoice,
+    #[error("that member is not connected to voice in this server")]
+    UnknownVoiceState,
+    #[error("no such channel")]
+    UnknownChannel,
+    #[error("that is not a voice channel")]
+    NotVoiceChannel,
+    #[error("the voice channel is full ({max} participants)")]
+    ChannelFull { max: usize },
+    #[error("that voice session has ended; use the one of the latest VOICE_OFFER")]
+    StaleSession,
+    #[error("no offer is waiting for an answer")]
+    NoOfferPending,
+    #[error("answer is for negotiation {got}, but {pending} is outstanding")]
+    StaleNegotiation { pending: u64, got: u64 },
+    #[error("the SDP was refused: {0}")]
+    BadSdp(String),
+    #[error("the ICE candidate was refused: {0}")]
+    BadCandidate(String),
+    #[error("too many ICE candidates before the answer")]
+    TooManyCandidates,
+    /// A moderator's request that names no change.
+    #[error("give at least one of mute, deaf and channel_id")]
+    NoChange,
+    /// A moderator may not move a member where the member may not connect.
+    #[error("the member may not connect to that channel")]
+    TargetMayNotConnect,
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The media engine failed (the node's fault).
+    #[error("media error: {0}")]
+    Media(String),
+    #[error(transparent)]
+    Db(sqlx::Error),
 }
 
-fn not_in_voice() -> ApiError {
-    ApiError::bad_request("not_in_voice", "this session is not connected to voice")
+impl VoiceError {
+    /// The stable machine code (spec/voice.md, spec/rest.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            VoiceError::Unavailable => "voice_unavailable",
+            VoiceError::NotInVoice => "not_in_voice",
+            VoiceError::UnknownVoiceState => "unknown_voice_state",
+            VoiceError::UnknownChannel | VoiceError::Access(AccessError::UnknownChannel) => "unknown_channel",
+            VoiceError::Access(AccessError::UnknownServer) => "unknown_server",
+            VoiceError::NotVoiceChannel => "not_voice_channel",
+            VoiceError::ChannelFull { .. } => "voice_channel_full",
+            VoiceError::StaleSession => "stale_voice_session",
+            VoiceError::NoOfferPending => "no_offer_pending",
+            VoiceError::StaleNegotiation { .. } => "stale_negotiation",
+            VoiceError::BadSdp(_) => "invalid_sdp",
+            VoiceError::BadCandidate(_) => "invalid_candidate",
+            VoiceError::TooManyCandidates => "too_many_candidates",
+            VoiceError::NoChange => "invalid_request",
+            VoiceError::TargetMayNotConnect | VoiceError::Access(AccessError::Missing(_)) => "missing_permissions",
+            VoiceError::Access(AccessError::Db(_)) | VoiceError::Media(_) | VoiceError::Db(_) => "internal_error",
+        }
+    }
+
+    /// Whether the node, not the request, is at fault.
+    pub fn is_internal(&self) -> bool {
+        self.code() == "internal_error"
+    }
 }
 
-fn unknown_voice_state() -> ApiError {
-    ApiError::not_found("unknown_voice_state", "that member is not connected to voice in this server")
+impl From<sqlx::Error> for VoiceError {
+    /// A foreign key refused means the channel or the membership went
+    /// away meanwhile.
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+                VoiceError::UnknownChannel
+            }
+            _ => VoiceError::Db(err),
+        }
+    }
+}
+
+impl From<together_sfu::SignalError> for VoiceError {
+    fn from(err: together_sfu::SignalError) -> Self {
+        use together_sfu::SignalError;
+        match err {
+            SignalError::NotJoined(_) => VoiceError::NotInVoice,
+            SignalError::StaleSession { .. } => VoiceError::StaleSession,
+            SignalError::NoOfferPending => VoiceError::NoOfferPending,
+            SignalError::StaleNegotiation { pending, got } => VoiceError::StaleNegotiation { pending, got },
+            SignalError::BadSdp(detail) => VoiceError::BadSdp(detail),
+            SignalError::BadCandidate(detail) => VoiceError::BadCandidate(detail),
+            SignalError::TooManyCandidates => VoiceError::TooManyCandidates,
+            SignalError::Media(detail) => VoiceError::Media(detail),
+        }
+    }
 }

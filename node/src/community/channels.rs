@@ -16,8 +16,9 @@ use super::{
 };
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
-use crate::model::{Channel, ChannelKind, OverrideKind, PermissionOverride};
-use crate::perms::{OverrideRow, ServerAccess};
+use crate::model::{Channel, ChannelKind, OverrideKind};
+
+pub use super::read::{channels_with_overrides, list_visible_channels, load_channel};
 
 /// Largest `position` a channel may be given.
 pub const MAX_POSITION: i32 = 1_000_000;
@@ -362,72 +363,4 @@ fn validate_topic(kind: ChannelKind, topic: Option<&str>) -> ApiResult<Option<St
         return Err(ApiError::invalid("categories have no topic"));
     }
     Ok(topic)
-}
-
-const CHANNEL_SELECT: &str = "SELECT id, server_id, name, kind, parent_id, topic, position, created_at FROM channels";
-
-fn to_override(row: &OverrideRow) -> Option<PermissionOverride> {
-    let (id, kind) = match (row.role_id, row.user_id) {
-        (Some(role), _) => (role, OverrideKind::Role),
-        (None, Some(user)) => (user, OverrideKind::Member),
-        (None, None) => return None,
-    };
-    Some(PermissionOverride {
-        id,
-        kind,
-        allow: Permissions::from_stored(row.allow),
-        deny: Permissions::from_stored(row.deny),
-    })
-}
-
-fn attach_overrides(channel: &mut Channel, rows: &[OverrideRow]) {
-    let mut overrides: Vec<PermissionOverride> = rows.iter().filter_map(to_override).collect();
-    overrides.sort_by_key(|o| (o.kind == OverrideKind::Member, o.id));
-    channel.permission_overrides = overrides;
-}
-
-/// Every channel of a server, ordered by position, with its overrides
-/// (both as shown to clients and as rows for permission checks).
-pub async fn channels_with_overrides(
-    conn: &mut PgConnection,
-    server_id: Uuid,
-) -> ApiResult<Vec<(Channel, Vec<OverrideRow>)>> {
-    let sql = format!("{CHANNEL_SELECT} WHERE server_id = $1 ORDER BY position, id");
-    let channels: Vec<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(server_id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut overrides = crate::perms::server_overrides(&mut *conn, server_id).await?;
-    Ok(channels
-        .into_iter()
-        .map(|mut channel| {
-            let rows = overrides.remove(&channel.id).unwrap_or_default();
-            attach_overrides(&mut channel, &rows);
-            (channel, rows)
-        })
-        .collect())
-}
-
-/// The channels of the member's server that they can view, ordered by
-/// position, each with its permission overrides.
-pub async fn list_visible_channels(conn: &mut PgConnection, access: &ServerAccess) -> ApiResult<Vec<Channel>> {
-    Ok(channels_with_overrides(conn, access.server_id)
-        .await?
-        .into_iter()
-        .filter(|(_, rows)| access.in_channel(rows).contains(Permissions::VIEW_CHANNEL))
-        .map(|(channel, _)| channel)
-        .collect())
-}
-
-/// One channel with its overrides; 404 `unknown_channel`. No access check.
-pub async fn load_channel(conn: &mut PgConnection, channel_id: Uuid) -> ApiResult<Channel> {
-    let sql = format!("{CHANNEL_SELECT} WHERE id = $1");
-    let channel: Option<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(channel_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let mut channel = channel.ok_or_else(unknown_channel)?;
-    let rows = super::channel_override_rows(conn, channel_id).await?;
-    attach_overrides(&mut channel, &rows);
-    Ok(channel)
 }

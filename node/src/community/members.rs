@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use sqlx::PgConnection;
 use together_crdt::Command as StateCommand;
@@ -14,7 +13,9 @@ use uuid::Uuid;
 use super::{Command, MAX_ROLES, View, server_named, unknown_member, unknown_server};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::optional_text;
-use crate::model::{Member, UserRow};
+use crate::model::Member;
+
+pub use super::read::{fetch_member, fetch_members, list_members};
 
 /// Longest nickname, in characters.
 pub const NICKNAME_MAX: usize = CRDT_NICKNAME_MAX;
@@ -203,78 +204,3 @@ impl Command for KickMember {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct MemberRow {
-    server_id: Uuid,
-    nickname: Option<String>,
-    joined_at: DateTime<Utc>,
-    roles: Vec<Uuid>,
-    #[sqlx(flatten)]
-    user: UserRow,
-}
-
-impl From<MemberRow> for Member {
-    fn from(row: MemberRow) -> Member {
-        Member {
-            server_id: row.server_id,
-            user: row.user.into(),
-            nickname: row.nickname,
-            roles: row.roles,
-            joined_at: row.joined_at,
-        }
-    }
-}
-
-/// Members with their user and role ids (highest role first).
-const MEMBER_SELECT: &str = "SELECT m.server_id, m.nickname, m.joined_at,
-        u.id, u.public_key, u.username, u.email, u.avatar_url, u.status, u.custom_status, u.created_at,
-        ARRAY(SELECT mr.role_id FROM member_roles mr JOIN roles r ON r.id = mr.role_id
-               WHERE mr.server_id = m.server_id AND mr.user_id = m.user_id
-               ORDER BY r.position DESC) AS roles
-   FROM server_members m JOIN users u ON u.id = m.user_id";
-
-/// One member; 404 `unknown_member`.
-pub async fn fetch_member(db: impl sqlx::PgExecutor<'_>, server_id: Uuid, user_id: Uuid) -> ApiResult<Member> {
-    let sql = format!("{MEMBER_SELECT} WHERE m.server_id = $1 AND m.user_id = $2");
-    let row: Option<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(server_id)
-        .bind(user_id)
-        .fetch_optional(db)
-        .await?;
-    row.map(Member::from).ok_or_else(unknown_member)
-}
-
-/// The members among `user_ids` (those that are members), in one query.
-pub async fn fetch_members(
-    db: impl sqlx::PgExecutor<'_>,
-    server_id: Uuid,
-    user_ids: &[Uuid],
-) -> ApiResult<Vec<Member>> {
-    let sql = format!("{MEMBER_SELECT} WHERE m.server_id = $1 AND m.user_id = ANY($2)");
-    let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(server_id)
-        .bind(user_ids)
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(Member::from).collect())
-}
-
-/// Up to `limit` members with user ids greater than `after`, by user id
-/// (keyset pagination: pass the last id of a page to get the next).
-pub async fn list_members(
-    db: impl sqlx::PgExecutor<'_>,
-    server_id: Uuid,
-    after: Option<Uuid>,
-    limit: i64,
-) -> ApiResult<Vec<Member>> {
-    let sql = format!(
-        "{MEMBER_SELECT} WHERE m.server_id = $1 AND ($2::uuid IS NULL OR m.user_id > $2) ORDER BY m.user_id LIMIT $3"
-    );
-    let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(server_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(Member::from).collect())
-}

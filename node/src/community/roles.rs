@@ -15,8 +15,10 @@ use uuid::Uuid;
 
 use super::{Command, MAX_ROLES, View, server_named, unknown_role, unknown_server, validate_name};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{ROLE_COLUMNS, Role, RoleRow};
+use crate::model::Role;
 use together_crdt::Command as StateCommand;
+
+pub use super::read::{fetch_role, list_roles};
 
 /// Body of `POST /api/servers/{server_id}/roles`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -293,22 +295,3 @@ async fn server_of_role(conn: &mut PgConnection, role_id: Uuid) -> ApiResult<Uui
     found.ok_or_else(unknown_role)
 }
 
-/// Every role of a server, `@everyone` first, by position.
-pub async fn list_roles(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Vec<Role>> {
-    let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE server_id = $1 ORDER BY position, id");
-    let rows: Vec<RoleRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(server_id)
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(Role::from).collect())
-}
-
-/// One role; 404 `unknown_role`.
-pub async fn fetch_role(db: impl sqlx::PgExecutor<'_>, role_id: Uuid) -> ApiResult<Role> {
-    let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = $1");
-    let row: Option<RoleRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(role_id)
-        .fetch_optional(db)
-        .await?;
-    row.map(Role::from).ok_or_else(unknown_role)
-}

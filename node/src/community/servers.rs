@@ -16,6 +16,8 @@ use crate::state::AppState;
 use together_crdt::{Command as StateCommand, Genesis};
 use together_protocol::identity::UserPublicKey;
 
+pub use super::read::{fetch_server};
+
 /// `POST /api/servers`: a new server owned by the actor, with an
 /// `@everyone` role, a "Text Channels" category holding `#general` and a
 /// "Voice Channels" category holding a "General" voice channel.
@@ -192,16 +194,6 @@ pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> Ap
     );
     tracing::info!(server = %server_id, "server deleted");
     Ok(())
-}
-
-/// A server as the API shows it; 404 `unknown_server`.
-pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Server> {
-    let server: Option<Server> =
-        sqlx::query_as("SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1")
-            .bind(server_id)
-            .fetch_optional(db)
-            .await?;
-    server.ok_or_else(unknown_server)
 }
 
 /// The member's effective permissions: server-wide and in every channel

@@ -26,11 +26,9 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use libp2p::PeerId;
-use libp2p::gossipsub::MessageAcceptance;
 use sqlx::PgConnection;
 use together_protocol::federation::{
-    Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, Scope, Topic,
+    Envelope, EnvelopeError, MAX_ENVELOPE_BYTES, MessageEvent, Scope,
 };
 use together_protocol::identity::{IdentityError, SignedDelegation};
 use together_protocol::permissions::Permissions;
@@ -40,7 +38,6 @@ use super::store;
 use crate::bus::{Audience, Event};
 use crate::messages::write;
 use crate::model::{ChannelKind, Message, MessageDeleted, ReactionEvent};
-use crate::net::NetClient;
 use crate::state::AppState;
 
 /// How old a live gossip event may be (milliseconds).
@@ -65,37 +62,6 @@ pub enum Outcome {
     Rejected(&'static str),
     /// Not applicable yet (its message is unknown); may come back later.
     Deferred(&'static str),
-}
-
-/// Handles one gossip message on any topic.
-pub async fn on_gossip(
-    state: &AppState,
-    client: &NetClient,
-    author: Option<PeerId>,
-    topic: &str,
-    data: &[u8],
-) -> MessageAcceptance {
-    match Topic::parse(topic) {
-        Some(Topic::Messages(server)) => {
-            if let Some(acceptance) = super::ephemeral::on_gossip(state, author, server, data).await {
-                return acceptance;
-            }
-            match receive(state, server, data, Source::Gossip).await {
-                Outcome::Applied => MessageAcceptance::Accept,
-                Outcome::Known => MessageAcceptance::Ignore,
-                Outcome::Rejected(_) => MessageAcceptance::Reject,
-                Outcome::Deferred(_) => MessageAcceptance::Ignore,
-            }
-        }
-        Some(Topic::State(server)) => super::ops::on_gossip(state, client, author, server, data).await,
-        Some(Topic::Revocations) => super::revocations::on_gossip(state, data).await,
-        None => reject(state, "unknown_topic"),
-    }
-}
-
-fn reject(state: &AppState, reason: &'static str) -> MessageAcceptance {
-    state.federation.counters().reject(reason);
-    MessageAcceptance::Reject
 }
 
 /// Validates and applies one envelope for community `server` (from its

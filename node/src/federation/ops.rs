@@ -12,12 +12,14 @@
 //!   announced and the ops gossiped on the community's state topic.
 //! - [`adopt`]: a community made before signed community state gets its
 //!   genesis and the ops that rebuild its structure, signed the same way.
-//! - [`intake`]: ops from gossip ([`on_gossip`]), from sync or pushed by
-//!   a peer ([`receive`]) are judged by the same resolver; when the valid
+//! - [`intake`]: ops from gossip, from sync or pushed by a peer
+//!   ([`receive`]) are judged by the same resolver; when the valid
 //!   set changed, the projection is written and the gateway told
 //!   ([`super::structure`]). Ops whose parents are missing wait in the
 //!   resolver's bounded pending set while they are fetched.
-//! - [`peers`]: heads/ops sync with other nodes ([`pull`], [`push`],
+//! - [`peers`]: what other nodes send and ask: an op on the state topic
+//!   ([`on_gossip`]: checked, handed to intake, and a sync with its sender
+//!   when its parents are missing), heads/ops sync ([`pull`], [`push`],
 //!   [`answer_ops`], [`answer_push`]) and the anti-entropy loop.
 //!
 //! All structural writes of a node (local commands and ops from peers)
@@ -40,11 +42,11 @@ use uuid::Uuid;
 use super::{delegations, store};
 use crate::state::AppState;
 
-pub use intake::{Received, apply_revocation, on_gossip, receive};
+pub use intake::{Received, apply_revocation, receive};
 pub use local::{Committed, commit, commit_as};
 pub use peers::{
     ANTI_ENTROPY_EVERY, MAX_PUSH_BYTES, MAX_SYNC_BYTES, MAX_SYNC_ROUNDS, SyncError, answer_ops, answer_push, pull, push,
-    spawn_anti_entropy, sync_with,
+    on_gossip, spawn_anti_entropy, sync_with,
 };
 
 /// Most communities whose resolver is kept in memory.

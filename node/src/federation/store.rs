@@ -54,6 +54,27 @@ pub async fn known_peer_addrs(db: &PgPool) -> Result<Vec<Multiaddr>, sqlx::Error
         .collect())
 }
 
+/// Every remembered peer (the most recently seen 256) with its addresses.
+pub async fn remembered_peers(db: &PgPool) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT peer_id, addrs FROM peers ORDER BY last_seen DESC LIMIT 256")
+        .fetch_all(db)
+        .await
+}
+
+/// The node keys holding an unrevoked delegation of a member of a
+/// federated community.
+pub async fn community_node_keys(db: &PgPool) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT d.node_key FROM delegations d
+           JOIN server_members m ON m.user_id = d.user_id
+           JOIN federated_servers f ON f.server_id = m.server_id
+          WHERE NOT EXISTS (SELECT 1 FROM revocations r
+                             WHERE r.delegation_hash = d.hash AND r.user_id = d.user_id)",
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Stores a verified delegation (idempotent).
 pub async fn save_delegation(db: impl PgExecutor<'_>, delegation: &SignedDelegation) -> Result<(), sqlx::Error> {
     let d = &delegation.delegation;

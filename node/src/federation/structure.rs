@@ -153,7 +153,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
             }
         }
     }
-    let Ok(server) = crate::community::servers::fetch_server(&state.db, server_id).await else {
+    let Ok(server) = crate::community::read::fetch_server(&state.db, server_id).await else {
         return;
     };
     let server = Arc::new(server);
@@ -166,7 +166,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
     ];
     for (event, ids) in roles {
         for id in ids {
-            if let Ok(role) = crate::community::roles::fetch_role(&state.db, *id).await {
+            if let Ok(role) = crate::community::read::fetch_role(&state.db, *id).await {
                 bus.publish(Audience::Server(server_id), event(RoleEvent { server_id, role }));
             }
         }
@@ -185,7 +185,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
     ];
     for (event, ids) in member_events.into_iter().filter(|_| listening) {
         for chunk in ids.chunks(ANNOUNCE_BATCH) {
-            if let Ok(members) = crate::community::members::fetch_members(&state.db, server_id, chunk).await {
+            if let Ok(members) = crate::community::read::fetch_members(&state.db, server_id, chunk).await {
                 for member in members {
                     bus.publish(Audience::Server(server_id), event(Arc::new(member)));
                 }
@@ -204,7 +204,7 @@ async fn announce_all(state: &AppState, changes: &Changes, origin: Origin) {
             let Ok(mut conn) = state.db.acquire().await else {
                 return;
             };
-            if let Ok(channel) = crate::community::channels::load_channel(&mut conn, *id).await {
+            if let Ok(channel) = crate::community::read::load_channel(&mut conn, *id).await {
                 bus.publish(
                     Audience::Channel {
                         server_id,

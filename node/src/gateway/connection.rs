@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
+use axum::extract::{Request, State};
+use axum::response::Response;
 use serde_json::json;
 use tokio::time::{Instant, sleep_until, timeout};
 use uuid::Uuid;
@@ -25,6 +27,14 @@ enum End {
     Close(Close),
     /// The client closed or the socket failed.
     Gone,
+}
+
+/// `GET /gateway`: upgrade to a gateway WebSocket.
+pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
+    let gateway = state.gateway.clone();
+    super::socket::upgrade(request, super::websocket_config(), |task| gateway.spawn(task), move |socket| {
+        serve(socket, state)
+    })
 }
 
 pub async fn serve(mut socket: GatewaySocket, state: AppState) {

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::perms::AccessError;
 use crate::extract::{Json, Path};
 use crate::messages::{ATTACHMENT_COLUMNS, AttachmentRow};
 use crate::model::{Attachment, ChannelKind};
@@ -170,7 +171,10 @@ async fn download_attachment(
         Some(_) => {
             let access = state.caches.perms.channel_access(&state.db, auth.user_id, row.channel_id)
                 .await
-                .map_err(|err| if err.status == StatusCode::NOT_FOUND { unknown_attachment() } else { err })?;
+                .map_err(|err| match err {
+                    AccessError::UnknownChannel => unknown_attachment(),
+                    other => other.into(),
+                })?;
             access.require(Permissions::READ_MESSAGE_HISTORY)?;
         }
     }

@@ -28,7 +28,7 @@ use crate::messages::rules::validate_content;
 use crate::messages::write;
 use crate::messages::{self as store, Cursor, SearchQuery};
 use crate::model::{ChannelKind, Message, MessageDeleted};
-use crate::perms::{self, ChannelAccess};
+use crate::perms::{self, AccessError, ChannelAccess};
 use crate::state::AppState;
 use crate::uploads::FileStore;
 
@@ -188,7 +188,10 @@ pub(crate) async fn message_access(
     let message = message.ok_or_else(unknown_message)?;
     let access = state.caches.perms.channel_access(&state.db, user_id, message.channel_id)
         .await
-        .map_err(|err| if err.status == StatusCode::NOT_FOUND { unknown_message() } else { err })?;
+        .map_err(|err| match err {
+            AccessError::UnknownChannel => unknown_message(),
+            other => other.into(),
+        })?;
     Ok((message, access))
 }
 

@@ -12,12 +12,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, nullable};
 use crate::model::VoiceState;
 use crate::perms::channel_access;
 use crate::state::AppState;
-use crate::voice::{Moderation, channel_states, moderate};
+use crate::voice::{Moderation, VoiceError, channel_states, moderate};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -80,4 +80,30 @@ async fn list_voice_states(
 ) -> ApiResult<Json<Vec<VoiceState>>> {
     channel_access(&state.db, auth.user_id, channel_id).await?;
     Ok(Json(channel_states(&state, channel_id).await?))
+}
+
+impl From<VoiceError> for ApiError {
+    fn from(err: VoiceError) -> ApiError {
+        let status = match &err {
+            VoiceError::Access(_) | VoiceError::Media(_) | VoiceError::Db(_) => None,
+            VoiceError::Unavailable => Some(StatusCode::SERVICE_UNAVAILABLE),
+            VoiceError::UnknownVoiceState | VoiceError::UnknownChannel => Some(StatusCode::NOT_FOUND),
+            VoiceError::ChannelFull { .. } => Some(StatusCode::CONFLICT),
+            VoiceError::TargetMayNotConnect => Some(StatusCode::FORBIDDEN),
+            VoiceError::NotInVoice
+            | VoiceError::NotVoiceChannel
+            | VoiceError::StaleSession
+            | VoiceError::NoOfferPending
+            | VoiceError::StaleNegotiation { .. }
+            | VoiceError::BadSdp(_)
+            | VoiceError::BadCandidate(_)
+            | VoiceError::TooManyCandidates
+            | VoiceError::NoChange => Some(StatusCode::BAD_REQUEST),
+        };
+        match (status, err) {
+            (Some(status), err) => ApiError::new(status, err.code(), err.to_string()),
+            (None, VoiceError::Access(access)) => access.into(),
+            (None, err) => ApiError::internal(err),
+        }
+    }
 }

@@ -27,7 +27,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{ChannelAccess, ServerAccess};
-use crate::error::ApiError;
 
 /// Entries kept at most (channel and server entries together); when full,
 /// everything is dropped.
@@ -115,7 +114,7 @@ impl PermCache {
     }
 
     /// The caller's access to a channel, as [`super::channel_access`].
-    pub async fn channel_access(&self, db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, ApiError> {
+    pub async fn channel_access(&self, db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, super::AccessError> {
         {
             let inner = self.lock();
             if let Some(entry) = inner.channels.get(&(user_id, channel_id))
@@ -151,7 +150,7 @@ impl PermCache {
     }
 
     /// The caller's standing in a server, as [`super::server_access`].
-    pub async fn server_access(&self, db: &PgPool, user_id: Uuid, server_id: Uuid) -> Result<ServerAccess, ApiError> {
+    pub async fn server_access(&self, db: &PgPool, user_id: Uuid, server_id: Uuid) -> Result<ServerAccess, super::AccessError> {
         {
             let inner = self.lock();
             if let Some(entry) = inner.servers.get(&(user_id, server_id))

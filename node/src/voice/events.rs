@@ -20,7 +20,7 @@ use super::wire::VoiceSpeaking;
 use super::{Participant, VOICE_STATE_COLUMNS, apply_flags, announce_state, disconnect, push_offer, remove_and_announce};
 use crate::bus::{Audience, Event, Published};
 use crate::model::VoiceState;
-use crate::perms::channel_access;
+use crate::perms::{AccessError, channel_access};
 use crate::state::AppState;
 
 /// Drains the SFU's events until the node shuts down.
@@ -166,7 +166,7 @@ async fn recheck(state: &AppState, participant: Participant) {
             }
         }
         Ok(_) => {}
-        Err(err) if err.status == axum::http::StatusCode::NOT_FOUND => {
+        Err(AccessError::UnknownChannel) => {
             // The channel is gone, or the user left, was removed or can no
             // longer view it.
             disconnect(state, participant, "access_lost").await;

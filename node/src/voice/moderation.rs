@@ -2,17 +2,15 @@
 //! a member (`PATCH .../members/{user_id}/voice`), and who is in a voice
 //! channel (`GET .../voice-states`), remote participants included.
 
-use axum::http::StatusCode;
 use together_protocol::permissions::Permissions;
 use together_sfu::VoiceFlags;
 use uuid::Uuid;
 
 use super::leaving::{announce_state, disconnect};
 use super::signaling::{apply_flags, connect};
-use super::{VOICE_STATE_COLUMNS, federation, unavailable, unknown_voice_state};
-use crate::error::{ApiError, ApiResult};
+use super::{VOICE_STATE_COLUMNS, VoiceError, federation};
 use crate::model::{ChannelKind, VoiceState};
-use crate::perms::channel_access;
+use crate::perms::{AccessError, channel_access};
 use crate::state::AppState;
 
 /// What a moderator changes (`PATCH .../members/{user_id}/voice`).
@@ -32,9 +30,9 @@ pub async fn moderate(
     server_id: Uuid,
     user: Uuid,
     change: Moderation,
-) -> ApiResult<Option<VoiceState>> {
+) -> Result<Option<VoiceState>, VoiceError> {
     if change.mute.is_none() && change.deaf.is_none() && change.channel_id.is_none() {
-        return Err(ApiError::invalid("give at least one of mute, deaf and channel_id"));
+        return Err(VoiceError::NoChange);
     }
     crate::perms::server_access(&state.db, actor, server_id).await?;
     let _guard = state.voice.lock_user(user).await;
@@ -42,10 +40,13 @@ pub async fn moderate(
         .voice
         .participant(user)
         .filter(|p| p.server_id == server_id)
-        .ok_or_else(unknown_voice_state)?;
+        .ok_or(VoiceError::UnknownVoiceState)?;
     let here = channel_access(&state.db, actor, current.channel_id)
         .await
-        .map_err(|err| if err.status == StatusCode::NOT_FOUND { unknown_voice_state() } else { err })?;
+        .map_err(|err| match err {
+            AccessError::UnknownChannel => VoiceError::UnknownVoiceState,
+            other => other.into(),
+        })?;
     if change.mute.is_some() {
         here.require(Permissions::MUTE_MEMBERS)?;
     }
@@ -63,18 +64,15 @@ pub async fn moderate(
         Some(Some(target)) if target != current.channel_id => {
             let there = channel_access(&state.db, actor, target).await?;
             if there.server.server_id != server_id {
-                return Err(ApiError::not_found("unknown_channel", "no such channel"));
+                return Err(VoiceError::UnknownChannel);
             }
             if there.kind != ChannelKind::Voice {
-                return Err(ApiError::bad_request("not_voice_channel", "that is not a voice channel"));
+                return Err(VoiceError::NotVoiceChannel);
             }
             there.require(Permissions::MOVE_MEMBERS)?;
             let theirs = channel_access(&state.db, user, target).await.ok();
             let Some(theirs) = theirs.filter(|a| a.permissions.contains(Permissions::CONNECT_VOICE)) else {
-                return Err(ApiError::forbidden(
-                    "missing_permissions",
-                    "the member may not connect to that channel",
-                ));
+                return Err(VoiceError::TargetMayNotConnect);
             };
             Some(theirs)
         }
@@ -86,11 +84,11 @@ pub async fn moderate(
     .bind(user)
     .fetch_optional(&state.db)
     .await?;
-    let stored = stored.ok_or_else(unknown_voice_state)?;
+    let stored = stored.ok_or(VoiceError::UnknownVoiceState)?;
     let server_mute = change.mute.unwrap_or(stored.server_mute);
     let server_deaf = change.deaf.unwrap_or(stored.server_deaf);
     if let Some(theirs) = target {
-        let sfu = state.voice.sfu().ok_or_else(unavailable)?;
+        let sfu = state.voice.sfu().ok_or(VoiceError::Unavailable)?;
         let flags = VoiceFlags {
             self_mute: stored.self_mute,
             self_deaf: stored.self_deaf,
@@ -120,7 +118,7 @@ pub async fn moderate(
 }
 
 /// Who is connected to `channel_id`, in joining order.
-pub async fn channel_states(state: &AppState, channel_id: Uuid) -> ApiResult<Vec<VoiceState>> {
+pub async fn channel_states(state: &AppState, channel_id: Uuid) -> Result<Vec<VoiceState>, VoiceError> {
     let mut states: Vec<VoiceState> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VOICE_STATE_COLUMNS} FROM voice_states WHERE channel_id = $1 ORDER BY joined_at, user_id"
     )))

@@ -2,16 +2,14 @@
 //! and 12–14 (answers, ICE candidates, ICE restarts), and the end of a
 //! gateway session's voice connection.
 
-use axum::http::StatusCode;
 use together_protocol::permissions::Permissions;
-use together_sfu::{JoinError, PeerId, SignalError, VoiceFlags};
+use together_sfu::{JoinError, PeerId, VoiceFlags};
 use uuid::Uuid;
 
 use super::leaving::{announce_leave, announce_state, delete_row, disconnect, end_session, push_offer};
 use super::wire::{VoiceAnswer, VoiceCandidate, VoiceErrorEvent, VoiceRestart, VoiceStateRequest};
-use super::{Participant, VOICE_STATE_COLUMNS, not_in_voice, unavailable};
+use super::{Participant, VOICE_STATE_COLUMNS, VoiceError};
 use crate::bus::{Audience, Published};
-use crate::error::{ApiError, ApiResult};
 use crate::gateway::protocol::{self as p, Close};
 use crate::gateway::session::Session;
 use crate::model::{ChannelKind, VoiceState};
@@ -54,10 +52,14 @@ pub async fn gateway_op(state: &AppState, session: &Session, op: u8, data: &str)
         _ => return Err(Close::UnknownOpcode),
     };
     if let Err((err, voice_session, channel_id)) = result {
+        if err.is_internal() {
+            tracing::error!(error = %err, op, "voice request failed");
+        }
+        let message = if err.is_internal() { "internal error".to_string() } else { err.to_string() };
         let payload = VoiceErrorEvent {
             op,
-            code: err.code,
-            message: err.message,
+            code: err.code(),
+            message,
             voice_session,
             channel_id,
         };
@@ -67,7 +69,7 @@ pub async fn gateway_op(state: &AppState, session: &Session, op: u8, data: &str)
 }
 
 /// Op 4: join, move, leave, or change one's own mute and deafen.
-pub(super) async fn update_voice_state(state: &AppState, session: &Session, request: VoiceStateRequest) -> ApiResult<()> {
+pub(super) async fn update_voice_state(state: &AppState, session: &Session, request: VoiceStateRequest) -> Result<(), VoiceError> {
     let user = session.user_id;
     let _guard = state.voice.lock_user(user).await;
     let current = state.voice.participant(user);
@@ -83,13 +85,13 @@ pub(super) async fn update_voice_state(state: &AppState, session: &Session, requ
     {
         return set_self_flags(state, current, request.self_mute, request.self_deaf).await;
     }
-    let sfu = state.voice.sfu().ok_or_else(unavailable)?;
+    let sfu = state.voice.sfu().ok_or(VoiceError::Unavailable)?;
     let access = channel_access(&state.db, user, channel_id).await?;
     if access.server.server_id != request.server_id {
-        return Err(ApiError::not_found("unknown_channel", "no such channel"));
+        return Err(VoiceError::UnknownChannel);
     }
     if access.kind != ChannelKind::Voice {
-        return Err(ApiError::bad_request("not_voice_channel", "that is not a voice channel"));
+        return Err(VoiceError::NotVoiceChannel);
     }
     access.require(Permissions::CONNECT_VOICE)?;
     // A moderator's mute and deafen follow the user within the server.
@@ -117,7 +119,7 @@ pub(super) async fn connect(
     server_id: Uuid,
     channel_id: Uuid,
     flags: VoiceFlags,
-) -> ApiResult<()> {
+) -> Result<(), VoiceError> {
     if let Some(current) = current
         && current.peer != peer
     {
@@ -136,12 +138,9 @@ pub(super) async fn connect(
                 announce_leave(state, current);
             }
             return Err(match err {
-                JoinError::RoomFull { max, .. } => ApiError::conflict(
-                    "voice_channel_full",
-                    format!("the voice channel is full ({max} participants)"),
-                ),
-                JoinError::ShuttingDown => unavailable(),
-                JoinError::Media(detail) => ApiError::internal(detail),
+                JoinError::RoomFull { max, .. } => VoiceError::ChannelFull { max },
+                JoinError::ShuttingDown => VoiceError::Unavailable,
+                JoinError::Media(detail) => VoiceError::Media(detail),
             });
         }
     };
@@ -176,11 +175,9 @@ pub(super) async fn connect(
                 delete_row(state, current).await;
                 announce_leave(state, current);
             }
-            // The channel or the membership went away meanwhile.
-            return Err(match ApiError::from(err) {
-                e if e.status == StatusCode::NOT_FOUND => ApiError::not_found("unknown_channel", "no such channel"),
-                e => e,
-            });
+            // A refused foreign key: the channel or the membership went
+            // away meanwhile.
+            return Err(err.into());
         }
     };
     let participant = Participant {
@@ -203,7 +200,7 @@ pub(super) async fn connect(
 }
 
 /// The user's own switches, in the channel they are in.
-pub(super) async fn set_self_flags(state: &AppState, current: Participant, self_mute: bool, self_deaf: bool) -> ApiResult<()> {
+pub(super) async fn set_self_flags(state: &AppState, current: Participant, self_mute: bool, self_deaf: bool) -> Result<(), VoiceError> {
     let sql = format!(
         "UPDATE voice_states SET self_mute = $2, self_deaf = $3 WHERE user_id = $1 RETURNING {VOICE_STATE_COLUMNS}"
     );
@@ -213,7 +210,7 @@ pub(super) async fn set_self_flags(state: &AppState, current: Participant, self_
         .bind(self_deaf)
         .fetch_optional(&state.db)
         .await?;
-    let row = row.ok_or_else(not_in_voice)?;
+    let row = row.ok_or(VoiceError::NotInVoice)?;
     apply_flags(state, current, &row);
     announce_state(state, &row);
     Ok(())
@@ -234,7 +231,7 @@ pub(super) fn apply_flags(state: &AppState, participant: Participant, row: &Voic
     }
 }
 
-pub(super) async fn stored_server_flags(state: &AppState, user: Uuid) -> ApiResult<(bool, bool)> {
+pub(super) async fn stored_server_flags(state: &AppState, user: Uuid) -> Result<(bool, bool), VoiceError> {
     let row: Option<(bool, bool)> =
         sqlx::query_as("SELECT server_mute, server_deaf FROM voice_states WHERE user_id = $1")
             .bind(user)
@@ -245,52 +242,26 @@ pub(super) async fn stored_server_flags(state: &AppState, user: Uuid) -> ApiResu
 
 /// The participant of this gateway session, if the message names its
 /// current voice session.
-pub(super) fn own_participant(state: &AppState, session: &Session, voice_session: Uuid) -> ApiResult<Participant> {
+pub(super) fn own_participant(state: &AppState, session: &Session, voice_session: Uuid) -> Result<Participant, VoiceError> {
     let participant = state
         .voice
         .participant(session.user_id)
         .filter(|p| p.peer.session == session.id)
-        .ok_or_else(not_in_voice)?;
+        .ok_or(VoiceError::NotInVoice)?;
     if participant.voice_session != voice_session {
-        return Err(ApiError::bad_request(
-            "stale_voice_session",
-            "that voice session has ended; use the one of the latest VOICE_OFFER",
-        ));
+        return Err(VoiceError::StaleSession);
     }
     Ok(participant)
 }
 
-pub(super) fn signal_error(err: SignalError) -> ApiError {
-    match err {
-        SignalError::NotJoined(_) => not_in_voice(),
-        SignalError::StaleSession { .. } => ApiError::bad_request(
-            "stale_voice_session",
-            "that voice session has ended; use the one of the latest VOICE_OFFER",
-        ),
-        SignalError::NoOfferPending => ApiError::bad_request("no_offer_pending", "no offer is waiting for an answer"),
-        SignalError::StaleNegotiation { pending, got } => ApiError::bad_request(
-            "stale_negotiation",
-            format!("answer is for negotiation {got}, but {pending} is outstanding"),
-        ),
-        SignalError::BadSdp(detail) => ApiError::bad_request("invalid_sdp", format!("the SDP was refused: {detail}")),
-        SignalError::BadCandidate(detail) => {
-            ApiError::bad_request("invalid_candidate", format!("the ICE candidate was refused: {detail}"))
-        }
-        SignalError::TooManyCandidates => {
-            ApiError::bad_request("too_many_candidates", "too many ICE candidates before the answer")
-        }
-        SignalError::Media(detail) => ApiError::internal(detail),
-    }
-}
-
 /// Op 12: the client's answer to an offer.
-pub(super) async fn relay_answer(state: &AppState, session: &Session, answer: VoiceAnswer) -> ApiResult<()> {
-    let sfu = state.voice.sfu().ok_or_else(unavailable)?;
+pub(super) async fn relay_answer(state: &AppState, session: &Session, answer: VoiceAnswer) -> Result<(), VoiceError> {
+    let sfu = state.voice.sfu().ok_or(VoiceError::Unavailable)?;
     let participant = own_participant(state, session, answer.voice_session)?;
     let next = sfu
         .answer(participant.peer, answer.voice_session, answer.negotiation, answer.sdp)
         .await
-        .map_err(signal_error)?;
+        .map_err(VoiceError::from)?;
     if let Some(offer) = next {
         push_offer(state, &offer, None);
     }
@@ -298,23 +269,23 @@ pub(super) async fn relay_answer(state: &AppState, session: &Session, answer: Vo
 }
 
 /// Op 13: a trickled ICE candidate.
-pub(super) async fn relay_candidate(state: &AppState, session: &Session, candidate: VoiceCandidate) -> ApiResult<()> {
-    let sfu = state.voice.sfu().ok_or_else(unavailable)?;
+pub(super) async fn relay_candidate(state: &AppState, session: &Session, candidate: VoiceCandidate) -> Result<(), VoiceError> {
+    let sfu = state.voice.sfu().ok_or(VoiceError::Unavailable)?;
     let participant = own_participant(state, session, candidate.voice_session)?;
     sfu.add_ice_candidate(participant.peer, candidate.voice_session, candidate.candidate)
         .await
-        .map_err(signal_error)
+        .map_err(VoiceError::from)
 }
 
 /// Op 14: an ICE restart; the new offer follows (now, or after the answer
 /// to the outstanding one).
-pub(super) async fn restart_ice(state: &AppState, session: &Session, restart: VoiceRestart) -> ApiResult<()> {
-    let sfu = state.voice.sfu().ok_or_else(unavailable)?;
+pub(super) async fn restart_ice(state: &AppState, session: &Session, restart: VoiceRestart) -> Result<(), VoiceError> {
+    let sfu = state.voice.sfu().ok_or(VoiceError::Unavailable)?;
     let participant = own_participant(state, session, restart.voice_session)?;
     if let Some(offer) = sfu
         .renegotiate(participant.peer, restart.voice_session, true)
         .await
-        .map_err(signal_error)?
+        .map_err(VoiceError::from)?
     {
         push_offer(state, &offer, None);
     }

@@ -1,19 +1,15 @@
 //! Ops from peers: judged by the community's resolver under the book,
 //! then written (op log, delegations, projection: one transaction) in the
 //! order they were judged while the next batch is judged, and announced
-//! to this node's gateway. Gossip ([`on_gossip`]), sync and pushes all
-//! come through here; so do revocations ([`apply_revocation`]).
+//! to this node's gateway. Gossip ([`super::on_gossip`]), sync and pushes
+//! all come through here; so do revocations ([`apply_revocation`]).
 
-use libp2p::PeerId;
-use libp2p::gossipsub::MessageAcceptance;
-use together_crdt::{Added, CheckedOp, MAX_OP_BYTES, OP_KIND, Op, OpId, OpStatus, Resolver};
+use together_crdt::{Added, CheckedOp, Op, OpId, OpStatus, Resolver};
 use together_protocol::identity::{SignedDelegation, SignedRevocation};
 use uuid::Uuid;
 
-use super::peers::sync_with;
-use super::{insert_ops, known, save_statuses, store, take_changed};
+use super::{insert_ops, save_statuses, store, take_changed};
 use crate::federation::structure::{self, Origin};
-use crate::net::NetClient;
 use crate::state::AppState;
 
 /// What [`receive`] did with a batch of ops.
@@ -328,83 +324,4 @@ pub async fn apply_revocation(state: &AppState, revocation: &SignedRevocation) -
         }
     }
     Ok(())
-}
-
-/// An op from the community's state topic. Accepts ops whose envelope
-/// and signatures check out (whatever the resolver then decides about
-/// their authority, so every replica judges them alike); rejects the rest.
-pub async fn on_gossip(
-    state: &AppState,
-    client: &NetClient,
-    source: Option<PeerId>,
-    server_id: Uuid,
-    data: &[u8],
-) -> MessageAcceptance {
-    let counters = state.federation.counters();
-    let reject = |reason: &'static str| {
-        counters.reject(reason);
-        tracing::info!(reason, %server_id, "op rejected");
-        MessageAcceptance::Reject
-    };
-    if data.len() > MAX_OP_BYTES {
-        return reject("oversized");
-    }
-    let op = match Op::from_wire(data) {
-        Ok(op) => op,
-        Err(together_crdt::OpError::TooLarge(_)) => return reject("oversized"),
-        Err(_) => return reject("malformed"),
-    };
-    if op.body().community != server_id {
-        return reject("wrong_topic");
-    }
-    let delegation = match op.inline_delegation() {
-        Some(d) => *d,
-        None => match store::delegation_by_hash(&state.db, &op.delegation_hash()).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return reject("unknown_delegation"),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot look up a delegation");
-                return MessageAcceptance::Ignore;
-            }
-        },
-    };
-    if op.event().verify(OP_KIND, &delegation, op.body().time).is_err() {
-        return reject("bad_signature");
-    }
-    if delegation.delegation.user != op.body().author {
-        return reject("bad_signature");
-    }
-    match known(state, &op.id()).await {
-        Ok(true) => {
-            counters.duplicate();
-            return MessageAcceptance::Ignore;
-        }
-        Ok(false) => {}
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot look up an op");
-            return MessageAcceptance::Ignore;
-        }
-    }
-    if !matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_))) {
-        return MessageAcceptance::Ignore;
-    }
-    match receive(state, server_id, vec![op]).await {
-        Ok(received) => {
-            if let Some(code) = received.refused.first() {
-                tracing::info!(reason = code, %server_id, "op refused");
-                return MessageAcceptance::Reject;
-            }
-            if received.missing
-                && let Some(peer) = source
-            {
-                let (state, client) = (state.clone(), client.clone());
-                state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move { sync_with(&state, &client, peer, server_id).await });
-            }
-            MessageAcceptance::Accept
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot store an op");
-            MessageAcceptance::Ignore
-        }
-    }
 }

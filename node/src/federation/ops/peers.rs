@@ -1,18 +1,20 @@
-//! Community sync with other nodes: answering and asking for the ops a
-//! side lacks (heads/ops), pushing ops a peer lacks, the profiles of
-//! their authors, and the anti-entropy loop that reconciles every
-//! federated community with every connected peer.
+//! Community state with other nodes: ops arriving on a state topic
+//! ([`on_gossip`]), answering and asking for the ops a side lacks
+//! (heads/ops), pushing ops a peer lacks, the profiles of their authors,
+//! and the anti-entropy loop that reconciles every federated community
+//! with every connected peer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::Utc;
 use libp2p::PeerId;
-use together_crdt::{CheckedOp, Op, OpId};
+use libp2p::gossipsub::MessageAcceptance;
+use together_crdt::{CheckedOp, MAX_OP_BYTES, OP_KIND, Op, OpId};
 use together_protocol::identity::UserPublicKey;
 use uuid::Uuid;
 
 use super::intake::{Batch, Written, intake, settled};
-use super::{LOG_BATCH, has_community, publish, receive, store};
+use super::{LOG_BATCH, has_community, known, publish, receive, store};
 use crate::federation::wire::{SyncRequest, SyncResponse, UserRow};
 use crate::net::NetClient;
 use crate::state::AppState;
@@ -455,14 +457,16 @@ pub async fn sync_with(state: &AppState, client: &NetClient, peer: PeerId, serve
     }
 }
 
-/// Every few seconds, reconciles every federated community with every
-/// connected peer (ops that gossip lost, partitions that healed) and
+/// Every few seconds, dials the community peers that lost their
+/// connection ([`crate::federation::reconnect`]), reconciles every
+/// federated community with every connected peer (ops that gossip lost, partitions that healed) and
 /// catches up on its message events ([`crate::federation::sync::catch_up`]).
 /// First, communities made before signed state get their ops
 /// ([`super::adopt::adopt_all`]).
 pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
     state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move {
         super::adopt::adopt_all(&state).await;
+        let mut reconnect = crate::federation::reconnect::Reconnect::default();
         let mut interval = tokio::time::interval(ANTI_ENTROPY_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -473,10 +477,12 @@ pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
             let Ok(info) = client.info().await else {
                 continue;
             };
+            let connected: HashSet<PeerId> = info.connected_peers.iter().filter_map(|p| p.parse().ok()).collect();
+            reconnect.round(&state, &client, &connected).await;
             let Ok(servers) = store::federated_servers(&state.db).await else {
                 continue;
             };
-            for peer in info.connected_peers.iter().filter_map(|p| p.parse::<PeerId>().ok()) {
+            for peer in connected {
                 for server_id in &servers {
                     sync_with(&state, &client, peer, *server_id).await;
                     if let Err(err) = crate::federation::sync::catch_up(&state, &client, peer, *server_id).await {
@@ -490,3 +496,82 @@ pub fn spawn_anti_entropy(state: AppState, client: NetClient) {
 
 /// How often [`spawn_anti_entropy`] runs.
 pub const ANTI_ENTROPY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An op from the community's state topic. Accepts ops whose envelope
+/// and signatures check out (whatever the resolver then decides about
+/// their authority, so every replica judges them alike); rejects the rest.
+pub async fn on_gossip(
+    state: &AppState,
+    client: &NetClient,
+    source: Option<PeerId>,
+    server_id: Uuid,
+    data: &[u8],
+) -> MessageAcceptance {
+    let counters = state.federation.counters();
+    let reject = |reason: &'static str| {
+        counters.reject(reason);
+        tracing::info!(reason, %server_id, "op rejected");
+        MessageAcceptance::Reject
+    };
+    if data.len() > MAX_OP_BYTES {
+        return reject("oversized");
+    }
+    let op = match Op::from_wire(data) {
+        Ok(op) => op,
+        Err(together_crdt::OpError::TooLarge(_)) => return reject("oversized"),
+        Err(_) => return reject("malformed"),
+    };
+    if op.body().community != server_id {
+        return reject("wrong_topic");
+    }
+    let delegation = match op.inline_delegation() {
+        Some(d) => *d,
+        None => match store::delegation_by_hash(&state.db, &op.delegation_hash()).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return reject("unknown_delegation"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look up a delegation");
+                return MessageAcceptance::Ignore;
+            }
+        },
+    };
+    if op.event().verify(OP_KIND, &delegation, op.body().time).is_err() {
+        return reject("bad_signature");
+    }
+    if delegation.delegation.user != op.body().author {
+        return reject("bad_signature");
+    }
+    match known(state, &op.id()).await {
+        Ok(true) => {
+            counters.duplicate();
+            return MessageAcceptance::Ignore;
+        }
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot look up an op");
+            return MessageAcceptance::Ignore;
+        }
+    }
+    if !matches!(store::federation_of(&state.db, server_id).await, Ok(Some(_))) {
+        return MessageAcceptance::Ignore;
+    }
+    match receive(state, server_id, vec![op]).await {
+        Ok(received) => {
+            if let Some(code) = received.refused.first() {
+                tracing::info!(reason = code, %server_id, "op refused");
+                return MessageAcceptance::Reject;
+            }
+            if received.missing
+                && let Some(peer) = source
+            {
+                let (state, client) = (state.clone(), client.clone());
+                state.tasks.clone().spawn(crate::tasks::Stage::Federation, async move { sync_with(&state, &client, peer, server_id).await });
+            }
+            MessageAcceptance::Accept
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot store an op");
+            MessageAcceptance::Ignore
+        }
+    }
+}
