@@ -26,14 +26,16 @@
 //!    ([`crate::federation::structure::announce`], the same function that
 //!    announces changes from peers) and the ops are gossiped.
 //!
-//! A rejection becomes an [`ApiError`] in one place (its `From` impl in
-//! [`crate::error`]). The limits live in [`together_crdt::authz`]; the
+//! Every refusal is a [`CommunityError`] (a rejection by the rules keeps
+//! its reason); the API maps it to a status in one place
+//! (`http/errors.rs`). The limits live in [`together_crdt::authz`]; the
 //! constants here re-export them for the REST docs and messages.
 //!
 //! The submodules hold the commands and the read queries of each resource.
 
 pub mod bans;
 pub mod channels;
+mod error;
 pub mod invites;
 pub mod members;
 pub mod read;
@@ -47,8 +49,8 @@ use together_crdt::{Command as StateCommand, Standing, State};
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
-use crate::extract::required_text;
+pub use error::{CommunityError, CommunityResult, Missing};
+use crate::text::required_text;
 use crate::model::ChannelKind;
 use crate::state::AppState;
 
@@ -88,7 +90,7 @@ impl View<'_> {
     /// now, without making it: for a request that names something it
     /// would leave as it is (a reorder that moves nothing still needs the
     /// permission to move). "Nothing to change" passes.
-    pub fn judge(&self, command: &StateCommand) -> ApiResult<()> {
+    pub fn judge(&self, command: &StateCommand) -> CommunityResult<()> {
         let key = self
             .state
             .members
@@ -106,7 +108,7 @@ impl View<'_> {
 
     /// 404 `unknown_channel` unless the channel is in this community and
     /// the actor can view it; its kind otherwise.
-    pub fn visible_channel(&self, channel: Uuid) -> ApiResult<together_crdt::ChannelKind> {
+    pub fn visible_channel(&self, channel: Uuid) -> CommunityResult<together_crdt::ChannelKind> {
         let found = self.state.channels.get(&channel).ok_or_else(unknown_channel)?;
         if self.standing().in_channel(&channel).contains(Permissions::VIEW_CHANNEL) {
             Ok(found.kind)
@@ -126,13 +128,13 @@ pub trait Command: Send {
     const MEMBERS_ONLY: bool = true;
 
     /// The 404 a caller who may not see the community gets.
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_server()
     }
 
     /// The community this change is to, found from what the command
     /// names (read in `conn`, the change's transaction).
-    fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> impl Future<Output = ApiResult<Uuid>> + Send;
+    fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> impl Future<Output = CommunityResult<Uuid>> + Send;
 
     /// The state commands this change stands for, in order, made on the
     /// community's current state. An empty list changes nothing.
@@ -140,7 +142,7 @@ pub trait Command: Send {
         &mut self,
         conn: &mut PgConnection,
         view: View<'_>,
-    ) -> impl Future<Output = ApiResult<Vec<StateCommand>>> + Send;
+    ) -> impl Future<Output = CommunityResult<Vec<StateCommand>>> + Send;
 
     /// The answer, read back from the tables after the change.
     fn output(
@@ -148,7 +150,7 @@ pub trait Command: Send {
         conn: &mut PgConnection,
         actor: Uuid,
         server_id: Uuid,
-    ) -> impl Future<Output = ApiResult<Self::Output>> + Send;
+    ) -> impl Future<Output = CommunityResult<Self::Output>> + Send;
 }
 
 /// Runs `command` for `actor`: plan, judge and write in one transaction,
@@ -156,7 +158,7 @@ pub trait Command: Send {
 ///
 /// Structural changes of the node (these and ops from peers) run one at a
 /// time under the op book's lock, taken before any database lock.
-pub async fn execute<C: Command>(state: &AppState, actor: Uuid, mut command: C) -> ApiResult<C::Output> {
+pub async fn execute<C: Command>(state: &AppState, actor: Uuid, mut command: C) -> CommunityResult<C::Output> {
     let mut book = state.federation.ops().lock().await;
     book.settle().await;
     let mut tx = state.db.begin().await?;
@@ -206,8 +208,8 @@ pub async fn execute<C: Command>(state: &AppState, actor: Uuid, mut command: C) 
 pub(crate) async fn server_named(
     conn: &mut PgConnection,
     server_id: Uuid,
-    not_found: fn() -> ApiError,
-) -> ApiResult<Uuid> {
+    not_found: fn() -> CommunityError,
+) -> CommunityResult<Uuid> {
     let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM servers WHERE id = $1")
         .bind(server_id)
         .fetch_optional(&mut *conn)
@@ -216,7 +218,7 @@ pub(crate) async fn server_named(
 }
 
 /// The community a channel belongs to; 404 `unknown_channel`.
-pub(crate) async fn server_of_channel(conn: &mut PgConnection, channel_id: Uuid) -> ApiResult<Uuid> {
+pub(crate) async fn server_of_channel(conn: &mut PgConnection, channel_id: Uuid) -> CommunityResult<Uuid> {
     let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM channels WHERE id = $1")
         .bind(channel_id)
         .fetch_optional(&mut *conn)
@@ -243,14 +245,14 @@ pub(crate) fn api_kind(kind: together_crdt::ChannelKind) -> ChannelKind {
 }
 
 /// A name: trimmed, 1 to 100 characters, no control characters.
-pub fn validate_name(field: &str, value: &str) -> ApiResult<String> {
-    required_text(field, value, 1, NAME_MAX)
+pub fn validate_name(field: &str, value: &str) -> CommunityResult<String> {
+    Ok(required_text(field, value, 1, NAME_MAX)?)
 }
 
 /// A channel name; text channels are normalised as Discord does:
 /// lowercase, whitespace runs become one `-`, ASCII punctuation other than
 /// `-` and `_` is dropped, and no leading or trailing dashes remain.
-pub fn channel_name(kind: ChannelKind, value: &str) -> ApiResult<String> {
+pub fn channel_name(kind: ChannelKind, value: &str) -> CommunityResult<String> {
     let name = validate_name("name", value)?;
     if kind != ChannelKind::Text {
         return Ok(name);
@@ -272,11 +274,11 @@ pub fn channel_name(kind: ChannelKind, value: &str) -> ApiResult<String> {
         out.push(c);
     }
     if out.is_empty() {
-        return Err(ApiError::invalid("name must contain at least one letter, digit or symbol other than punctuation"));
+        return Err(CommunityError::invalid("name must contain at least one letter, digit or symbol other than punctuation"));
     }
     // Lowercasing can lengthen a few characters (e.g. `İ`).
     if out.chars().count() > NAME_MAX {
-        return Err(ApiError::invalid(format!("name must be 1 to {NAME_MAX} characters")));
+        return Err(CommunityError::invalid(format!("name must be 1 to {NAME_MAX} characters")));
     }
     Ok(out)
 }

@@ -101,27 +101,6 @@ where
     }
 }
 
-/// Trims a required text field and checks its length in characters.
-pub fn required_text(field: &str, value: &str, min: usize, max: usize) -> Result<String, ApiError> {
-    let trimmed = value.trim();
-    let len = trimmed.chars().count();
-    if len < min || len > max {
-        return Err(ApiError::invalid(format!("{field} must be {min} to {max} characters")));
-    }
-    if trimmed.chars().any(|c| c.is_control()) {
-        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
-    }
-    Ok(trimmed.to_string())
-}
-
-/// Like [`required_text`] for an optional field; an empty string clears it.
-pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => required_text(field, v, 1, max).map(Some),
-    }
-}
-
 /// For fields that distinguish "absent" from `null`: use with
 /// `#[serde(default, deserialize_with = "crate::extract::nullable")]` on an
 /// `Option<Option<T>>`. Absent is `None` (leave as is), `null` is

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bans;
 pub mod channels;
 pub mod delegations;
+mod errors;
 pub mod federation;
 pub mod health;
 pub mod invites;

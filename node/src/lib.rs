@@ -19,7 +19,8 @@
 //! - [`http`]: the REST API, one file per resource under `http/`.
 //! - [`auth`]: passwords, tokens and the `AuthUser` extractor.
 //! - [`extract`]: JSON, path and query extractors with JSON errors.
-//! - [`error`]: [`error::ApiError`], the one error shape of the API.
+//! - [`error`]: [`error::ApiError`], the one error shape of the API; the
+//!   services' own error enums become it in `http/errors.rs`.
 //! - [`perms`]: who may see and do what, from roles and overrides.
 //! - [`caches`]: sessions and permissions kept in memory, forgotten when
 //!   an event on the bus changes them.
@@ -37,6 +38,7 @@
 //!   download headers, removal of stale uploads.
 //! - [`users`]: loading users and the rules for names and links they
 //!   choose, for every service.
+//! - [`text`]: the rules for names, topics and other chosen text.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes as typed events, each serialized at most
 //!   once, when a gateway session first needs it.
@@ -70,6 +72,7 @@ pub mod seed;
 pub mod server;
 pub mod state;
 pub mod tasks;
+pub mod text;
 pub mod uploads;
 pub mod users;
 pub mod voice;

@@ -315,7 +315,7 @@ struct ChannelContextRow {
 pub async fn server_overrides(
     db: impl PgExecutor<'_>,
     server_id: Uuid,
-) -> Result<HashMap<Uuid, Vec<OverrideRow>>, AccessError> {
+) -> Result<HashMap<Uuid, Vec<OverrideRow>>, sqlx::Error> {
     let rows: Vec<OverrideRow> = sqlx::query_as(
         "SELECT o.id, o.channel_id, o.role_id, o.user_id, o.allow, o.deny
            FROM channel_permission_overrides o
@@ -336,7 +336,7 @@ pub async fn server_overrides(
 pub async fn visible_channels(
     db: &PgPool,
     access: &ServerAccess,
-) -> Result<Vec<(Uuid, Permissions)>, AccessError> {
+) -> Result<Vec<(Uuid, Permissions)>, sqlx::Error> {
     let channels: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM channels WHERE server_id = $1")
         .bind(access.server_id)
         .fetch_all(db)

@@ -34,7 +34,7 @@ pub async fn seed(db: &PgPool, keys: &NodeKeys, messages: u32) -> anyhow::Result
     }
     let hash = crate::auth::password::hash(PASSWORD.to_string())
         .await
-        .map_err(|e| anyhow::anyhow!("hashing the dev password failed: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("hashing the dev password failed: {e}"))?;
 
     let mut tx = db.begin().await?;
     let mut ids = Vec::new();

@@ -6,7 +6,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+/// Why an access token is not accepted, or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the access token has expired; refresh it")]
+    Expired,
+    #[error("the access token is not valid")]
+    Invalid,
+    #[error("cannot sign an access token: {0}")]
+    Signing(String),
+}
 
 /// Lifetime of an access token.
 pub const ACCESS_TOKEN_SECONDS: i64 = 15 * 60;
@@ -25,7 +34,7 @@ pub struct Claims {
     pub iss: String,
 }
 
-pub fn issue_access_token(key: &[u8; 32], user: Uuid, session: Uuid) -> Result<String, ApiError> {
+pub fn issue_access_token(key: &[u8; 32], user: Uuid, session: Uuid) -> Result<String, TokenError> {
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         sub: user,
@@ -35,10 +44,10 @@ pub fn issue_access_token(key: &[u8; 32], user: Uuid, session: Uuid) -> Result<S
         iss: ISSUER.to_string(),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key))
-        .map_err(ApiError::internal)
+        .map_err(|err| TokenError::Signing(err.to_string()))
 }
 
-pub fn verify_access_token(key: &[u8; 32], token: &str) -> Result<Claims, ApiError> {
+pub fn verify_access_token(key: &[u8; 32], token: &str) -> Result<Claims, TokenError> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.algorithms = vec![Algorithm::HS256];
     validation.leeway = 5;
@@ -47,10 +56,8 @@ pub fn verify_access_token(key: &[u8; 32], token: &str) -> Result<Claims, ApiErr
     jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation)
         .map(|data| data.claims)
         .map_err(|err| match err.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                ApiError::unauthorized("token_expired", "the access token has expired; refresh it")
-            }
-            _ => ApiError::unauthorized("invalid_token", "the access token is not valid"),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
         })
 }
 

@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Command, View, server_named, unknown_server};
-use crate::error::ApiResult;
-use crate::extract::optional_text;
+use super::error::CommunityResult;
+use crate::text::optional_text;
 use crate::users::fetch_user;
 use crate::model::{Ban, UserRow};
 
@@ -37,11 +37,11 @@ pub struct BanMember {
 impl Command for BanMember {
     type Output = ();
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let reason = optional_text("reason", self.reason.as_deref(), REASON_MAX)?;
         // Only users this node knows can be banned here (404 `unknown_user`).
         fetch_user(&mut *conn, self.user_id).await?;
@@ -57,7 +57,7 @@ impl Command for BanMember {
         Ok(commands)
     }
 
-    async fn output(self, _conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> CommunityResult<()> {
         tracing::info!(server = %server_id, user = %self.user_id, by = %actor, "user banned");
         Ok(())
     }
@@ -73,15 +73,15 @@ pub struct UnbanUser {
 impl Command for UnbanUser {
     type Output = ();
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         Ok(vec![StateCommand::Unban { user: self.user_id }])
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }
@@ -95,7 +95,7 @@ struct BanRow {
 }
 
 /// Every ban of a server, oldest first.
-pub async fn list_bans(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Vec<Ban>> {
+pub async fn list_bans(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> CommunityResult<Vec<Ban>> {
     let rows: Vec<BanRow> = sqlx::query_as(
         "SELECT b.reason, b.created_at AS banned_at,
                 u.id, u.public_key, u.username, u.email, u.avatar_url, u.status, u.custom_status, u.created_at

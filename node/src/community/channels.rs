@@ -14,8 +14,8 @@ use super::{
     Command, MAX_CHANNELS, TOPIC_MAX, View, api_kind, channel_name, server_named, server_of_channel, state_kind,
     unknown_channel, unknown_member, unknown_server,
 };
-use crate::error::{ApiError, ApiResult};
-use crate::extract::optional_text;
+use super::error::{CommunityError, CommunityResult};
+use crate::text::optional_text;
 use crate::model::{Channel, ChannelKind, OverrideKind};
 
 pub use super::read::{channels_with_overrides, list_visible_channels, load_channel};
@@ -60,11 +60,11 @@ impl CreateChannel {
 impl Command for CreateChannel {
     type Output = Channel;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let c = &self.channel;
         let name = channel_name(c.kind, &c.name)?;
         let topic = validate_topic(c.kind, c.topic.as_deref())?;
@@ -85,7 +85,7 @@ impl Command for CreateChannel {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Channel> {
         load_channel(conn, self.id).await
     }
 }
@@ -114,15 +114,15 @@ pub struct UpdateChannel {
 impl Command for UpdateChannel {
     type Output = Channel;
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_channel()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_channel(conn, self.channel_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let kind = api_kind(view.visible_channel(self.channel_id)?);
         let c = &self.changes;
         let name = c.name.as_deref().map(|n| channel_name(kind, n)).transpose()?;
@@ -144,7 +144,7 @@ impl Command for UpdateChannel {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Channel> {
         load_channel(conn, self.channel_id).await
     }
 }
@@ -172,19 +172,19 @@ impl Command for ReorderChannels {
     /// The channels the actor can see afterwards, in order.
     type Output = Vec<Channel>;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         if self.moves.len() > MAX_CHANNELS {
-            return Err(ApiError::invalid(format!("at most {MAX_CHANNELS} channels can be moved at once")));
+            return Err(CommunityError::invalid(format!("at most {MAX_CHANNELS} channels can be moved at once")));
         }
         let mut seen = HashSet::new();
         for m in &self.moves {
             validate_position(m.position)?;
             if !seen.insert(m.id) {
-                return Err(ApiError::invalid(format!("channel {} is listed twice", m.id)));
+                return Err(CommunityError::invalid(format!("channel {} is listed twice", m.id)));
             }
         }
         let mut commands = Vec::new();
@@ -213,9 +213,9 @@ impl Command for ReorderChannels {
         Ok(commands)
     }
 
-    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Vec<Channel>> {
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> CommunityResult<Vec<Channel>> {
         let access = crate::perms::server_access(&mut *conn, actor, server_id).await?;
-        list_visible_channels(conn, &access).await
+        Ok(list_visible_channels(conn, &access).await?)
     }
 }
 
@@ -229,20 +229,20 @@ pub struct DeleteChannel {
 impl Command for DeleteChannel {
     type Output = ();
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_channel()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_channel(conn, self.channel_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         view.visible_channel(self.channel_id)?;
         Ok(vec![StateCommand::DeleteChannel { id: self.channel_id }])
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }
@@ -276,15 +276,15 @@ pub struct SetOverride {
 impl Command for SetOverride {
     type Output = Channel;
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_channel()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_channel(conn, self.channel_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         view.visible_channel(self.channel_id)?;
         let OverrideInput { kind, allow, deny } = self.input.clone();
         let target = match kind {
@@ -306,7 +306,7 @@ impl Command for SetOverride {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Channel> {
         load_channel(conn, self.channel_id).await
     }
 }
@@ -321,15 +321,15 @@ pub struct DeleteOverride {
 impl Command for DeleteOverride {
     type Output = Channel;
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_channel()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_channel(conn, self.channel_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         view.visible_channel(self.channel_id)?;
         let overrides = view.state.channels.get(&self.channel_id).map(|c| &c.overrides);
         // The path names a role or a member; whichever has an override.
@@ -343,24 +343,24 @@ impl Command for DeleteOverride {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Channel> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Channel> {
         load_channel(conn, self.channel_id).await
     }
 }
 
-fn validate_position(position: i32) -> ApiResult<()> {
+fn validate_position(position: i32) -> CommunityResult<()> {
     if (0..=MAX_POSITION).contains(&position) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!("position must be 0 to {MAX_POSITION}")))
+        Err(CommunityError::invalid(format!("position must be 0 to {MAX_POSITION}")))
     }
 }
 
 /// A topic (up to 1024 characters; empty clears); categories have none.
-fn validate_topic(kind: ChannelKind, topic: Option<&str>) -> ApiResult<Option<String>> {
+fn validate_topic(kind: ChannelKind, topic: Option<&str>) -> CommunityResult<Option<String>> {
     let topic = optional_text("topic", topic, TOPIC_MAX)?;
     if topic.is_some() && kind == ChannelKind::Category {
-        return Err(ApiError::invalid("categories have no topic"));
+        return Err(CommunityError::invalid("categories have no topic"));
     }
     Ok(topic)
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::servers::fetch_server;
 use super::{Command, View, server_named, unknown_invite, unknown_server};
-use crate::error::{ApiError, ApiResult};
+use super::error::{CommunityError, CommunityResult};
 use crate::model::{Invite, InviteServer, Server};
 use together_crdt::Command as StateCommand;
 
@@ -64,24 +64,24 @@ impl CreateInvite {
 impl Command for CreateInvite {
     type Output = Invite;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let input = &self.invite;
         if let Some(channel_id) = input.channel_id {
             view.visible_channel(channel_id)?;
         }
         let max_age = input.max_age_seconds.unwrap_or(DEFAULT_MAX_AGE_SECONDS);
         if !(0..=MAX_AGE_SECONDS).contains(&max_age) {
-            return Err(ApiError::invalid(format!("max_age_seconds must be 0 (never expires) to {MAX_AGE_SECONDS}")));
+            return Err(CommunityError::invalid(format!("max_age_seconds must be 0 (never expires) to {MAX_AGE_SECONDS}")));
         }
         let max_uses = match input.max_uses.unwrap_or(0) {
             0 => None,
             n if (1..=MAX_USES).contains(&n) => Some(n),
             _ => {
-                return Err(ApiError::invalid(format!("max_uses must be 0 (unlimited) to {MAX_USES}")));
+                return Err(CommunityError::invalid(format!("max_uses must be 0 (unlimited) to {MAX_USES}")));
             }
         };
         let expires_at: Option<DateTime<Utc>> = (max_age > 0).then(|| Utc::now() + Duration::seconds(max_age));
@@ -103,10 +103,10 @@ impl Command for CreateInvite {
                 expires_at: expires_at.map(|t| t.timestamp()),
             }]);
         }
-        Err(ApiError::internal("no free invite code after 8 tries"))
+        Err(CommunityError::Internal("no free invite code after 8 tries".into()))
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Invite> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Invite> {
         fetch_invite(&mut *conn, &self.code, false).await
     }
 }
@@ -120,19 +120,19 @@ pub struct DeleteInvite {
 impl Command for DeleteInvite {
     type Output = ();
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_invite()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_invite(conn, &self.code).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         Ok(vec![StateCommand::RevokeInvite { code: self.code.clone() }])
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }
@@ -158,11 +158,11 @@ impl Command for JoinServer {
     type Output = Joined;
     const MEMBERS_ONLY: bool = false;
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_invite()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         let server_id = server_of_invite(conn, &self.code).await?;
         if self.server_id.is_some_and(|wanted| wanted != server_id) {
             return Err(unknown_invite());
@@ -171,7 +171,7 @@ impl Command for JoinServer {
         Ok(server_id)
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         if view.is_member() {
             // Already in: nothing to do, and no use is counted.
             self.code.clear();
@@ -182,7 +182,7 @@ impl Command for JoinServer {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Joined> {
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> CommunityResult<Joined> {
         let new_member = !self.code.is_empty();
         if new_member {
             tracing::info!(server = %server_id, user = %actor, "member joined by invite");
@@ -195,7 +195,7 @@ impl Command for JoinServer {
 }
 
 /// The community an invite is for; 404 `unknown_invite`.
-async fn server_of_invite(conn: &mut PgConnection, code: &str) -> ApiResult<Uuid> {
+async fn server_of_invite(conn: &mut PgConnection, code: &str) -> CommunityResult<Uuid> {
     check_code(code)?;
     let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM invites WHERE code = $1")
         .bind(code)
@@ -207,7 +207,7 @@ async fn server_of_invite(conn: &mut PgConnection, code: &str) -> ApiResult<Uuid
 
 /// A code that cannot exist (wrong length or characters) is unknown,
 /// without asking the database (which rejects some bytes, such as NUL).
-fn check_code(code: &str) -> ApiResult<()> {
+fn check_code(code: &str) -> CommunityResult<()> {
     if (4..=32).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
         Ok(())
     } else {
@@ -265,7 +265,7 @@ const INVITE_SELECT: &str = "SELECT i.code, i.channel_id, i.inviter_id, i.max_us
 
 /// One invite; with `live_only`, an expired or used-up one is 404
 /// `unknown_invite` too.
-pub async fn fetch_invite(db: impl sqlx::PgExecutor<'_>, code: &str, live_only: bool) -> ApiResult<Invite> {
+pub async fn fetch_invite(db: impl sqlx::PgExecutor<'_>, code: &str, live_only: bool) -> CommunityResult<Invite> {
     check_code(code)?;
     let sql = format!(
         "{INVITE_SELECT} WHERE i.code = $1 AND (NOT $2 OR (
@@ -280,7 +280,7 @@ pub async fn fetch_invite(db: impl sqlx::PgExecutor<'_>, code: &str, live_only: 
 }
 
 /// Every invite of a server, newest first, expired ones included.
-pub async fn list_invites(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Vec<Invite>> {
+pub async fn list_invites(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> CommunityResult<Vec<Invite>> {
     let sql = format!("{INVITE_SELECT} WHERE i.server_id = $1 ORDER BY i.created_at DESC, i.code");
     let rows: Vec<InviteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(server_id)

@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Command, MAX_ROLES, View, server_named, unknown_member, unknown_server};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::optional_text;
+use super::error::{CommunityError, CommunityResult};
+use crate::text::optional_text;
 use crate::model::Member;
 
 pub use super::read::{fetch_member, fetch_members, list_members};
@@ -71,11 +71,11 @@ pub struct UpdateMember {
 impl Command for UpdateMember {
     type Output = Member;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let mut commands = Vec::new();
         if let Some(nickname) = self.changes.nickname.as_deref() {
             commands.push(StateCommand::SetNickname {
@@ -89,7 +89,7 @@ impl Command for UpdateMember {
         Ok(commands)
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Member> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> CommunityResult<Member> {
         fetch_member(&mut *conn, server_id, self.user_id).await
     }
 }
@@ -115,27 +115,27 @@ pub struct ChangeMemberRoles {
 impl Command for ChangeMemberRoles {
     type Output = Member;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         role_change(&view, self.user_id, self.change.clone())
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Member> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> CommunityResult<Member> {
         fetch_member(&mut *conn, server_id, self.user_id).await
     }
 }
 
 /// The member's whole role set after `change`, as a state command.
-fn role_change(view: &View<'_>, user_id: Uuid, change: RoleChange) -> ApiResult<Vec<StateCommand>> {
+fn role_change(view: &View<'_>, user_id: Uuid, change: RoleChange) -> CommunityResult<Vec<StateCommand>> {
     let named: Vec<Uuid> = match &change {
         RoleChange::Set(ids) => ids.clone(),
         RoleChange::Add(id) | RoleChange::Remove(id) => vec![*id],
     };
     if named.len() > MAX_ROLES {
-        return Err(ApiError::invalid("too many roles"));
+        return Err(CommunityError::invalid("too many roles"));
     }
     let member = view.state.members.get(&user_id).ok_or_else(unknown_member)?;
     let current: BTreeSet<Uuid> = member
@@ -168,15 +168,15 @@ pub struct LeaveServer {
 impl Command for LeaveServer {
     type Output = ();
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         Ok(vec![StateCommand::Leave])
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }
@@ -191,15 +191,15 @@ pub struct KickMember {
 impl Command for KickMember {
     type Output = ();
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         Ok(vec![StateCommand::Kick { user: self.user_id }])
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use super::error::{CommunityError, CommunityResult, Missing};
 use crate::model::{
     Channel, Member, OverrideKind, PermissionOverride, ROLE_COLUMNS, Role, RoleRow, Server, UserRow,
 };
@@ -34,7 +34,7 @@ pub async fn channel_override_rows(
 }
 
 /// A server as the API shows it; 404 `unknown_server`.
-pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Server> {
+pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> CommunityResult<Server> {
     let server: Option<Server> =
         sqlx::query_as("SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1")
             .bind(server_id)
@@ -44,7 +44,7 @@ pub async fn fetch_server(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> Api
 }
 
 /// Every role of a server, `@everyone` first, by position.
-pub async fn list_roles(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiResult<Vec<Role>> {
+pub async fn list_roles(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> CommunityResult<Vec<Role>> {
     let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE server_id = $1 ORDER BY position, id");
     let rows: Vec<RoleRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(server_id)
@@ -54,7 +54,7 @@ pub async fn list_roles(db: impl sqlx::PgExecutor<'_>, server_id: Uuid) -> ApiRe
 }
 
 /// One role; 404 `unknown_role`.
-pub async fn fetch_role(db: impl sqlx::PgExecutor<'_>, role_id: Uuid) -> ApiResult<Role> {
+pub async fn fetch_role(db: impl sqlx::PgExecutor<'_>, role_id: Uuid) -> CommunityResult<Role> {
     let sql = format!("SELECT {ROLE_COLUMNS} FROM roles WHERE id = $1");
     let row: Option<RoleRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(role_id)
@@ -94,7 +94,7 @@ const MEMBER_SELECT: &str = "SELECT m.server_id, m.nickname, m.joined_at,
    FROM server_members m JOIN users u ON u.id = m.user_id";
 
 /// One member; 404 `unknown_member`.
-pub async fn fetch_member(db: impl sqlx::PgExecutor<'_>, server_id: Uuid, user_id: Uuid) -> ApiResult<Member> {
+pub async fn fetch_member(db: impl sqlx::PgExecutor<'_>, server_id: Uuid, user_id: Uuid) -> CommunityResult<Member> {
     let sql = format!("{MEMBER_SELECT} WHERE m.server_id = $1 AND m.user_id = $2");
     let row: Option<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(server_id)
@@ -109,7 +109,7 @@ pub async fn fetch_members(
     db: impl sqlx::PgExecutor<'_>,
     server_id: Uuid,
     user_ids: &[Uuid],
-) -> ApiResult<Vec<Member>> {
+) -> CommunityResult<Vec<Member>> {
     let sql = format!("{MEMBER_SELECT} WHERE m.server_id = $1 AND m.user_id = ANY($2)");
     let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(server_id)
@@ -126,7 +126,7 @@ pub async fn list_members(
     server_id: Uuid,
     after: Option<Uuid>,
     limit: i64,
-) -> ApiResult<Vec<Member>> {
+) -> CommunityResult<Vec<Member>> {
     let sql = format!(
         "{MEMBER_SELECT} WHERE m.server_id = $1 AND ($2::uuid IS NULL OR m.user_id > $2) ORDER BY m.user_id LIMIT $3"
     );
@@ -166,7 +166,7 @@ fn attach_overrides(channel: &mut Channel, rows: &[OverrideRow]) {
 pub async fn channels_with_overrides(
     conn: &mut PgConnection,
     server_id: Uuid,
-) -> ApiResult<Vec<(Channel, Vec<OverrideRow>)>> {
+) -> Result<Vec<(Channel, Vec<OverrideRow>)>, sqlx::Error> {
     let sql = format!("{CHANNEL_SELECT} WHERE server_id = $1 ORDER BY position, id");
     let channels: Vec<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(server_id)
@@ -185,7 +185,10 @@ pub async fn channels_with_overrides(
 
 /// The channels of the member's server that they can view, ordered by
 /// position, each with its permission overrides.
-pub async fn list_visible_channels(conn: &mut PgConnection, access: &ServerAccess) -> ApiResult<Vec<Channel>> {
+pub async fn list_visible_channels(
+    conn: &mut PgConnection,
+    access: &ServerAccess,
+) -> Result<Vec<Channel>, sqlx::Error> {
     Ok(channels_with_overrides(conn, access.server_id)
         .await?
         .into_iter()
@@ -195,7 +198,7 @@ pub async fn list_visible_channels(conn: &mut PgConnection, access: &ServerAcces
 }
 
 /// One channel with its overrides; 404 `unknown_channel`. No access check.
-pub async fn load_channel(conn: &mut PgConnection, channel_id: Uuid) -> ApiResult<Channel> {
+pub async fn load_channel(conn: &mut PgConnection, channel_id: Uuid) -> CommunityResult<Channel> {
     let sql = format!("{CHANNEL_SELECT} WHERE id = $1");
     let channel: Option<Channel> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(channel_id)
@@ -207,22 +210,22 @@ pub async fn load_channel(conn: &mut PgConnection, channel_id: Uuid) -> ApiResul
     Ok(channel)
 }
 
-pub fn unknown_server() -> ApiError {
-    ApiError::not_found("unknown_server", "no such server")
+pub fn unknown_server() -> CommunityError {
+    CommunityError::Unknown(Missing::Server)
 }
 
-pub fn unknown_channel() -> ApiError {
-    ApiError::not_found("unknown_channel", "no such channel")
+pub fn unknown_channel() -> CommunityError {
+    CommunityError::Unknown(Missing::Channel)
 }
 
-pub fn unknown_role() -> ApiError {
-    ApiError::not_found("unknown_role", "no such role")
+pub fn unknown_role() -> CommunityError {
+    CommunityError::Unknown(Missing::Role)
 }
 
-pub fn unknown_member() -> ApiError {
-    ApiError::not_found("unknown_member", "no such member")
+pub fn unknown_member() -> CommunityError {
+    CommunityError::Unknown(Missing::Member)
 }
 
-pub fn unknown_invite() -> ApiError {
-    ApiError::not_found("unknown_invite", "no such invite, or it has expired or been used up")
+pub fn unknown_invite() -> CommunityError {
+    CommunityError::Unknown(Missing::Invite)
 }

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Command, MAX_ROLES, View, server_named, unknown_role, unknown_server, validate_name};
-use crate::error::{ApiError, ApiResult};
+use super::error::{CommunityError, CommunityResult};
 use crate::model::Role;
 use together_crdt::Command as StateCommand;
 
@@ -62,11 +62,11 @@ impl CreateRole {
 impl Command for CreateRole {
     type Output = Role;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let r = &self.role;
         let name = validate_name("name", &r.name)?;
         // The new role lands at 1 and the others move up one.
@@ -83,7 +83,7 @@ impl Command for CreateRole {
         Ok(commands)
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Role> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Role> {
         fetch_role(&mut *conn, self.id).await
     }
 }
@@ -114,15 +114,15 @@ pub struct UpdateRole {
 impl Command for UpdateRole {
     type Output = Role;
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_role()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_role(conn, self.role_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let c = &self.changes;
         let name = c.name.as_deref().map(|n| validate_name("name", n)).transpose()?;
         Ok(vec![StateCommand::UpdateRole {
@@ -136,7 +136,7 @@ impl Command for UpdateRole {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<Role> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<Role> {
         fetch_role(&mut *conn, self.role_id).await
     }
 }
@@ -151,15 +151,15 @@ pub struct DeleteRole {
 impl Command for DeleteRole {
     type Output = ();
 
-    fn not_found() -> ApiError {
+    fn not_found() -> CommunityError {
         unknown_role()
     }
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_of_role(conn, self.role_id).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let mut commands = vec![StateCommand::DeleteRole { id: self.role_id }];
         // The roles above it close up.
         if let Some(gone) = view.state.roles.get(&self.role_id).filter(|_| self.role_id != view.server_id) {
@@ -169,7 +169,7 @@ impl Command for DeleteRole {
         Ok(commands)
     }
 
-    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> ApiResult<()> {
+    async fn output(self, _conn: &mut PgConnection, _actor: Uuid, _server_id: Uuid) -> CommunityResult<()> {
         Ok(())
     }
 }
@@ -196,29 +196,32 @@ impl Command for ReorderRoles {
     /// Every role of the server afterwards, by position.
     type Output = Vec<Role>;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let roles = &view.state.roles;
         let mut seen = HashSet::new();
         let mut moves = Vec::new();
         for m in &self.moves {
             if !seen.insert(m.id) {
-                return Err(ApiError::invalid(format!("role {} is listed twice", m.id)));
+                return Err(CommunityError::invalid(format!("role {} is listed twice", m.id)));
             }
             if !roles.contains_key(&m.id) {
                 return Err(unknown_role());
             }
             if m.id == view.server_id {
                 if m.position != 0 {
-                    return Err(ApiError::bad_request("everyone_role", "@everyone always stays at position 0"));
+                    return Err(CommunityError::Refused {
+                        code: "everyone_role",
+                        message: "@everyone always stays at position 0".into(),
+                    });
                 }
                 continue;
             }
             if m.position < 1 || m.position as usize > MAX_ROLES {
-                return Err(ApiError::invalid(format!("role positions run from 1 to {MAX_ROLES}")));
+                return Err(CommunityError::invalid(format!("role positions run from 1 to {MAX_ROLES}")));
             }
             moves.push((m.position, m.id));
         }
@@ -249,7 +252,7 @@ impl Command for ReorderRoles {
         Ok(commands)
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Vec<Role>> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> CommunityResult<Vec<Role>> {
         list_roles(&mut *conn, server_id).await
     }
 }
@@ -287,7 +290,7 @@ fn shifted(view: &View<'_>, shift: impl Fn(i32) -> Option<i32>) -> Vec<StateComm
 }
 
 /// The community a role belongs to; 404 `unknown_role`.
-async fn server_of_role(conn: &mut PgConnection, role_id: Uuid) -> ApiResult<Uuid> {
+async fn server_of_role(conn: &mut PgConnection, role_id: Uuid) -> CommunityResult<Uuid> {
     let found: Option<Uuid> = sqlx::query_scalar("SELECT server_id FROM roles WHERE id = $1")
         .bind(role_id)
         .fetch_optional(&mut *conn)

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::{Command, TOPIC_MAX, View, server_named, state_kind, unknown_server, validate_name};
 use crate::bus::{Audience, Event};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::optional_text;
+use super::error::{CommunityError, CommunityResult};
+use crate::text::optional_text;
 use crate::users::validate_url;
 use crate::model::{ChannelKind, EffectivePermissions, Server, ServerDeleted};
 use crate::perms;
@@ -41,17 +41,17 @@ impl Command for CreateServer {
 
     /// The community id derives from the owner's key and a fresh nonce,
     /// so every node can check the genesis op that creates it.
-    async fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, actor: Uuid) -> CommunityResult<Uuid> {
         let key: Vec<u8> = sqlx::query_scalar("SELECT public_key FROM users WHERE id = $1")
             .bind(actor)
             .fetch_one(&mut *conn)
             .await?;
-        let owner = UserPublicKey::from_bytes(&key).map_err(ApiError::internal)?;
+        let owner = UserPublicKey::from_bytes(&key).map_err(|err| CommunityError::Internal(err.to_string()))?;
         self.nonce = rand::random();
         Ok(together_crdt::community_id(&owner, &self.nonce))
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let name = validate_name("name", &self.name)?;
         let icon = match self.icon_url.as_deref() {
             Some(url) => validate_url("icon_url", url)?,
@@ -86,7 +86,7 @@ impl Command for CreateServer {
         Ok(commands)
     }
 
-    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> ApiResult<Server> {
+    async fn output(self, conn: &mut PgConnection, actor: Uuid, server_id: Uuid) -> CommunityResult<Server> {
         tracing::info!(server = %server_id, owner = %actor, "server created");
         fetch_server(&mut *conn, server_id).await
     }
@@ -112,11 +112,11 @@ pub struct UpdateServer {
 impl Command for UpdateServer {
     type Output = Server;
 
-    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> ApiResult<Uuid> {
+    async fn community(&mut self, conn: &mut PgConnection, _actor: Uuid) -> CommunityResult<Uuid> {
         server_named(conn, self.server_id, unknown_server).await
     }
 
-    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> ApiResult<Vec<StateCommand>> {
+    async fn plan(&mut self, _conn: &mut PgConnection, _view: View<'_>) -> CommunityResult<Vec<StateCommand>> {
         let c = &self.changes;
         let name = c.name.as_deref().map(|n| validate_name("name", n)).transpose()?;
         let icon = c.icon_url.as_deref().map(|u| validate_url("icon_url", u)).transpose()?;
@@ -133,7 +133,7 @@ impl Command for UpdateServer {
         }])
     }
 
-    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> ApiResult<Server> {
+    async fn output(self, conn: &mut PgConnection, _actor: Uuid, server_id: Uuid) -> CommunityResult<Server> {
         fetch_server(&mut *conn, server_id).await
     }
 }
@@ -144,7 +144,7 @@ impl Command for UpdateServer {
 /// forgets the community's ops and stops taking new ones; other nodes
 /// keep their replicas. So it is not judged by the community's rules but
 /// here: only the owner (as the community's state has it) may.
-pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> ApiResult<()> {
+pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> CommunityResult<()> {
     let mut book = state.federation.ops().lock().await;
     book.settle().await;
     let owner = book
@@ -169,7 +169,10 @@ pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> Ap
     };
     if owner != actor {
         return Err(if members.contains(&actor) {
-            ApiError::forbidden("owner_only", "only the server's owner can delete it")
+            CommunityError::Forbidden {
+                code: "owner_only",
+                message: "only the server's owner can delete it".into(),
+            }
         } else {
             unknown_server()
         });
@@ -198,7 +201,7 @@ pub async fn delete_server(state: &AppState, actor: Uuid, server_id: Uuid) -> Ap
 
 /// The member's effective permissions: server-wide and in every channel
 /// they can view.
-pub async fn effective_permissions(db: &sqlx::PgPool, access: &perms::ServerAccess) -> ApiResult<EffectivePermissions> {
+pub async fn effective_permissions(db: &sqlx::PgPool, access: &perms::ServerAccess) -> CommunityResult<EffectivePermissions> {
     let channels = perms::visible_channels(db, access).await?;
     Ok(EffectivePermissions {
         server: access.permissions,

@@ -15,7 +15,6 @@ use together_protocol::identity::{Delegation, NodePublicKey, SignedDelegation, s
 use uuid::Uuid;
 
 use super::store;
-use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Lifetime of a delegation a node issues to itself.
@@ -87,25 +86,13 @@ pub async fn for_user(state: &AppState, user: Uuid) -> Result<SignedDelegation, 
     Err(DelegationError::Missing)
 }
 
-/// The answer to a write this node cannot sign for the user.
-pub fn no_delegation() -> ApiError {
-    ApiError::forbidden(
-        "no_delegation",
-        "this node holds no valid delegation from you (it expired or was revoked); sign in again with your key",
-    )
-}
-
 /// For a write in a federated community: the delegation to sign its
-/// event under, or 403 `no_delegation` when this node cannot sign for
+/// event under, or [`DelegationError::Missing`] when this node cannot sign for
 /// `user`, before anything is written. Communities that are not federated
 /// need no delegation (`None`).
-pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<Option<SignedDelegation>, ApiError> {
+pub async fn require_for_server(state: &AppState, user: Uuid, server: Uuid) -> Result<Option<SignedDelegation>, DelegationError> {
     if !state.caches.perms.federated(&state.db, server).await? {
         return Ok(None);
     }
-    match for_user(state, user).await {
-        Ok(delegation) => Ok(Some(delegation)),
-        Err(DelegationError::Missing) => Err(no_delegation()),
-        Err(other) => Err(ApiError::internal(other)),
-    }
+    for_user(state, user).await.map(Some)
 }

@@ -28,6 +28,7 @@
 //! resolvers stay in memory; others are rebuilt from the op log on use.
 
 pub mod adopt;
+mod error;
 mod intake;
 mod local;
 mod peers;
@@ -42,6 +43,7 @@ use uuid::Uuid;
 use super::{delegations, store};
 use crate::state::AppState;
 
+pub use error::CommitError;
 pub use intake::{Received, apply_revocation, receive};
 pub use local::{Committed, commit, commit_as};
 pub use peers::{

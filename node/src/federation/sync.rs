@@ -213,8 +213,8 @@ pub enum JoinError {
     Refused { code: String, message: String },
     #[error("the peer's answer is not usable: {0}")]
     BadAnswer(String),
-    #[error("cannot join: {}", .0.message)]
-    Join(crate::error::ApiError),
+    #[error("cannot join: {0}")]
+    Join(crate::community::CommunityError),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }

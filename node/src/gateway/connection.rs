@@ -207,10 +207,10 @@ async fn identify_session(state: &AppState, identify: Identify) -> Result<(Arc<S
     if !gateway.allow_identify(auth.user_id) {
         return Err(End::Close(Close::RateLimited));
     }
-    let failed = |err: crate::error::ApiError| {
-        tracing::warn!(error = ?err, "IDENTIFY failed");
+    fn failed(err: impl std::fmt::Display) -> End {
+        tracing::warn!(error = %err, "IDENTIFY failed");
         End::Close(Close::UnknownError)
-    };
+    }
     let user = crate::users::fetch_current_user(&state.db, auth.user_id).await.map_err(failed)?;
     let (status, custom_status) = match identify.presence {
         Some(presence) => {

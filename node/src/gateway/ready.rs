@@ -7,7 +7,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::views::View;
-use crate::error::ApiError;
 use crate::community::channels::{channels_with_overrides, load_channel};
 use crate::community::members::fetch_member;
 use crate::model::{Channel, CurrentUser, Member, Presence, ROLE_COLUMNS, Role, RoleRow, Server, VoiceState};
@@ -36,7 +35,7 @@ pub struct Ready {
 }
 
 /// Channels by id, with overrides.
-pub async fn channels_by_id(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Channel>, ApiError> {
+pub async fn channels_by_id(db: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, Channel>, sqlx::Error> {
     let mut conn = db.acquire().await?;
     let mut out = HashMap::with_capacity(ids.len());
     for id in ids {
@@ -54,7 +53,7 @@ pub async fn server_object(
     user_id: Uuid,
     view: &View,
     presences: Option<Vec<Presence>>,
-) -> Result<ServerObject, ApiError> {
+) -> Result<ServerObject, sqlx::Error> {
     let server: Server = sqlx::query_as(
         "SELECT id, name, owner_id, icon_url, description, created_at FROM servers WHERE id = $1",
     )

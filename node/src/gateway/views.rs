@@ -10,14 +10,13 @@ use sqlx::PgPool;
 use together_protocol::permissions::{MemberContext, Permissions};
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::perms::{ServerAccess, server_overrides};
 
 /// The channels of one server that one user can view.
 pub type View = HashSet<Uuid>;
 
 /// Views of `users` in `server_id`. Users who are not members are absent.
-pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<HashMap<Uuid, View>, ApiError> {
+pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<HashMap<Uuid, View>, sqlx::Error> {
     if users.is_empty() {
         return Ok(HashMap::new());
     }
@@ -96,7 +95,7 @@ pub async fn compute(db: &PgPool, server_id: Uuid, users: &[Uuid]) -> Result<Has
 }
 
 /// Ids of the servers a user is a member of.
-pub async fn servers_of(db: &PgPool, user_id: Uuid) -> Result<Vec<Uuid>, ApiError> {
+pub async fn servers_of(db: &PgPool, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT server_id FROM server_members WHERE user_id = $1")
         .bind(user_id)
         .fetch_all(db)

@@ -100,7 +100,7 @@ async fn join_remote_server(
     }
     match result {
         Ok(server) => Ok(Json(server)),
-        Err(JoinError::Join(err)) => Err(err),
+        Err(JoinError::Join(err)) => Err(err.into()),
         Err(err) => Err(match &err {
             JoinError::NoNetwork => {
                 ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "federation_disabled", err.to_string())

@@ -13,7 +13,8 @@ pub use crate::users::{fetch_user, validate_url};
 use crate::auth::{AuthUser, password};
 use crate::bus::{Audience, Event};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, Path, optional_text};
+use crate::extract::{Json, Path};
+use crate::text::optional_text;
 use crate::http::auth::{fetch_current_user, validate_email, validate_username};
 use crate::model::{CurrentUser, Server, User};
 use crate::state::AppState;
@@ -200,6 +201,6 @@ async fn export_my_key(
     params(("user_id" = Uuid, Path)),
     responses((status = 200, body = User), (status = 404, body = ErrorBody)))]
 async fn get_user(State(state): State<AppState>, _auth: AuthUser, Path(user_id): Path<Uuid>) -> ApiResult<Json<User>> {
-    fetch_user(&state.db, user_id).await.map(Json)
+    Ok(Json(fetch_user(&state.db, user_id).await?))
 }
 

@@ -283,7 +283,7 @@ async fn fixture(db: &PgPool, data_dir: &std::path::Path, users: usize) -> anyho
     for (user, session) in ids.iter().zip(&sessions) {
         tokens.push(
             together_node::auth::tokens::issue_access_token(keys.jwt_key(), *user, *session)
-                .map_err(|e| anyhow::anyhow!(e.message))?,
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
     }
     let poster = tokens.remove(0);

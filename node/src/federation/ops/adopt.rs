@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use super::Book;
 use super::local::{Committed, OnRefusal, commit_as};
-use crate::error::ApiError;
+use super::CommitError;
 use crate::federation::structure;
 use crate::state::AppState;
 
@@ -45,7 +45,7 @@ async fn is_legacy(
     book: &mut Book,
     tx: &mut PgConnection,
     server_id: Uuid,
-) -> Result<bool, ApiError> {
+) -> Result<bool, CommitError> {
     if !book.resolver(state, server_id).await?.is_empty() {
         return Ok(false);
     }
@@ -63,7 +63,7 @@ pub async fn adopt_if_needed(
     book: &mut Book,
     tx: &mut PgConnection,
     server_id: Uuid,
-) -> Result<Committed, ApiError> {
+) -> Result<Committed, CommitError> {
     if !is_legacy(state, book, tx, server_id).await? {
         return Ok(Committed::default());
     }
@@ -76,7 +76,7 @@ pub async fn adopt_if_needed(
 
 /// [`adopt_if_needed`] in its own transaction, then announced; whether the
 /// community has ops afterwards.
-pub async fn adopt(state: &AppState, server_id: Uuid) -> Result<bool, ApiError> {
+pub async fn adopt(state: &AppState, server_id: Uuid) -> Result<bool, CommitError> {
     let mut book = state.federation.ops().lock().await;
     book.settle().await;
     let mut tx = state.db.begin().await?;

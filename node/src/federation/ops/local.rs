@@ -16,7 +16,7 @@ use together_protocol::identity::SignedDelegation;
 use uuid::Uuid;
 
 use super::{Book, Loaded, delegations, publish, save_statuses};
-use crate::error::ApiError;
+use super::CommitError;
 use crate::federation::structure::{self, Changes, Origin};
 use crate::state::AppState;
 
@@ -72,7 +72,7 @@ pub async fn commit(
     author: Uuid,
     server_id: Uuid,
     commands: Vec<StateCommand>,
-) -> Result<Committed, ApiError> {
+) -> Result<Committed, CommitError> {
     let commands = commands.into_iter().map(|c| (author, c)).collect();
     commit_as(state, book, tx, server_id, commands, OnRefusal::Fail, false).await
 }
@@ -91,7 +91,7 @@ pub async fn commit_as(
     commands: Vec<(Uuid, StateCommand)>,
     on_refusal: OnRefusal,
     read_tables: bool,
-) -> Result<Committed, ApiError> {
+) -> Result<Committed, CommitError> {
     if commands.is_empty() {
         return Ok(Committed::default());
     }
@@ -114,8 +114,8 @@ pub async fn commit_as(
                         tracing::warn!(%server_id, user = %author, "no delegation: a change is left out");
                         continue;
                     }
-                    Err(delegations::DelegationError::Missing) => return Err(delegations::no_delegation()),
-                    Err(other) => return Err(ApiError::internal(other)),
+                    Err(delegations::DelegationError::Missing) => return Err(CommitError::NoDelegation),
+                    Err(other) => return Err(CommitError::Internal(other.to_string())),
                 };
                 signers.insert(author, d);
                 d
@@ -150,11 +150,11 @@ pub async fn commit_as(
             Err(err) => return Err(err.into()),
         };
         if unsigned.body.community != server_id {
-            return Err(ApiError::internal("the community id does not derive from the owner's key"));
+            return Err(CommitError::Internal("the community id does not derive from the owner's key".into()));
         }
         let op = unsigned
             .sign(&state.keys.node_key, &delegation, true)
-            .map_err(ApiError::internal)?;
+            .map_err(|err| CommitError::Internal(err.to_string()))?;
         if let Some(actor) = genesis_actor {
             let mut resolver = Resolver::new(server_id, DEFAULT_MAX_PENDING);
             resolver.add_op(op.clone());
@@ -174,7 +174,7 @@ pub async fn commit_as(
         match loaded.resolver.status(&op.id()) {
             Some(OpStatus::Valid) => {}
             other => {
-                return Err(ApiError::internal(format!("a locally made op is not valid: {other:?}")));
+                return Err(CommitError::Internal(format!("a locally made op is not valid: {other:?}")));
             }
         }
         made.push(op);
