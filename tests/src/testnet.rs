@@ -126,6 +126,23 @@ impl TestNet {
         Ok(net)
     }
 
+    /// Waits until each of `nodes` sees every other one of them on
+    /// gossipsub `topic` (the mesh a publish needs).
+    pub async fn wait_for_mesh(&self, topic: &str, nodes: &[usize], within: Duration) -> anyhow::Result<()> {
+        for &a in nodes {
+            for &b in nodes.iter().filter(|&&b| b != a) {
+                let (net, peer, topic) = (self.nodes[a].net().clone(), self.nodes[b].peer_id, topic.to_string());
+                wait_until(within, || {
+                    let (net, topic) = (net.clone(), topic.clone());
+                    async move { net.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer)) }
+                })
+                .await
+                .with_context(|| format!("node {a} does not see node {b} on {topic}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Dials node `b` from node `a` and waits until both see the connection.
     pub async fn connect(&self, a: usize, b: usize) -> anyhow::Result<()> {
         let addr = self.nodes[b]

@@ -66,15 +66,7 @@ async fn shared_community_with(net: &TestNet, early_text: Option<&str>) -> Share
     assert_eq!(uuid(&joined["id"]), server_id);
     // Both nodes must see each other on the topic before publishing works.
     let topic = messages_topic(server_id);
-    for (a, b) in [(0, 1), (1, 0)] {
-        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-        wait_until(WAIT, || {
-            let (net_a, topic) = (net_a.clone(), topic.clone());
-            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-        })
-        .await
-        .expect("topic mesh");
-    }
+    net.wait_for_mesh(&topic, &[0, 1], WAIT).await.expect("topic mesh");
     Shared {
         http,
         alice,
@@ -550,15 +542,7 @@ async fn three_nodes_relay_through_the_home_when_two_are_cut_apart() {
     .await
     .expect("carol's membership reached node 1");
     let topic = messages_topic(s.server);
-    for (a, b) in [(2, 0), (0, 2)] {
-        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-        wait_until(WAIT, || {
-            let (net_a, topic) = (net_a.clone(), topic.clone());
-            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-        })
-        .await
-        .expect("topic mesh");
-    }
+    net.wait_for_mesh(&topic, &[2, 0], WAIT).await.expect("topic mesh");
 
     // Nodes 1 and 2 cannot talk; node 0 validates and forwards.
     net.partition(1, 2).await.unwrap();

@@ -71,15 +71,7 @@ async fn shared_community(net: &TestNet) -> Shared {
     assert_eq!(uuid(&joined["id"]), server_id);
 
     let topic = messages_topic(server_id);
-    for (a, b) in [(0, 1), (1, 0)] {
-        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-        wait_until(WAIT, || {
-            let (net_a, topic) = (net_a.clone(), topic.clone());
-            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-        })
-        .await
-        .expect("topic mesh");
-    }
+    net.wait_for_mesh(&topic, &[0, 1], WAIT).await.expect("topic mesh");
     Shared {
         http,
         alice,

@@ -105,15 +105,7 @@ async fn a_node_under_load_shuts_down_in_order() {
         .unwrap()
         .expect(200);
     let topic = messages_topic(server_id);
-    for (a, b) in [(0, 1), (1, 0)] {
-        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-        wait_until(WAIT, || {
-            let (net_a, topic) = (net_a.clone(), topic.clone());
-            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-        })
-        .await
-        .expect("topic mesh");
-    }
+    net.wait_for_mesh(&topic, &[0, 1], WAIT).await.expect("topic mesh");
 
     let closed = gateway_until_closed(&alice).await;
     // Load: alice writes on the node that stops (outbox, fan-out), bob on

@@ -174,15 +174,7 @@ async fn users_on_two_nodes_hear_each_other_through_the_relay() {
     .unwrap()
     .expect(200);
     let topic = state_topic(server_id);
-    for (a, b) in [(0, 1), (1, 0)] {
-        let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-        wait_until(WAIT, || {
-            let (net_a, topic) = (net_a.clone(), topic.clone());
-            async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-        })
-        .await
-        .expect("both nodes on the community's state topic");
-    }
+    net.wait_for_mesh(&topic, &[0, 1], WAIT).await.expect("both nodes on the community's state topic");
     // Each relay knows the other node (learned over libp2p).
     for (a, b) in [(0, 1), (1, 0)] {
         let relay = net[a].state.voice.sfu().and_then(together_sfu::Sfu::relay).expect("a relay");
@@ -302,17 +294,7 @@ async fn users_on_three_nodes_each_hear_the_other_two() {
             .expect(200);
     }
     let topic = state_topic(server_id);
-    for a in 0..3 {
-        for b in (0..3).filter(|&b| b != a) {
-            let (net_a, peer_b, topic) = (net[a].net().clone(), net[b].peer_id, topic.clone());
-            wait_until(WAIT, || {
-                let (net_a, topic) = (net_a.clone(), topic.clone());
-                async move { net_a.topic_peers(&topic).await.is_ok_and(|p| p.contains(&peer_b)) }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("node {a} does not see node {b} on the community's state topic"));
-        }
-    }
+    net.wait_for_mesh(&topic, &[0, 1, 2], WAIT).await.expect("every node on the community's state topic");
     relays_connected(&net, 3).await;
 
     let users = [&alice, &bob, &carol].map(|s| uuid(&json!(s.user_id)));

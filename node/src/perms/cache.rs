@@ -21,6 +21,7 @@
 //! in that server). Only successes are kept: a refusal costs a query.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sqlx::PgPool;
@@ -113,79 +114,73 @@ impl PermCache {
         Ticket(self.lock().counter)
     }
 
+    /// The value of `key` in the table `pick` chooses, if it is fresh.
+    fn lookup<K: Eq + Hash, T: Clone>(&self, pick: fn(&Inner) -> &HashMap<K, Entry<T>>, key: &K) -> Option<T> {
+        let inner = self.lock();
+        pick(&inner).get(key).filter(|entry| inner.fresh(entry)).map(|entry| entry.value.clone())
+    }
+
+    /// Keeps `value`, read under `ticket`, unless `server_id` changed since.
+    fn keep<K: Eq + Hash, T>(
+        &self,
+        pick: fn(&mut Inner) -> &mut HashMap<K, Entry<T>>,
+        ticket: Ticket,
+        server_id: Uuid,
+        key: K,
+        value: T,
+    ) {
+        let mut inner = self.lock();
+        if inner.may_keep(ticket, server_id) {
+            pick(&mut inner).insert(
+                key,
+                Entry {
+                    ticket: ticket.0,
+                    server_id,
+                    value,
+                },
+            );
+        }
+    }
+
     /// The caller's access to a channel, as [`super::channel_access`].
-    pub async fn channel_access(&self, db: &PgPool, user_id: Uuid, channel_id: Uuid) -> Result<ChannelAccess, super::AccessError> {
-        {
-            let inner = self.lock();
-            if let Some(entry) = inner.channels.get(&(user_id, channel_id))
-                && inner.fresh(entry)
-            {
-                return Ok(entry.value.clone());
-            }
+    pub async fn channel_access(
+        &self,
+        db: &PgPool,
+        user_id: Uuid,
+        channel_id: Uuid,
+    ) -> Result<ChannelAccess, super::AccessError> {
+        if let Some(access) = self.lookup(|i| &i.channels, &(user_id, channel_id)) {
+            return Ok(access);
         }
         let ticket = self.ticket();
         let (access, federated) = super::load_channel_access(db, user_id, channel_id).await?;
         let server_id = access.server.server_id;
-        let mut inner = self.lock();
-        if inner.may_keep(ticket, server_id) {
-            let value = access.clone();
-            inner.channels.insert(
-                (user_id, channel_id),
-                Entry {
-                    ticket: ticket.0,
-                    server_id,
-                    value,
-                },
-            );
-            inner.federated.insert(
-                server_id,
-                Entry {
-                    ticket: ticket.0,
-                    server_id,
-                    value: federated,
-                },
-            );
-        }
+        self.keep(|i| &mut i.channels, ticket, server_id, (user_id, channel_id), access.clone());
+        self.keep(|i| &mut i.federated, ticket, server_id, server_id, federated);
         Ok(access)
     }
 
     /// The caller's standing in a server, as [`super::server_access`].
-    pub async fn server_access(&self, db: &PgPool, user_id: Uuid, server_id: Uuid) -> Result<ServerAccess, super::AccessError> {
-        {
-            let inner = self.lock();
-            if let Some(entry) = inner.servers.get(&(user_id, server_id))
-                && inner.fresh(entry)
-            {
-                return Ok(entry.value.clone());
-            }
+    pub async fn server_access(
+        &self,
+        db: &PgPool,
+        user_id: Uuid,
+        server_id: Uuid,
+    ) -> Result<ServerAccess, super::AccessError> {
+        if let Some(access) = self.lookup(|i| &i.servers, &(user_id, server_id)) {
+            return Ok(access);
         }
         let ticket = self.ticket();
         let access = super::server_access(db, user_id, server_id).await?;
-        let mut inner = self.lock();
-        if inner.may_keep(ticket, server_id) {
-            let value = access.clone();
-            inner.servers.insert(
-                (user_id, server_id),
-                Entry {
-                    ticket: ticket.0,
-                    server_id,
-                    value,
-                },
-            );
-        }
+        self.keep(|i| &mut i.servers, ticket, server_id, (user_id, server_id), access.clone());
         Ok(access)
     }
 
     /// Whether a server is federated (its messages are signed and sent to
     /// peers).
     pub async fn federated(&self, db: &PgPool, server_id: Uuid) -> Result<bool, sqlx::Error> {
-        {
-            let inner = self.lock();
-            if let Some(entry) = inner.federated.get(&server_id)
-                && inner.fresh(entry)
-            {
-                return Ok(entry.value);
-            }
+        if let Some(federated) = self.lookup(|i| &i.federated, &server_id) {
+            return Ok(federated);
         }
         let ticket = self.ticket();
         let federated: bool =
@@ -193,17 +188,7 @@ impl PermCache {
                 .bind(server_id)
                 .fetch_one(db)
                 .await?;
-        let mut inner = self.lock();
-        if inner.may_keep(ticket, server_id) {
-            inner.federated.insert(
-                server_id,
-                Entry {
-                    ticket: ticket.0,
-                    server_id,
-                    value: federated,
-                },
-            );
-        }
+        self.keep(|i| &mut i.federated, ticket, server_id, server_id, federated);
         Ok(federated)
     }
 
