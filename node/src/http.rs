@@ -100,6 +100,7 @@ fn api() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api().merge(health::router()).split_for_parts();
     doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    crate::extract::document_invalid_path(&mut doc);
     doc
 }
 
