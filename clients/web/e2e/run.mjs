@@ -384,6 +384,10 @@ async function main() {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
     const page = await context.newPage();
     page.on("pageerror", (e) => pageErrors.push(`${key}: ${e.message}`));
+    // The node's Content-Security-Policy must not block anything the client does.
+    page.on("console", (m) => {
+      if (/Content Security Policy/i.test(m.text())) pageErrors.push(`${key}: ${m.text()}`);
+    });
     ctx[key] = page;
   }
   let failedBefore = false;
