@@ -44,7 +44,7 @@ async fn serves_the_client_and_falls_back_to_index_for_client_routes(pool: PgPoo
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn header<'a>(reply: &'a support::Reply, name: header::HeaderName) -> &'a str {
+fn header(reply: &support::Reply, name: header::HeaderName) -> &str {
     reply.headers.get(&name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
