@@ -89,6 +89,17 @@ async fn pages_and_api_answers_carry_security_headers(pool: PgPool) {
         assert_eq!(header(&page, header::CACHE_CONTROL), "no-cache", "{path}: the page is revalidated");
     }
 
+    // A revalidated page (304, no content type) keeps the page's policy:
+    // browsers apply the 304's headers to the cached page.
+    let page = app.send(get("/login")).await;
+    let modified = header(&page, header::LAST_MODIFIED).to_string();
+    assert!(!modified.is_empty());
+    let again = Request::get("/login").header(header::IF_MODIFIED_SINCE, modified).body(Body::empty()).unwrap();
+    let again = app.send(again).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(header(&again, header::CONTENT_SECURITY_POLICY), header(&page, header::CONTENT_SECURITY_POLICY));
+    assert_eq!(header(&again, header::CACHE_CONTROL), "no-cache");
+
     let asset = app.send(get("/assets/index-3f9a.js")).await;
     assert_eq!(asset.status, StatusCode::OK);
     assert_eq!(header(&asset, header::CACHE_CONTROL), "public, max-age=31536000, immutable");

@@ -2,13 +2,15 @@
 //! the content security policy, framing, sniffing and referrer rules, the
 //! caching of the client's files, and compression.
 //!
-//! - A page (`text/html`) gets [`PAGE_POLICY`]: scripts, styles and fonts
+//! - What the web client's files answer gets [`PAGE_POLICY`], whatever
+//!   its content type (a `304 Not Modified` for `index.html` has none, and
+//!   browsers take the policy of the 304 for the cached page): scripts, styles and fonts
 //!   only from the node, images and media also from `blob:` (attachments
 //!   are fetched with the bearer token and shown as blob URLs), no plugins,
 //!   no `<base>`, never framed. `connect-src` also allows any `http(s)` and
 //!   `ws(s)` origin because the sign-in page may point the client at
 //!   another node (spec/rest.md §1).
-//! - Everything else (the API's JSON, attachments, assets) gets
+//! - Everything else (the API's JSON, attachments) gets
 //!   [`API_POLICY`], which lets a response do nothing if a browser ever
 //!   renders it as a document.
 //! - Hashed files under `/assets/` are cached for a year (`immutable`);
@@ -49,18 +51,12 @@ pub const REVALIDATE: &str = "no-cache";
 const COMPRESS_ABOVE: u64 = 256;
 
 /// Middleware on every route: the security headers above, unless the
-/// handler set its own.
+/// handler set its own (the web client sets [`PAGE_POLICY`]).
 pub async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    let is_page = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|kind| kind.starts_with("text/html"));
     let headers = response.headers_mut();
-    let policy = if is_page { PAGE_POLICY } else { API_POLICY };
     for (name, value) in [
-        (header::CONTENT_SECURITY_POLICY, policy),
+        (header::CONTENT_SECURITY_POLICY, API_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -126,9 +122,9 @@ pub fn client(dir: &Path) -> impl Fn(Request) -> Handler + Clone + Send + Sync +
                 return super::not_found().await.into_response();
             }
             let cache = if hashed && response.status().is_success() { IMMUTABLE } else { REVALIDATE };
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            let headers = response.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
             response
         })
     }
