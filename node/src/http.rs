@@ -18,6 +18,7 @@ pub mod members;
 pub mod messages;
 pub mod presence;
 pub mod reactions;
+pub mod refresh_cookie;
 pub mod roles;
 pub mod servers;
 pub mod typing;
@@ -125,8 +126,9 @@ pub fn app(state: AppState) -> Router {
         router = router.fallback(web::client(dir));
     }
     // Clients served from any origin may call any node: authentication is a
-    // bearer token, never a cookie, so cross-origin reads carry no ambient
-    // authority.
+    // bearer token, so cross-origin reads carry no ambient authority. (The
+    // web client's refresh cookie works only with a header this CORS policy
+    // does not allow, and credentials are never allowed across origins.)
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods(tower_http::cors::Any)
@@ -135,6 +137,7 @@ pub fn app(state: AppState) -> Router {
         .max_age(std::time::Duration::from_secs(3600));
     router
         .layer(cors)
+        .layer(axum::middleware::from_fn(refresh_cookie::refresh_cookie))
         .layer(axum::middleware::from_fn(web::security_headers))
         .layer(web::compression())
         .layer(TraceLayer::new_for_http())

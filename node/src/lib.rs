@@ -19,7 +19,8 @@
 //! - [`keys`]: the node's key and secrets in the data directory.
 //! - [`state`]: [`state::AppState`], the handles every handler shares.
 //! - [`http`]: the REST API, one file per resource under `http/`, and
-//!   `http/web.rs`: the web client's files, security headers, compression.
+//!   `http/web.rs`: the web client's files, security headers, compression;
+//!   `http/refresh_cookie.rs`: the web client's refresh token as a cookie.
 //! - [`auth`]: passwords, tokens and the `AuthUser` extractor.
 //! - [`extract`]: JSON, path and query extractors with JSON errors.
 //! - [`error`]: [`error::ApiError`], the one error shape of the API.

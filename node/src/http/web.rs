@@ -18,7 +18,8 @@
 //!   maps are never served.
 //! - Text, JSON, JavaScript and SVG responses are compressed (gzip or
 //!   brotli, whichever the client accepts). The API authenticates with a
-//!   bearer header, never a cookie, so a third-party page cannot make a
+//!   bearer header (the refresh cookie needs a header other sites cannot
+//!   send, `http/refresh_cookie.rs`), so a third-party page cannot make a
 //!   browser fetch a compressed secret next to text of its choosing
 //!   (BREACH).
 
