@@ -14,5 +14,7 @@ export default defineConfig({
       "/gateway": { target: node.replace(/^http/, "ws"), ws: true },
     },
   },
-  build: { outDir: "dist", sourcemap: true, chunkSizeWarningLimit: 1000 },
+  // No source maps in the build the node serves: they would publish the
+  // whole source (the node refuses to serve *.map files anyway).
+  build: { outDir: "dist", sourcemap: false, chunkSizeWarningLimit: 1000 },
 });

@@ -30,6 +30,10 @@ pub enum Command {
     Run(RunArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Print the configuration `run` would use with the same flags,
+    /// environment and file, as TOML (secrets hidden), and exit.
+    #[command(name = "config")]
+    ShowConfig(RunArgs),
     /// Fill the database with development data: users (password
     /// `password123`), a server with channels and roles, and messages.
     SeedDevData {
@@ -84,7 +88,7 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let run_args = match &cli.command {
-        Some(Command::Run(args)) => args.clone(),
+        Some(Command::Run(args) | Command::ShowConfig(args)) => args.clone(),
         _ => cli.run.clone(),
     };
     let config = Config::resolve(&cli.node, &run_args)?;
@@ -94,6 +98,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             crate::server::cancel_on_signals(shutdown.clone());
             crate::server::run(config, shutdown).await
+        }
+        Some(Command::ShowConfig(_)) => {
+            print!("{}", config.to_toml());
+            Ok(())
         }
         Some(Command::Migrate) => {
             let db = crate::db::Database::open(&config).await?;
@@ -161,4 +169,33 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` shows every option's default (the flag's help ends with
+    /// `[default: ...]`, or clap prints the default value itself).
+    #[test]
+    fn every_option_states_its_default() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+                if !help.contains("[default:") && arg.get_default_values().is_empty() {
+                    missing.push(format!("{} --{id}", command.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no default in --help for {missing:?}");
+    }
 }

@@ -1,5 +1,7 @@
 //! Node configuration: command-line flags, `TOGETHER_*` environment
-//! variables and an optional TOML file, in that order of precedence.
+//! variables and an optional TOML file, in that order of precedence. Every
+//! option is all three (the voice ones are in [`voice`]), and each flag's
+//! help ends with its default.
 //!
 //! [`NodeArgs`] is what clap parses (flags and environment), [`FileConfig`]
 //! is the TOML file, and [`Config`] is the resolved result the node runs on.
@@ -9,24 +11,34 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod show;
+pub mod voice;
+
 /// Options shared by every subcommand that touches the node's data.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NodeArgs {
-    /// TOML configuration file; flags and environment variables override it.
+    /// TOML configuration file; flags and environment variables override
+    /// it. [default: none]
     #[arg(long, env = "TOGETHER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
     /// Directory for the node's keys, uploaded files and (without
-    /// DATABASE_URL) its private PostgreSQL cluster.
+    /// DATABASE_URL) its private PostgreSQL cluster. [default: ./together-data]
     #[arg(long, env = "TOGETHER_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
     /// PostgreSQL connection URL. Without it the node runs a private
-    /// PostgreSQL inside the data directory.
+    /// PostgreSQL inside the data directory. [default: none]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Most PostgreSQL connections the node keeps open, 2 to 1000.
+    /// [default: 32]
+    #[arg(long, env = "TOGETHER_DATABASE_MAX_CONNECTIONS", global = true, value_name = "N")]
+    pub database_max_connections: Option<u32>,
+
     /// Log format: `text` for people, `json` for log collectors.
+    /// [default: text]
     #[arg(long, env = "TOGETHER_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
 }
@@ -35,39 +47,44 @@ pub struct NodeArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
     /// Address and port the HTTP API and gateway listen on.
+    /// [default: 127.0.0.1:8080]
     #[arg(long, env = "TOGETHER_LISTEN")]
     pub listen: Option<SocketAddr>,
 
-    /// Largest accepted upload, in bytes (default 52428800, 50 MiB).
+    /// Largest accepted upload, in bytes (50 MiB). [default: 52428800]
     #[arg(long, env = "TOGETHER_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
 
-    /// Directory of a built web client to serve at `/`.
+    /// Directory of a built web client to serve at `/`. [default: none]
     #[arg(long, env = "TOGETHER_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
 
     /// Requests per minute allowed per user (or per address when signed
-    /// out) on each route; 0 disables rate limiting.
+    /// out) on each route; 0 disables rate limiting. [default: 300]
     #[arg(long, env = "TOGETHER_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
 
     /// libp2p multiaddr to listen on for other nodes; repeat or separate
-    /// with commas (default: QUIC and TCP on every interface, ports picked
-    /// by the system).
+    /// with commas. The fixed default ports keep the addresses in invites
+    /// valid across restarts. [default: /ip4/0.0.0.0/udp/4001/quic-v1,
+    /// /ip4/0.0.0.0/tcp/4001]
     #[arg(long = "p2p-listen", env = "TOGETHER_P2P_LISTEN", value_delimiter = ',')]
     pub p2p_listen: Vec<String>,
 
     /// A node to connect to at start, as a multiaddr ending in
     /// `/p2p/<peer id>`; repeat or separate with commas. Peers once
-    /// connected are remembered and redialed anyway.
+    /// connected are remembered and redialed anyway. [default: none]
     #[arg(long = "peer", env = "TOGETHER_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
 
     /// Benchmarks only: serve `POST /bench/gateway/messages`, which
     /// publishes unsaved messages to gateway sessions (docs/benchmarks.md).
-    /// Never enable in production.
+    /// Never enable in production. [default: off]
     #[arg(long, env = "TOGETHER_GATEWAY_BENCH", hide_short_help = true)]
     pub gateway_bench: bool,
+
+    #[command(flatten)]
+    pub voice: voice::VoiceArgs,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -204,7 +221,9 @@ impl Config {
                 .clone()
                 .or(file.database_url)
                 .filter(|url| !url.trim().is_empty()),
-            database_max_connections: check_pool_size(file.database_max_connections)?,
+            database_max_connections: check_pool_size(
+                node.database_max_connections.or(file.database_max_connections),
+            )?,
             log_format: node.log_format.or(file.log_format).unwrap_or_default(),
             max_upload_bytes: run
                 .max_upload_bytes
@@ -226,9 +245,9 @@ impl Config {
                 run.peers.clone()
             },
             gateway_bench: run.gateway_bench,
-            voice: file.voice.unwrap_or_default(),
-            voice_relay: file.voice_relay.unwrap_or(DEFAULT_VOICE_RELAY),
-            voice_relay_public: check_relay_public(file.voice_relay_public)?,
+            voice: run.voice.resolve(file.voice),
+            voice_relay: run.voice.relay.or(file.voice_relay).unwrap_or(DEFAULT_VOICE_RELAY),
+            voice_relay_public: check_relay_public(run.voice.relay_public.or(file.voice_relay_public))?,
         })
     }
 

@@ -5,10 +5,19 @@
 //! in a directory only the cluster's owner can enter (no TCP port, so no
 //! other local user can reach it), and stops it when the node exits.
 //!
+//! Several processes may use one cluster: a running node and an operator
+//! command such as `together-node migrate` on the same data directory.
+//! Each holds a shared lock on `postgres/users.lock` while it uses the
+//! cluster, and starts or stops it only under an exclusive lock on
+//! `postgres/control.lock`. The last user out stops the cluster, so a
+//! command run beside a node leaves the node's database running, and a
+//! cluster left behind by a killed node is stopped by whoever reuses it.
+//!
 //! PostgreSQL refuses to run as root. When the node runs as root it hands
 //! the cluster's directory to the `postgres` system user and runs the
 //! server tools as that user through `runuser`.
 
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +31,9 @@ const SUPERUSER: &str = "postgres";
 const PORT: u16 = 5432;
 /// Unix socket paths are limited to 107 bytes; leave room for the file name.
 const MAX_SOCKET_DIR_LEN: usize = 90;
+/// How long to wait for another process that is starting or stopping the
+/// cluster (its `pg_ctl` waits at most 60 s).
+const CONTROL_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -44,6 +56,8 @@ pub enum EmbeddedError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("another process has been starting or stopping the private PostgreSQL in {0} for too long")]
+    Busy(PathBuf),
     #[error("{tool} failed: {detail} (see {log})")]
     Tool {
         tool: &'static str,
@@ -53,13 +67,18 @@ pub enum EmbeddedError {
 }
 
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] on shutdown;
-/// dropping it also stops the server, synchronously.
+/// dropping it also stops the server, synchronously. Either stops it only
+/// when no other process uses it.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     data: PathBuf,
     run_as: Option<String>,
     socket_dir: PathBuf,
+    /// `postgres/control.lock`: held exclusively while starting or stopping.
+    control: PathBuf,
+    /// `postgres/users.lock`, locked shared for as long as this handle lives.
+    users: File,
     stopped: bool,
 }
 
@@ -95,12 +114,25 @@ impl EmbeddedPostgres {
         set_mode(&base, 0o700)?;
         set_mode(&socket_dir, 0o700)?;
 
-        let pg = EmbeddedPostgres {
+        // Nobody starts or stops the cluster while this process joins it.
+        let control = base.join("control.lock");
+        let control_lock = lock_exclusive(&control).await?;
+        let users_path = base.join("users.lock");
+        let users = open_lock_file(&users_path)?;
+        users.lock_shared().map_err(|source| EmbeddedError::Io {
+            path: users_path,
+            source,
+        })?;
+
+        let mut pg = EmbeddedPostgres {
             bin_dir,
             data,
             run_as,
             socket_dir,
-            stopped: false,
+            control,
+            users,
+            // Until it is running there is nothing to stop.
+            stopped: true,
         };
         if pg.run_as.is_some() && !pg.user_can_write(&base).await {
             return Err(EmbeddedError::Unreachable(root));
@@ -109,6 +141,8 @@ impl EmbeddedPostgres {
             pg.initdb(&base).await?;
         }
         pg.pg_ctl_start(&base).await?;
+        pg.stopped = false;
+        drop(control_lock);
         Ok(pg)
     }
 
@@ -138,9 +172,21 @@ impl EmbeddedPostgres {
         conn.close().await
     }
 
-    /// Stops the server (fast shutdown: open transactions roll back).
+    /// Stops the server (fast shutdown: open transactions roll back) if
+    /// no other process uses it; otherwise leaves it running for them.
     pub async fn stop(mut self) {
         self.stopped = true;
+        let control = match lock_exclusive(&self.control).await {
+            Ok(lock) => lock,
+            Err(err) => {
+                tracing::warn!(error = %err, "private PostgreSQL left running");
+                return;
+            }
+        };
+        if !self.last_user() {
+            tracing::info!("private PostgreSQL left running: another process (a running node?) still uses it");
+            return;
+        }
         let status = self
             .command("pg_ctl")
             .arg("-D")
@@ -154,6 +200,21 @@ impl EmbeddedPostgres {
             Ok(s) if s.success() => tracing::info!("private PostgreSQL stopped"),
             Ok(s) => tracing::warn!(status = %s, "pg_ctl stop failed"),
             Err(err) => tracing::warn!(error = %err, "pg_ctl stop failed"),
+        }
+        drop(control);
+    }
+
+    /// Whether this process is the only one using the cluster: its shared
+    /// lock on `users.lock` can become exclusive. Call it holding the
+    /// control lock, so that no process joins meanwhile.
+    fn last_user(&self) -> bool {
+        match self.users.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(err)) => {
+                tracing::warn!(error = %err, "cannot check who else uses the private PostgreSQL; leaving it running");
+                false
+            }
         }
     }
 
@@ -223,7 +284,7 @@ impl EmbeddedPostgres {
         );
         let status = self.status().await;
         if status {
-            tracing::info!("private PostgreSQL already running; reusing it");
+            tracing::info!("private PostgreSQL already running (another process started it); using it");
             return Ok(());
         }
         let output = self
@@ -277,6 +338,12 @@ impl Drop for EmbeddedPostgres {
         if self.stopped {
             return;
         }
+        let Ok(control) = open_lock_file(&self.control) else {
+            return;
+        };
+        if control.lock().is_err() || !self.last_user() {
+            return;
+        }
         let path = self.bin_dir.join("pg_ctl");
         let mut cmd = match &self.run_as {
             Some(user) => {
@@ -317,6 +384,41 @@ fn find_bin_dir() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths).find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists())
     })
+}
+
+fn open_lock_file(path: &Path) -> Result<File, EmbeddedError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| EmbeddedError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Takes the exclusive lock on `path`, waiting (without blocking the
+/// runtime) for another process that holds it; released when the returned
+/// file is dropped.
+async fn lock_exclusive(path: &Path) -> Result<File, EmbeddedError> {
+    let file = open_lock_file(path)?;
+    let deadline = tokio::time::Instant::now() + CONTROL_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(EmbeddedError::Busy(path.to_path_buf())),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(EmbeddedError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn running_as_root() -> bool {

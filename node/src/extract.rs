@@ -60,7 +60,8 @@ fn body_detail(text: &str) -> String {
         .unwrap_or_else(|| text.to_string())
 }
 
-/// Path parameters; a malformed id is 404, as for an unknown one.
+/// Path parameters; a malformed one (`/api/channels/abc`) is 400
+/// `invalid_path`, naming the parameter and the value.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Path<T>(pub T);
 
@@ -75,10 +76,50 @@ where
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Path(value)),
             Err(PathRejection::FailedToDeserializePathParams(err)) => {
-                Err(ApiError::not_found("not_found", format!("bad path parameter: {}", body_detail(&err.body_text()))))
+                let raw = axum::extract::RawPathParams::from_request_parts(parts, state).await.ok();
+                let params = raw
+                    .iter()
+                    .flat_map(|raw| raw.iter())
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect::<Vec<_>>();
+                Err(invalid_path(&params, &err.into_kind()))
             }
             Err(other) => Err(ApiError::internal(other.body_text())),
         }
+    }
+}
+
+/// The 400 for a path parameter that does not parse: every parameter named
+/// `id` or `*_id` is a UUID, so the first of those that is not one is the
+/// culprit; otherwise axum's description of the failure.
+fn invalid_path(params: &[(String, String)], kind: &axum::extract::path::ErrorKind) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    let bad_id = params
+        .iter()
+        .find(|(key, value)| (key == "id" || key.ends_with("_id")) && uuid::Uuid::parse_str(value).is_err());
+    let message = match (bad_id, kind) {
+        (Some((key, value)), _) => format!("`{}` is not a valid {}", shorten(value), key.replace('_', " ")),
+        (None, ErrorKind::ParseErrorAtKey { key, value, .. } | ErrorKind::DeserializeError { key, value, .. }) => {
+            format!("`{}` is not a valid {}", shorten(value), key.replace('_', " "))
+        }
+        (None, ErrorKind::ParseErrorAtIndex { value, .. } | ErrorKind::ParseError { value, .. }) => {
+            format!("`{}` is not valid in this path", shorten(value))
+        }
+        (None, ErrorKind::InvalidUtf8InPathParam { key }) => {
+            format!("the {} in this path is not valid UTF-8", key.replace('_', " "))
+        }
+        (None, other) => format!("this path is not valid: {other}"),
+    };
+    ApiError::bad_request("invalid_path", message)
+}
+
+/// A value quoted back in an error, cut to a readable length.
+fn shorten(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        value.to_string()
+    } else {
+        format!("{}…", value.chars().take(MAX).collect::<String>())
     }
 }
 
@@ -140,6 +181,31 @@ where
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json",
             ))
+        }
+    }
+}
+
+/// Adds the 400 that [`Path`] answers for a malformed id to every
+/// operation of `doc` with an id in its path (unless it documents a 400
+/// already).
+pub fn document_invalid_path(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    for item in doc.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let has_id = operation.parameters.iter().flatten().any(|param| {
+                matches!(param, RefOr::T(p) if p.parameter_in == ParameterIn::Path && (p.name == "id" || p.name.ends_with("_id")))
+            });
+            if has_id {
+                operation.responses.responses.entry("400".to_string()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description("An id in the path is malformed (`invalid_path`)")
+                        .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+                        .build()
+                        .into()
+                });
+            }
         }
     }
 }

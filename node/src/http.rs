@@ -19,11 +19,13 @@ pub mod members;
 pub mod messages;
 pub mod presence;
 pub mod reactions;
+pub mod refresh_cookie;
 pub mod roles;
 pub mod servers;
 pub mod typing;
 pub mod users;
 pub mod voice;
+pub mod web;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -101,6 +103,7 @@ fn api() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = api().merge(health::router()).split_for_parts();
     doc.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    crate::extract::document_invalid_path(&mut doc);
     doc
 }
 
@@ -121,50 +124,25 @@ pub fn app(state: AppState) -> Router {
         router = router.merge(crate::gateway::bench::router());
     }
     if let Some(dir) = &state.config.web_dir {
-        router = router.fallback(web_client(dir));
+        router = router.fallback(web::client(dir));
     }
     // Clients served from any origin may call any node: authentication is a
-    // bearer token, never a cookie, so cross-origin reads carry no ambient
-    // authority.
+    // bearer token, so cross-origin reads carry no ambient authority. (The
+    // web client's refresh cookie works only with a header this CORS policy
+    // does not allow, and credentials are never allowed across origins.)
     let cors = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::Any)
         .allow_methods(tower_http::cors::Any)
         .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE])
         .expose_headers([axum::http::header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600));
-    router.layer(cors).layer(TraceLayer::new_for_http()).with_state(state)
-}
-
-/// The built web client: its files, and `index.html` for every other path
-/// (client-side routes such as `/channels/...` or `/invite/<code>`). Unknown
-/// API paths still get the JSON 404, never the page.
-fn web_client(
-    dir: &std::path::Path,
-) -> impl Fn(axum::extract::Request) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    use axum::response::IntoResponse;
-    use tower::ServiceExt;
-    let index = dir.join("index.html");
-    if !index.is_file() {
-        tracing::warn!(dir = %dir.display(), "the web client directory has no index.html; build it with `npm run build` in clients/");
-    }
-    let files = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(index));
-    move |req: axum::extract::Request| {
-        let files = files.clone();
-        Box::pin(async move {
-            let path = req.uri().path();
-            if path == "/api" || path.starts_with("/api/") || path == "/gateway" {
-                return not_found().await.into_response();
-            }
-            match files.oneshot(req).await {
-                Ok(res) => res.into_response(),
-                Err(never) => match never {},
-            }
-        })
-    }
+    router
+        .layer(cors)
+        .layer(axum::middleware::from_fn(refresh_cookie::refresh_cookie))
+        .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(web::compression())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

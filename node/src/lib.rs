@@ -8,15 +8,19 @@
 //! `POST` to a peer's gateway):
 //!
 //! - [`cli`]: the `together-node` command line (`run`, `migrate`,
-//!   `seed-dev-data`, `identity`).
-//! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file.
+//!   `seed-dev-data`, `config`, `identity`).
+//! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file
+//!   (`config/voice.rs`: the voice options; `config/show.rs`: printing it).
 //! - [`server`]: start-up and ordered shutdown of a running node.
 //! - [`tasks`]: every background task, tracked, and the stages they stop in.
 //! - [`db`] and [`embedded_pg`]: PostgreSQL, either `DATABASE_URL` or a
-//!   private cluster in the data directory; migrations.
+//!   private cluster in the data directory, shared safely with operator
+//!   commands run beside the node; migrations.
 //! - [`keys`]: the node's key and secrets in the data directory.
 //! - [`state`]: [`state::AppState`], the handles every handler shares.
-//! - [`http`]: the REST API, one file per resource under `http/`.
+//! - [`http`]: the REST API, one file per resource under `http/`, and
+//!   `http/web.rs`: the web client's files, security headers, compression;
+//!   `http/refresh_cookie.rs`: the web client's refresh token as a cookie.
 //! - [`auth`]: passwords, tokens and the `AuthUser` extractor.
 //! - [`extract`]: JSON, path and query extractors with JSON errors.
 //! - [`error`]: [`error::ApiError`], the one error shape of the API; the

@@ -35,9 +35,15 @@ pub const EVENT_CAPACITY: usize = 4096;
 /// How long an outbound request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The libp2p port of a node by default, for QUIC (UDP) and TCP alike.
+pub const DEFAULT_P2P_PORT: u16 = 4001;
+
 /// The defaults of `--p2p-listen`: QUIC and TCP on every interface, on
-/// ports the system picks.
-pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"];
+/// [`DEFAULT_P2P_PORT`]. Fixed ports keep a node's address the same across
+/// restarts, so the peer addresses inside invites it gave out stay valid
+/// (and firewall rules stay simple); a node that cannot bind them does not
+/// start.
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4001"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -332,6 +338,18 @@ pub fn start(
         },
         events_rx,
     ))
+}
+
+#[cfg(test)]
+mod default_listen_tests {
+    #[test]
+    fn the_default_listen_addresses_use_the_documented_port() {
+        for addr in super::DEFAULT_LISTEN {
+            let parsed: libp2p::Multiaddr = addr.parse().unwrap_or_else(|_| libp2p::Multiaddr::empty());
+            assert!(!parsed.is_empty(), "{addr}");
+            assert!(addr.contains(&format!("/{}", super::DEFAULT_P2P_PORT)), "{addr}");
+        }
+    }
 }
 
 #[cfg(test)]

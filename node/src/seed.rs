@@ -22,16 +22,58 @@ const WORDS: &[&str] = &[
     "great", "idea", "plan", "build", "test", "merge", "branch", "ship", "question", "answer", "welcome", "team",
 ];
 
+/// Why the development data cannot be added.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedConflict {
+    /// A previous run's data is there.
+    #[error(
+        "this database already has the development data (the 'Together Dev' server and its users {0}); nothing was changed"
+    )]
+    AlreadySeeded(String),
+    /// Accounts that are not development data hold the names the seed uses.
+    #[error(
+        "seed-dev-data creates the users {wanted}, but this node already has {taken}; nothing was changed. Seed an empty database instead (another --data-dir or DATABASE_URL)"
+    )]
+    NamesTaken { wanted: String, taken: String },
+}
+
+/// Refuses when any of the seed's usernames is in use, saying whether by an
+/// earlier run or by real accounts (of any kind: usernames render alike).
+async fn check_names_free(db: &PgPool) -> anyhow::Result<()> {
+    let names: Vec<String> = USERS.iter().map(|n| n.to_string()).collect();
+    let taken: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT u.username,
+                EXISTS (SELECT 1 FROM servers s WHERE s.owner_id = u.id AND s.name = 'Together Dev'
+                           AND s.description = 'Development data')
+                OR EXISTS (SELECT 1 FROM server_members m JOIN servers s ON s.id = m.server_id
+                           WHERE m.user_id = u.id AND s.name = 'Together Dev' AND s.description = 'Development data')
+           FROM users u WHERE lower(u.username) = ANY($1) ORDER BY lower(u.username)",
+    )
+    .bind(&names)
+    .fetch_all(db)
+    .await?;
+    if taken.is_empty() {
+        return Ok(());
+    }
+    if taken.iter().all(|(_, seeded)| *seeded) {
+        let list: Vec<&str> = taken.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(SeedConflict::AlreadySeeded(list.join(", ")).into());
+    }
+    let real: Vec<String> = taken
+        .iter()
+        .filter(|(_, seeded)| !seeded)
+        .map(|(name, _)| format!("an account named {name}"))
+        .collect();
+    Err(SeedConflict::NamesTaken {
+        wanted: USERS.join(", "),
+        taken: real.join(" and "),
+    }
+    .into())
+}
+
 /// Fills the database; returns a one-line summary.
 pub async fn seed(db: &PgPool, keys: &NodeKeys, messages: u32) -> anyhow::Result<String> {
-    let taken: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE lower(username) = 'alice' AND password_hash IS NOT NULL)",
-    )
-    .fetch_one(db)
-    .await?;
-    if taken {
-        anyhow::bail!("the database already has development data (user alice exists)");
-    }
+    check_names_free(db).await?;
     let hash = crate::auth::password::hash(PASSWORD.to_string())
         .await
         .map_err(|e| anyhow::anyhow!("hashing the dev password failed: {e}"))?;

@@ -237,3 +237,87 @@ async fn key_export_needs_the_password(pool: PgPool) {
     assert_eq!(hex::encode(signing.verifying_key().as_bytes()), key["public_key"].as_str().unwrap());
     assert_eq!(together_protocol::identity::user_id(&signing.verifying_key()).to_string(), alice.id);
 }
+
+fn post_json(path: &str, body: serde_json::Value, headers: &[(&str, &str)]) -> axum::http::Request<axum::body::Body> {
+    let mut builder = axum::http::Request::post(path).header(axum::http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(axum::body::Body::from(body.to_string())).unwrap()
+}
+
+/// The `together_refresh=...` pair of a reply's Set-Cookie, and the whole header.
+fn refresh_cookie(reply: &support::Reply) -> (String, String) {
+    let header = reply
+        .headers
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("together_refresh="))
+        .unwrap_or_else(|| panic!("no refresh cookie in {:?}", reply.headers))
+        .to_string();
+    let pair = header.split(';').next().unwrap().to_string();
+    (pair, header)
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn the_web_client_keeps_its_refresh_token_in_an_http_only_cookie(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let opt_in = [("together-refresh-cookie", "1")];
+    let credentials = json!({"username": "alice", "password": "password123"});
+
+    let registered = app.send(post_json("/api/auth/register", credentials.clone(), &opt_in)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    assert_eq!(registered.body["refresh_token"], "", "the token is not readable by scripts");
+    assert!(registered.body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    let (cookie, header) = refresh_cookie(&registered);
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/api/auth", "Max-Age=2592000"] {
+        assert!(header.contains(attribute), "{attribute} missing: {header}");
+    }
+    assert!(!header.contains("Secure"), "plain HTTP: no Secure attribute");
+
+    // Behind a TLS proxy the cookie is Secure.
+    let login = app
+        .send(post_json("/api/auth/login", credentials.clone(), &[("together-refresh-cookie", "1"), ("x-forwarded-proto", "https")]))
+        .await;
+    assert_eq!(login.status, StatusCode::OK);
+    assert!(refresh_cookie(&login).1.contains("; Secure"));
+
+    // A refresh with the cookie rotates it.
+    let refreshed = app
+        .send(post_json("/api/auth/refresh", json!({"refresh_token": ""}), &[("together-refresh-cookie", "1"), ("cookie", &cookie)]))
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.body);
+    assert_eq!(refreshed.body["refresh_token"], "");
+    let (rotated, _) = refresh_cookie(&refreshed);
+    assert_ne!(rotated, cookie);
+
+    // The cookie alone, without the header (as a cross-site form would
+    // send it, were SameSite not there), does not refresh.
+    let no_header = app.send(post_json("/api/auth/refresh", json!({"refresh_token": ""}), &[("cookie", &rotated)])).await;
+    no_header.expect_error(StatusCode::UNAUTHORIZED, "invalid_refresh_token");
+
+    // The old cookie again is a reuse: the session ends and the cookie is cleared.
+    let reused = app
+        .send(post_json("/api/auth/refresh", json!({"refresh_token": ""}), &[("together-refresh-cookie", "1"), ("cookie", &cookie)]))
+        .await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    assert!(refresh_cookie(&reused).1.contains("Max-Age=0"));
+
+    // Signing out clears the cookie.
+    let token = login.body["access_token"].as_str().unwrap().to_string();
+    let (login_cookie, _) = refresh_cookie(&login);
+    let logout = axum::http::Request::post("/api/auth/logout")
+        .header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(axum::http::header::COOKIE, login_cookie)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let logout = app.send(logout).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    assert!(refresh_cookie(&logout).1.contains("Max-Age=0"));
+
+    // Clients that do not ask keep the token in the body and set no cookie.
+    let plain = app.send(post_json("/api/auth/login", credentials, &[])).await;
+    assert!(plain.body["refresh_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(plain.headers.get(axum::http::header::SET_COOKIE).is_none());
+}

@@ -444,7 +444,7 @@ async fn bad_channel_input_is_a_json_4xx(pool: PgPool) {
     }
     app.get("/api/channels/not-a-uuid", &alice.token)
         .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_path");
     app.get(&format!("/api/channels/{}", Uuid::now_v7()), &alice.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_channel");

@@ -72,7 +72,7 @@ async fn oversized_and_malformed_bodies_are_4xx_json(pool: PgPool) {
 
     app.get("/api/users/not-a-uuid", &alice.token)
         .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_path");
     app.get("/api/no/such/route", &alice.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");

@@ -88,7 +88,7 @@ async fn reading_members(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_server");
     app.get(&format!("/api/servers/{sid}/members/@you"), &alice.token)
         .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_path");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]

@@ -372,11 +372,11 @@ async fn bad_input_is_a_json_4xx(pool: PgPool) {
         .unwrap();
     app.send(malformed).await.expect_error(StatusCode::BAD_REQUEST, "malformed_json");
 
-    app.get("/api/messages/not-a-uuid", &alice.token).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/api/messages/not-a-uuid", &alice.token).await.expect_error(StatusCode::BAD_REQUEST, "invalid_path");
     app.get(&format!("/api/messages/{}", Uuid::now_v7()), &alice.token)
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_message");
-    app.get("/api/channels/xyz/messages", &alice.token).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/api/channels/xyz/messages", &alice.token).await.expect_error(StatusCode::BAD_REQUEST, "invalid_path");
     app.call(Method::GET, &url, None, None).await.expect_error(StatusCode::UNAUTHORIZED, "missing_token");
 }
 

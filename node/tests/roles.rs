@@ -163,7 +163,7 @@ async fn role_management_needs_manage_roles(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_role");
     app.delete("/api/roles/nope", &alice.token)
         .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_path");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]

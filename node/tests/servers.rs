@@ -118,7 +118,7 @@ async fn non_members_learn_nothing_about_a_server(pool: PgPool) {
         .expect_error(StatusCode::NOT_FOUND, "unknown_server");
     app.get("/api/servers/not-a-uuid", &eve.token)
         .await
-        .expect_error(StatusCode::NOT_FOUND, "not_found");
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_path");
     app.call(Method::GET, &format!("/api/servers/{id}"), None, None)
         .await
         .expect_error(StatusCode::UNAUTHORIZED, "missing_token");

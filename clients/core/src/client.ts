@@ -16,6 +16,8 @@ export interface TogetherOptions {
   baseUrl: string;
   storage?: TokenStorage;
   fetch?: typeof fetch;
+  /** Keep the refresh token in the node's HttpOnly cookie (a page the node serves). */
+  refreshCookie?: boolean;
   socket?: SocketFactory;
   presence?: { status: Status; custom_status?: string | null };
   /** Browser media APIs for voice (the real ones by default). */
@@ -31,7 +33,12 @@ export class Together {
   readonly voice: VoiceClient;
 
   constructor(options: TogetherOptions) {
-    this.rest = new RestClient({ baseUrl: options.baseUrl, storage: options.storage, fetch: options.fetch });
+    this.rest = new RestClient({
+      baseUrl: options.baseUrl,
+      storage: options.storage,
+      fetch: options.fetch,
+      refreshCookie: options.refreshCookie,
+    });
     this.gateway = new GatewayClient({
       url: gatewayUrl(this.rest.baseUrl),
       token: () => this.rest.freshAccessToken(),

@@ -7,7 +7,7 @@
 import createClient, { type Client } from "openapi-fetch";
 import type { paths } from "./generated/api.ts";
 import { ApiError, NetworkError } from "./errors.ts";
-import { TokenManager, type TokenStorage } from "./tokens.ts";
+import { REFRESH_COOKIE_HEADER, TokenManager, type TokenStorage } from "./tokens.ts";
 import { signInProof, type SignInChallenge, type SignInRequest, type UserKey } from "./identity.ts";
 import type {
   Attachment, AuthResponse, Ban, ExportedKey, NodeDescription, Channel, ChannelPatch, CreateServer, CurrentUser, EffectivePermissions, Invite,
@@ -20,6 +20,12 @@ export interface RestOptions {
   baseUrl: string;
   storage?: TokenStorage;
   fetch?: typeof fetch;
+  /**
+   * Keep the refresh token in the node's HttpOnly cookie instead of
+   * `storage` (spec/rest.md §2). Only for a page served by that node: the
+   * cookie is same-site only.
+   */
+  refreshCookie?: boolean;
 }
 
 type Result<T> = { data?: T; error?: unknown; response: Response };
@@ -57,7 +63,7 @@ export class RestClient {
   constructor(options: RestOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, "");
     this.fetchImpl = options.fetch ?? ((...args) => globalThis.fetch(...args));
-    this.tokens = new TokenManager(this.baseUrl, options.storage, this.fetchImpl);
+    this.tokens = new TokenManager(this.baseUrl, options.storage, this.fetchImpl, options.refreshCookie ?? false);
     this.raw = createClient<paths>({ baseUrl: this.baseUrl, fetch: (req) => this.authedFetch(req) });
   }
 
@@ -96,14 +102,19 @@ export class RestClient {
 
   // ---- auth ----
 
+  /** Headers of the requests that start a session: the cookie opt-in. */
+  private issuingHeaders(): Record<string, string> {
+    return this.tokens.refreshCookie ? { [REFRESH_COOKIE_HEADER]: "1" } : {};
+  }
+
   async register(body: { username: string; password: string; email?: string | null }): Promise<AuthResponse> {
-    const auth = await unwrap(this.raw.POST("/api/auth/register", { body }));
+    const auth = await unwrap(this.raw.POST("/api/auth/register", { body, headers: this.issuingHeaders() }));
     this.tokens.set(auth);
     return auth;
   }
 
   async login(body: { username: string; password: string }): Promise<AuthResponse> {
-    const auth = await unwrap(this.raw.POST("/api/auth/login", { body }));
+    const auth = await unwrap(this.raw.POST("/api/auth/login", { body, headers: this.issuingHeaders() }));
     this.tokens.set(auth);
     return auth;
   }
@@ -125,7 +136,7 @@ export class RestClient {
   /** Answers a challenge (`POST /api/auth/verify`) and keeps the session's tokens. */
   async verifyChallenge(body: SignInRequest): Promise<AuthResponse> {
     const request = body as unknown as paths["/api/auth/verify"]["post"]["requestBody"]["content"]["application/json"];
-    const auth = await unwrap(this.raw.POST("/api/auth/verify", { body: request }));
+    const auth = await unwrap(this.raw.POST("/api/auth/verify", { body: request, headers: this.issuingHeaders() }));
     this.tokens.set(auth);
     return auth;
   }

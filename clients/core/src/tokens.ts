@@ -42,6 +42,13 @@ export function localStorageTokens(key = "together.tokens"): TokenStorage {
 
 type Listener = (tokens: Tokens | null) => void;
 
+/**
+ * The request header that asks the node to keep the refresh token in an
+ * HttpOnly cookie (spec/rest.md §2): for a web page served by the node
+ * itself, so that scripts never hold the 30-day token.
+ */
+export const REFRESH_COOKIE_HEADER = "together-refresh-cookie";
+
 /** Codes after which the session cannot continue without a new sign-in. */
 const DEAD_SESSION_CODES = new Set(["invalid_refresh_token", "refresh_token_reused", "session_revoked", "invalid_token"]);
 
@@ -54,6 +61,8 @@ export class TokenManager {
     private readonly baseUrl: string,
     private readonly storage: TokenStorage = memoryStorage(),
     private readonly fetchImpl: typeof fetch = (...args) => globalThis.fetch(...args),
+    /** The refresh token lives in the node's HttpOnly cookie, not here. */
+    readonly refreshCookie = false,
   ) {
     this.tokens = storage.load();
   }
@@ -106,8 +115,12 @@ export class TokenManager {
     try {
       res = await this.fetchImpl(`${this.baseUrl}/api/auth/refresh`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ refresh_token: current.refresh_token }),
+        headers: this.refreshCookie
+          ? { "content-type": "application/json", [REFRESH_COOKIE_HEADER]: "1" }
+          : { "content-type": "application/json" },
+        // With the cookie the node reads the token from it.
+        body: JSON.stringify({ refresh_token: this.refreshCookie ? "" : current.refresh_token }),
+        credentials: "same-origin",
       });
     } catch {
       throw new NetworkError();
@@ -116,7 +129,7 @@ export class TokenManager {
       const err = await ApiError.fromResponse(res);
       // Another tab may have rotated the tokens meanwhile: prefer what storage has now.
       const stored = this.storage.load();
-      if (stored && stored.refresh_token !== current.refresh_token) {
+      if (stored && (stored.refresh_token !== current.refresh_token || stored.access_token !== current.access_token)) {
         this.tokens = stored;
         return stored;
       }

@@ -64,6 +64,27 @@ describe("RestClient", () => {
     expect(log.filter((l) => l.auth === "Bearer access-2")).toHaveLength(2);
   });
 
+  it("with refreshCookie the refresh token stays in the node's cookie, never in storage", async () => {
+    const seen: { path: string; optIn: string | null; body: unknown; credentials: RequestCredentials }[] = [];
+    const { fetchImpl } = fakeNode(async (req) => {
+      const path = new URL(req.url).pathname;
+      seen.push({ path, optIn: req.headers.get("together-refresh-cookie"), body: await req.clone().json().catch(() => null), credentials: req.credentials });
+      if (path === "/api/auth/login") return json(200, { ...auth(1), refresh_token: "" });
+      if (path === "/api/auth/refresh") return json(200, { ...auth(2), refresh_token: "" });
+      if (req.headers.get("authorization") === "Bearer access-1") return json(401, { code: "token_expired", message: "expired" });
+      return json(200, ME);
+    });
+    const storage = memoryStorage();
+    const rest = new RestClient({ baseUrl: "http://node", fetch: fetchImpl, storage, refreshCookie: true });
+    await rest.login({ username: "alice", password: "password123" });
+    expect(seen[0]).toMatchObject({ path: "/api/auth/login", optIn: "1" });
+    expect(storage.load()).toMatchObject({ access_token: "access-1", refresh_token: "" });
+    await rest.me();
+    const refresh = seen.find((s) => s.path === "/api/auth/refresh");
+    expect(refresh).toMatchObject({ optIn: "1", body: { refresh_token: "" }, credentials: "same-origin" });
+    expect(storage.load()).toMatchObject({ access_token: "access-2", refresh_token: "" });
+  });
+
   it("a refused refresh signs out and reports why", async () => {
     const { fetchImpl } = fakeNode((req) =>
       new URL(req.url).pathname === "/api/auth/refresh"

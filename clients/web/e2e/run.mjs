@@ -100,6 +100,24 @@ const tests = [
     await shot(ctx.b, "02-empty-home");
   }],
 
+  ["the refresh token is an HttpOnly cookie, not in the page's storage", async () => {
+    const { a } = ctx;
+    const stored = await a.evaluate(() => JSON.parse(localStorage.getItem("together.tokens") ?? "null"));
+    assert(stored?.access_token && stored.refresh_token === "", `local storage holds a refresh token: ${JSON.stringify(stored)}`);
+    const cookie = (await a.context().cookies()).find((c) => c.name === "together_refresh");
+    assert(cookie?.httpOnly && cookie.sameSite === "Strict" && cookie.path === "/api/auth", `no HttpOnly refresh cookie: ${JSON.stringify(cookie)}`);
+    assert(!(await a.evaluate(() => document.cookie)).includes("together_refresh"), "scripts can read the refresh cookie");
+    // The browser sends it back: a refresh works and rotates it.
+    const status = await a.evaluate(async () => (await fetch("/api/auth/refresh", {
+      method: "POST",
+      headers: { "content-type": "application/json", "together-refresh-cookie": "1" },
+      body: JSON.stringify({ refresh_token: "" }),
+    })).status);
+    assert(status === 200, `a refresh with the cookie answered ${status}`);
+    const rotated = (await a.context().cookies()).find((c) => c.name === "together_refresh");
+    assert(rotated && rotated.value !== cookie.value, "the cookie was not rotated");
+  }],
+
   ["alice creates a server and lands in #general", async () => {
     const { a } = ctx;
     await a.getByRole("button", { name: "Create a server" }).first().click();
@@ -384,6 +402,10 @@ async function main() {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
     const page = await context.newPage();
     page.on("pageerror", (e) => pageErrors.push(`${key}: ${e.message}`));
+    // The node's Content-Security-Policy must not block anything the client does.
+    page.on("console", (m) => {
+      if (/Content Security Policy/i.test(m.text())) pageErrors.push(`${key}: ${m.text()}`);
+    });
     ctx[key] = page;
   }
   let failedBefore = false;

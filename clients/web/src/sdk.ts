@@ -19,7 +19,11 @@ export function setNodeUrl(url: string | null): void {
 }
 
 function makeClient(): Together {
-  return new Together({ baseUrl: nodeUrl(), storage: localStorageTokens() });
+  // On the node that served this page the refresh token stays in its
+  // HttpOnly cookie; another node (chosen at sign-in) is cross-site, so
+  // its refresh token is kept in local storage.
+  const baseUrl = nodeUrl();
+  return new Together({ baseUrl, storage: localStorageTokens(), refreshCookie: baseUrl === location.origin });
 }
 
 export let together = makeClient();
