@@ -47,7 +47,6 @@ use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::required_text;
 use crate::model::ChannelKind;
 use crate::state::AppState;
 
@@ -252,9 +251,10 @@ pub(crate) fn api_kind(kind: together_crdt::ChannelKind) -> ChannelKind {
     }
 }
 
-/// A name: trimmed, 1 to 100 characters, no control characters.
+/// A name: trimmed, 1 to 100 characters, no control, bidirectional
+/// control or zero-width characters ([`crate::text::name`]).
 pub fn validate_name(field: &str, value: &str) -> ApiResult<String> {
-    required_text(field, value, 1, NAME_MAX)
+    crate::text::name(field, value, 1, NAME_MAX)
 }
 
 /// A channel name; text channels are normalised as Discord does:

@@ -20,6 +20,8 @@
 //! - [`auth`]: passwords, tokens and the `AuthUser` extractor.
 //! - [`extract`]: JSON, path and query extractors with JSON errors.
 //! - [`error`]: [`error::ApiError`], the one error shape of the API.
+//! - [`text`]: what text may contain: no NUL anywhere, no bidirectional
+//!   controls or zero-width characters in names.
 //! - [`perms`]: who may see and do what, from roles and overrides.
 //! - [`caches`]: sessions and permissions kept in memory, forgotten when
 //!   an event on the bus changes them.
@@ -70,6 +72,7 @@ pub mod seed;
 pub mod server;
 pub mod state;
 pub mod tasks;
+pub mod text;
 pub mod uploads;
 pub mod users;
 pub mod voice;
