@@ -401,6 +401,23 @@ mod tests {
     }
 
     #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let start = getrlimit(Resource::Nofile);
+        if let Some(hard) = start.maximum.filter(|hard| *hard > 256) {
+            // Lowered first, as a default `ulimit -n` of 1024 would be.
+            let lowered = Rlimit {
+                current: Some(256),
+                maximum: Some(hard),
+            };
+            assert!(setrlimit(Resource::Nofile, lowered).is_ok());
+        }
+        let soft = raise_open_file_limit();
+        assert_eq!(soft, start.maximum);
+        assert_eq!(getrlimit(Resource::Nofile).current, start.maximum);
+    }
+
+    #[test]
     fn the_total_cap_leaves_room_for_other_files() {
         let limits = Limits::for_tests();
         assert_eq!(ConnectionSettings::new(&limits, Some(1024)).max_connections, 1024 - RESERVED_FILES as usize);
