@@ -69,9 +69,10 @@ pub struct RunArgs {
     #[arg(long, env = "TOGETHER_GATEWAY_BENCH", hide_short_help = true)]
     pub gateway_bench: bool,
 
-    /// Connection and storage limits (see [`LimitArgs`]).
+    /// Connection and storage limits (see [`LimitArgs`]; boxed to keep
+    /// the command enum small).
     #[command(flatten)]
-    pub limits: LimitArgs,
+    pub limits: Box<LimitArgs>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
