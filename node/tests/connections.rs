@@ -190,3 +190,59 @@ async fn the_gateway_outlives_the_http_idle_timeout(pool: PgPool) {
     let ack: Value = serde_json::from_str(ack.to_text().unwrap()).unwrap();
     assert_eq!(ack["op"], 11, "{ack}");
 }
+
+/// CPU seconds this process used so far, from `/proc/self/stat` opened
+/// beforehand (reading it needs no new descriptor).
+fn cpu_seconds(proc_stat: &mut std::fs::File) -> f64 {
+    use std::io::{Read, Seek};
+    proc_stat.rewind().unwrap();
+    let mut stat = String::new();
+    proc_stat.read_to_string(&mut stat).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn out_of_file_descriptors_the_listener_pauses_and_recovers(pool: PgPool) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The open-file limit is per process: only where each test has its own.
+    if std::env::var("NEXTEST_EXECUTION_MODE").as_deref() != Ok("process-per-test") {
+        eprintln!("skipped: needs a process of its own (cargo nextest)");
+        return;
+    }
+    let node = ws::start_with(pool, |c| c.limits.header_timeout = Duration::from_secs(30)).await;
+    assert_eq!(health_from([127, 0, 0, 1], node.addr).await, "HTTP/1.1 200 OK");
+    let clients: Vec<TcpSocket> = (0..4).map(|_| TcpSocket::new_v4().unwrap()).collect();
+    let mut proc_stat = std::fs::File::open("/proc/self/stat").unwrap();
+
+    // Every descriptor below the limit in use: the listener's accept fails
+    // with EMFILE.
+    let before = getrlimit(Resource::Nofile);
+    let mut fillers = Vec::new();
+    let highest = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 + 64;
+    setrlimit(Resource::Nofile, Rlimit { current: Some(highest), maximum: before.maximum }).unwrap();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        fillers.push(file);
+    }
+    let mut connected = Vec::new();
+    for client in clients {
+        connected.push(client.connect(node.addr).await.unwrap());
+    }
+    let cpu_before = cpu_seconds(&mut proc_stat);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let cpu = cpu_seconds(&mut proc_stat) - cpu_before;
+    drop(fillers);
+    setrlimit(Resource::Nofile, before).unwrap();
+    assert!(cpu < 0.3, "the accept loop spun: {cpu:.2} s of CPU in 2 s");
+
+    // Descriptors free again: the waiting connections are served.
+    let mut stream = connected.pop().unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = closed_within(&mut stream, Duration::from_secs(10)).await.expect("not served after the pause");
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+}
