@@ -10,7 +10,9 @@
 //! - [`cli`]: the `together-node` command line (`run`, `migrate`,
 //!   `seed-dev-data`, `identity`).
 //! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file.
-//! - [`server`]: start-up and ordered shutdown of a running node.
+//! - [`server`]: start-up and ordered shutdown of a running node; its
+//!   HTTP listener (`server::listener`: connection caps, header and idle
+//!   timeouts, accept back-off, the open-file limit).
 //! - [`tasks`]: every background task, tracked, and the stages they stop in.
 //! - [`db`] and [`embedded_pg`]: PostgreSQL, either `DATABASE_URL` or a
 //!   private cluster in the data directory; migrations.
