@@ -193,3 +193,16 @@ async fn the_key_export_password_check_has_the_sign_in_limit(pool: PgPool) {
         .await
         .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn key_sign_in_challenges_are_capped_per_address(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let other = call_from(&app, "192.0.2.7", Method::POST, "/api/auth/challenge", None, json!({})).await;
+    other.expect(StatusCode::OK);
+    for _ in 0..100 {
+        let reply = call_from(&app, "2001:db8:5:5::1", Method::POST, "/api/auth/challenge", None, json!({})).await;
+        reply.expect(StatusCode::OK);
+    }
+    // The flooding client holds its cap; the other client's challenge waits.
+    assert_eq!(app.state.challenges.len(), together_node::auth::challenges::MAX_PER_CLIENT + 1);
+}
