@@ -47,6 +47,7 @@ use together_protocol::permissions::Permissions;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::required_text;
 use crate::model::ChannelKind;
 use crate::state::AppState;
 
@@ -252,9 +253,9 @@ pub(crate) fn api_kind(kind: together_crdt::ChannelKind) -> ChannelKind {
 }
 
 /// A name: trimmed, 1 to 100 characters, no control, bidirectional
-/// control or zero-width characters ([`crate::text::name`]).
+/// control or zero-width characters ([`crate::text::check_name`]).
 pub fn validate_name(field: &str, value: &str) -> ApiResult<String> {
-    crate::text::name(field, value, 1, NAME_MAX)
+    required_text(field, crate::text::check_name(field, value)?, 1, NAME_MAX)
 }
 
 /// A channel name; text channels are normalised as Discord does:

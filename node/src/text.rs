@@ -52,8 +52,9 @@ pub fn is_unsafe_in_names(c: char) -> bool {
     )
 }
 
-/// Refuses a name containing NUL or a character of [`is_unsafe_in_names`].
-pub fn check_name(field: &str, value: &str) -> ApiResult<()> {
+/// Refuses a name containing NUL or a character of [`is_unsafe_in_names`];
+/// gives the name back unchanged.
+pub fn check_name<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
     if value.contains('\0') {
         return Err(nul_error());
     }
@@ -63,22 +64,7 @@ pub fn check_name(field: &str, value: &str) -> ApiResult<()> {
             format!("{field} must not contain bidirectional control or zero-width characters"),
         ));
     }
-    Ok(())
-}
-
-/// A required name: [`check_name`], then trimmed, `min` to `max`
-/// characters and no control characters.
-pub fn name(field: &str, value: &str, min: usize, max: usize) -> ApiResult<String> {
-    check_name(field, value)?;
-    crate::extract::required_text(field, value, min, max)
-}
-
-/// An optional name (an empty string clears it), checked like [`name`].
-pub fn optional_name(field: &str, value: Option<&str>, max: usize) -> ApiResult<Option<String>> {
-    if let Some(value) = value {
-        check_name(field, value)?;
-    }
-    crate::extract::optional_text(field, value, max)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -98,11 +84,11 @@ mod tests {
     #[test]
     fn names_refuse_bidi_and_zero_width() {
         for bad in ["a\u{202e}b", "a\u{2066}b", "a\u{200b}b", "a\u{200d}b", "a\u{2060}", "\u{feff}a"] {
-            let err = name("name", bad, 1, 100).err();
+            let err = check_name("name", bad).err();
             assert_eq!(err.map(|e| e.code), Some("unsafe_characters"), "{bad:?}");
         }
-        assert_eq!(name("name", "a\0b", 1, 100).err().map(|e| e.code), Some("nul_character"));
-        assert_eq!(name("name", " Café 🎉 ", 1, 100).ok().as_deref(), Some("Café 🎉"));
-        assert_eq!(optional_name("nickname", Some(""), 32).ok(), Some(None));
+        assert_eq!(check_name("name", "a\0b").err().map(|e| e.code), Some("nul_character"));
+        assert_eq!(check_name("name", " Café 🎉 ").ok(), Some(" Café 🎉 "));
+        assert_eq!(check_name("nickname", "").ok(), Some(""));
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{Command, MAX_ROLES, View, server_named, unknown_member, unknown_server};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::optional_text;
 use crate::model::{Member, UserRow};
 
 /// Longest nickname, in characters.
@@ -78,7 +79,7 @@ impl Command for UpdateMember {
         if let Some(nickname) = self.changes.nickname.as_deref() {
             commands.push(StateCommand::SetNickname {
                 user: self.user_id,
-                nickname: crate::text::optional_name("nickname", Some(nickname), NICKNAME_MAX)?,
+                nickname: optional_text("nickname", Some(crate::text::check_name("nickname", nickname)?), NICKNAME_MAX)?,
             });
         }
         if let Some(roles) = &self.changes.roles {
