@@ -244,9 +244,10 @@ pub(crate) fn api_kind(kind: together_crdt::ChannelKind) -> ChannelKind {
     }
 }
 
-/// A name: trimmed, 1 to 100 characters, no control characters.
+/// A name: trimmed, 1 to 100 characters, no control, bidirectional
+/// control or zero-width characters ([`crate::text::check_name`]).
 pub fn validate_name(field: &str, value: &str) -> CommunityResult<String> {
-    Ok(required_text(field, value, 1, NAME_MAX)?)
+    Ok(required_text(field, crate::text::check_name(field, value)?, 1, NAME_MAX)?)
 }
 
 /// A channel name; text channels are normalised as Discord does:

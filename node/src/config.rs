@@ -85,6 +85,11 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub voice: voice::VoiceArgs,
+
+    /// Connection and storage limits (see [`LimitArgs`]; boxed to keep
+    /// the command enum small).
+    #[command(flatten)]
+    pub limits: Box<LimitArgs>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -118,6 +123,8 @@ pub struct FileConfig {
     /// Where other nodes reach the relay, when not at the IP of this node's
     /// libp2p connection and the bound port (a NAT, a port forward).
     pub voice_relay_public: Option<SocketAddr>,
+    /// The `[limits]` section: connection caps, timeouts, upload quotas.
+    pub limits: Option<FileLimits>,
 }
 
 /// The resolved configuration.
@@ -149,6 +156,8 @@ pub struct Config {
     /// The relay address announced to other nodes instead (`None`: they use
     /// the IP of the libp2p connection and the bound port).
     pub voice_relay_public: Option<SocketAddr>,
+    /// Connection caps, timeouts and upload quotas.
+    pub limits: Limits,
 }
 
 /// The relay's default bind address: every IPv4 interface, UDP 7881.
@@ -209,6 +218,10 @@ impl Config {
             None => FileConfig::default(),
         };
         let default_listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let max_upload_bytes = run
+            .max_upload_bytes
+            .or(file.max_upload_bytes)
+            .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
         Ok(Config {
             listen: run.listen.or(file.listen).unwrap_or(default_listen),
             data_dir: node
@@ -225,10 +238,7 @@ impl Config {
                 node.database_max_connections.or(file.database_max_connections),
             )?,
             log_format: node.log_format.or(file.log_format).unwrap_or_default(),
-            max_upload_bytes: run
-                .max_upload_bytes
-                .or(file.max_upload_bytes)
-                .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
+            max_upload_bytes,
             web_dir: run.web_dir.clone().or(file.web_dir),
             rate_limit_per_minute: run
                 .rate_limit_per_minute
@@ -248,6 +258,7 @@ impl Config {
             voice: run.voice.resolve(file.voice),
             voice_relay: run.voice.relay.or(file.voice_relay).unwrap_or(DEFAULT_VOICE_RELAY),
             voice_relay_public: check_relay_public(run.voice.relay_public.or(file.voice_relay_public))?,
+            limits: Limits::resolve(&run.limits, file.limits.unwrap_or_default(), max_upload_bytes)?,
         })
     }
 
@@ -270,6 +281,7 @@ impl Config {
             voice: together_sfu::SfuConfig::loopback(),
             voice_relay: SocketAddr::from(([127, 0, 0, 1], 0)),
             voice_relay_public: None,
+            limits: Limits::for_tests(),
         }
     }
 }
@@ -283,6 +295,184 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+// ---------------------------------------------------------------------------
+// Limits: connection caps, HTTP timeouts, pending-upload quotas and the free
+// disk margin. Each is a flag, a `TOGETHER_*` variable, or a key of the
+// `[limits]` section of the file (docs/limits.md).
+// ---------------------------------------------------------------------------
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_PENDING_UPLOADS: u32 = 50;
+/// Pending upload bytes per user when not set: this many largest files.
+pub const DEFAULT_PENDING_UPLOAD_FILES: u64 = 10;
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Limit flags of `together-node run`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Most open HTTP and gateway connections in total (default 10000;
+    /// lowered to what the open-file limit allows).
+    #[arg(long, env = "TOGETHER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most open connections from one client address (an IPv6 client
+    /// counts by its /64; default 256). More are closed at once.
+    #[arg(long, env = "TOGETHER_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Seconds a client has to send a request's headers, and to start its
+    /// next request on a kept-alive connection (default 10).
+    #[arg(long, env = "TOGETHER_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+
+    /// Seconds an HTTP connection (not yet a gateway WebSocket) may send
+    /// and receive nothing before it is closed (default 60).
+    #[arg(long, env = "TOGETHER_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+
+    /// Most uploads one user may hold that no message uses yet (default 50).
+    #[arg(long, env = "TOGETHER_MAX_PENDING_UPLOADS")]
+    pub max_pending_uploads: Option<u32>,
+
+    /// Most bytes of uploads one user may hold that no message uses yet
+    /// (default 10 × max-upload-bytes, 500 MiB).
+    #[arg(long, env = "TOGETHER_MAX_PENDING_UPLOAD_BYTES")]
+    pub max_pending_upload_bytes: Option<u64>,
+
+    /// Uploads are refused (507) when the data directory's file system
+    /// has less free space than this, in bytes (default 1073741824, 1 GiB).
+    #[arg(long, env = "TOGETHER_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+/// The `[limits]` section of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub header_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_pending_uploads: Option<u32>,
+    pub max_pending_upload_bytes: Option<u64>,
+    pub min_free_disk_bytes: Option<u64>,
+}
+
+/// The resolved limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most open connections in total.
+    pub max_connections: usize,
+    /// Most open connections per client address (IPv6: per /64).
+    pub max_connections_per_address: usize,
+    /// Time to send a request's headers, or to begin the next request.
+    pub header_timeout: std::time::Duration,
+    /// Time an HTTP connection may make no progress either way.
+    pub idle_timeout: std::time::Duration,
+    /// Pending (not yet attached) uploads per user.
+    pub max_pending_uploads: u32,
+    /// Pending upload bytes per user.
+    pub max_pending_upload_bytes: u64,
+    /// Free space the data directory's file system keeps; uploads are
+    /// refused below it.
+    pub min_free_disk_bytes: u64,
+}
+
+impl Limits {
+    fn resolve(args: &LimitArgs, file: FileLimits, max_upload_bytes: u64) -> Result<Limits, ConfigError> {
+        let positive = |value: Option<u64>, default: u64, key: &'static str| match value {
+            None => Ok(default),
+            Some(0) => Err(ConfigError::Invalid { key, reason: "must be at least 1" }),
+            Some(n) if n > 86_400 => Err(ConfigError::Invalid { key, reason: "must be at most 86400 seconds" }),
+            Some(n) => Ok(n),
+        };
+        let count = |value: Option<usize>, default: usize, key: &'static str| match value {
+            None => Ok(default),
+            Some(0) => Err(ConfigError::Invalid { key, reason: "must be at least 1" }),
+            Some(n) => Ok(n),
+        };
+        Ok(Limits {
+            max_connections: count(
+                args.max_connections.or(file.max_connections),
+                DEFAULT_MAX_CONNECTIONS,
+                "max_connections",
+            )?,
+            max_connections_per_address: count(
+                args.max_connections_per_address.or(file.max_connections_per_address),
+                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+                "max_connections_per_address",
+            )?,
+            header_timeout: std::time::Duration::from_secs(positive(
+                args.header_timeout_secs.or(file.header_timeout_secs),
+                DEFAULT_HEADER_TIMEOUT_SECS,
+                "header_timeout_secs",
+            )?),
+            idle_timeout: std::time::Duration::from_secs(positive(
+                args.idle_timeout_secs.or(file.idle_timeout_secs),
+                DEFAULT_IDLE_TIMEOUT_SECS,
+                "idle_timeout_secs",
+            )?),
+            max_pending_uploads: args
+                .max_pending_uploads
+                .or(file.max_pending_uploads)
+                .unwrap_or(DEFAULT_MAX_PENDING_UPLOADS),
+            max_pending_upload_bytes: args
+                .max_pending_upload_bytes
+                .or(file.max_pending_upload_bytes)
+                .unwrap_or(max_upload_bytes.saturating_mul(DEFAULT_PENDING_UPLOAD_FILES)),
+            min_free_disk_bytes: args
+                .min_free_disk_bytes
+                .or(file.min_free_disk_bytes)
+                .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES),
+        })
+    }
+
+    /// Production limits, except no free-space margin (test machines'
+    /// disks vary).
+    pub fn for_tests() -> Limits {
+        let mut limits = Limits::resolve(&LimitArgs::default(), FileLimits::default(), DEFAULT_MAX_UPLOAD_BYTES)
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"));
+        limits.min_free_disk_bytes = 0;
+        limits
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn limits_come_from_flags_over_the_limits_section() {
+        let file = toml::from_str::<FileConfig>(
+            "[limits]\nmax_connections = 500\nmax_connections_per_address = 20\nheader_timeout_secs = 5\n\
+             min_free_disk_bytes = 1000\n",
+        )
+        .ok()
+        .and_then(|f| f.limits)
+        .unwrap_or_default();
+        let args = LimitArgs {
+            max_connections_per_address: Some(7),
+            ..Default::default()
+        };
+        let limits = Limits::resolve(&args, file, 1024).ok();
+        let limits = limits.as_ref();
+        assert_eq!(limits.map(|l| l.max_connections), Some(500));
+        assert_eq!(limits.map(|l| l.max_connections_per_address), Some(7));
+        assert_eq!(limits.map(|l| l.header_timeout.as_secs()), Some(5));
+        assert_eq!(limits.map(|l| l.idle_timeout.as_secs()), Some(DEFAULT_IDLE_TIMEOUT_SECS));
+        assert_eq!(limits.map(|l| l.min_free_disk_bytes), Some(1000));
+        assert_eq!(limits.map(|l| l.max_pending_upload_bytes), Some(10 * 1024));
+        let zero = LimitArgs {
+            header_timeout_secs: Some(0),
+            ..Default::default()
+        };
+        assert!(Limits::resolve(&zero, FileLimits::default(), 1024).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -177,24 +177,46 @@ async fn rate_limit(
         .map(|p| p.as_str())
         .unwrap_or("?");
     let route: std::sync::Arc<str> = format!("{} {}", request.method(), path).into();
-    let user = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|t| crate::auth::tokens::verify_access_token(state.keys.jwt_key(), t).ok());
-    let caller = match user {
-        Some(claims) => crate::ratelimit::Caller::User(claims.sub),
-        None => crate::ratelimit::Caller::Address(
-            request
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip())
-                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
-        ),
+    let address = crate::ratelimit::Caller::Address(crate::ratelimit::address_key(client_ip(request.extensions())));
+    // Sign-in routes count by address whatever token comes along: a token
+    // must not buy a fresh budget of password guesses.
+    let caller = if crate::ratelimit::is_sign_in_route(&route) {
+        address
+    } else {
+        let user = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|t| crate::auth::tokens::verify_access_token(state.keys.jwt_key(), t).ok());
+        match user {
+            Some(claims) => crate::ratelimit::Caller::User(claims.sub),
+            None => address,
+        }
     };
     match state.limiter.admit(caller, route) {
         Ok(()) => next.run(request).await,
         Err(secs) => crate::error::ApiError::too_many_requests(secs).into_response(),
+    }
+}
+
+/// The client's address as the listener saw it (unspecified when the
+/// request did not come through a socket, as in tests).
+fn client_ip(extensions: &axum::http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Extractor: the client's address ([`client_ip`]); never rejects.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(&parts.extensions)))
     }
 }

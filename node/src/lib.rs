@@ -11,7 +11,9 @@
 //!   `seed-dev-data`, `config`, `identity`).
 //! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file
 //!   (`config/voice.rs`: the voice options; `config/show.rs`: printing it).
-//! - [`server`]: start-up and ordered shutdown of a running node.
+//! - [`server`]: start-up and ordered shutdown of a running node; its
+//!   HTTP listener (`server::listener`: connection caps, header and idle
+//!   timeouts, accept back-off, the open-file limit).
 //! - [`tasks`]: every background task, tracked, and the stages they stop in.
 //! - [`db`] and [`embedded_pg`]: PostgreSQL, either `DATABASE_URL` or a
 //!   private cluster in the data directory, shared safely with operator
@@ -42,7 +44,9 @@
 //!   download headers, removal of stale uploads.
 //! - [`users`]: loading users and the rules for names and links they
 //!   choose, for every service.
-//! - [`text`]: the rules for names, topics and other chosen text.
+//! - [`text`]: what text may contain: no NUL anywhere; names, topics and
+//!   other chosen text trimmed and bounded, without control characters,
+//!   and names without bidirectional controls or zero-width characters.
 //! - [`model`]: the JSON shapes shared by REST and the gateway.
 //! - [`bus`]: committed changes as typed events, each serialized at most
 //!   once, when a gateway session first needs it.

@@ -2,10 +2,16 @@
 //!
 //! Each (caller, method, route) pair gets a fixed one-minute window. The
 //! caller is the signed-in user when the request carries a valid access
-//! token, otherwise the client's address. Sign-in routes get a stricter
-//! budget to slow password guessing. Over budget, the answer is 429 with
-//! `Retry-After`. Memory is bounded: the table is sharded, expired windows
-//! are swept, and a full shard refuses new callers instead of growing.
+//! token, otherwise the client's address ([`address_key`]: an IPv6 client
+//! counts by its /64). Routes under `/api/auth/` get a stricter budget.
+//! The sign-in routes ([`SIGN_IN_ROUTES`]: password and key sign-in,
+//! registration, refresh, and the key export's password check) always
+//! count by address, whatever token the request carries, and their
+//! handlers also count each attempt against the target account
+//! ([`Caller::Account`]), so neither more tokens nor more addresses buy
+//! more guesses. Over budget, the answer is 429 with `Retry-After`. Memory
+//! is bounded: the table is sharded, expired windows are swept, and a full
+//! shard refuses new callers instead of growing.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -18,16 +24,51 @@ use uuid::Uuid;
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
 const MAX_ENTRIES_PER_SHARD: usize = 65_536;
-/// Requests per minute on `/api/auth/*` routes, per caller.
+/// Requests per minute on `/api/auth/*` routes and [`SIGN_IN_ROUTES`],
+/// per caller.
 pub const AUTH_ROUTE_LIMIT: u32 = 30;
+
+/// Routes that check a password or a key, or create accounts or tokens:
+/// limited by address (never by the bearer token) and by target account.
+pub const SIGN_IN_ROUTES: &[&str] = &[
+    "POST /api/auth/register",
+    "POST /api/auth/login",
+    "POST /api/auth/challenge",
+    "POST /api/auth/verify",
+    "POST /api/auth/refresh",
+    "POST /api/users/@me/key",
+];
+
+/// Whether `route` (`METHOD /matched/path`) is one of [`SIGN_IN_ROUTES`].
+pub fn is_sign_in_route(route: &str) -> bool {
+    SIGN_IN_ROUTES.contains(&route)
+}
+
+/// The address a client counts as: IPv4 as is (also when mapped into
+/// IPv6), IPv6 by its /64 prefix, which one subscriber usually holds whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
 
 /// Who a request counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
     /// A signed-in user (a valid access token).
     User(Uuid),
-    /// Anyone else, by address.
+    /// Anyone else, by address (see [`address_key`]).
     Address(IpAddr),
+    /// The account a sign-in attempt targets (a lowercased username or
+    /// email, or a user id as text), from every address together.
+    Account(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -104,12 +145,14 @@ impl RateLimiter {
 impl RateLimiter {
     /// Counts one request of `caller` on `route` (`METHOD /matched/path`)
     /// now; `Err(seconds)` until its window ends when over budget. Routes
-    /// under `/api/auth/` get at most [`AUTH_ROUTE_LIMIT`].
+    /// under `/api/auth/` and [`SIGN_IN_ROUTES`] get at most
+    /// [`AUTH_ROUTE_LIMIT`].
     pub fn admit(&self, caller: Caller, route: Arc<str>) -> Result<(), u64> {
         if self.per_minute == 0 {
             return Ok(());
         }
-        let limit = if route.split_once(' ').is_some_and(|(_, path)| path.starts_with("/api/auth/")) {
+        let auth = route.split_once(' ').is_some_and(|(_, path)| path.starts_with("/api/auth/"));
+        let limit = if auth || is_sign_in_route(&route) {
             self.per_minute.min(AUTH_ROUTE_LIMIT)
         } else {
             self.per_minute
@@ -132,6 +175,17 @@ mod tests {
             caller: Caller::Address(IpAddr::from([127, 0, 0, n])),
             route: "GET /x".into(),
         }
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap_or(IpAddr::from([0; 4]));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(address_key(mapped), IpAddr::from([192, 0, 2, 7]));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Running a node: open the database, migrate, serve, and shut down in
 //! order on SIGINT or SIGTERM.
 //!
+//! HTTP is served by [`listener`]: connection caps, header and idle
+//! timeouts, back-off on accept errors.
+//!
 //! The order, each step waiting for the one before to finish:
-//! 1. HTTP stops accepting; requests in flight finish (axum's graceful
-//!    shutdown; upgraded WebSockets are not HTTP requests any more).
+//! 1. HTTP stops accepting; requests in flight finish (upgraded WebSockets
+//!    are not HTTP requests any more).
 //! 2. The gateway ([`Stage::Gateway`]): every session is closed with 4013
 //!    (node shutting down, resumable), the dispatcher and its lookups end.
 //! 3. The libp2p swarm ([`Stage::Network`]): peers are disconnected.
@@ -14,6 +17,8 @@
 //! 6. Housekeeping, then a last wait on the one tracker of every task
 //!    ([`Tasks::finish`]): no task is left to use the database.
 //! 7. The PostgreSQL pool closes, then the private PostgreSQL stops.
+
+pub mod listener;
 
 use std::net::SocketAddr;
 
@@ -28,6 +33,7 @@ use crate::tasks::{Stage, Tasks};
 
 /// Runs the node until `shutdown` is cancelled, then stops it in order.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    listener::raise_open_file_limit();
     let keys = NodeKeys::load_or_create(&config.data_dir)?;
     let database = Database::open(&config).await?;
     match start(&database, config, keys, shutdown).await {
@@ -117,11 +123,11 @@ pub async fn start(
         ),
     );
     let app = crate::http::app(state.clone());
-    let serving = state.tasks.tracker().spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    });
+    let settings = listener::ConnectionSettings::new(&state.config.limits, listener::open_file_limit());
+    let serving = state
+        .tasks
+        .tracker()
+        .spawn(listener::serve(listener, app, settings, shutdown));
     Ok(RunningNode { addr, state, serving })
 }
 

@@ -12,6 +12,14 @@
 //! happen under a transaction-scoped advisory lock on the hash, so a file is
 //! never deleted while an upload is being recorded against it.
 //!
+//! Uploads not yet attached to a message are bounded per user
+//! ([`PendingQuota`]: a count and a byte total, 413
+//! `upload_quota_exceeded`), uploads stop while the data directory's file
+//! system is short of its free margin ([`FileStore::ensure_free_space`],
+//! 507 `insufficient_storage`), and a housekeeping task ([`run_cleanup`])
+//! removes uploads never attached within 24 hours and temporary files a
+//! crash left behind, in bounded batches.
+//!
 //! Also here: which content types may be served as themselves
 //! ([`safe_content_type`]) and the `Content-Disposition` header for a
 //! download ([`content_disposition`]).
@@ -160,6 +168,59 @@ impl FileStore {
         tokio::fs::remove_file(&staged.temp_path).await.ok();
     }
 
+    /// 507 `insufficient_storage` when the file system of the data
+    /// directory has less than `min_free` bytes available (to unprivileged
+    /// users). A margin of 0 never refuses.
+    pub async fn ensure_free_space(&self, min_free: u64) -> Result<(), ApiError> {
+        if min_free == 0 {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(&self.root).await.map_err(ApiError::internal)?;
+        let root = self.root.clone();
+        let free = tokio::task::spawn_blocking(move || free_bytes(&root))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|err| ApiError::internal(format!("statvfs of the data directory: {err}")))?;
+        if free < min_free {
+            tracing::warn!(free, min_free, "uploads refused: the data directory's disk is nearly full");
+            return Err(ApiError::new(
+                axum::http::StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the node is short of disk space and takes no uploads for now",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes temporary upload files older than `max_age` (left behind
+    /// by a crash mid-upload). Returns how many were removed.
+    pub async fn remove_stale_temp_files(&self, max_age: std::time::Duration) -> std::io::Result<u64> {
+        let mut entries = match tokio::fs::read_dir(self.tmp_dir()).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            if !entry.file_name().to_string_lossy().starts_with("upload-") {
+                continue;
+            }
+            let Ok(modified) = entry.metadata().await.and_then(|m| m.modified()) else {
+                continue;
+            };
+            if now.duration_since(modified).is_ok_and(|age| age > max_age)
+                && tokio::fs::remove_file(entry.path()).await.is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "stale temporary upload files removed");
+        }
+        Ok(removed)
+    }
+
     /// Deletes the files of these hashes that no attachment row uses any more.
     pub async fn release(&self, db: &PgPool, hashes: &[Vec<u8>]) -> Result<(), ApiError> {
         let mut hashes = hashes.to_vec();
@@ -196,15 +257,39 @@ pub async fn lock_hash(conn: &mut PgConnection, hash: &[u8]) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Uploads removed by one statement of the cleanup.
+pub const CLEANUP_BATCH: i64 = 500;
+
+/// How long an upload may wait for a message before the cleanup removes it.
+pub const PENDING_UPLOAD_HOURS: i64 = 24;
+
 /// Deletes uploads that were never attached to a message and are older
 /// than `max_age` (24 hours in production), and their files when nothing
-/// else uses them. Returns how many uploads were removed.
+/// else uses them, [`CLEANUP_BATCH`] at a time. Returns how many uploads
+/// were removed.
 pub async fn remove_stale_uploads(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, ApiError> {
+    let mut removed = 0;
+    loop {
+        let batch = remove_stale_batch(db, store, max_age).await?;
+        removed += batch;
+        if batch < CLEANUP_BATCH as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
+/// One batch of [`remove_stale_uploads`]; rows a sender is attaching right
+/// now are skipped (and kept, when the message takes them).
+async fn remove_stale_batch(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, ApiError> {
     let cutoff = Utc::now() - max_age;
     let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
-        "DELETE FROM attachments WHERE message_id IS NULL AND created_at < $1 RETURNING content_hash",
+        "DELETE FROM attachments WHERE id IN (
+             SELECT id FROM attachments WHERE message_id IS NULL AND created_at < $1
+              ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING content_hash",
     )
     .bind(cutoff)
+    .bind(CLEANUP_BATCH)
     .fetch_all(db)
     .await?;
     let removed = hashes.len() as u64;
@@ -215,19 +300,93 @@ pub async fn remove_stale_uploads(db: &PgPool, store: &FileStore, max_age: Durat
     Ok(removed)
 }
 
-/// Runs [`remove_stale_uploads`] (24 h) every hour until `shutdown`.
+/// Every hour until `shutdown` (the first time at start): removes uploads
+/// never attached within [`PENDING_UPLOAD_HOURS`], a batch at a time and
+/// looking at `shutdown` between batches, and temporary files older than
+/// an hour.
 pub async fn run_cleanup(db: PgPool, store: FileStore, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if let Err(err) = remove_stale_uploads(&db, &store, Duration::hours(24)).await {
+            _ = tick.tick() => {}
+        }
+        while !shutdown.is_cancelled() {
+            match remove_stale_batch(&db, &store, Duration::hours(PENDING_UPLOAD_HOURS)).await {
+                Ok(n) if n == CLEANUP_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(err) => {
                     tracing::warn!(code = err.code, "stale upload cleanup failed");
+                    break;
                 }
             }
         }
+        if let Err(err) = store.remove_stale_temp_files(std::time::Duration::from_secs(3600)).await {
+            tracing::warn!(error = %err, "temporary upload cleanup failed");
+        }
     }
+}
+
+/// Bytes available to unprivileged users on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// A user's uploads that no message uses yet, and the quota on them.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingQuota {
+    pub max_count: u32,
+    pub max_bytes: u64,
+}
+
+fn quota_exceeded(message: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "upload_quota_exceeded", message)
+}
+
+impl PendingQuota {
+    pub fn from_limits(limits: &crate::config::Limits) -> PendingQuota {
+        PendingQuota {
+            max_count: limits.max_pending_uploads,
+            max_bytes: limits.max_pending_upload_bytes,
+        }
+    }
+
+    /// How many bytes one more upload may have, given what `user` holds
+    /// pending; 413 `upload_quota_exceeded` when no upload fits.
+    pub async fn room(&self, db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<u64, ApiError> {
+        let (count, bytes) = pending_of(db, user).await?;
+        if count >= u64::from(self.max_count) {
+            return Err(quota_exceeded(format!(
+                "you have {count} uploads waiting to be sent (at most {}); send or wait for them to expire",
+                self.max_count
+            )));
+        }
+        if bytes >= self.max_bytes {
+            return Err(self.bytes_exceeded());
+        }
+        Ok(self.max_bytes - bytes)
+    }
+
+    /// 413 for an upload that would take the user past the byte quota.
+    pub fn bytes_exceeded(&self) -> ApiError {
+        quota_exceeded(format!(
+            "your uploads waiting to be sent would exceed {} bytes; send or wait for them to expire",
+            self.max_bytes
+        ))
+    }
+}
+
+/// How many uploads `user` holds that no message uses, and their bytes.
+pub async fn pending_of(db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<(u64, u64), ApiError> {
+    let (count, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(file_size), 0)::bigint FROM attachments
+          WHERE uploader_id = $1 AND message_id IS NULL",
+    )
+    .bind(user)
+    .fetch_one(db)
+    .await?;
+    Ok((count.max(0) as u64, bytes.max(0) as u64))
 }
 
 /// A client's filename made safe to store and show: only the last path

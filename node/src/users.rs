@@ -42,7 +42,7 @@ pub fn validate_url(field: &str, url: &str) -> Result<Option<String>, InvalidFie
         && (url.starts_with("https://") || url.starts_with("http://") || url.starts_with("/api/"))
         && !url.chars().any(|c| c.is_whitespace() || c.is_control());
     if !ok {
-        return Err(InvalidField(format!("{field} must be an http(s) URL of at most 2048 bytes")));
+        return Err(InvalidField::new(format!("{field} must be an http(s) URL of at most 2048 bytes")));
     }
     Ok(Some(url.to_string()))
 }

@@ -269,3 +269,114 @@ async fn stale_pending_uploads_are_removed(pool: PgPool) {
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_attachment");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn pending_uploads_have_a_quota_per_user(pool: PgPool) {
+    let app = TestApp::with_config(pool.clone(), |c| {
+        c.limits.max_pending_uploads = 2;
+        c.limits.max_pending_upload_bytes = 100;
+    });
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (server_id, channel_id) = fixture_server(&pool, &alice.id).await;
+    add_member(&pool, server_id, &bob.id).await;
+
+    // Bytes: 60 fit, 60 more do not (the file would pass the 100 alone).
+    let first = app.upload(channel_id, &alice.token, "a.bin", "application/octet-stream", &[1u8; 60]).await;
+    let first = first.expect(StatusCode::CREATED);
+    app.upload(channel_id, &alice.token, "b.bin", "application/octet-stream", &[2u8; 60])
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "upload_quota_exceeded");
+    // Count: a second small one fits, a third does not.
+    app.upload(channel_id, &alice.token, "c.txt", "text/plain", b"c").await.expect(StatusCode::CREATED);
+    app.upload(channel_id, &alice.token, "d.txt", "text/plain", b"d")
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "upload_quota_exceeded");
+    assert_eq!(std::fs::read_dir(app.data_dir.join("tmp")).unwrap().count(), 0, "refused files were left behind");
+    // Others have their own quota.
+    app.upload(channel_id, &bob.token, "e.txt", "text/plain", b"e").await.expect(StatusCode::CREATED);
+    // Sent uploads no longer count.
+    app.post(
+        &format!("/api/channels/{channel_id}/messages"),
+        &alice.token,
+        json!({"content": "files", "attachment_ids": [first["id"]]}),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    app.upload(channel_id, &alice.token, "f.bin", "application/octet-stream", &[3u8; 60])
+        .await
+        .expect(StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn concurrent_uploads_cannot_pass_the_quota_together(pool: PgPool) {
+    let app = TestApp::with_config(pool.clone(), |c| c.limits.max_pending_uploads = 3);
+    let alice = app.register("alice").await;
+    let (_, channel_id) = fixture_server(&pool, &alice.id).await;
+    let uploads = (0..8).map(|i| {
+        let body = format!("file {i}");
+        let app = &app;
+        let token = alice.token.clone();
+        async move { app.upload(channel_id, &token, "x.txt", "text/plain", body.as_bytes()).await.status }
+    });
+    let statuses = futures::future::join_all(uploads).await;
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(created, 3, "{statuses:?}");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM attachments WHERE message_id IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 3);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn uploads_stop_when_the_disk_is_short_of_its_margin(pool: PgPool) {
+    // A margin no disk has free.
+    let app = TestApp::with_config(pool.clone(), |c| c.limits.min_free_disk_bytes = u64::MAX / 2);
+    let alice = app.register("alice").await;
+    let (_, channel_id) = fixture_server(&pool, &alice.id).await;
+    app.upload(channel_id, &alice.token, "a.txt", "text/plain", b"hello")
+        .await
+        .expect_error(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage");
+    assert!(stored_files(&app).is_empty());
+    let free = together_node::uploads::free_bytes(&app.data_dir).unwrap();
+    assert!(free > 0);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn the_cleanup_works_in_batches_and_removes_crash_leftovers(pool: PgPool) {
+    let app = TestApp::new(pool.clone());
+    let alice = app.register("alice").await;
+    let (_, channel_id) = fixture_server(&pool, &alice.id).await;
+    let total = together_node::uploads::CLEANUP_BATCH + 7;
+    sqlx::query(
+        "INSERT INTO attachments (id, channel_id, uploader_id, filename, content_hash, file_size, mime_type, created_at)
+         SELECT gen_random_uuid(), $1, $2, 'x.txt', sha256(i::text::bytea), 1, 'text/plain', now() - interval '25 hours'
+           FROM generate_series(1, $3) AS i",
+    )
+    .bind(channel_id)
+    .bind(Uuid::parse_str(&alice.id).unwrap())
+    .bind(total)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = together_node::uploads::FileStore::new(&app.data_dir);
+    let removed = together_node::uploads::remove_stale_uploads(&pool, &store, chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(removed, total as u64);
+
+    // A temporary file an interrupted upload left, and one being written.
+    let tmp = app.data_dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let old = tmp.join(format!("upload-{}", Uuid::now_v7()));
+    let fresh = tmp.join(format!("upload-{}", Uuid::now_v7()));
+    std::fs::write(&old, b"half").unwrap();
+    std::fs::write(&fresh, b"half").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+    let removed = store.remove_stale_temp_files(std::time::Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(removed, 1);
+    assert!(!old.exists());
+    assert!(fresh.exists());
+}

@@ -107,9 +107,10 @@ async fn invite_preview_and_join(pool: PgPool) {
             .await
             .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
     }
+    // NUL is refused in any field, before the invite is looked up.
     app.post(&format!("/api/servers/{sid}/members"), &dave.token, json!({"invite_code": "ab\u{0}cd"}))
         .await
-        .expect_error(StatusCode::NOT_FOUND, "unknown_invite");
+        .expect_error(StatusCode::BAD_REQUEST, "nul_character");
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]

@@ -95,3 +95,114 @@ async fn browsers_on_other_origins_may_call_the_api(pool: PgPool) {
     assert!(reply.status.is_success());
     assert_eq!(reply.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
 }
+
+/// A JSON request as if from `ip` (the listener's `ConnectInfo`).
+async fn call_from(
+    app: &TestApp,
+    ip: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> support::Reply {
+    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 40000);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .extension(axum::extract::ConnectInfo(addr));
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    app.send(builder.body(Body::from(body.to_string())).unwrap()).await
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn bearer_tokens_buy_no_extra_sign_in_attempts(pool: PgPool) {
+    let app = TestApp::with_config(pool, |c| c.rate_limit_per_minute = 1000);
+    let tokens = [
+        app.register("alice").await.token,
+        app.register("bob").await.token,
+        app.register("carol").await.token,
+    ];
+    let limit = together_node::ratelimit::AUTH_ROUTE_LIMIT as usize;
+    for i in 0..limit {
+        let body = json!({"username": format!("nobody{i}"), "password": "whatever1"});
+        let reply = call_from(&app, "192.0.2.1", Method::POST, "/api/auth/login", Some(&tokens[i % 3]), body).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let body = json!({"username": "nobody-else", "password": "whatever1"});
+    call_from(&app, "192.0.2.1", Method::POST, "/api/auth/login", Some(&tokens[1]), body)
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn guesses_at_one_account_count_together_from_every_address(pool: PgPool) {
+    let app = TestApp::with_config(pool, |c| c.rate_limit_per_minute = 1000);
+    app.register("alice").await;
+    let limit = together_node::ratelimit::AUTH_ROUTE_LIMIT;
+    for i in 0..limit {
+        let body = json!({"username": "alice", "password": format!("guess{i:04}")});
+        let reply = call_from(&app, &format!("198.51.100.{}", i + 1), Method::POST, "/api/auth/login", None, body).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let body = json!({"username": "ALICE", "password": "password123"});
+    call_from(&app, "203.0.113.200", Method::POST, "/api/auth/login", None, body)
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Another account is not affected.
+    app.register("bob").await;
+    let body = json!({"username": "bob", "password": "password123"});
+    call_from(&app, "203.0.113.200", Method::POST, "/api/auth/login", None, body)
+        .await
+        .expect(StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn an_ipv6_client_counts_by_its_64(pool: PgPool) {
+    let app = TestApp::with_config(pool, |c| c.rate_limit_per_minute = 1000);
+    let limit = together_node::ratelimit::AUTH_ROUTE_LIMIT;
+    for i in 0..limit {
+        let body = json!({"username": format!("nobody{i}"), "password": "whatever1"});
+        let ip = format!("2001:db8:7:7::{:x}", i + 1);
+        let reply = call_from(&app, &ip, Method::POST, "/api/auth/login", None, body).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let body = json!({"username": "nobody-else", "password": "whatever1"});
+    call_from(&app, "2001:db8:7:7:ffff:1:2:3", Method::POST, "/api/auth/login", None, body.clone())
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let reply = call_from(&app, "2001:db8:7:8::1", Method::POST, "/api/auth/login", None, body).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "another /64 has its own budget");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn the_key_export_password_check_has_the_sign_in_limit(pool: PgPool) {
+    let app = TestApp::with_config(pool, |c| c.rate_limit_per_minute = 1000);
+    let alice = app.register("alice").await;
+    let limit = together_node::ratelimit::AUTH_ROUTE_LIMIT;
+    for i in 0..limit {
+        // From ever new addresses: the account's own budget still runs out.
+        let ip = format!("198.51.100.{}", i + 1);
+        let body = json!({"password": format!("guess{i:04}")});
+        let reply = call_from(&app, &ip, Method::POST, "/api/users/@me/key", Some(&alice.token), body).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    call_from(&app, "203.0.113.9", Method::POST, "/api/users/@me/key", Some(&alice.token), json!({"password": "password123"}))
+        .await
+        .expect_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn key_sign_in_challenges_are_capped_per_address(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let other = call_from(&app, "192.0.2.7", Method::POST, "/api/auth/challenge", None, json!({})).await;
+    other.expect(StatusCode::OK);
+    for _ in 0..100 {
+        let reply = call_from(&app, "2001:db8:5:5::1", Method::POST, "/api/auth/challenge", None, json!({})).await;
+        reply.expect(StatusCode::OK);
+    }
+    // The flooding client holds its cap; the other client's challenge waits.
+    assert_eq!(app.state.challenges.len(), together_node::auth::challenges::MAX_PER_CLIENT + 1);
+}

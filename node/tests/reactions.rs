@@ -121,11 +121,14 @@ async fn reaction_rules(pool: PgPool) {
     let m = app.send_message(channel_id, &alice.token, "hello").await;
     let url = format!("/api/messages/{}/reactions", m["id"].as_str().unwrap());
 
-    for bad in ["", " ", "a", "👍 ", "hello", "x:1", "na me:1", "name:", "<script>", "\u{0}", &"😀".repeat(17)] {
+    for bad in ["", " ", "a", "👍 ", "hello", "x:1", "na me:1", "name:", "<script>", &"😀".repeat(17)] {
         app.post(&url, &alice.token, json!({"emoji": bad}))
             .await
             .expect_error(StatusCode::BAD_REQUEST, "invalid_emoji");
     }
+    app.post(&url, &alice.token, json!({"emoji": "\u{0}"}))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "nul_character");
     app.get(&format!("{url}/abc"), &alice.token).await.expect_error(StatusCode::BAD_REQUEST, "invalid_emoji");
     app.get(&format!("{url}/{}?limit=0", enc("👍")), &alice.token)
         .await

@@ -83,7 +83,10 @@ impl CommunityError {
 
 impl From<InvalidField> for CommunityError {
     fn from(err: InvalidField) -> CommunityError {
-        CommunityError::Invalid(err.0)
+        CommunityError::Refused {
+            code: err.code,
+            message: err.message,
+        }
     }
 }
 

@@ -80,7 +80,7 @@ impl Command for UpdateMember {
         if let Some(nickname) = self.changes.nickname.as_deref() {
             commands.push(StateCommand::SetNickname {
                 user: self.user_id,
-                nickname: optional_text("nickname", Some(nickname), NICKNAME_MAX)?,
+                nickname: optional_text("nickname", Some(crate::text::check_name("nickname", nickname)?), NICKNAME_MAX)?,
             });
         }
         if let Some(roles) = &self.changes.roles {

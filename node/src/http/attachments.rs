@@ -57,12 +57,14 @@ fn unknown_attachment() -> ApiError {
 
 /// `POST /api/channels/{channel_id}/attachments`: upload a file (multipart
 /// field `file`) for a message not sent yet. Unused uploads are removed
-/// after 24 hours.
+/// after 24 hours. Each user may hold a limited number and size of uploads
+/// not yet sent (413 `upload_quota_exceeded`); while the node is short of
+/// disk space, uploads are refused (507 `insufficient_storage`).
 #[utoipa::path(post, path = "/api/channels/{channel_id}/attachments", tag = "attachments", security(("bearer" = [])),
     params(("channel_id" = Uuid, Path)),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses((status = 201, body = Attachment), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)))]
 async fn upload_attachment(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -85,6 +87,11 @@ async fn upload_attachment(
     };
 
     let store = FileStore::new(&state.config.data_dir);
+    let limits = &state.config.limits;
+    store.ensure_free_space(limits.min_free_disk_bytes).await?;
+    let quota = uploads::PendingQuota::from_limits(limits);
+    let room = quota.room(&state.db, auth.user_id).await?;
+    let max_bytes = state.config.max_upload_bytes.min(room);
     let mut other_bytes = 0usize;
     loop {
         let Some(mut field) = multipart.next_field().await.map_err(bad_form)? else {
@@ -104,9 +111,17 @@ async fn upload_attachment(
         }
         let filename = uploads::sanitize_filename(field.file_name().unwrap_or("file"));
         let declared = field.content_type().map(str::to_string);
-        let staged = store.stage(&mut field, state.config.max_upload_bytes).await?;
+        let staged = store.stage(&mut field, max_bytes).await.map_err(|err| match err {
+            uploads::StageError::TooLarge(_) if max_bytes < state.config.max_upload_bytes => quota.bytes_exceeded(),
+            other => other.into(),
+        })?;
+        if let Err(err) = store.ensure_free_space(limits.min_free_disk_bytes).await {
+            store.discard(&staged).await;
+            return Err(err);
+        }
         let mime_type = uploads::classify(declared.as_deref(), &filename, &staged.head);
-        let recorded = record_upload(&state, &store, &staged, channel_id, auth.user_id, &filename, &mime_type).await;
+        let upload = Upload { channel_id, uploader_id: auth.user_id, filename: &filename, mime_type: &mime_type };
+        let recorded = record_upload(&state, &store, &staged, &upload, quota).await;
         return match recorded {
             Ok(row) => Ok((StatusCode::CREATED, Json(row.to_model()))),
             Err(err) => {
@@ -117,16 +132,33 @@ async fn upload_attachment(
     }
 }
 
+/// What an upload is recorded as.
+struct Upload<'a> {
+    channel_id: Uuid,
+    uploader_id: Uuid,
+    filename: &'a str,
+    mime_type: &'a str,
+}
+
+/// Records a staged upload, checking the uploader's pending quota again
+/// under a lock on their row, so concurrent uploads cannot pass it together.
 async fn record_upload(
     state: &AppState,
     store: &FileStore,
     staged: &uploads::StagedFile,
-    channel_id: Uuid,
-    uploader_id: Uuid,
-    filename: &str,
-    mime_type: &str,
+    upload: &Upload<'_>,
+    quota: uploads::PendingQuota,
 ) -> ApiResult<AttachmentRow> {
+    let Upload { channel_id, uploader_id, filename, mime_type } = *upload;
     let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(uploader_id)
+        .execute(&mut *tx)
+        .await?;
+    let room = quota.room(&mut *tx, uploader_id).await?;
+    if staged.size > room {
+        return Err(quota.bytes_exceeded());
+    }
     uploads::lock_hash(&mut tx, &staged.hash).await?;
     let sql = format!(
         "INSERT INTO attachments (id, channel_id, uploader_id, filename, content_hash, file_size, mime_type)

@@ -149,6 +149,12 @@ async fn login(
     if req.username.len() > 254 || req.password.len() > 4096 {
         return Err(ApiError::unauthorized("invalid_credentials", "wrong username or password"));
     }
+    // Guesses at one account count together, from every address.
+    let account = crate::ratelimit::Caller::Account(req.username.trim().to_lowercase());
+    state
+        .limiter
+        .admit(account, "POST /api/auth/login".into())
+        .map_err(ApiError::too_many_requests)?;
     let row: Option<(Uuid, String)> = sqlx::query_as(
         "SELECT id, password_hash FROM users
           WHERE password_hash IS NOT NULL

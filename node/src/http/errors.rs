@@ -103,7 +103,7 @@ impl From<AccessError> for ApiError {
 
 impl From<InvalidField> for ApiError {
     fn from(err: InvalidField) -> Self {
-        Self::invalid(err.0)
+        Self::bad_request(err.code, err.message)
     }
 }
 

@@ -14,6 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::auth::challenges::CHALLENGE_TTL_SECS;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
+use crate::http::ClientIp;
 use crate::http::auth::{AuthResponse, start_session, validate_username};
 use crate::state::AppState;
 
@@ -57,10 +58,13 @@ pub struct VerifyRequest {
 /// `POST /api/auth/challenge`: a fresh single-use sign-in challenge.
 #[utoipa::path(post, path = "/api/auth/challenge", tag = "auth",
     responses((status = 200, body = ChallengeResponse)))]
-async fn create_challenge(State(state): State<AppState>) -> ApiResult<Json<ChallengeResponse>> {
+async fn create_challenge(
+    State(state): State<AppState>,
+    ClientIp(client): ClientIp,
+) -> ApiResult<Json<ChallengeResponse>> {
     let now = Utc::now().timestamp();
     let challenge = SignInChallenge::new(NodePublicKey::from(&state.keys.node_key), now);
-    state.challenges.insert(challenge.nonce, now);
+    state.challenges.insert(challenge.nonce, now, client);
     Ok(Json(ChallengeResponse {
         node: challenge.node.to_string(),
         nonce: base64url::encode(&challenge.nonce),
@@ -88,6 +92,12 @@ async fn verify_challenge(
         .parse()
         .map_err(|e: together_protocol::identity::IdentityError| ApiError::invalid(e.to_string()))?;
     let username = req.username.as_deref().map(validate_username).transpose()?;
+    // Attempts for one key count together, from every address.
+    let account = crate::ratelimit::Caller::Account(hex::encode(public_key.as_bytes()));
+    state
+        .limiter
+        .admit(account, "POST /api/auth/verify".into())
+        .map_err(ApiError::too_many_requests)?;
     let now = Utc::now().timestamp();
     // Taken out before checking: a nonce is good for one answer, right or wrong.
     let issued = state

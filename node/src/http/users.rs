@@ -175,6 +175,12 @@ async fn export_my_key(
             .bind(auth.user_id)
             .fetch_optional(&state.db)
             .await?;
+    // A password check: the sign-in budget, per account as well as per
+    // address (the middleware), so a stolen token cannot guess fast.
+    state
+        .limiter
+        .admit(crate::ratelimit::Caller::User(auth.user_id), "POST /api/users/@me/key".into())
+        .map_err(ApiError::too_many_requests)?;
     let Some((Some(phc), Some(sealed), public_key)) = row else {
         return Err(ApiError::not_found(
             "no_stored_key",

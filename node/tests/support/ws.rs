@@ -56,12 +56,9 @@ pub async fn start_with(pool: PgPool, change: impl FnOnce(&mut Config)) -> Node 
     let addr = listener.local_addr().unwrap();
     let app = together_node::http::app(state.clone());
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .ok();
-    });
+    // The listener the binary serves with: caps, timeouts, upgrades.
+    let settings = together_node::server::listener::ConnectionSettings::new(&state.config.limits, None);
+    tokio::spawn(together_node::server::listener::serve(listener, app, settings, stop));
     Node {
         addr,
         app: TestApp::from_state(state),

@@ -215,6 +215,9 @@ async fn start_node(args: &Args, db_url: &str, data_dir: &std::path::Path) -> an
         .arg(db_url)
         .arg("--rate-limit-per-minute")
         .arg("0")
+        // Thousands of sessions come from each loopback source address;
+        // the total stays capped by the open-file limit.
+        .args(["--max-connections-per-address", "1000000", "--max-connections", "1000000"])
         .args(if args.via == Via::Bench { &["--gateway-bench"][..] } else { &[][..] })
         .env("TOGETHER_LOG", "warn")
         .stdout(Stdio::null())

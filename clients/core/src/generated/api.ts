@@ -275,7 +275,9 @@ export interface paths {
         /**
          * `POST /api/channels/{channel_id}/attachments`: upload a file (multipart
          *     field `file`) for a message not sent yet. Unused uploads are removed
-         *     after 24 hours.
+         *     after 24 hours. Each user may hold a limited number and size of uploads
+         *     not yet sent (413 `upload_quota_exceeded`); while the node is short of
+         *     disk space, uploads are refused (507 `insufficient_storage`).
          */
         post: operations["upload_attachment"];
         delete?: never;
@@ -2283,6 +2285,14 @@ export interface operations {
                 };
             };
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            507: {
                 headers: {
                     [name: string]: unknown;
                 };
