@@ -315,37 +315,38 @@ pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1024 * 1024 * 1024;
 /// Limit flags of `together-node run`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LimitArgs {
-    /// Most open HTTP and gateway connections in total (default 10000;
-    /// lowered to what the open-file limit allows).
+    /// Most open HTTP and gateway connections in total (lowered to what
+    /// the open-file limit allows). [default: 10000]
     #[arg(long, env = "TOGETHER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
     /// Most open connections from one client address (an IPv6 client
-    /// counts by its /64; default 256). More are closed at once.
+    /// counts by its /64). More are closed at once. [default: 256]
     #[arg(long, env = "TOGETHER_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<usize>,
 
     /// Seconds a client has to send a request's headers, and to start its
-    /// next request on a kept-alive connection (default 10).
+    /// next request on a kept-alive connection. [default: 10]
     #[arg(long, env = "TOGETHER_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
 
     /// Seconds an HTTP connection (not yet a gateway WebSocket) may send
-    /// and receive nothing before it is closed (default 60).
+    /// and receive nothing before it is closed. [default: 60]
     #[arg(long, env = "TOGETHER_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
 
-    /// Most uploads one user may hold that no message uses yet (default 50).
+    /// Most uploads one user may hold that no message uses yet.
+    /// [default: 50]
     #[arg(long, env = "TOGETHER_MAX_PENDING_UPLOADS")]
     pub max_pending_uploads: Option<u32>,
 
-    /// Most bytes of uploads one user may hold that no message uses yet
-    /// (default 10 × max-upload-bytes, 500 MiB).
+    /// Most bytes of uploads one user may hold that no message uses yet.
+    /// [default: 10 × max-upload-bytes, 524288000]
     #[arg(long, env = "TOGETHER_MAX_PENDING_UPLOAD_BYTES")]
     pub max_pending_upload_bytes: Option<u64>,
 
     /// Uploads are refused (507) when the data directory's file system
-    /// has less free space than this, in bytes (default 1073741824, 1 GiB).
+    /// has less free space than this, in bytes. [default: 1073741824]
     #[arg(long, env = "TOGETHER_MIN_FREE_DISK_BYTES")]
     pub min_free_disk_bytes: Option<u64>,
 }

@@ -75,6 +75,8 @@ struct Inner {
     /// Other nodes' relays and voice states (see [`federation`]).
     remote: Mutex<federation::Remote>,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where the relay between nodes listens, or why it could not.
+    relay: OnceLock<Result<std::net::SocketAddr, String>>,
     /// The node's tasks; voice's run in [`Stage::Voice`].
     tasks: Tasks,
 }
@@ -134,6 +136,7 @@ impl Voice {
                 table: Mutex::default(),
                 remote: Mutex::default(),
                 locks: Mutex::default(),
+                relay: OnceLock::new(),
                 tasks,
             }),
         }
@@ -142,6 +145,13 @@ impl Voice {
     /// The SFU, once started.
     pub fn sfu(&self) -> Option<&together_sfu::Sfu> {
         self.inner.sfu.get()
+    }
+
+    /// Where the voice relay between nodes listens, or why it could not
+    /// start (then voice stays local to this node); `None` before voice
+    /// started.
+    pub fn relay_status(&self) -> Option<&Result<std::net::SocketAddr, String>> {
+        self.inner.relay.get()
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

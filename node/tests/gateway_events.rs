@@ -91,6 +91,20 @@ async fn channel_and_role_events_follow_permissions(pool: PgPool) {
     .expect(StatusCode::OK);
     assert_eq!(bob_ws.dispatch("CHANNEL_DELETE").await["id"], channel_id.as_str());
 
+    // Lifting it shows #news again, as a channel bob does not have.
+    app.delete(&format!("/api/channels/{channel_id}/permissions/{server_id}"), &alice.token)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(bob_ws.dispatch("CHANNEL_CREATE").await["id"], channel_id.as_str());
+    app.put(
+        &format!("/api/channels/{channel_id}/permissions/{server_id}"),
+        &alice.token,
+        json!({"type": "role", "allow": "0", "deny": bits(Permissions::VIEW_CHANNEL)}),
+    )
+    .await
+    .expect(StatusCode::OK);
+    assert_eq!(bob_ws.dispatch("CHANNEL_DELETE").await["id"], channel_id.as_str());
+
     // A role that may view it: bob gets it back when the role is granted.
     let role = app.create_role(&alice, &server_id, "Readers", Permissions::empty()).await;
     assert_eq!(bob_ws.dispatch("SERVER_ROLE_CREATE").await["role"]["name"], "Readers");

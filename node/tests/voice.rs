@@ -826,3 +826,29 @@ async fn shutdown_disconnects_everyone_first(pool: PgPool) {
     alice_dev.join(&server_id, &voice);
     assert_eq!(alice_dev.dispatch("VOICE_ERROR").await["code"], "voice_unavailable");
 }
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn a_relay_port_taken_is_reported_not_hidden(pool: PgPool) {
+    // Another program holds the relay's port: voice still starts (local
+    // only), and the node says why its users cannot be heard elsewhere.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = std::env::temp_dir().join(format!("together-voice-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = Config::for_tests(&dir);
+    config.voice_relay = taken.local_addr().unwrap();
+    let state = AppState::build(pool.clone(), config, NodeKeys::for_tests(), settings(), CancellationToken::new());
+    together_node::voice::start(&state, SfuConfig::loopback()).await.unwrap();
+    let app = TestApp::from_state(state.clone());
+    let node = app.get("/api/node", "").await.expect(StatusCode::OK);
+    assert_eq!(node["voice_relay"]["listening"], Value::Null);
+    let error = node["voice_relay"]["error"].as_str().expect("the reason is given");
+    assert!(error.contains(&taken.local_addr().unwrap().to_string()), "{error}");
+    together_node::voice::shutdown(&state).await;
+
+    // A free port: the relay's address is shown.
+    let node = start(pool).await;
+    let shown = node.app.get("/api/node", "").await.expect(StatusCode::OK);
+    assert!(shown["voice_relay"]["listening"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{shown}");
+    assert_eq!(shown["voice_relay"]["error"], Value::Null);
+    node.shutdown.cancel();
+}

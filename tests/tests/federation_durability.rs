@@ -195,7 +195,14 @@ async fn pair() -> Pair {
     let a = NodeProcess::start("A", Vec::new()).await;
     let a_addr = a.p2p_addr().await;
     let b = NodeProcess::start("B", vec![a_addr.clone()]).await;
-    let http = reqwest::Client::new();
+    // Idle connections are dropped on this side before the node's own
+    // keep-alive timeout closes them (as HTTP clients should): a node that
+    // resumes from SIGSTOP closes every connection that sat idle meanwhile,
+    // and a request racing that close would fail.
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let alice = register(&http, &a.url, "alice").await.unwrap();
     let bob = register(&http, &b.url, "bob").await.unwrap();
     let server = alice.post(&http, "/api/servers", json!({"name": "Durable"})).await.unwrap().expect(201);

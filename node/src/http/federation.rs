@@ -31,6 +31,18 @@ pub struct NodeDescription {
     pub listen_addrs: Vec<String>,
     pub connected_peers: Vec<String>,
     pub federation: CounterSnapshot,
+    /// The voice relay between nodes (absent when voice is not running).
+    pub voice_relay: Option<VoiceRelayStatus>,
+}
+
+/// Whether other nodes' users can be heard here: the relay's address, or
+/// why it is not listening (voice then stays local to this node).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VoiceRelayStatus {
+    /// The UDP address the relay listens on.
+    pub listening: Option<String>,
+    /// Why the relay could not start (e.g. its port is taken).
+    pub error: Option<String>,
 }
 
 /// `GET /api/node`: this node's identity, addresses and federation counters.
@@ -47,6 +59,16 @@ async fn get_node(State(state): State<AppState>) -> ApiResult<Json<NodeDescripti
         listen_addrs: info.as_ref().map(|i| i.listen_addrs.clone()).unwrap_or_default(),
         connected_peers: info.map(|i| i.connected_peers).unwrap_or_default(),
         federation: state.federation.counters().snapshot(),
+        voice_relay: state.voice.relay_status().map(|status| match status {
+            Ok(addr) => VoiceRelayStatus {
+                listening: Some(addr.to_string()),
+                error: None,
+            },
+            Err(err) => VoiceRelayStatus {
+                listening: None,
+                error: Some(err.clone()),
+            },
+        }),
     }))
 }
 

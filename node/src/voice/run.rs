@@ -28,10 +28,17 @@ pub async fn start(state: &AppState, config: SfuConfig) -> anyhow::Result<()> {
         match sfu.start_relay(relay) {
             Ok((relay, relay_events)) => {
                 tracing::info!(addr = %relay.local_addr(), "voice relay listening");
+                let _ = state.voice.inner.relay.set(Ok(relay.local_addr()));
                 tasks.spawn(federation::run_relay_events(state.clone(), relay_events));
                 tasks.spawn(federation::share_rooms(state.clone(), relay, state.voice.rooms_changed()));
             }
-            Err(err) => tracing::warn!(error = %err, "voice relay not started: voice stays local to this node"),
+            Err(err) => {
+                tracing::error!(
+                    error = %err,
+                    "voice relay not started: voice stays local to this node (GET /api/node says so too)"
+                );
+                let _ = state.voice.inner.relay.set(Err(err.to_string()));
+            }
         }
     }
     tasks.spawn(events::watch_access(state.clone()));

@@ -1400,6 +1400,7 @@ export interface components {
             node_key: string;
             /** @description libp2p peer id (absent when the network is not running). */
             peer_id?: string | null;
+            voice_relay?: components["schemas"]["VoiceRelayStatus"] | null;
         };
         /** @description Body of `PUT /api/channels/{channel_id}/permissions/{target_id}`. */
         OverrideInput: {
@@ -1651,6 +1652,16 @@ export interface components {
              *     (default `user-<first hex digits of the id>`).
              */
             username?: string | null;
+        };
+        /**
+         * @description Whether other nodes' users can be heard here: the relay's address, or
+         *     why it is not listening (voice then stays local to this node).
+         */
+        VoiceRelayStatus: {
+            /** @description Why the relay could not start (e.g. its port is taken). */
+            error?: string | null;
+            /** @description The UDP address the relay listens on. */
+            listening?: string | null;
         };
         /** @description A user's place in a voice channel. */
         VoiceState: {

@@ -50,10 +50,15 @@ impl Dispatcher {
             Event::SessionRevoked { session_id } => return self.revoke(&event.audience, *session_id),
             // Delivered when it was published (see `broadcast_presence`).
             Event::PresenceUpdated(_) => return,
-            Event::ChannelCreated(channel) | Event::ChannelUpdated(channel) => {
+            Event::ChannelCreated(channel) => {
                 // The event goes out after the new views, to whoever may
                 // see the channel then.
                 self.recompute(channel.server_id, None, Some(channel.id));
+            }
+            Event::ChannelUpdated(channel) => {
+                // Whoever the change lets see the channel gets it as
+                // CHANNEL_CREATE from the new views; the update follows.
+                self.recompute(channel.server_id, None, None);
             }
             Event::ChannelDeleted(ChannelDeleted { server_id, .. }) => {
                 // Only those who could see the channel learn it is gone.
