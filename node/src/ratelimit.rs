@@ -39,6 +39,13 @@ pub const SIGN_IN_ROUTES: &[&str] = &[
     "POST /api/users/@me/key",
 ];
 
+/// Requests per minute on [`REMOTE_JOIN_ROUTE`], per caller: each one
+/// makes this node dial an address the caller chose.
+pub const REMOTE_JOIN_LIMIT: u32 = 10;
+
+/// Joining through another node.
+pub const REMOTE_JOIN_ROUTE: &str = "POST /api/federation/join";
+
 /// Whether `route` (`METHOD /matched/path`) is one of [`SIGN_IN_ROUTES`].
 pub fn is_sign_in_route(route: &str) -> bool {
     SIGN_IN_ROUTES.contains(&route)
@@ -146,7 +153,7 @@ impl RateLimiter {
     /// Counts one request of `caller` on `route` (`METHOD /matched/path`)
     /// now; `Err(seconds)` until its window ends when over budget. Routes
     /// under `/api/auth/` and [`SIGN_IN_ROUTES`] get at most
-    /// [`AUTH_ROUTE_LIMIT`].
+    /// [`AUTH_ROUTE_LIMIT`], [`REMOTE_JOIN_ROUTE`] [`REMOTE_JOIN_LIMIT`].
     pub fn admit(&self, caller: Caller, route: Arc<str>) -> Result<(), u64> {
         if self.per_minute == 0 {
             return Ok(());
@@ -154,6 +161,8 @@ impl RateLimiter {
         let auth = route.split_once(' ').is_some_and(|(_, path)| path.starts_with("/api/auth/"));
         let limit = if auth || is_sign_in_route(&route) {
             self.per_minute.min(AUTH_ROUTE_LIMIT)
+        } else if &*route == REMOTE_JOIN_ROUTE {
+            self.per_minute.min(REMOTE_JOIN_LIMIT)
         } else {
             self.per_minute
         };
@@ -169,6 +178,17 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joining_through_another_node_has_a_small_budget() {
+        let limiter = RateLimiter::new(300);
+        let caller = Caller::User(Uuid::now_v7());
+        for _ in 0..REMOTE_JOIN_LIMIT {
+            assert!(limiter.admit(caller.clone(), REMOTE_JOIN_ROUTE.into()).is_ok());
+        }
+        assert!(limiter.admit(caller.clone(), REMOTE_JOIN_ROUTE.into()).is_err());
+        assert!(limiter.admit(caller, "GET /api/users/@me".into()).is_ok(), "other routes keep their budget");
+    }
 
     fn key(n: u8) -> Key {
         Key {

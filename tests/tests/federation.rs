@@ -1853,3 +1853,26 @@ async fn a_change_from_another_node_takes_effect_on_the_next_request() {
     assert_eq!(gone.status, 404, "{}", gone.body);
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_through_an_address_that_is_not_a_node_tells_nothing_about_it() {
+    let net = TestNet::start(1).await.unwrap();
+    let http = reqwest::Client::new();
+    let alice = register(&http, &net[0].url, "alice").await.unwrap();
+    let stranger = libp2p::PeerId::random();
+    // A closed UDP port, and an open TCP port that speaks HTTP, not libp2p:
+    // the answer must not tell them apart.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = net[0].url.rsplit(':').next().unwrap().to_string();
+    let mut answers = Vec::new();
+    for peer in [
+        format!("/ip4/127.0.0.1/udp/{closed}/quic-v1/p2p/{stranger}"),
+        format!("/ip4/127.0.0.1/tcp/{http_port}/p2p/{stranger}"),
+    ] {
+        let reply = alice.post(&http, "/api/federation/join", json!({"code": "abcdefgh", "peer": peer})).await.unwrap();
+        answers.push(reply.expect(502));
+    }
+    assert_eq!(answers[0]["code"], "peer_unreachable");
+    assert_eq!(answers[0], answers[1], "both refusals read the same");
+    net.stop().await;
+}

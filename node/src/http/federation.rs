@@ -89,7 +89,10 @@ pub struct RemoteJoinRequest {
 
 /// `POST /api/federation/join`: join a community hosted on another node.
 /// This node asks the home node to admit the caller, copies the
-/// community's structure and starts replicating its messages.
+/// community's structure and starts replicating its messages. An address
+/// that does not answer as a Together node gets one answer (502
+/// `peer_unreachable`) whatever the reason; each user may ask 10 times a
+/// minute.
 #[utoipa::path(post, path = "/api/federation/join", tag = "federation", security(("bearer" = [])),
     request_body = RemoteJoinRequest,
     responses((status = 200, body = Server), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -138,6 +141,16 @@ async fn join_remote_server(
                 ApiError::new(axum::http::StatusCode::CONFLICT, "local_only_server", message.clone())
             }
             JoinError::Db(_) => ApiError::internal(err.to_string()),
+            // Whether nothing listens there, something else does, or it
+            // timed out is not told: that would make this a port scanner.
+            JoinError::Unreachable(detail) => {
+                tracing::info!(%detail, "remote join: peer not reachable");
+                ApiError::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    "peer_unreachable",
+                    "that node could not be reached, or it is not a Together node",
+                )
+            }
             _ => ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "peer_failed", err.to_string()),
         }),
     }

@@ -385,7 +385,10 @@ export interface paths {
         /**
          * `POST /api/federation/join`: join a community hosted on another node.
          *     This node asks the home node to admit the caller, copies the
-         *     community's structure and starts replicating its messages.
+         *     community's structure and starts replicating its messages. An address
+         *     that does not answer as a Together node gets one answer (502
+         *     `peer_unreachable`) whatever the reason; each user may ask 10 times a
+         *     minute.
          */
         post: operations["join_remote_server"];
         delete?: never;
