@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, env = "TOGETHER_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
 
+    /// Bearer token a Prometheus scraper sends to `GET /metrics`; without
+    /// one the route is off (404). [default: none]
+    #[arg(long, env = "TOGETHER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// libp2p multiaddr to listen on for other nodes; repeat or separate
     /// with commas. The fixed default ports keep the addresses in invites
     /// valid across restarts. [default: /ip4/0.0.0.0/udp/4001/quic-v1,
@@ -113,6 +118,8 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<u64>,
     pub web_dir: Option<PathBuf>,
     pub rate_limit_per_minute: Option<u32>,
+    /// Bearer token for `GET /metrics` (off without one).
+    pub metrics_token: Option<String>,
     pub p2p_listen: Option<Vec<String>>,
     pub peers: Option<Vec<String>>,
     /// The `[voice]` section: the SFU's UDP sockets, ICE servers and
@@ -139,6 +146,8 @@ pub struct Config {
     pub max_upload_bytes: u64,
     pub web_dir: Option<PathBuf>,
     pub rate_limit_per_minute: u32,
+    /// Bearer token for `GET /metrics`; `None`: the route is off.
+    pub metrics_token: Option<String>,
     /// libp2p listen multiaddrs; empty means the defaults of `crate::net`.
     pub p2p_listen: Vec<String>,
     /// Bootstrap peers (multiaddrs).
@@ -244,6 +253,11 @@ impl Config {
                 .rate_limit_per_minute
                 .or(file.rate_limit_per_minute)
                 .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+            metrics_token: run
+                .metrics_token
+                .clone()
+                .or(file.metrics_token)
+                .filter(|token| !token.trim().is_empty()),
             p2p_listen: if run.p2p_listen.is_empty() {
                 file.p2p_listen.unwrap_or_default()
             } else {
@@ -275,6 +289,7 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             web_dir: None,
             rate_limit_per_minute: 0,
+            metrics_token: None,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             peers: Vec::new(),
             gateway_bench: false,

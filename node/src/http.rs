@@ -28,7 +28,7 @@ pub mod voice;
 pub mod web;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -113,11 +113,13 @@ pub fn app(state: AppState) -> Router {
     let (health_router, _) = health::router().split_for_parts();
     let api_router = api_router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), count_request))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     let mut router = Router::new()
         .merge(api_router)
         .merge(health_router)
         .route("/api/openapi.json", axum::routing::get(openapi_json))
+        .route("/metrics", axum::routing::get(metrics))
         .route("/gateway", axum::routing::get(crate::gateway::connection::upgrade))
         .fallback(not_found);
     if state.config.gateway_bench {
@@ -143,6 +145,51 @@ pub fn app(state: AppState) -> Router {
         .layer(web::compression())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Middleware: counts each API request by route template and status, with
+/// its latency, for `GET /metrics`.
+async fn count_request(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or("?");
+    let route: std::sync::Arc<str> = format!("{} {}", request.method(), path).into();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .http_metrics
+        .observe(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus' text format, for a scraper that sends the
+/// configured token as a bearer token; 404 when no token is configured.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(token) = state.config.metrics_token.as_deref() else {
+        return not_found().await.into_response();
+    };
+    let sent = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches = blake3::hash(sent.as_bytes()) == blake3::hash(token.as_bytes());
+    if !matches {
+        return crate::error::ApiError::unauthorized("invalid_token", "send the metrics token as a bearer token")
+            .into_response();
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::render(&state).await,
+    )
+        .into_response()
 }
 
 async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {

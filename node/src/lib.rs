@@ -54,6 +54,7 @@
 //! - [`federation`]: signed events between nodes (stored with the write,
 //!   gossiped from the table, caught up on by peers), structure sync,
 //!   backfill.
+//! - [`metrics`]: `GET /metrics` for Prometheus, off unless a token is set.
 //! - [`ratelimit`]: per-user, per-route request budgets.
 //! - [`seed`]: development data.
 
@@ -72,6 +73,7 @@ pub mod gateway;
 pub mod http;
 pub mod keys;
 pub mod messages;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod perms;

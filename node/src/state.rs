@@ -25,6 +25,8 @@ pub struct AppState {
     /// Sessions and permissions in memory; the bus invalidates them.
     pub caches: Caches,
     pub limiter: RateLimiter,
+    /// Requests counted for `GET /metrics`.
+    pub http_metrics: crate::metrics::HttpMetrics,
     pub gateway: Gateway,
     /// Outstanding key sign-in challenges.
     pub challenges: ChallengeStore,
@@ -68,6 +70,7 @@ impl AppState {
             bus,
             caches,
             limiter,
+            http_metrics: Default::default(),
             gateway,
             challenges: ChallengeStore::default(),
             federation: Federation::new(tasks.clone()),

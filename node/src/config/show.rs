@@ -26,6 +26,9 @@ impl Config {
             put("web_dir", dir.display().to_string().into());
         }
         put("rate_limit_per_minute", i64::from(self.rate_limit_per_minute).into());
+        if self.metrics_token.is_some() {
+            put("metrics_token", HIDDEN.into());
+        }
         let listen: Vec<String> = if self.p2p_listen.is_empty() {
             crate::net::DEFAULT_LISTEN.iter().map(|a| a.to_string()).collect()
         } else {
