@@ -172,6 +172,6 @@ mod tests {
         assert!(out.contains("together_http_request_duration_seconds_bucket{route=\"GET /a\",status=\"200\",le=\"0.25\"} 2"));
         assert!(out.contains("together_http_request_duration_seconds_count{route=\"GET /a\",status=\"200\"} 2"));
         assert!(out.contains("together_http_requests_total{route=\"other\",status=\"200\"}"));
-        assert!(metrics.series.lock().unwrap().len() <= MAX_SERIES + 1);
+        assert!(metrics.series.lock().unwrap_or_else(PoisonError::into_inner).len() <= MAX_SERIES + 1);
     }
 }
