@@ -64,6 +64,12 @@ pub struct RunArgs {
     #[arg(long, env = "TOGETHER_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
 
+    /// Who may create an account (password sign-up, or a first sign-in
+    /// with a key): `open`, `invite` (with an invite to one of this node's
+    /// servers) or `closed`. [default: open]
+    #[arg(long, env = "TOGETHER_REGISTRATION")]
+    pub registration: Option<Registration>,
+
     /// Bearer token a Prometheus scraper sends to `GET /metrics`; without
     /// one the route is off (404). [default: none]
     #[arg(long, env = "TOGETHER_METRICS_TOKEN", hide_env_values = true)]
@@ -97,6 +103,19 @@ pub struct RunArgs {
     pub limits: Box<LimitArgs>,
 }
 
+/// Who may create an account on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone.
+    #[default]
+    Open,
+    /// Whoever brings a valid invite to one of this node's servers.
+    Invite,
+    /// No one: only existing accounts sign in.
+    Closed,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -120,6 +139,8 @@ pub struct FileConfig {
     pub rate_limit_per_minute: Option<u32>,
     /// Bearer token for `GET /metrics` (off without one).
     pub metrics_token: Option<String>,
+    /// Who may create an account: `open`, `invite` or `closed`.
+    pub registration: Option<Registration>,
     pub p2p_listen: Option<Vec<String>>,
     pub peers: Option<Vec<String>>,
     /// The `[voice]` section: the SFU's UDP sockets, ICE servers and
@@ -148,6 +169,8 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Bearer token for `GET /metrics`; `None`: the route is off.
     pub metrics_token: Option<String>,
+    /// Who may create an account.
+    pub registration: Registration,
     /// libp2p listen multiaddrs; empty means the defaults of `crate::net`.
     pub p2p_listen: Vec<String>,
     /// Bootstrap peers (multiaddrs).
@@ -258,6 +281,7 @@ impl Config {
                 .clone()
                 .or(file.metrics_token)
                 .filter(|token| !token.trim().is_empty()),
+            registration: run.registration.or(file.registration).unwrap_or_default(),
             p2p_listen: if run.p2p_listen.is_empty() {
                 file.p2p_listen.unwrap_or_default()
             } else {
@@ -290,6 +314,7 @@ impl Config {
             web_dir: None,
             rate_limit_per_minute: 0,
             metrics_token: None,
+            registration: Registration::Open,
             p2p_listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
             peers: Vec::new(),
             gateway_bench: false,

@@ -26,6 +26,7 @@ impl Config {
             put("web_dir", dir.display().to_string().into());
         }
         put("rate_limit_per_minute", i64::from(self.rate_limit_per_minute).into());
+        put("registration", format!("{:?}", self.registration).to_lowercase().into());
         if self.metrics_token.is_some() {
             put("metrics_token", HIDDEN.into());
         }

@@ -33,6 +33,9 @@ pub struct RegisterRequest {
     pub email: Option<String>,
     /// 8–1024 characters.
     pub password: String,
+    /// An invite code to one of this node's servers: needed when the node
+    /// registers by invite only (it is not used up here; join with it).
+    pub invite: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -76,6 +79,48 @@ pub fn validate_email(email: &str) -> ApiResult<String> {
     Ok(email.to_string())
 }
 
+/// Whether the node's registration mode lets a new account in: always
+/// when open, never when closed, and with a live invite to one of this
+/// node's servers when by invite (403 `registration_closed` or
+/// `invite_required`). Runs inside the transaction that creates the user.
+pub async fn admit_new_account(
+    conn: &mut sqlx::PgConnection,
+    state: &AppState,
+    invite: Option<&str>,
+) -> ApiResult<()> {
+    use crate::config::Registration;
+    match state.config.registration {
+        Registration::Open => Ok(()),
+        Registration::Closed => Err(ApiError::forbidden(
+            "registration_closed",
+            "this node does not take new accounts",
+        )),
+        Registration::Invite => {
+            let live: bool = match invite.map(str::trim).filter(|c| !c.is_empty()) {
+                Some(code) => {
+                    sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM invites WHERE code = $1
+                            AND (expires_at IS NULL OR expires_at > now())
+                            AND (max_uses IS NULL OR uses < max_uses))",
+                    )
+                    .bind(code)
+                    .fetch_one(&mut *conn)
+                    .await?
+                }
+                None => false,
+            };
+            if live {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(
+                    "invite_required",
+                    "this node takes new accounts by invite: send a valid invite code to one of its servers",
+                ))
+            }
+        }
+    }
+}
+
 fn validate_password(password: &str) -> ApiResult<()> {
     let len = password.chars().count();
     if !(8..=1024).contains(&len) {
@@ -87,7 +132,8 @@ fn validate_password(password: &str) -> ApiResult<()> {
 /// `POST /api/auth/register`: create a password account. The node makes
 /// the user's identity key and keeps it encrypted.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, body = AuthResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = AuthResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -104,6 +150,7 @@ async fn register(
     let sealed = state.keys.seal_user_key(user_id, &signing_key.to_bytes());
 
     let mut tx = state.db.begin().await?;
+    admit_new_account(&mut tx, &state, req.invite.as_deref()).await?;
     let inserted = sqlx::query(
         "INSERT INTO users (id, public_key, username, email, password_hash, encrypted_secret_key)
          VALUES ($1, $2, $3, $4, $5, $6)",

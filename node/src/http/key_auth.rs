@@ -53,6 +53,9 @@ pub struct VerifyRequest {
     /// Username to show on this node when it first sees the user
     /// (default `user-<first hex digits of the id>`).
     pub username: Option<String>,
+    /// An invite code to one of this node's servers: needed for a first
+    /// sign-in when the node registers by invite only.
+    pub invite: Option<String>,
 }
 
 /// `POST /api/auth/challenge`: a fresh single-use sign-in challenge.
@@ -76,7 +79,8 @@ async fn create_challenge(
 /// `POST /api/auth/verify`: sign in with a user key. Creates the local user
 /// on first sight and answers like a password sign-in.
 #[utoipa::path(post, path = "/api/auth/verify", tag = "auth", request_body = VerifyRequest,
-    responses((status = 200, body = AuthResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = AuthResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 async fn verify_challenge(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -92,6 +96,7 @@ async fn verify_challenge(
         .parse()
         .map_err(|e: together_protocol::identity::IdentityError| ApiError::invalid(e.to_string()))?;
     let username = req.username.as_deref().map(validate_username).transpose()?;
+    let req_invite = req.invite.clone();
     // Attempts for one key count together, from every address.
     let account = crate::ratelimit::Caller::Account(hex::encode(public_key.as_bytes()));
     state
@@ -125,6 +130,13 @@ async fn verify_challenge(
     }
 
     let mut tx = state.db.begin().await?;
+    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !known {
+        crate::http::auth::admit_new_account(&mut tx, &state, req_invite.as_deref()).await?;
+    }
     let username = username.unwrap_or_else(|| format!("user-{}", &user_id.simple().to_string()[..8]));
     sqlx::query("INSERT INTO users (id, public_key, username) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
         .bind(user_id)

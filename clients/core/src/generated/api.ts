@@ -1448,6 +1448,11 @@ export interface components {
         };
         RegisterRequest: {
             email?: string | null;
+            /**
+             * @description An invite code to one of this node's servers: needed when the node
+             *     registers by invite only (it is not used up here; join with it).
+             */
+            invite?: string | null;
             /** @description 8–1024 characters. */
             password: string;
             /** @description 2–32 characters: letters, digits, `_`, `.` and `-`. */
@@ -1644,6 +1649,11 @@ export interface components {
         VerifyRequest: {
             /** @description A signed delegation from the user to this node. */
             delegation: Record<string, never>;
+            /**
+             * @description An invite code to one of this node's servers: needed for a first
+             *     sign-in when the node registers by invite only.
+             */
+            invite?: string | null;
             /** @description The nonce of the challenge being answered. */
             nonce: string;
             /** @description The user's public key (unpadded base64url); must be the delegation's user. */
@@ -1945,6 +1955,14 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2111,6 +2129,14 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
