@@ -41,6 +41,21 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         messages: u32,
     },
+    /// Write the node's database and its data directory's keys and
+    /// uploaded files to one archive (a gzipped tar); works beside a
+    /// running node.
+    Backup {
+        /// The archive to write; it must not exist yet.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Restore a backup into a new data directory (and, with
+    /// DATABASE_URL, an empty database), then apply newer migrations.
+    Restore {
+        /// The archive `backup` wrote.
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
     /// Print the OpenAPI document of the REST API (as in spec/openapi.json).
     Openapi,
     /// Show or export the node's identity key.
@@ -122,6 +137,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             let summary = result?;
             println!("{summary}");
+            Ok(())
+        }
+        Some(Command::Backup { out }) => {
+            crate::backup::backup(&config, &out).await?;
+            println!("backup written to {}", out.display());
+            Ok(())
+        }
+        Some(Command::Restore { from }) => {
+            crate::backup::restore(&config, &from).await?;
+            println!("restored {} into {}", from.display(), config.data_dir.display());
             Ok(())
         }
         Some(Command::Openapi) => {

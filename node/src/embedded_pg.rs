@@ -218,6 +218,22 @@ impl EmbeddedPostgres {
         }
     }
 
+    /// A PostgreSQL client tool (`pg_dump`, `pg_restore`) of this cluster's
+    /// installation, run as the cluster's user, connecting to `database`
+    /// over the cluster's socket.
+    pub fn client_tool(&self, tool: &str, database: &str) -> Command {
+        let mut cmd = self.command(tool);
+        cmd.arg("--host")
+            .arg(&self.socket_dir)
+            .arg("--port")
+            .arg(PORT.to_string())
+            .arg("--username")
+            .arg(SUPERUSER)
+            .arg("--dbname")
+            .arg(database);
+        cmd
+    }
+
     fn command(&self, tool: &str) -> Command {
         let path = self.bin_dir.join(tool);
         let mut cmd = match &self.run_as {
@@ -366,6 +382,11 @@ impl Drop for EmbeddedPostgres {
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`, else the
 /// directory of `initdb` on PATH.
+/// A PostgreSQL tool of the installed server binaries, if any.
+pub fn installed_tool(tool: &str) -> Option<PathBuf> {
+    find_bin_dir().map(|dir| dir.join(tool)).filter(|path| path.exists())
+}
+
 fn find_bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()

@@ -7,6 +7,8 @@
 //! (`docs/architecture.md` draws the floors and follows one message from
 //! `POST` to a peer's gateway):
 //!
+//! - [`backup`]: `together-node backup` / `restore`: database and data
+//!   directory in one archive.
 //! - [`cli`]: the `together-node` command line (`run`, `migrate`,
 //!   `seed-dev-data`, `config`, `identity`).
 //! - [`config`]: flags, `TOGETHER_*` environment variables and the TOML file
@@ -59,6 +61,7 @@
 //! - [`seed`]: development data.
 
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod caches;
 pub mod cli;
