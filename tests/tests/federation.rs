@@ -536,7 +536,7 @@ async fn three_nodes_relay_through_the_home_when_two_are_cut_apart() {
                 .bind(carol_id)
                 .fetch_one(&db1)
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|error| panic!("reading node 1's database: {error}"))
         }
     })
     .await
@@ -647,7 +647,7 @@ async fn exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid) -> bool 
         .bind(b)
         .fetch_one(db)
         .await
-        .unwrap_or(false)
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
 }
 
 async fn wait_exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid, want: bool, what: &str) {
@@ -691,7 +691,7 @@ async fn structure_changes_on_any_node_are_enforced_on_every_node() {
                 .bind(code)
                 .fetch_one(&db1)
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|error| panic!("reading node 1's database: {error}"))
         }
     })
     .await
