@@ -462,6 +462,49 @@ async fn forged_input_is_rejected_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_edit_a_message_it_did_not_sign() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let alice_id = uuid(&json!(s.alice.user_id));
+    // Bob's message, signed by node 1, reaches node 0.
+    let theirs = post(&s.http, &s.bob, s.channel, "from bob").await;
+    wait_content(net[0].db(), theirs, Some(("from bob", false))).await;
+    let before = node_counters(&s.http, &net[1].url).await["rejected"]["not_permitted"].as_u64().unwrap_or(0);
+
+    // Node 0 signs, validly, an edit of bob's message as alice (the owner,
+    // but not the author) and publishes it.
+    let forged = MessageEvent::Edit {
+        scope: Scope {
+            server: s.server,
+            channel: s.channel,
+            message: theirs,
+            at: chrono::Utc::now().timestamp_millis(),
+        },
+        content: "defaced".into(),
+    };
+    let envelope = signed_on_node0(&net, alice_id, &forged).await;
+    net[0]
+        .net()
+        .publish(&messages_topic(s.server), envelope.to_bytes())
+        .await
+        .unwrap();
+
+    // Node 1 refuses it and bob's words stand.
+    let (http, url) = (s.http.clone(), net[1].url.clone());
+    wait_until(WAIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { node_counters(&http, &url).await["rejected"]["not_permitted"].as_u64().unwrap_or(0) > before }
+    })
+    .await
+    .expect("node 1 counted the forged edit as not permitted");
+    assert_eq!(message_content(net[1].db(), theirs).await, Some(("from bob".to_string(), false)));
+    // Bob himself can still edit it, and that edit does arrive.
+    edit(&s.http, &s.bob, theirs, "from bob, edited").await;
+    wait_content(net[0].db(), theirs, Some(("from bob, edited", false))).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_node_backfills_what_it_missed() {
     let net = TestNet::start(2).await.unwrap();
     let s = shared_community(&net).await;
