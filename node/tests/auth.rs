@@ -182,6 +182,36 @@ async fn bad_tokens_are_401_with_json(pool: PgPool) {
         .expect_error(StatusCode::UNAUTHORIZED, "invalid_token");
 }
 
+/// Alice's own access token re-signed with the node's key and `exp` moved.
+fn with_expiry(app: &TestApp, token: &str, exp: i64) -> String {
+    use together_node::auth::tokens::{Claims, verify_access_token};
+    let key = app.state.keys.jwt_key();
+    let claims = verify_access_token(key, token).unwrap();
+    let claims = Claims { iat: exp - 15 * 60, exp, ..claims };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn an_expired_access_token_is_401_token_expired(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let alice = app.register("alice").await;
+    let now = chrono::Utc::now().timestamp();
+    // The same claims, signed the same way, are accepted while they last...
+    let fresh = with_expiry(&app, &alice.token, now + 60);
+    app.get("/api/users/@me", &fresh).await.expect(StatusCode::OK);
+    // ...and refused as expired (not as invalid) a minute after `exp`,
+    // beyond the verifier's leeway.
+    let expired = with_expiry(&app, &alice.token, now - 60);
+    app.get("/api/users/@me", &expired)
+        .await
+        .expect_error(StatusCode::UNAUTHORIZED, "token_expired");
+}
+
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]
 async fn profile_updates_and_validation(pool: PgPool) {
     let app = TestApp::new(pool);

@@ -14,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use sqlx::PgPool;
 use support::TestUser;
-use support::ws::{Client, Node, WAIT, start, start_with};
+use support::ws::{Client, Node, WAIT, settings, start, start_with, start_with_settings};
 use together_node::bus::{Audience, Event};
 use together_node::model::{self, Channel, ChannelKind, Role, RoleEvent, ServerUserEvent, User};
 use together_protocol::permissions::Permissions;
@@ -280,6 +280,82 @@ async fn resume_replays_missed_events(pool: PgPool) {
     assert_eq!(invalid["op"], 9);
     assert_eq!(invalid["d"], false);
     third.identify(&alice.token).await;
+}
+
+/// Sends RESUME on a fresh connection and returns the first frame answering it.
+async fn resume(node: &Node, token: &str, session_id: &str, seq: u64) -> (Client, serde_json::Value) {
+    let mut client = Client::connect(node.addr).await;
+    client
+        .send(json!({"op": 6, "d": {"token": token, "session_id": session_id, "seq": seq}}))
+        .await;
+    let answer = client.frame().await.expect("an answer to RESUME");
+    (client, answer)
+}
+
+fn is_invalid_session(frame: &serde_json::Value) -> bool {
+    frame["op"] == 9 && frame["d"] == false
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn resume_with_another_users_token_is_refused(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let mallory = node.app.register("mallory").await;
+    let (server, general, _) = fixture(&pool, &alice).await;
+    let (mut first, _) = Client::identified(node.addr, &alice).await;
+    say(&node, server, general, "one");
+    assert_eq!(first.dispatch("MESSAGE_CREATE").await["content"], "one");
+    let seq = first.seq.unwrap();
+    let session_id = first.session_id.clone();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    say(&node, server, general, "for alice only");
+
+    // Mallory holds a valid token of her own and alice's session id.
+    let (mut thief, answer) = resume(&node, &mallory.token, &session_id, seq).await;
+    assert!(is_invalid_session(&answer), "another user's session is not resumed: {answer}");
+    thief.no_dispatch("MESSAGE_CREATE", Duration::from_millis(300)).await;
+    drop(thief);
+
+    // The refused attempt did not take the session from alice.
+    let (mut second, answer) = resume(&node, &alice.token, &session_id, seq).await;
+    assert_eq!(answer["t"], "MESSAGE_CREATE", "{answer}");
+    assert_eq!(answer["d"]["content"], "for alice only");
+    second.dispatch("RESUMED").await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn resume_after_the_window_is_refused(pool: PgPool) {
+    let window = Duration::from_millis(300);
+    let node = start_with_settings(pool.clone(), |_| {}, together_node::gateway::GatewaySettings {
+        resume_window: window,
+        ..settings()
+    })
+    .await;
+    let alice = node.app.register("alice").await;
+    let (first, _) = Client::identified(node.addr, &alice).await;
+    let (seq, session_id) = (first.seq.unwrap(), first.session_id.clone());
+    drop(first);
+    // Well past the window (it starts when the node sees the connection drop).
+    tokio::time::sleep(window * 5).await;
+    let (mut late, answer) = resume(&node, &alice.token, &session_id, seq).await;
+    assert!(is_invalid_session(&answer), "an expired session is not resumed: {answer}");
+    // The client may identify on the same connection instead.
+    late.identify(&alice.token).await;
+}
+
+#[sqlx::test(migrator = "together_node::db::MIGRATOR")]
+async fn resume_from_seq_zero_is_refused(pool: PgPool) {
+    let node = start(pool.clone()).await;
+    let alice = node.app.register("alice").await;
+    let (first, _) = Client::identified(node.addr, &alice).await;
+    let session_id = first.session_id.clone();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // READY is never replayed, so nothing before `s` 1 can be resumed.
+    let (mut zero, answer) = resume(&node, &alice.token, &session_id, 0).await;
+    assert!(is_invalid_session(&answer), "RESUME from s 0 is refused: {answer}");
+    zero.identify(&alice.token).await;
 }
 
 #[sqlx::test(migrator = "together_node::db::MIGRATOR")]

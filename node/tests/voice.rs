@@ -456,7 +456,7 @@ async fn two_members_talk_and_viewers_see_who_is_there(pool: PgPool) {
     assert_eq!(stopped["speaking"], false, "speaking ends at once on mute");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(received_during(&bob_rtc, 1, Duration::from_secs(1)).await, 0, "muted audio is not forwarded");
-    assert!(received_during(&alice_rtc, 2, Duration::from_secs(1)).await > 20);
+    assert!(received_during(&alice_rtc, 2, Duration::from_secs(1)).await > 0, "bob still reaches alice");
     assert!(alice_rtc.sent() > 0, "the client kept sending; the server dropped it");
     alice_dev.voice_state(&server_id, json!(voice), false, false);
     hears(&bob_rtc, 1).await;

@@ -470,7 +470,12 @@ fn random_bytes_never_panic() {
             *b = next() as u8;
         }
         let _ = UserPublicKey::from_bytes(&bytes);
-        let _ = NodePublicKey::from_bytes(&bytes[..(next() % 40) as usize % 33]);
+        let len = (next() % 40) as usize % 33;
+        if len != 32 {
+            assert!(NodePublicKey::from_bytes(&bytes[..len]).is_err(), "a {len}-byte node key is refused");
+        } else {
+            let _ = NodePublicKey::from_bytes(&bytes[..len]);
+        }
         let _ = Signature::from_bytes(&bytes);
 
         let mut mutated = json.clone();
@@ -479,8 +484,11 @@ fn random_bytes_never_panic() {
             mutated[at] = next() as u8;
         }
         if let Ok(parsed) = serde_json::from_slice::<SignedEvent>(&mutated) {
-            let _ = parsed.verify("op", &signed, T0);
-            let _ = parsed.hash();
+            // Only the untouched event verifies; any change that still parses
+            // must be refused, and its hash must differ from the original's.
+            let intact = parsed == event;
+            assert_eq!(parsed.verify("op", &signed, T0).is_ok(), intact, "{parsed:?}");
+            assert_eq!(parsed.hash() == event.hash(), intact, "{parsed:?}");
         }
     }
 }

@@ -345,10 +345,15 @@ async fn messages_edits_deletes_and_reactions_replicate_both_ways() {
 
 /// Signs a message event on node 0 as `user` (node 0 holds the key).
 async fn signed_on_node0(net: &TestNet, user: Uuid, event: &MessageEvent) -> Envelope {
-    let delegation = delegations::for_user(&net[0].state, user).await.unwrap();
+    signed_on(net, 0, user, event).await
+}
+
+/// Signs a message event on node `node` as `user`, whom that node acts for.
+async fn signed_on(net: &TestNet, node: usize, user: Uuid, event: &MessageEvent) -> Envelope {
+    let delegation = delegations::for_user(&net[node].state, user).await.unwrap();
     let signed = SignedEvent::sign(
         EventKind::new(event.kind()).unwrap(),
-        &net[0].state.keys.node_key,
+        &net[node].state.keys.node_key,
         &delegation,
         event.encode(),
     )
@@ -462,6 +467,104 @@ async fn forged_input_is_rejected_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_edit_a_message_it_did_not_sign() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let alice_id = uuid(&json!(s.alice.user_id));
+    // Bob's message, signed by node 1, reaches node 0.
+    let theirs = post(&s.http, &s.bob, s.channel, "from bob").await;
+    wait_content(net[0].db(), theirs, Some(("from bob", false))).await;
+    let before = node_counters(&s.http, &net[1].url).await["rejected"]["not_permitted"].as_u64().unwrap_or(0);
+
+    // Node 0 signs, validly, an edit of bob's message as alice (the owner,
+    // but not the author) and publishes it.
+    let forged = MessageEvent::Edit {
+        scope: Scope {
+            server: s.server,
+            channel: s.channel,
+            message: theirs,
+            at: chrono::Utc::now().timestamp_millis(),
+        },
+        content: "defaced".into(),
+    };
+    let envelope = signed_on_node0(&net, alice_id, &forged).await;
+    net[0]
+        .net()
+        .publish(&messages_topic(s.server), envelope.to_bytes())
+        .await
+        .unwrap();
+
+    // Node 1 refuses it and bob's words stand.
+    let (http, url) = (s.http.clone(), net[1].url.clone());
+    wait_until(WAIT, || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { node_counters(&http, &url).await["rejected"]["not_permitted"].as_u64().unwrap_or(0) > before }
+    })
+    .await
+    .expect("node 1 counted the forged edit as not permitted");
+    assert_eq!(message_content(net[1].db(), theirs).await, Some(("from bob".to_string(), false)));
+    // Bob himself can still edit it, and that edit does arrive.
+    edit(&s.http, &s.bob, theirs, "from bob, edited").await;
+    wait_content(net[0].db(), theirs, Some(("from bob, edited", false))).await;
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_delete_or_unreact_for_others_without_permission() {
+    let net = TestNet::start(2).await.unwrap();
+    let s = shared_community(&net).await;
+    let (alice_id, bob_id) = (uuid(&json!(s.alice.user_id)), uuid(&json!(s.bob.user_id)));
+    // Alice's message and her reaction to it, signed by node 0, reach node 1.
+    let hers = post(&s.http, &s.alice, s.channel, "from alice").await;
+    react(&s.http, &s.alice, hers, "👍", true).await;
+    let db1 = net[1].db().clone();
+    wait_until(WAIT, || {
+        let db1 = db1.clone();
+        async move { reactions(&db1, hers).await == vec![("👍".to_string(), alice_id)] }
+    })
+    .await
+    .expect("alice's reaction reached node 1");
+    let not_permitted = || {
+        let (http, url) = (s.http.clone(), net[0].url.clone());
+        async move { node_counters(&http, &url).await["rejected"]["not_permitted"].as_u64().unwrap_or(0) }
+    };
+    let before = not_permitted().await;
+
+    // Node 1 signs, validly, as bob (a member without MANAGE_MESSAGES): a
+    // delete of alice's message and the removal of alice's reaction.
+    let scope = Scope {
+        server: s.server,
+        channel: s.channel,
+        message: hers,
+        at: chrono::Utc::now().timestamp_millis(),
+    };
+    let forged = [
+        MessageEvent::ReactionRemove {
+            scope,
+            user: alice_id,
+            emoji: "👍".into(),
+        },
+        MessageEvent::Delete { scope },
+    ];
+    for event in &forged {
+        let envelope = signed_on(&net, 1, bob_id, event).await;
+        net[1]
+            .net()
+            .publish(&messages_topic(s.server), envelope.to_bytes())
+            .await
+            .unwrap();
+    }
+
+    // Node 0 refuses both; the message and the reaction stand.
+    wait_until(WAIT, || async move { not_permitted().await >= before + 2 })
+    .await
+    .expect("node 0 counted both forgeries as not permitted");
+    assert_eq!(message_content(net[0].db(), hers).await, Some(("from alice".to_string(), false)));
+    assert_eq!(reactions(net[0].db(), hers).await, vec![("👍".to_string(), alice_id)]);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_node_backfills_what_it_missed() {
     let net = TestNet::start(2).await.unwrap();
     let s = shared_community(&net).await;
@@ -536,7 +639,7 @@ async fn three_nodes_relay_through_the_home_when_two_are_cut_apart() {
                 .bind(carol_id)
                 .fetch_one(&db1)
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|error| panic!("reading node 1's database: {error}"))
         }
     })
     .await
@@ -647,7 +750,7 @@ async fn exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid) -> bool 
         .bind(b)
         .fetch_one(db)
         .await
-        .unwrap_or(false)
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
 }
 
 async fn wait_exists(db: &sqlx::PgPool, sql: &'static str, a: Uuid, b: Uuid, want: bool, what: &str) {
@@ -691,7 +794,7 @@ async fn structure_changes_on_any_node_are_enforced_on_every_node() {
                 .bind(code)
                 .fetch_one(&db1)
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|error| panic!("reading node 1's database: {error}"))
         }
     })
     .await

@@ -298,15 +298,93 @@ async fn ephemeral_events_of_non_members_and_floods_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_posted_on_one_node_download_on_another() {
-    let net = TestNet::start(2).await.unwrap();
+    // Nodes 0 and 1 share the community; node 2 is connected to both but
+    // has no member in it.
+    let net = TestNet::start(3).await.unwrap();
     let s = shared_community(&net).await;
     let mut bob_gw = Gateway::connect(&s.bob).await.unwrap();
 
     // Alice uploads a 300 KiB file on node 0 and sends it.
     let bytes: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (attachment, sent) = post_file(&net, &s, &bytes, "notes.txt").await;
+
+    // Bob's client on node 1 sees the message with its file.
+    let created = bob_gw
+        .wait_for("MESSAGE_CREATE", WAIT, |d| d["id"] == sent["id"])
+        .await
+        .unwrap();
+    assert_eq!(created["attachments"][0]["id"], json!(attachment));
+    assert_eq!(created["attachments"][0]["filename"], "notes.txt");
+    assert_eq!(created["attachments"][0]["size"], json!(bytes.len()));
+
+    // Node 1 does not have the bytes until the first download fetches them.
+    let hash = blake3::hash(&bytes);
+    assert!(!on_disk(&net, 1, &hash).exists());
+    let fetched = download(&net, &s, attachment).await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    assert!(on_disk(&net, 1, &hash).exists());
+
+    // The message lists its file in node 1's history too.
+    let history = s
+        .bob
+        .get(&s.http, &format!("/api/channels/{}/messages", s.channel))
+        .await
+        .unwrap()
+        .expect(200);
+    let listed = history.as_array().unwrap().iter().find(|m| m["id"] == sent["id"]).unwrap();
+    assert_eq!(listed["attachments"][0]["id"], json!(attachment));
+
+    // Node 0 serves the file's bytes to a member node that asks by hash...
+    let request = || together_node::federation::blobs::BlobRequest {
+        hash: hash.to_hex().to_string(),
+        offset: 0,
+    };
+    let answer = net[1].net().request_blob(net[0].peer_id, request()).await.unwrap();
+    assert!(
+        matches!(answer, together_node::federation::blobs::BlobResponse::Chunk { size, .. } if size == bytes.len() as u64),
+        "{answer:?}"
+    );
+    // ...but not to node 2, which has no member in the community, though it
+    // names the same existing file.
+    let answer = net[2].net().request_blob(net[0].peer_id, request()).await.unwrap();
+    assert!(
+        matches!(&answer, together_node::federation::blobs::BlobResponse::Error { code, .. } if code == "unknown_file"),
+        "a node outside the community is refused: {answer:?}"
+    );
+
+    // A peer that serves other bytes than the signed event names is not
+    // believed: node 0's copy of a second file is overwritten on disk with
+    // bytes of the same size, and node 1 refuses what it fetches.
+    let second: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 241) as u8).collect();
+    let (second_id, second_sent) = post_file(&net, &s, &second, "second.bin").await;
+    bob_gw
+        .wait_for("MESSAGE_CREATE", WAIT, |d| d["id"] == second_sent["id"])
+        .await
+        .unwrap();
+    let second_hash = blake3::hash(&second);
+    let forged: Vec<u8> = second.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(on_disk(&net, 0, &second_hash), &forged).unwrap();
+    let before = rejected(&s.http, &net[1].url, "bad_file_hash").await;
+    let refused = download(&net, &s, second_id).await;
+    assert_ne!(refused.status(), 200, "the wrong bytes are not handed out");
+    assert!(!on_disk(&net, 1, &second_hash).exists(), "the wrong bytes are not kept");
+    assert!(rejected(&s.http, &net[1].url, "bad_file_hash").await > before);
+    net.stop().await;
+}
+
+/// Where node `node` keeps the file with `hash`.
+fn on_disk(net: &TestNet, node: usize, hash: &blake3::Hash) -> std::path::PathBuf {
+    let hex = hash.to_hex().to_string();
+    net[node].state.config.data_dir.join("attachments").join(&hex[..2]).join(hex)
+}
+
+/// Alice uploads `bytes` on node 0 and sends them in a message; returns the
+/// attachment id and the message.
+async fn post_file(net: &TestNet, s: &Shared, bytes: &[u8], name: &str) -> (Uuid, Value) {
     let form = reqwest::multipart::Form::new().part(
         "file",
-        reqwest::multipart::Part::bytes(bytes.clone()).file_name("notes.txt").mime_str("text/plain").unwrap(),
+        reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string()).mime_str("text/plain").unwrap(),
     );
     let uploaded: Value = s
         .http
@@ -325,61 +403,20 @@ async fn attachments_posted_on_one_node_download_on_another() {
         .post(
             &s.http,
             &format!("/api/channels/{}/messages", s.channel),
-            json!({"content": "the notes", "attachment_ids": [attachment]}),
+            json!({"content": name, "attachment_ids": [attachment]}),
         )
         .await
         .unwrap()
         .expect(201);
+    (attachment, sent)
+}
 
-    // Bob's client on node 1 sees the message with its file.
-    let created = bob_gw
-        .wait_for("MESSAGE_CREATE", WAIT, |d| d["id"] == sent["id"])
-        .await
-        .unwrap();
-    assert_eq!(created["attachments"][0]["id"], json!(attachment));
-    assert_eq!(created["attachments"][0]["filename"], "notes.txt");
-    assert_eq!(created["attachments"][0]["size"], json!(bytes.len()));
-
-    // Node 1 does not have the bytes until the first download fetches them.
-    let hash = blake3::hash(&bytes);
-    let on_disk = |node: usize| {
-        let hex = hash.to_hex().to_string();
-        net[node].state.config.data_dir.join("attachments").join(&hex[..2]).join(hex)
-    };
-    assert!(!on_disk(1).exists());
-    let download = s
-        .http
+/// Bob downloads an attachment from node 1.
+async fn download(net: &TestNet, s: &Shared, attachment: Uuid) -> reqwest::Response {
+    s.http
         .get(format!("{}/api/attachments/{attachment}", net[1].url))
         .bearer_auth(&s.bob.token)
         .send()
         .await
-        .unwrap();
-    assert_eq!(download.status(), 200);
-    assert_eq!(download.bytes().await.unwrap().as_ref(), bytes.as_slice());
-    assert!(on_disk(1).exists());
-
-    // The message lists its file in node 1's history too.
-    let history = s
-        .bob
-        .get(&s.http, &format!("/api/channels/{}/messages", s.channel))
-        .await
         .unwrap()
-        .expect(200);
-    let listed = history.as_array().unwrap().iter().find(|m| m["id"] == sent["id"]).unwrap();
-    assert_eq!(listed["attachments"][0]["id"], json!(attachment));
-
-    // A node that is not in the community cannot fetch the file.
-    let client = net[1].net().clone();
-    let answer = client
-        .request_blob(
-            net[0].peer_id,
-            together_node::federation::blobs::BlobRequest {
-                hash: "00".repeat(32),
-                offset: 0,
-            },
-        )
-        .await
-        .unwrap();
-    assert!(matches!(answer, together_node::federation::blobs::BlobResponse::Error { .. }));
-    net.stop().await;
 }

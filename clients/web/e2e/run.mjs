@@ -4,10 +4,13 @@
 // a picture, search, and lose sight of a channel when its permissions
 // change; export their key and sign in with it. Then the specs beside this
 // file: cross-node invites (federation.spec.mjs, a second node) and voice
-// (voice.spec.mjs, skipped with its reason while the node has no voice
-// signaling) and voice between Chromium and the Rust WebRTC client
+// (voice.spec.mjs) and voice between Chromium and the Rust WebRTC client
 // `together-voice` (voice-rust.spec.mjs). Prints `N passed, M failed, K
 // skipped` last and exits non-zero on failure.
+//
+// A skip is a failure, everywhere (not only in CI): a spec that skips itself
+// has found the node lacking what it tests, and a run that ran no step at
+// all (say, an E2E_ONLY naming no spec) has tested nothing. Either exits 1.
 //
 //   npm run build && node e2e/run.mjs
 //   TOGETHER_NODE_BIN=path/to/together-node  skips `cargo build`
@@ -503,4 +506,6 @@ const skipped = results.filter((r) => r.skipped).length;
 const failed = results.length - passed - skipped + (crashed ? Math.max(1, tests.length - results.length) : 0);
 log(`screenshots in ${screenshotDir}`);
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
-process.exit(failed > 0 || crashed ? 1 : 0);
+if (skipped > 0) console.log(`[e2e] ${skipped} skipped: a skip is a failure`);
+if (passed === 0) console.log("[e2e] no step ran: a run that tests nothing is a failure");
+process.exit(failed > 0 || crashed || skipped > 0 || passed === 0 ? 1 : 0);

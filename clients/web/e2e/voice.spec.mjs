@@ -3,10 +3,10 @@
 // server, see each other listed and speaking, and receive each other's audio
 // (the connection's inbound packet counter grows). Then mute and leave.
 //
-// Skipped, with its reason, while the node has no voice signaling: a probe
-// sends op 4 VOICE_STATE_UPDATE on a gateway session of its own, and a node
-// without it closes the session with 4001 (unknown opcode). Once the node
-// answers op 4 (spec/voice.md), these tests run by themselves.
+// A probe first sends op 4 VOICE_STATE_UPDATE on a gateway session of its
+// own. A node that closes the session with 4001 (unknown opcode) or 4002
+// (decode error) instead has broken the voice contract of spec/voice.md:
+// that fails the set-up, and with it every test of this file.
 
 import { api } from "./harness.mjs";
 
@@ -85,10 +85,7 @@ export async function prepare(env) {
   const answer = await probe(pages.d, daveAuth.access_token, server.id, general.id);
   if (answer === "closed 4001" || answer === "closed 4002") {
     await cleanup();
-    return {
-      tests: TEST_NAMES.map((n) => [n, null]),
-      skip: `the node has no voice signaling yet: it answered op 4 VOICE_STATE_UPDATE by closing the gateway (${answer}); these tests run once it implements spec/voice.md`,
-    };
+    throw new Error(`the node answered op 4 VOICE_STATE_UPDATE by closing the gateway (${answer}); spec/voice.md says it joins the voice channel`);
   }
 
   const tile = (page, who) => page.getByRole("list", { name: `In ${general.name}` }).getByRole("listitem", { name: new RegExp(`^${who.name}\\b`) });

@@ -46,12 +46,17 @@ pub async fn start(pool: PgPool) -> Node {
 
 /// A node on a real socket with a changed configuration.
 pub async fn start_with(pool: PgPool, change: impl FnOnce(&mut Config)) -> Node {
+    start_with_settings(pool, change, settings()).await
+}
+
+/// A node on a real socket with changed configuration and gateway settings.
+pub async fn start_with_settings(pool: PgPool, change: impl FnOnce(&mut Config), gateway: GatewaySettings) -> Node {
     let dir = std::env::temp_dir().join(format!("together-gw-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     let shutdown = CancellationToken::new();
     let mut config = Config::for_tests(&dir);
     change(&mut config);
-    let state = AppState::build(pool, config, NodeKeys::for_tests(), settings(), shutdown.clone());
+    let state = AppState::build(pool, config, NodeKeys::for_tests(), gateway, shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = together_node::http::app(state.clone());
