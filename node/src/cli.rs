@@ -203,7 +203,8 @@ mod tests {
     use super::Cli;
 
     /// `--help` shows every option's default (the flag's help ends with
-    /// `[default: ...]`, or clap prints the default value itself).
+    /// `[default: ...]`, or clap prints the default value itself);
+    /// required arguments have none.
     #[test]
     fn every_option_states_its_default() {
         let mut cli = Cli::command();
@@ -212,7 +213,7 @@ mod tests {
         for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
             for arg in command.get_arguments() {
                 let id = arg.get_id().as_str();
-                if arg.is_positional() || matches!(id, "help" | "version") {
+                if arg.is_positional() || arg.is_required_set() || matches!(id, "help" | "version") {
                     continue;
                 }
                 let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
