@@ -68,10 +68,32 @@ wait_for_postgres() {
 # ---- clients (TypeScript) ----
 
 # Node.js and npm for the clients; Debian's packages when missing.
+# Whether the Node.js and npm on PATH are new enough for the clients
+# (Vite 7 needs Node >= 20.19; the lock file needs npm >= 10).
+node_ok() {
+  command -v node >/dev/null && command -v npm >/dev/null || return 1
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+           process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' || return 1
+  [ "$(npm --version | cut -d. -f1)" -ge 10 ]
+}
+
+# Node.js >= 20.19 and npm >= 10: Debian's packages when they are new
+# enough, else Node 22 and npm 10 from the npm registry (the `node` package
+# installs the official binaries published there), else a clear error.
 ensure_node() {
-  if command -v npm >/dev/null && command -v node >/dev/null; then return 0; fi
-  log "installing Node.js and npm"
-  apt_install nodejs npm
+  if node_ok; then return 0; fi
+  if ! command -v npm >/dev/null; then
+    log "installing Node.js and npm"
+    apt_install nodejs npm
+  fi
+  if node_ok; then return 0; fi
+  log "Node.js $(node --version 2>/dev/null || echo none), npm $(npm --version 2>/dev/null || echo none): too old; installing Node 22 and npm 10 from the npm registry"
+  npm install -g --no-audit --no-fund --loglevel=error node@22 npm@10 || true
+  hash -r
+  if ! node_ok; then
+    echo "error: the clients need Node.js >= 20.19 and npm >= 10; found node $(node --version 2>/dev/null || echo none), npm $(npm --version 2>/dev/null || echo none)" >&2
+    return 1
+  fi
 }
 
 # The clients' npm dependencies, exactly as package-lock.json pins them;
