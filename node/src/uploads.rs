@@ -33,7 +33,6 @@ use uuid::Uuid;
 
 use together_protocol::federation::{FileRef, Scope};
 
-use crate::error::ApiError;
 
 /// Longest stored filename, in characters.
 pub const MAX_FILENAME_CHARS: usize = 255;
@@ -67,17 +66,22 @@ pub enum StageError {
     Io(#[from] std::io::Error),
 }
 
-impl From<StageError> for ApiError {
-    fn from(err: StageError) -> ApiError {
-        match err {
-            StageError::TooLarge(limit) => {
-                ApiError::payload_too_large(format!("files may be at most {limit} bytes"))
-            }
-            StageError::Empty => ApiError::invalid("the file is empty"),
-            StageError::Body(detail) => ApiError::bad_request("invalid_upload", detail),
-            StageError::Io(err) => ApiError::internal(err),
-        }
-    }
+/// Why an upload is refused or failed, beyond the streaming itself.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The user's pending uploads are at their quota (count or bytes).
+    #[error("{0}")]
+    Quota(String),
+    /// The data directory's disk is short of its free margin.
+    #[error("the node is short of disk space and takes no uploads for now")]
+    DiskFull,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The data directory cannot be examined (the node's fault).
+    #[error("{0}")]
+    Io(String),
 }
 
 const HEAD_BYTES: usize = 16;
@@ -171,23 +175,19 @@ impl FileStore {
     /// 507 `insufficient_storage` when the file system of the data
     /// directory has less than `min_free` bytes available (to unprivileged
     /// users). A margin of 0 never refuses.
-    pub async fn ensure_free_space(&self, min_free: u64) -> Result<(), ApiError> {
+    pub async fn ensure_free_space(&self, min_free: u64) -> Result<(), UploadError> {
         if min_free == 0 {
             return Ok(());
         }
-        tokio::fs::create_dir_all(&self.root).await.map_err(ApiError::internal)?;
+        tokio::fs::create_dir_all(&self.root).await.map_err(|err| UploadError::Io(err.to_string()))?;
         let root = self.root.clone();
         let free = tokio::task::spawn_blocking(move || free_bytes(&root))
             .await
-            .map_err(ApiError::internal)?
-            .map_err(|err| ApiError::internal(format!("statvfs of the data directory: {err}")))?;
+            .map_err(|err| UploadError::Io(err.to_string()))?
+            .map_err(|err| UploadError::Io(format!("statvfs of the data directory: {err}")))?;
         if free < min_free {
             tracing::warn!(free, min_free, "uploads refused: the data directory's disk is nearly full");
-            return Err(ApiError::new(
-                axum::http::StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                "the node is short of disk space and takes no uploads for now",
-            ));
+            return Err(UploadError::DiskFull);
         }
         Ok(())
     }
@@ -222,7 +222,7 @@ impl FileStore {
     }
 
     /// Deletes the files of these hashes that no attachment row uses any more.
-    pub async fn release(&self, db: &PgPool, hashes: &[Vec<u8>]) -> Result<(), ApiError> {
+    pub async fn release(&self, db: &PgPool, hashes: &[Vec<u8>]) -> Result<(), sqlx::Error> {
         let mut hashes = hashes.to_vec();
         hashes.sort();
         hashes.dedup();
@@ -267,7 +267,7 @@ pub const PENDING_UPLOAD_HOURS: i64 = 24;
 /// than `max_age` (24 hours in production), and their files when nothing
 /// else uses them, [`CLEANUP_BATCH`] at a time. Returns how many uploads
 /// were removed.
-pub async fn remove_stale_uploads(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, ApiError> {
+pub async fn remove_stale_uploads(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, sqlx::Error> {
     let mut removed = 0;
     loop {
         let batch = remove_stale_batch(db, store, max_age).await?;
@@ -280,7 +280,7 @@ pub async fn remove_stale_uploads(db: &PgPool, store: &FileStore, max_age: Durat
 
 /// One batch of [`remove_stale_uploads`]; rows a sender is attaching right
 /// now are skipped (and kept, when the message takes them).
-async fn remove_stale_batch(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, ApiError> {
+async fn remove_stale_batch(db: &PgPool, store: &FileStore, max_age: Duration) -> Result<u64, sqlx::Error> {
     let cutoff = Utc::now() - max_age;
     let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
         "DELETE FROM attachments WHERE id IN (
@@ -316,7 +316,7 @@ pub async fn run_cleanup(db: PgPool, store: FileStore, shutdown: tokio_util::syn
                 Ok(n) if n == CLEANUP_BATCH as u64 => continue,
                 Ok(_) => break,
                 Err(err) => {
-                    tracing::warn!(code = err.code, "stale upload cleanup failed");
+                    tracing::warn!(error = %err, "stale upload cleanup failed");
                     break;
                 }
             }
@@ -340,10 +340,6 @@ pub struct PendingQuota {
     pub max_bytes: u64,
 }
 
-fn quota_exceeded(message: String) -> ApiError {
-    ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "upload_quota_exceeded", message)
-}
-
 impl PendingQuota {
     pub fn from_limits(limits: &crate::config::Limits) -> PendingQuota {
         PendingQuota {
@@ -354,10 +350,10 @@ impl PendingQuota {
 
     /// How many bytes one more upload may have, given what `user` holds
     /// pending; 413 `upload_quota_exceeded` when no upload fits.
-    pub async fn room(&self, db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<u64, ApiError> {
+    pub async fn room(&self, db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<u64, UploadError> {
         let (count, bytes) = pending_of(db, user).await?;
         if count >= u64::from(self.max_count) {
-            return Err(quota_exceeded(format!(
+            return Err(UploadError::Quota(format!(
                 "you have {count} uploads waiting to be sent (at most {}); send or wait for them to expire",
                 self.max_count
             )));
@@ -369,8 +365,8 @@ impl PendingQuota {
     }
 
     /// 413 for an upload that would take the user past the byte quota.
-    pub fn bytes_exceeded(&self) -> ApiError {
-        quota_exceeded(format!(
+    pub fn bytes_exceeded(&self) -> UploadError {
+        UploadError::Quota(format!(
             "your uploads waiting to be sent would exceed {} bytes; send or wait for them to expire",
             self.max_bytes
         ))
@@ -378,7 +374,7 @@ impl PendingQuota {
 }
 
 /// How many uploads `user` holds that no message uses, and their bytes.
-pub async fn pending_of(db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<(u64, u64), ApiError> {
+pub async fn pending_of(db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<(u64, u64), sqlx::Error> {
     let (count, bytes): (i64, i64) = sqlx::query_as(
         "SELECT count(*), COALESCE(sum(file_size), 0)::bigint FROM attachments
           WHERE uploader_id = $1 AND message_id IS NULL",

@@ -112,12 +112,12 @@ async fn upload_attachment(
         let filename = uploads::sanitize_filename(field.file_name().unwrap_or("file"));
         let declared = field.content_type().map(str::to_string);
         let staged = store.stage(&mut field, max_bytes).await.map_err(|err| match err {
-            uploads::StageError::TooLarge(_) if max_bytes < state.config.max_upload_bytes => quota.bytes_exceeded(),
+            uploads::StageError::TooLarge(_) if max_bytes < state.config.max_upload_bytes => ApiError::from(quota.bytes_exceeded()),
             other => other.into(),
         })?;
         if let Err(err) = store.ensure_free_space(limits.min_free_disk_bytes).await {
             store.discard(&staged).await;
-            return Err(err);
+            return Err(err.into());
         }
         let mime_type = uploads::classify(declared.as_deref(), &filename, &staged.head);
         let upload = Upload { channel_id, uploader_id: auth.user_id, filename: &filename, mime_type: &mime_type };
@@ -157,7 +157,7 @@ async fn record_upload(
         .await?;
     let room = quota.room(&mut *tx, uploader_id).await?;
     if staged.size > room {
-        return Err(quota.bytes_exceeded());
+        return Err(quota.bytes_exceeded().into());
     }
     uploads::lock_hash(&mut tx, &staged.hash).await?;
     let sql = format!(

@@ -11,6 +11,7 @@ use crate::federation::delegations::DelegationError;
 use crate::federation::ops::CommitError;
 use crate::perms::AccessError;
 use crate::text::InvalidField;
+use crate::uploads::{StageError, UploadError};
 use crate::users::UserError;
 
 impl From<together_crdt::Rejection> for ApiError {
@@ -171,5 +172,30 @@ impl From<TokenError> for ApiError {
 impl From<HashError> for ApiError {
     fn from(err: HashError) -> Self {
         Self::internal(err)
+    }
+}
+
+impl From<StageError> for ApiError {
+    fn from(err: StageError) -> ApiError {
+        match err {
+            StageError::TooLarge(limit) => {
+                ApiError::payload_too_large(format!("files may be at most {limit} bytes"))
+            }
+            StageError::Empty => ApiError::invalid("the file is empty"),
+            StageError::Body(detail) => ApiError::bad_request("invalid_upload", detail),
+            StageError::Io(err) => ApiError::internal(err),
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(err: UploadError) -> ApiError {
+        match err {
+            UploadError::Stage(err) => err.into(),
+            UploadError::Quota(message) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "upload_quota_exceeded", message),
+            UploadError::DiskFull => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", err.to_string()),
+            UploadError::Db(err) => err.into(),
+            UploadError::Io(detail) => ApiError::internal(detail),
+        }
     }
 }
