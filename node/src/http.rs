@@ -16,6 +16,7 @@ pub mod health;
 pub mod invites;
 pub mod key_auth;
 pub mod members;
+mod metrics;
 pub mod messages;
 pub mod presence;
 pub mod reactions;
@@ -187,7 +188,7 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     }
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::render(&state).await,
+        metrics::render(&state).await,
     )
         .into_response()
 }

@@ -2,8 +2,9 @@
 //!
 //! HTTP requests are counted by route template and status with a latency
 //! histogram as they finish ([`HttpMetrics::observe`], from the middleware
-//! in `http.rs`); everything else is read when scraped: gateway sessions,
-//! federation counters and the outbox's backlog, the database pool, voice.
+//! in `http.rs`); everything else is read when scraped (`http/metrics.rs`):
+//! gateway sessions, federation counters and the outbox's backlog, the
+//! database pool, voice. This module is the counting and the format.
 //! Off unless the operator sets a token (`--metrics-token`); the scraper
 //! sends it as a bearer token.
 
@@ -11,7 +12,6 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::state::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -49,7 +49,8 @@ impl HttpMetrics {
         }
     }
 
-    fn render(&self, out: &mut String) {
+    /// Appends the request series in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
         let mut series: Vec<((Arc<str>, u16), Series)> = self
             .series
             .lock()
@@ -77,80 +78,22 @@ impl HttpMetrics {
     }
 }
 
-/// The whole exposition: request metrics and the node's state now.
-pub async fn render(state: &AppState) -> String {
-    let mut out = String::with_capacity(16 * 1024);
-    state.http_metrics.render(&mut out);
-
-    gauge(&mut out, "together_gateway_sessions", "Open gateway sessions.", state.gateway.session_count() as f64);
-
-    let fed = state.federation.counters().snapshot();
-    counter(&mut out, "together_federation_published_total", "Signed events gossiped to peers.", fed.published);
-    counter(
-        &mut out,
-        "together_federation_publish_failed_total",
-        "Stored events not gossiped (peers get them by catch-up).",
-        fed.publish_failed,
-    );
-    counter(&mut out, "together_federation_accepted_total", "Events from peers accepted.", fed.accepted);
-    counter(&mut out, "together_federation_duplicates_total", "Events from peers already known.", fed.duplicates);
-    header(&mut out, "together_federation_rejected_total", "counter", "Input from peers refused, by reason.");
-    for (reason, n) in &fed.rejected {
-        let _ = writeln!(out, "together_federation_rejected_total{{reason=\"{}\"}} {n}", escape(reason));
-    }
-    match outbox_backlog(state).await {
-        Ok(n) => gauge(&mut out, "together_outbox_backlog", "This node's stored events the publisher has not sent yet.", n as f64),
-        Err(err) => tracing::warn!(error = %err, "metrics: cannot read the outbox backlog"),
-    }
-    if let Some(net) = state.federation.net()
-        && let Ok(info) = net.info().await
-    {
-        gauge(&mut out, "together_federation_connected_peers", "Connected peer nodes.", info.connected_peers.len() as f64);
-    }
-
-    let size = state.db.size();
-    let idle = state.db.num_idle() as u32;
-    header(&mut out, "together_db_pool_connections", "gauge", "PostgreSQL connections of the pool, by state.");
-    let _ = writeln!(out, "together_db_pool_connections{{state=\"idle\"}} {idle}");
-    let _ = writeln!(out, "together_db_pool_connections{{state=\"busy\"}} {}", size.saturating_sub(idle));
-    gauge(
-        &mut out,
-        "together_db_pool_max_connections",
-        "Most connections the pool opens.",
-        f64::from(state.config.database_max_connections),
-    );
-
-    gauge(&mut out, "together_voice_participants", "Users connected to voice on this node.", state.voice.participant_count() as f64);
-    gauge(&mut out, "together_voice_rooms", "Voice channels with someone in them on this node.", state.voice.local_rooms().len() as f64);
-    out
-}
-
-/// Local events after the publisher's cursor.
-async fn outbox_backlog(state: &AppState) -> Result<i64, sqlx::Error> {
-    let (tx_id, seq) = crate::federation::store::outbox_cursor(&state.db).await?;
-    sqlx::query_scalar("SELECT count(*) FROM federation_events WHERE local AND (tx_id, seq) > ($1, $2)")
-        .bind(tx_id)
-        .bind(seq)
-        .fetch_one(&state.db)
-        .await
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {value}");
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, "counter", help);
     let _ = writeln!(out, "{name} {value}");
 }
 
 /// A label value with `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
