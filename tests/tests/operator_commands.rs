@@ -64,25 +64,7 @@ async fn migrate_and_seed_beside_a_running_node_leave_it_serving() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut node = Node(
-        node_command(
-            &data_dir,
-            &[
-                "run",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--p2p-listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--voice-relay",
-                "127.0.0.1:0",
-                "--rate-limit-per-minute",
-                "0",
-            ],
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start together-node (is it built?)"),
-    );
+    let node = serve(&data_dir, port);
     let http = reqwest::Client::new();
     wait_until(Duration::from_secs(90), || healthy(&http, &base)).await.expect("the node serves");
     register(&http, &base, "operator").await.unwrap();
@@ -106,14 +88,7 @@ async fn migrate_and_seed_beside_a_running_node_leave_it_serving() {
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), before);
 
     // The node still stops its database when it stops.
-    let status = Command::new("kill").arg("-TERM").arg(node.0.id().to_string()).status().unwrap();
-    assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || {
-        let status = node.0.wait();
-        (node, status)
-    });
-    let (_node, status) = tokio::time::timeout(Duration::from_secs(60), exited).await.unwrap().unwrap();
-    assert!(status.unwrap().success(), "the node exits cleanly");
+    stop(node).await;
     assert!(!pid_file.exists(), "the node stopped its private PostgreSQL on exit");
     std::fs::remove_dir_all(&data_dir).ok();
 }
